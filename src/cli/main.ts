@@ -1,0 +1,28 @@
+import { Command, CommanderError } from 'commander';
+import { exitCodeOf } from '../util/errors.ts';
+import { simulateCommand } from './simulate.ts';
+
+const program = new Command();
+program
+  .name('precog')
+  .description(
+    'Live migration of Linux containers with predictive pre-copy, and an emulator that runs the same engine.',
+  )
+  .version(process.env.npm_package_version ?? '0.1.0')
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+program.addCommand(simulateCommand());
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // Help and version exit 0; every other parse error is a usage error.
+    process.exitCode = err.exitCode === 0 ? 0 : 2;
+  } else {
+    process.stderr.write(`precog: ${(err as Error).message}\n`);
+    if (process.env.PRECOG_DEBUG) console.error(err);
+    process.exitCode = exitCodeOf(err);
+  }
+}

@@ -1,0 +1,182 @@
+import { Bitmap } from '../util/bitmap.ts';
+import { ProtocolError } from '../util/errors.ts';
+import { readBatch } from '../codec/batch.ts';
+import {
+  decodeFrame,
+  FrameType,
+  jsonFrame,
+  parseJson,
+  encodeFrame,
+  PROTOCOL_VERSION,
+} from '../transport/frame.ts';
+import { PageStore } from './pagestore.ts';
+import type { Arrival, Layout } from './types.ts';
+import type { CommitMessage, DoneAck, HelloMessage, ResumedMessage, SwitchoverMessage } from './messages.ts';
+
+/** A process resumed at the destination before all its pages are here (post-copy). */
+export interface ResumedWorkload {
+  runUntil(now: number): { page: number; at: number }[];
+  arrived(page: number, at: number): void;
+  readonly faults: number;
+  readonly faultLatencies: number[];
+}
+
+/** What the destination half needs from its host: restore cost, integrity checks, a way to resume the workload. */
+export interface DestinationEnvironment {
+  /** Seconds from having all state to running (CRIU restore, in real runs). */
+  restoreCost: number;
+  /** Checks the given pages of the store against the truth; throws InvariantError on any difference. */
+  verifyPages?(store: PageStore, pages: Bitmap): void;
+  /** Checks one page as it lands during post-copy. */
+  verifyPage?(page: number, bytes: Buffer): void;
+  /** Starts the workload at the destination during post-copy. */
+  resume?(store: PageStore, at: number): ResumedWorkload;
+  /** Memory for the page store (default: a new zeroed buffer). */
+  allocate?(bytes: number): Buffer;
+}
+
+type State = 'hello' | 'layout' | 'receiving' | 'resumed' | 'postcopy' | 'done';
+
+/**
+ * The destination half of a migration: keeps the page store, checks that messages come in order, resumes the
+ * workload when told to, and reports when it has everything.
+ */
+export class MigrationDestination {
+  private state: State = 'hello';
+  private readonly env: DestinationEnvironment;
+  store: PageStore | null = null;
+  migrationId = '';
+  stateBytes = 0;
+  private process: ResumedWorkload | null = null;
+  private lastArrival = 0;
+  private resumedAt = 0;
+
+  constructor(env: DestinationEnvironment) {
+    this.env = env;
+  }
+
+  private expect(...states: State[]): void {
+    if (!states.includes(this.state)) {
+      throw new ProtocolError(`out-of-order message: the destination is in state "${this.state}"`);
+    }
+  }
+
+  handle(raw: Buffer, at: number): Arrival[] {
+    const frame = decodeFrame(raw);
+    switch (frame.type) {
+      case FrameType.Hello: {
+        this.expect('hello');
+        const hello = parseJson<HelloMessage>(frame);
+        if (hello.version !== PROTOCOL_VERSION) {
+          throw new ProtocolError(
+            `peer speaks protocol ${hello.version}, this destination ${PROTOCOL_VERSION}`,
+          );
+        }
+        this.migrationId = hello.migrationId;
+        this.state = 'layout';
+        return [{ frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at }];
+      }
+      case FrameType.Layout: {
+        this.expect('layout');
+        const layout = parseJson<Layout>(frame);
+        if (!(layout.pageCount > 0) || !(layout.pageSize > 0))
+          throw new ProtocolError('LAYOUT frame has no pages');
+        this.store = new PageStore(layout, this.env.allocate?.(layout.pageCount * layout.pageSize));
+        this.state = 'receiving';
+        return [];
+      }
+      case FrameType.Pages: {
+        this.expect('receiving', 'postcopy');
+        const store = this.store!;
+        const postcopy = this.state === 'postcopy';
+        readBatch(frame.payload, store.layout.pageCount, (id, decodeInto) => {
+          const page = store.page(id);
+          decodeInto(page);
+          store.present.set(id);
+          store.arrival[id] = at;
+          if (postcopy) {
+            this.env.verifyPage?.(id, page);
+            this.process?.arrived(id, at);
+          }
+        });
+        this.lastArrival = at;
+        return [];
+      }
+      case FrameType.RoundEnd:
+        this.expect('receiving');
+        return [];
+      case FrameType.State:
+        this.expect('receiving');
+        this.stateBytes += frame.payload.length;
+        return [];
+      case FrameType.Commit: {
+        this.expect('receiving');
+        const store = this.store!;
+        parseJson<CommitMessage>(frame);
+        const missing = store.missing();
+        if (missing > 0) throw new ProtocolError(`COMMIT with ${missing} pages never received`);
+        this.env.verifyPages?.(store, store.present);
+        this.resumedAt = at + this.env.restoreCost;
+        this.state = 'resumed';
+        const msg: ResumedMessage = { resumedAt: this.resumedAt };
+        return [{ frame: jsonFrame(FrameType.Resumed, msg), at: this.resumedAt }];
+      }
+      case FrameType.Switchover: {
+        this.expect('receiving');
+        const store = this.store!;
+        const msg = parseJson<SwitchoverMessage>(frame);
+        const stale = new Bitmap(store.layout.pageCount, bitmapWords(msg.missing, store.layout.pageCount));
+        store.invalidate(stale);
+        this.env.verifyPages?.(store, store.present);
+        this.resumedAt = at + this.env.restoreCost;
+        this.process = this.env.resume?.(store, this.resumedAt) ?? null;
+        this.state = 'postcopy';
+        const reply: ResumedMessage = { resumedAt: this.resumedAt };
+        return [{ frame: jsonFrame(FrameType.Resumed, reply), at: this.resumedAt }];
+      }
+      case FrameType.PostcopyDone: {
+        this.expect('postcopy');
+        const store = this.store!;
+        const missing = store.missing();
+        if (missing > 0) throw new ProtocolError(`post-copy finished with ${missing} pages never received`);
+        this.process?.runUntil(at);
+        this.state = 'done';
+        const ack: DoneAck = {
+          lastArrival: this.lastArrival,
+          faults: this.process?.faults ?? 0,
+          faultLatencies: this.process?.faultLatencies ?? [],
+        };
+        return [{ frame: jsonFrame(FrameType.DoneAck, ack), at }];
+      }
+      case FrameType.Abort:
+        this.store = null;
+        this.state = 'done';
+        return [];
+      default:
+        throw new ProtocolError(`unexpected ${FrameType[frame.type]} frame at the destination`);
+    }
+  }
+
+  tick(now: number): Arrival[] {
+    if (this.state !== 'postcopy' || !this.process) return [];
+    return this.process.runUntil(now).map((f) => {
+      const ids = Buffer.allocUnsafe(4);
+      ids.writeUInt32LE(f.page, 0);
+      return { frame: encodeFrame(FrameType.Fault, ids), at: f.at };
+    });
+  }
+}
+
+export function bitmapToBase64(b: Bitmap): string {
+  return Buffer.from(b.words.buffer, b.words.byteOffset, b.words.byteLength).toString('base64');
+}
+
+function bitmapWords(base64: string, size: number): Uint32Array {
+  const bytes = Buffer.from(base64, 'base64');
+  const words = new Uint32Array((size + 31) >>> 5);
+  if (bytes.length !== words.byteLength) {
+    throw new ProtocolError(`SWITCHOVER bitmap of ${bytes.length} bytes, expected ${words.byteLength}`);
+  }
+  new Uint8Array(words.buffer).set(bytes);
+  return words;
+}

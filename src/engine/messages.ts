@@ -1,0 +1,32 @@
+/** JSON payloads of the control frames. The binary ones (PAGES, FAULT) are described where they are encoded. */
+
+export interface HelloMessage {
+  version: number;
+  migrationId: string;
+  strategy: string;
+}
+
+export interface RoundEndMessage {
+  round: number;
+  pages: number;
+}
+
+export interface CommitMessage {
+  rounds: number;
+}
+
+export interface ResumedMessage {
+  /** Destination clock time at which the workload runs again. */
+  resumedAt: number;
+}
+
+export interface SwitchoverMessage {
+  /** Pages the destination must fetch (stale or never sent): a bitmap as little-endian u32 words, base64. */
+  missing: string;
+}
+
+export interface DoneAck {
+  lastArrival: number;
+  faults: number;
+  faultLatencies: number[];
+}

@@ -1,0 +1,282 @@
+import { randomUUID } from 'node:crypto';
+import { Bitmap } from '../util/bitmap.ts';
+import { BatchWriter } from '../codec/batch.ts';
+import type { Codec } from '../codec/index.ts';
+import type { Strategy, RoundSummary, Decision } from '../policy/index.ts';
+import { median, quantile, type Phase, type RoundRecord, type RunMetrics } from '../report/metrics.ts';
+import { FrameType, jsonFrame, decodeFrame, parseJson, encodeFrame } from '../transport/frame.ts';
+import { bitmapToBase64 } from './destination.ts';
+import type { DoneAck, HelloMessage, ResumedMessage } from './messages.ts';
+import { PROTOCOL_VERSION } from '../transport/frame.ts';
+import type { Link, MemorySource } from './types.ts';
+
+export interface SourceOptions {
+  codec: readonly Codec[];
+  /** Target payload bytes per PAGES frame (at least 64 KiB on real links). */
+  batchBytes: number;
+  /** Size of the non-memory state (CPU registers, files, namespaces) sent at the switchover. */
+  stateBytes: number;
+  migrationId?: string;
+  /** Called after every round, for progress display. */
+  onRound?: (r: RoundRecord) => void;
+}
+
+/** Raised when a migration fails before the destination confirmed: the source has been thawed and runs on. */
+export class MigrationAborted extends Error {
+  override readonly name = 'MigrationAborted';
+  readonly exitCode = 1;
+}
+
+/**
+ * The source half of a migration: live rounds chosen by the strategy, then stop-and-copy or a post-copy
+ * switchover. It knows nothing about where memory comes from or where frames go.
+ */
+export class MigrationSource {
+  private readonly mem: MemorySource;
+  private readonly link: Link;
+  private readonly strategy: Strategy;
+  private readonly o: SourceOptions;
+  private readonly pageSize: number;
+  private readonly pageCount: number;
+  private readonly sentOnce: Bitmap;
+  private readonly scratch: Buffer;
+  private readonly writer: BatchWriter;
+  private readonly rounds: RoundRecord[] = [];
+
+  constructor(mem: MemorySource, link: Link, strategy: Strategy, options: SourceOptions) {
+    this.mem = mem;
+    this.link = link;
+    this.strategy = strategy;
+    this.o = options;
+    this.pageSize = mem.layout.pageSize;
+    this.pageCount = mem.layout.pageCount;
+    this.sentOnce = new Bitmap(this.pageCount);
+    const perBatch = Math.max(1, Math.floor(options.batchBytes / this.pageSize));
+    this.scratch = Buffer.allocUnsafe(perBatch * this.pageSize);
+    this.writer = new BatchWriter(options.codec, this.pageSize, options.batchBytes + perBatch * 16);
+  }
+
+  private get perBatch(): number {
+    return this.scratch.length / this.pageSize;
+  }
+
+  async run(): Promise<RunMetrics> {
+    const clock = this.link.clock;
+    const migrationId = this.o.migrationId ?? randomUUID();
+    const t0 = clock.now();
+    let frozenAt = -1;
+    let committed = false;
+    try {
+      const hello: HelloMessage = { version: PROTOCOL_VERSION, migrationId, strategy: this.strategy.spec };
+      await this.link.request(jsonFrame(FrameType.Hello, hello), FrameType.HelloAck);
+      await this.link.send(jsonFrame(FrameType.Layout, this.mem.layout));
+      const preparationTime = clock.now() - t0;
+
+      await this.mem.collectDirty(); // starts tracking; round 1 sends everything anyway
+      const pending = Bitmap.full(this.pageCount);
+      const history: RoundSummary[] = [];
+      let liveBytes = 0;
+      let liveTime = 0;
+      let decision: Decision;
+      for (;;) {
+        decision = this.strategy.decide({
+          round: history.length + 1,
+          history,
+          pageSize: this.pageSize,
+          totalPages: this.pageCount,
+          pendingPages: pending.count(),
+          bytesSent: this.link.bytesSent,
+          linkRate: liveTime > 0 ? liveBytes / liveTime : 0,
+        });
+        if (decision.stop) break;
+        const round = history.length + 1;
+        const ids = pending.toArray();
+        pending.clearAll();
+        const rec = await this.sendPages(ids, round, 'live');
+        await this.link.send(jsonFrame(FrameType.RoundEnd, { round, pages: ids.length }));
+        const dirty = await this.mem.collectDirty();
+        pending.or(dirty);
+        rec.duration = clock.now() - rec.start;
+        rec.bytes = this.link.bytesSent - rec.bytes;
+        rec.dirtyPages = dirty.count();
+        liveBytes += rec.bytes;
+        liveTime += rec.duration;
+        history.push({
+          round,
+          duration: rec.duration,
+          pagesSent: rec.pagesSent,
+          bytes: rec.bytes,
+          dirtyPages: rec.dirtyPages,
+        });
+        this.o.onRound?.(rec);
+      }
+
+      frozenAt = clock.now();
+      await this.mem.freeze();
+      pending.or(await this.mem.collectDirty());
+      const base = {
+        migrationId,
+        strategy: this.strategy.spec,
+        preparationTime,
+        memoryBytes: this.pageCount * this.pageSize,
+        pagesTotal: this.pageCount,
+        liveRounds: history.length,
+        converged: decision.converged,
+        stopReason: decision.reason,
+      };
+
+      if (decision.switchover === 'stop-and-copy') {
+        const rec = await this.sendPages(pending.toArray(), history.length + 1, 'stop');
+        await this.link.send(encodeFrame(FrameType.State, Buffer.alloc(this.o.stateBytes)));
+        this.finishRecord(rec);
+        const commitSent = clock.now();
+        const reply = await this.link.request(
+          jsonFrame(FrameType.Commit, { rounds: history.length }),
+          FrameType.Resumed,
+        );
+        committed = true;
+        const { resumedAt } = parseJson<ResumedMessage>(decodeFrame(reply));
+        return {
+          ...base,
+          totalTime: resumedAt - t0,
+          downtime: resumedAt - frozenAt,
+          resumeTime: resumedAt - commitSent,
+          bytesTotal: this.link.bytesSent,
+          pagesSent: this.totalPagesSent(),
+          postcopy: null,
+          rounds: this.rounds,
+        };
+      }
+
+      // Post-copy switchover: the destination resumes now and fetches what it lacks.
+      await this.link.send(encodeFrame(FrameType.State, Buffer.alloc(this.o.stateBytes)));
+      const switchSent = clock.now();
+      const reply = await this.link.request(
+        jsonFrame(FrameType.Switchover, { missing: bitmapToBase64(pending) }),
+        FrameType.Resumed,
+      );
+      committed = true;
+      const { resumedAt } = parseJson<ResumedMessage>(decodeFrame(reply));
+      const rec = await this.pushPostcopy(pending, history.length + 1);
+      this.finishRecord(rec);
+      const doneFrame = await this.link.request(jsonFrame(FrameType.PostcopyDone, {}), FrameType.DoneAck);
+      const done = parseJson<DoneAck>(decodeFrame(doneFrame));
+      const end = Math.max(done.lastArrival, resumedAt);
+      return {
+        ...base,
+        totalTime: end - t0,
+        downtime: resumedAt - frozenAt,
+        resumeTime: resumedAt - switchSent,
+        bytesTotal: this.link.bytesSent,
+        pagesSent: this.totalPagesSent(),
+        postcopy: {
+          faults: done.faults,
+          faultLatencyMedian: median(done.faultLatencies),
+          faultLatencyP99: quantile(done.faultLatencies, 0.99),
+          degradedTime: end - resumedAt,
+        },
+        rounds: this.rounds,
+      };
+    } catch (err) {
+      if (!committed) {
+        // Until the destination confirms, the source owns the workload: let it run on.
+        if (frozenAt >= 0) await this.mem.thaw();
+        throw new MigrationAborted(
+          `migration ${migrationId} failed before the destination confirmed; the source keeps running: ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+
+  private finishRecord(rec: RoundRecord): void {
+    rec.duration = this.link.clock.now() - rec.start;
+    rec.bytes = this.link.bytesSent - rec.bytes;
+  }
+
+  private totalPagesSent(): number {
+    return this.rounds.reduce((a, r) => a + r.pagesSent, 0);
+  }
+
+  /** Starts a round record; `bytes` holds the link's byte count at the start until the round is finished. */
+  private startRecord(round: number, phase: Phase): RoundRecord {
+    const rec: RoundRecord = {
+      round,
+      phase,
+      start: this.link.clock.now(),
+      duration: 0,
+      pagesSent: 0,
+      pagesSkipped: 0,
+      pagesResent: 0,
+      zeroPages: 0,
+      bytes: this.link.bytesSent,
+      dirtyPages: null,
+    };
+    this.rounds.push(rec);
+    return rec;
+  }
+
+  /** Sends one batch of page ids (read, encode, frame, send). */
+  private async sendBatch(ids: ArrayLike<number>, round: number, rec: RoundRecord): Promise<void> {
+    const size = this.pageSize;
+    await this.mem.readPages(ids, this.scratch);
+    for (let k = 0; k < ids.length; k++) {
+      const id = ids[k];
+      if (this.sentOnce.get(id)) rec.pagesResent++;
+      else this.sentOnce.set(id);
+      this.writer.add(id, this.scratch.subarray(k * size, (k + 1) * size));
+    }
+    const { frame, stats } = this.writer.seal(round);
+    rec.pagesSent += stats.pages;
+    rec.zeroPages += stats.zeroPages;
+    await this.link.send(frame);
+  }
+
+  private async sendPages(ids: Uint32Array, round: number, phase: Phase): Promise<RoundRecord> {
+    const rec = this.startRecord(round, phase);
+    const per = this.perBatch;
+    for (let i = 0; i < ids.length; i += per) {
+      await this.sendBatch(ids.subarray(i, Math.min(ids.length, i + per)), round, rec);
+    }
+    return rec;
+  }
+
+  /** Pushes every missing page, serving the destination's faults first. */
+  private async pushPostcopy(missing: Bitmap, round: number): Promise<RoundRecord> {
+    const rec = this.startRecord(round, 'postcopy');
+    const order = missing.toArray();
+    const sent = new Bitmap(this.pageCount);
+    const urgent: number[] = [];
+    const per = this.perBatch;
+    const batch = new Uint32Array(per);
+    let cursor = 0;
+    let left = order.length;
+    while (left > 0) {
+      for (const raw of this.link.receive()) {
+        const f = decodeFrame(raw);
+        if (f.type !== FrameType.Fault) continue;
+        for (let at = 0; at + 4 <= f.payload.length; at += 4) {
+          const id = f.payload.readUInt32LE(at);
+          if (id < this.pageCount && missing.get(id) && !sent.get(id)) urgent.push(id);
+        }
+      }
+      let n = 0;
+      while (n < per && urgent.length > 0) {
+        const id = urgent.shift()!;
+        if (sent.get(id)) continue;
+        sent.set(id);
+        batch[n++] = id;
+      }
+      while (n < per && cursor < order.length) {
+        const id = order[cursor++];
+        if (sent.get(id)) continue;
+        sent.set(id);
+        batch[n++] = id;
+      }
+      await this.sendBatch(batch.subarray(0, n), round, rec);
+      left -= n;
+    }
+    return rec;
+  }
+}

@@ -1,0 +1,264 @@
+import { readFileSync } from 'node:fs';
+import { InputError } from '../util/errors.ts';
+import type { Region } from '../engine/types.ts';
+import type { ContentPool } from './content.ts';
+import type { Workload } from './workload.ts';
+
+/**
+ * A recorded per-page access history: for each sample (an interval of intervalMs), which pages were written
+ * and, where known, which were read. Page indexes follow the regions in order.
+ */
+export interface Trace {
+  pageSize: number;
+  intervalMs: number;
+  regions: Region[];
+  pageCount: number;
+  samples: number;
+  /** samples x bitmap of ceil(pageCount/8) bytes, bit i of byte j = page 8j+i. */
+  dirty: Uint8Array[];
+  accessed: Uint8Array[] | null;
+  source: string;
+}
+
+/** Magic line of precog's own trace format (docs/trace-format.md). */
+export const TRACE_MAGIC = 'PRECOG-TRACE 1\n';
+
+export function loadTrace(path: string): Trace {
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (e) {
+    throw new InputError(`cannot read trace file ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  if (data.subarray(0, TRACE_MAGIC.length).toString('latin1') === TRACE_MAGIC)
+    return parsePrecogTrace(data, path);
+  const first = data.subarray(0, 64).toString('utf8').trimStart()[0];
+  if (first === '{') return parsePublicTrace(data.toString('utf8'), path);
+  throw new InputError(
+    `trace file ${path} is neither precog's trace format (starts with "PRECOG-TRACE 1") nor the public JSON format ({"<hex vaddr>": {"isDirtyList": [...]}})`,
+  );
+}
+
+/**
+ * The public format of the U2CMigration prototype: {"<hex vaddr>": {"isDirtyList": [0|1...], "isAccessed": [...]}}.
+ * Pages are sorted by address; runs of consecutive pages become regions.
+ */
+export function parsePublicTrace(text: string, source: string, pageSize = 4096): Trace {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(text);
+  } catch (e) {
+    throw new InputError(`trace ${source} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!obj || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new InputError(`trace ${source}: expected an object keyed by hex page address`);
+  }
+  const entries = Object.entries(obj as Record<string, unknown>);
+  if (entries.length === 0) throw new InputError(`trace ${source} has no pages`);
+  const pages: { addr: bigint; dirty: number[]; accessed: number[] | null }[] = [];
+  let samples = -1;
+  let hasAccessed = true;
+  for (const [key, value] of entries) {
+    if (!/^(0x)?[0-9a-f]+$/i.test(key))
+      throw new InputError(`trace ${source}: page key "${key}" is not a hex address`);
+    const addr = BigInt(key.startsWith('0x') ? key : `0x${key}`);
+    if (addr % BigInt(pageSize) !== 0n) {
+      throw new InputError(`trace ${source}: page address ${key} is not aligned to ${pageSize} bytes`);
+    }
+    const rec = value as { isDirtyList?: unknown; isAccessed?: unknown } | null;
+    const dirty = bitList(rec?.isDirtyList, source, key, 'isDirtyList');
+    if (!dirty) throw new InputError(`trace ${source}: page ${key} has no isDirtyList`);
+    const accessed = bitList(rec?.isAccessed, source, key, 'isAccessed');
+    if (samples < 0) samples = dirty.length;
+    if (dirty.length !== samples || (accessed && accessed.length !== samples)) {
+      throw new InputError(
+        `trace ${source}: page ${key} has ${dirty.length} samples, the first page has ${samples}`,
+      );
+    }
+    if (!accessed) hasAccessed = false;
+    pages.push({ addr, dirty, accessed });
+  }
+  if (samples === 0) throw new InputError(`trace ${source} has zero samples`);
+  pages.sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
+  const regions: Region[] = [];
+  const size = BigInt(pageSize);
+  for (let i = 0; i < pages.length; i++) {
+    const last = regions[regions.length - 1];
+    if (last && BigInt(last.start) + BigInt(last.pages) * size === pages[i].addr) last.pages++;
+    else regions.push({ start: `0x${pages[i].addr.toString(16)}`, pages: 1 });
+  }
+  const bytes = (pages.length + 7) >>> 3;
+  const dirty = Array.from({ length: samples }, () => new Uint8Array(bytes));
+  const accessed = hasAccessed ? Array.from({ length: samples }, () => new Uint8Array(bytes)) : null;
+  pages.forEach((p, i) => {
+    for (let s = 0; s < samples; s++) {
+      if (p.dirty[s]) dirty[s][i >>> 3] |= 1 << (i & 7);
+      if (accessed && p.accessed![s]) accessed[s][i >>> 3] |= 1 << (i & 7);
+    }
+  });
+  return { pageSize, intervalMs: 1000, regions, pageCount: pages.length, samples, dirty, accessed, source };
+}
+
+function bitList(v: unknown, source: string, key: string, field: string): number[] | null {
+  if (v === undefined) return null;
+  if (!Array.isArray(v) || v.some((x) => x !== 0 && x !== 1 && x !== true && x !== false)) {
+    throw new InputError(`trace ${source}: page ${key} field ${field} must be a list of 0/1`);
+  }
+  return v.map((x) => (x ? 1 : 0));
+}
+
+interface TraceHeader {
+  pageSize: number;
+  intervalMs: number;
+  regions: Region[];
+  samples: number;
+  accessed: boolean;
+}
+
+/** precog's trace format: magic line, one JSON header line, then per sample the dirty (and accessed) bitmaps. */
+export function parsePrecogTrace(data: Buffer, source: string): Trace {
+  const nl = data.indexOf(10, TRACE_MAGIC.length);
+  if (nl < 0) throw new InputError(`trace ${source}: header line is missing`);
+  let h: TraceHeader;
+  try {
+    h = JSON.parse(data.subarray(TRACE_MAGIC.length, nl).toString('utf8')) as TraceHeader;
+  } catch (e) {
+    throw new InputError(`trace ${source}: header is not valid JSON: ${(e as Error).message}`);
+  }
+  const ok =
+    Number.isInteger(h.pageSize) &&
+    h.pageSize > 0 &&
+    h.intervalMs > 0 &&
+    Array.isArray(h.regions) &&
+    h.regions.every((r) => typeof r.start === 'string' && Number.isInteger(r.pages) && r.pages > 0) &&
+    Number.isInteger(h.samples) &&
+    h.samples > 0 &&
+    typeof h.accessed === 'boolean';
+  if (!ok) {
+    throw new InputError(
+      `trace ${source}: header needs pageSize, intervalMs > 0, regions [{start, pages}], samples > 0 and accessed (see docs/trace-format.md)`,
+    );
+  }
+  const pageCount = h.regions.reduce((a, r) => a + r.pages, 0);
+  const bytes = (pageCount + 7) >>> 3;
+  const per = bytes * (h.accessed ? 2 : 1);
+  const body = data.subarray(nl + 1);
+  if (body.length !== per * h.samples) {
+    throw new InputError(
+      `trace ${source}: body has ${body.length} bytes, the header announces ${h.samples} samples of ${per} bytes (${per * h.samples}); the file is truncated or corrupt`,
+    );
+  }
+  const dirty: Uint8Array[] = [];
+  const accessed: Uint8Array[] | null = h.accessed ? [] : null;
+  for (let s = 0; s < h.samples; s++) {
+    dirty.push(body.subarray(s * per, s * per + bytes));
+    if (accessed) accessed.push(body.subarray(s * per + bytes, s * per + 2 * bytes));
+  }
+  return {
+    pageSize: h.pageSize,
+    intervalMs: h.intervalMs,
+    regions: h.regions,
+    pageCount,
+    samples: h.samples,
+    dirty,
+    accessed,
+    source,
+  };
+}
+
+export function serializeTrace(t: Trace): Buffer {
+  const header: TraceHeader = {
+    pageSize: t.pageSize,
+    intervalMs: t.intervalMs,
+    regions: t.regions,
+    samples: t.samples,
+    accessed: t.accessed !== null,
+  };
+  const parts: Uint8Array[] = [Buffer.from(TRACE_MAGIC + JSON.stringify(header) + '\n')];
+  for (let s = 0; s < t.samples; s++) {
+    parts.push(t.dirty[s]);
+    if (t.accessed) parts.push(t.accessed[s]);
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Replays a trace: the writes of sample s are spread evenly over [s, s+1) intervals; accessed-only pages are
+ * reads at the start of their sample. After the last sample the trace starts again.
+ */
+export class TraceWorkload implements Workload {
+  readonly name = 'trace';
+  time = 0;
+  page = 0;
+  write = false;
+  private readonly trace: Trace;
+  private readonly pool: ContentPool;
+  private readonly interval: number;
+  private sample = 0;
+  private pass = 0;
+  private events: Uint32Array = new Uint32Array(0);
+  private reads = 0;
+  private k = 0;
+  private seq = 0;
+
+  constructor(trace: Trace, pool: ContentPool, intervalSeconds: number) {
+    this.trace = trace;
+    this.pool = pool;
+    this.interval = intervalSeconds;
+    let any = false;
+    for (let s = 0; s < trace.samples && !any; s++) any = trace.dirty[s].some((b) => b !== 0);
+    if (!any && !trace.accessed?.some((a) => a.some((b) => b !== 0))) {
+      this.time = Infinity;
+      return;
+    }
+    this.load();
+  }
+
+  /** Loads the current sample's accesses: reads first, then writes. */
+  private load(): void {
+    for (;;) {
+      const d = this.trace.dirty[this.sample];
+      const a = this.trace.accessed?.[this.sample];
+      const reads: number[] = [];
+      const writes: number[] = [];
+      for (let i = 0; i < this.trace.pageCount; i++) {
+        const bit = 1 << (i & 7);
+        if (d[i >>> 3] & bit) writes.push(i);
+        else if (a && a[i >>> 3] & bit) reads.push(i);
+      }
+      this.events = Uint32Array.from([...reads, ...writes]);
+      this.reads = reads.length;
+      this.k = 0;
+      if (this.events.length > 0) break;
+      this.advanceSample();
+    }
+    this.setPending();
+  }
+
+  private advanceSample(): void {
+    this.sample++;
+    if (this.sample === this.trace.samples) {
+      this.sample = 0;
+      this.pass++;
+    }
+  }
+
+  private setPending(): void {
+    const start = (this.pass * this.trace.samples + this.sample) * this.interval;
+    const writes = this.events.length - this.reads;
+    this.page = this.events[this.k];
+    this.write = this.k >= this.reads;
+    this.time = this.write ? start + ((this.k - this.reads + 1) / (writes + 1)) * this.interval : start;
+  }
+
+  apply(mem: Buffer): void {
+    if (this.write) this.pool.write(mem, this.page, ++this.seq, this.pool.pageSize);
+    this.k++;
+    if (this.k < this.events.length) {
+      this.setPending();
+      return;
+    }
+    this.advanceSample();
+    this.load();
+  }
+}

@@ -1,0 +1,65 @@
+/** The metrics of one migration, with the same names in the emulator, real runs and reports (docs/metrics.md). */
+
+export type Phase = 'live' | 'stop' | 'postcopy';
+
+export interface RoundRecord {
+  round: number;
+  phase: Phase;
+  /** Seconds since the migration started. */
+  start: number;
+  duration: number;
+  pagesSent: number;
+  /** Pending pages the strategy held back this round. */
+  pagesSkipped: number;
+  /** Pages sent that had been sent in an earlier round. */
+  pagesResent: number;
+  /** Pages sent as zero-page records (no payload). */
+  zeroPages: number;
+  /** Wire bytes of the round, framing and per-frame overhead included. */
+  bytes: number;
+  /** Pages found dirty when the round ended (live rounds only). */
+  dirtyPages: number | null;
+}
+
+export interface PostcopyMetrics {
+  /** Accesses at the destination to pages not there yet, each served remotely. */
+  faults: number;
+  faultLatencyMedian: number;
+  faultLatencyP99: number;
+  /** From resume at the destination until the last page arrived. */
+  degradedTime: number;
+}
+
+export interface RunMetrics {
+  migrationId: string;
+  strategy: string;
+  /** Authentication, version check and layout transfer. */
+  preparationTime: number;
+  /** From the start until the destination runs with all of its memory. */
+  totalTime: number;
+  /** From freezing at the source until running at the destination. */
+  downtime: number;
+  /** From the destination having all state (commit or switchover received) until it runs. */
+  resumeTime: number;
+  bytesTotal: number;
+  memoryBytes: number;
+  pagesTotal: number;
+  pagesSent: number;
+  /** Live (pre-copy) rounds before the switchover. */
+  liveRounds: number;
+  converged: boolean | null;
+  stopReason: string;
+  postcopy: PostcopyMetrics | null;
+  rounds: RoundRecord[];
+}
+
+export function quantile(values: readonly number[], q: number): number {
+  if (values.length === 0) return Number.NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return s[lo] + (s[hi] - s[lo]) * (pos - lo);
+}
+
+export const median = (values: readonly number[]): number => quantile(values, 0.5);

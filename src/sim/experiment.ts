@@ -1,0 +1,96 @@
+import { median } from '../report/metrics.ts';
+import { simulate, type Scenario, type SimResult } from './run.ts';
+
+/** A grid of scenarios: every combination of the listed values, each repeated over seeds. */
+export interface Experiment {
+  base: Scenario;
+  workloads: string[];
+  strategies: string[];
+  memories: number[];
+  bandwidths: number[];
+  seeds: number[];
+}
+
+/** The medians over seeds of one point of the grid. */
+export interface Summary {
+  workload: string;
+  memoryBytes: number;
+  bandwidth: number;
+  strategy: string;
+  runs: number;
+  /** Runs whose stop rule converged, of those where it applies (null: not an iterative strategy). */
+  converged: { yes: number; of: number } | null;
+  liveRounds: number;
+  totalTime: number;
+  downtime: number;
+  preparationTime: number;
+  resumeTime: number;
+  bytesTotal: number;
+  faults: number | null;
+  faultLatencyMedian: number | null;
+  degradedTime: number | null;
+  stopReasons: string[];
+}
+
+export function scenarios(e: Experiment): Scenario[] {
+  const out: Scenario[] = [];
+  for (const workload of e.workloads)
+    for (const memoryBytes of e.memories)
+      for (const bandwidth of e.bandwidths)
+        for (const strategy of e.strategies)
+          for (const seed of e.seeds)
+            out.push({ ...e.base, workload, memoryBytes, bandwidth, strategy, seed });
+  return out;
+}
+
+export async function runExperiment(
+  e: Experiment,
+  onRun?: (r: SimResult, done: number, total: number) => void,
+): Promise<{ runs: SimResult[]; summary: Summary[] }> {
+  const all = scenarios(e);
+  const runs: SimResult[] = [];
+  for (const s of all) {
+    const r = await simulate(s);
+    runs.push(r);
+    onRun?.(r, runs.length, all.length);
+  }
+  return { runs, summary: summarize(runs) };
+}
+
+export function summarize(runs: readonly SimResult[]): Summary[] {
+  const groups = new Map<string, SimResult[]>();
+  for (const r of runs) {
+    const s = r.scenario;
+    const key = JSON.stringify([s.workload, s.memoryBytes, s.bandwidth, s.strategy]);
+    const g = groups.get(key);
+    if (g) g.push(r);
+    else groups.set(key, [r]);
+  }
+  return [...groups.values()].map((g) => {
+    const s = g[0].scenario;
+    const m = g.map((r) => r.metrics);
+    const pc = m.filter((x) => x.postcopy !== null).map((x) => x.postcopy!);
+    const iterative = m.filter((x) => x.converged !== null);
+    const lat = pc.map((p) => p.faultLatencyMedian).filter((x) => Number.isFinite(x));
+    return {
+      workload: s.workload,
+      memoryBytes: g[0].metrics.memoryBytes,
+      bandwidth: s.bandwidth,
+      strategy: g[0].metrics.strategy,
+      runs: g.length,
+      converged: iterative.length
+        ? { yes: iterative.filter((x) => x.converged).length, of: iterative.length }
+        : null,
+      liveRounds: median(m.map((x) => x.liveRounds)),
+      totalTime: median(m.map((x) => x.totalTime)),
+      downtime: median(m.map((x) => x.downtime)),
+      preparationTime: median(m.map((x) => x.preparationTime)),
+      resumeTime: median(m.map((x) => x.resumeTime)),
+      bytesTotal: median(m.map((x) => x.bytesTotal)),
+      faults: pc.length ? median(pc.map((p) => p.faults)) : null,
+      faultLatencyMedian: lat.length ? median(lat) : null,
+      degradedTime: pc.length ? median(pc.map((p) => p.degradedTime)) : null,
+      stopReasons: [...new Set(m.map((x) => x.stopReason))],
+    };
+  });
+}
