@@ -268,11 +268,14 @@ export class MigrationSource {
         sent.set(id);
         batch[n++] = id;
       }
-      while (n < per && cursor < order.length) {
-        const id = order[cursor++];
-        if (sent.get(id)) continue;
-        sent.set(id);
-        batch[n++] = id;
+      // Faulted pages travel alone, so that they do not wait behind a full batch of background pages.
+      if (n === 0) {
+        for (; n < per && cursor < order.length; cursor++) {
+          const id = order[cursor];
+          if (sent.get(id)) continue;
+          sent.set(id);
+          batch[n++] = id;
+        }
       }
       await this.sendBatch(batch.subarray(0, n), round, rec);
       left -= n;

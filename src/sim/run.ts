@@ -59,7 +59,10 @@ export interface SimResult {
  * Tamper hook for tests: lets a test corrupt what the destination holds, to prove that the check catches it.
  */
 export interface SimHooks {
+  /** Called with the store before it is checked at resume or at the post-copy switchover. */
   corrupt?: (store: PageStore) => void;
+  /** Called with each page arriving after a post-copy switchover, before it is checked. */
+  corruptArrival?: (page: number, bytes: Buffer) => void;
 }
 
 /** Runs one migration in the emulator and checks the destination's memory against the source's. */
@@ -122,6 +125,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
         });
       },
       verifyPage(page, bytes) {
+        hooks.corruptArrival?.(page, bytes);
         if (truth.compare(bytes, 0, size, page * size, (page + 1) * size) !== 0)
           throw mismatch(page, 'post-copy arrival');
         verified.set(page);

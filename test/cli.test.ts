@@ -1,0 +1,84 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const BIN = new URL('../bin/precog', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'precog-cli-'));
+const precog = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+
+test('--help lists every command with one line', () => {
+  const r = precog('--help');
+  assert.equal(r.status, 0);
+  assert.match(r.stdout, /simulate \[options\]\s+run migrations in the emulator/);
+});
+
+test('bad input: one line naming the value and what is accepted, exit code 2, no stack trace', () => {
+  const bad = join(dir, 'bad.json');
+  writeFileSync(bad, '{"1000": {"isDirtyList": [1, 0]}, "2000": {"isDirtyList": [1]}}');
+  const cases: [string[], RegExp][] = [
+    [['simulate', '--workload', 'foo'], /unknown workload "foo"; accepted: idle, memchange, hotcold, trace/],
+    [['simulate', '--strategy', 'precopy,teleport'], /unknown strategy "teleport"; accepted: /],
+    [['simulate', '--memory', '12XB'], /memory "12XB" has an unknown unit "XB"; accepted: /],
+    [['simulate', '--bandwidth', '0'], /bandwidth "0" must be greater than zero/],
+    [['simulate', '--workload', `trace:file=${bad}`], /page 2000 has 1 samples, the first page has 2/],
+    [
+      ['simulate', '--workload', 'memchange:medium'],
+      /unknown memchange preset "medium"; accepted: low, high/,
+    ],
+    [['simulate', '--sweep', 'colour=red'], /--sweep "colour=red" must be KEY=v1,v2/],
+    [['simulate', '--repeat', '0'], /--repeat "0" must be a whole number >= 1/],
+    [['simulate', '--frobnicate'], /unknown option '--frobnicate'/],
+    [['teleport'], /unknown command 'teleport'/],
+  ];
+  for (const [args, re] of cases) {
+    const r = precog(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: exit code`);
+    assert.match(r.stderr, re, args.join(' '));
+    assert.doesNotMatch(r.stderr, /\n\s+at /, `${args.join(' ')}: no stack trace`);
+  }
+});
+
+test('simulate prints a comparison table and writes the documented JSON', () => {
+  const out = join(dir, 'run.json');
+  const r = precog(
+    'simulate',
+    '--workload',
+    'memchange:rate=0.2MB/s',
+    '--memory',
+    '8MiB',
+    '--bandwidth',
+    '20Mbit',
+    '--strategy',
+    'precopy,cold',
+    '--repeat',
+    '2',
+    '--json',
+    out,
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /medians over 2 seeds/);
+  assert.match(r.stdout, /precopy .* 2\/2 /);
+  assert.match(r.stdout, /cold .* - /);
+  const doc = JSON.parse(readFileSync(out, 'utf8'));
+  assert.equal(doc.schema, 'precog.simulate/v1');
+  assert.equal(doc.runs.length, 4);
+  assert.equal(doc.summary.length, 2);
+  const run = doc.runs[0];
+  assert.equal(run.pagesVerified, 2048);
+  assert.ok(run.metrics.rounds.length >= 2);
+  for (const key of [
+    'round',
+    'phase',
+    'start',
+    'duration',
+    'pagesSent',
+    'pagesSkipped',
+    'pagesResent',
+    'bytes',
+  ]) {
+    assert.ok(key in run.metrics.rounds[0], key);
+  }
+});

@@ -1,0 +1,177 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { simulate, SCENARIO_DEFAULTS, type Scenario } from '../src/sim/run.ts';
+import { VirtualClock } from '../src/engine/clock.ts';
+import { MigrationDestination } from '../src/engine/destination.ts';
+import { MigrationSource } from '../src/engine/source.ts';
+import { ContentPool } from '../src/memory/content.ts';
+import { EmulatedMemory } from '../src/memory/emulated.ts';
+import { parseWorkload } from '../src/memory/workloads.ts';
+import { parseStrategy } from '../src/policy/index.ts';
+import { codecChain } from '../src/codec/index.ts';
+import { EmulatedLink } from '../src/transport/emulated.ts';
+import { FrameType } from '../src/transport/frame.ts';
+import { InvariantError } from '../src/util/errors.ts';
+
+const PUBLIC = new URL('../../shared/data/npb-cg-B-dirty.json', import.meta.url).pathname;
+const MiB = 2 ** 20;
+const small = (over: Partial<Scenario>): Scenario => ({
+  ...SCENARIO_DEFAULTS,
+  memoryBytes: 16 * MiB,
+  bandwidth: 10e6,
+  ...over,
+});
+const STRATEGIES = [
+  'cold',
+  'precopy',
+  'precopy:rule=qemu',
+  'iterpredict',
+  'postcopy',
+  'hybrid',
+  'hybrid:rounds=3',
+];
+const WORKLOADS = [
+  'idle:zero=0.3',
+  'memchange:rate=0.3MB/s:pattern=random',
+  'memchange:rate=0.5MB/s:pattern=hotspot:touch=64',
+  'memchange:high:pattern=sequential',
+  'hotcold:rate=0.4MB/s:skew=1.1:zero=0.1',
+];
+
+for (const workload of WORKLOADS) {
+  test(`every strategy delivers the stop-time memory byte for byte: ${workload}`, async () => {
+    for (const strategy of STRATEGIES) {
+      const r = await simulate(small({ workload, strategy }));
+      assert.equal(r.pagesVerified, 4096, `${strategy}: every page verified`);
+      assert.ok(r.metrics.downtime > 0 && r.metrics.totalTime >= r.metrics.downtime, strategy);
+    }
+  });
+}
+
+test(
+  'the public npb-cg-B trace replays through every strategy byte for byte',
+  { skip: !PUBLIC },
+  async () => {
+    for (const strategy of STRATEGIES) {
+      const r = await simulate({
+        ...SCENARIO_DEFAULTS,
+        workload: `trace:file=${PUBLIC}`,
+        strategy,
+        bandwidth: 1e9,
+      });
+      assert.equal(r.pagesVerified, 29109, strategy);
+    }
+  },
+);
+
+test('the same seed gives the same run, another seed another run', async () => {
+  const s = small({ workload: 'memchange:rate=0.8MB/s:pattern=random', strategy: 'precopy', seed: 7 });
+  const a = await simulate(s);
+  const b = await simulate(s);
+  assert.deepEqual(a.metrics, b.metrics);
+  const c = await simulate({ ...s, seed: 8 });
+  assert.notDeepEqual(a.metrics.rounds, c.metrics.rounds);
+});
+
+test('a destination whose memory differs from the source fails loudly', async () => {
+  const flip = (p: number) => (store: { image: Buffer; layout: { pageSize: number } }) => {
+    store.image[p * store.layout.pageSize + 123] ^= 0x40;
+  };
+  for (const strategy of ['cold', 'precopy', 'hybrid']) {
+    await assert.rejects(
+      simulate(small({ workload: 'memchange:low', strategy }), { corrupt: flip(77) }),
+      (e: Error) =>
+        e instanceof InvariantError || (e.cause instanceof InvariantError && /page 77/.test(e.message)),
+      strategy,
+    );
+  }
+  await assert.rejects(
+    simulate(small({ workload: 'memchange:low', strategy: 'postcopy' }), {
+      corruptArrival: (page, bytes) => {
+        if (page === 3000) bytes[0] ^= 1;
+      },
+    }),
+    (e: Error) => e instanceof InvariantError && /page 3000 \(post-copy arrival\)/.test(e.message),
+  );
+});
+
+test('vanilla pre-copy fails to converge when the dirty rate reaches the link speed; iterpredict gives up early', async () => {
+  // 11-12 MB/s dirty rate against a 100 Mbit/s (12.5 MB/s) link
+  const base = { workload: 'memchange:high', memoryBytes: 64 * MiB, bandwidth: 100e6 };
+  const pre = await simulate({ ...SCENARIO_DEFAULTS, ...base, strategy: 'precopy' });
+  assert.equal(pre.metrics.converged, false);
+  assert.match(pre.metrics.stopReason, /cap/);
+  const it = await simulate({ ...SCENARIO_DEFAULTS, ...base, strategy: 'iterpredict' });
+  assert.equal(it.metrics.converged, false);
+  assert.ok(it.metrics.liveRounds < pre.metrics.liveRounds);
+  assert.ok(it.metrics.totalTime < pre.metrics.totalTime);
+  const low = await simulate({
+    ...SCENARIO_DEFAULTS,
+    ...base,
+    workload: 'memchange:low',
+    strategy: 'precopy',
+  });
+  assert.equal(low.metrics.converged, true);
+  assert.ok(low.metrics.downtime < pre.metrics.downtime / 10);
+});
+
+test('time is bytes over bandwidth: cold migration of 16 MiB at 10 Mbit/s', async () => {
+  const r = await simulate(small({ workload: 'idle', strategy: 'cold', latency: 0 }));
+  const ideal = (16 * MiB * 8) / 10e6;
+  assert.ok(r.metrics.downtime >= ideal, `${r.metrics.downtime} >= ${ideal}`);
+  // framing (20 + 9 bytes a page record, 64 a frame) and 256 KiB of non-memory state: 2.3 % here
+  const state = (256 * 1024 * 8) / 10e6;
+  assert.ok(r.metrics.downtime - state < ideal * 1.01, 'framing adds under 1 %');
+  assert.equal(r.metrics.downtime, r.metrics.totalTime - r.metrics.preparationTime);
+});
+
+test('post-copy sends every page exactly once, faults pages in on demand, and reports degraded time', async () => {
+  const r = await simulate(
+    small({ workload: 'memchange:rate=0.5MB/s:pattern=random', strategy: 'postcopy' }),
+  );
+  const m = r.metrics;
+  assert.equal(m.pagesSent, 4096);
+  assert.ok(m.postcopy!.faults > 0);
+  assert.ok(
+    m.postcopy!.faultLatencyMedian >= 2 * SCENARIO_DEFAULTS.latency,
+    'a fault costs at least a round trip',
+  );
+  assert.ok(m.postcopy!.degradedTime > 0.9 * ((16 * MiB * 8) / 10e6));
+  const stateTime = (SCENARIO_DEFAULTS.stateBytes * 8) / 10e6;
+  assert.ok(m.downtime < stateTime + 0.01, 'post-copy downtime is the non-memory state alone');
+  const h = await simulate(small({ workload: 'memchange:rate=0.5MB/s:pattern=random', strategy: 'hybrid' }));
+  assert.equal(
+    h.metrics.pagesSent,
+    4096 + h.metrics.rounds[0].dirtyPages!,
+    'only pages dirtied after round 1 go again',
+  );
+});
+
+test('a failure before the destination confirms leaves the source running', async () => {
+  const clock = new VirtualClock();
+  const plan = parseWorkload('memchange:rate=1MB/s', 4 * MiB);
+  const pool = new ContentPool(1, 4096);
+  const mem = new EmulatedMemory(plan.layout, pool, plan.create(pool, 2), clock, 0, 3);
+  const dest = new MigrationDestination({ restoreCost: 0 });
+  const refusing = {
+    handle(frame: Buffer, at: number) {
+      if (frame.readUInt8(5) === FrameType.Commit) throw new Error('destination disk full');
+      return dest.handle(frame, at);
+    },
+    tick: () => [],
+  };
+  const link = new EmulatedLink(clock, { bandwidth: 10e6, latency: 0, frameOverhead: 0 }, refusing);
+  const source = new MigrationSource(mem, link, parseStrategy('precopy'), {
+    codec: codecChain('zero'),
+    batchBytes: 65536,
+    stateBytes: 1024,
+  });
+  await assert.rejects(
+    source.run(),
+    /failed before the destination confirmed; the source keeps running: destination disk full/,
+  );
+  // thawed: the workload goes on writing at the source
+  mem.collectDirty();
+  clock.advance(1);
+  assert.ok(mem.collectDirty().count() > 100);
+});
