@@ -2,18 +2,66 @@ import { Prng } from '../util/prng.ts';
 import type { ContentPool } from './content.ts';
 import type { Workload } from './workload.ts';
 
-export type MemchangePattern = 'sequential' | 'random' | 'hotspot';
-
-export interface MemchangeOptions {
-  /** Dirty rate range in bytes/s (whole pages dirtied per second x page size); drawn anew every second. */
+/** Rate range in bytes/s (whole pages dirtied per second x page size), drawn anew every second, and write size. */
+export interface Pace {
   rateMin: number;
   rateMax: number;
+  /** Bytes changed per page write (page size: the whole page is rewritten). */
+  touch: number;
+}
+
+/** Writes at a paced rate; subclasses choose the page of each write. */
+abstract class PacedWrites implements Workload {
+  abstract readonly name: string;
+  time = 0;
+  page = 0;
+  readonly write = true;
+  protected readonly prng: Prng;
+  private readonly pace: Pace;
+  private readonly pool: ContentPool;
+  private seq = 0;
+  private rate = 0;
+  private segmentEnd = 1;
+
+  constructor(pace: Pace, pool: ContentPool, seed: number) {
+    this.pace = pace;
+    this.pool = pool;
+    this.prng = new Prng(seed);
+  }
+
+  /** Called by subclasses once their own fields are set: draws the first rate and the first write. */
+  protected start(): void {
+    this.rate = this.drawRate();
+    this.time = this.pool.pageSize / this.rate;
+    this.page = this.pick();
+  }
+
+  protected abstract pick(): number;
+
+  private drawRate(): number {
+    return this.pace.rateMin + (this.pace.rateMax - this.pace.rateMin) * this.prng.next();
+  }
+
+  apply(mem: Buffer): void {
+    this.pool.write(mem, this.page, ++this.seq, this.pace.touch);
+    const next = this.time + this.pool.pageSize / this.rate;
+    if (next >= this.segmentEnd) {
+      // The next write falls into a new second: the rate for the writes after it is drawn anew.
+      this.rate = this.drawRate();
+      this.segmentEnd = Math.floor(next) + 1;
+    }
+    this.time = next;
+    this.page = this.pick();
+  }
+}
+
+export type MemchangePattern = 'sequential' | 'random' | 'hotspot';
+
+export interface MemchangeOptions extends Pace {
   /** First page and size in pages of the rewritten buffer. */
   bufferStart: number;
   bufferPages: number;
   pattern: MemchangePattern;
-  /** Bytes changed per page write (page size: the whole page is rewritten). */
-  touch: number;
   /** hotspot: fraction of the buffer that is hot, and the share of writes that go there. */
   hotFraction: number;
   hotShare: number;
@@ -23,34 +71,18 @@ export interface MemchangeOptions {
  * The dirty-rate workload of the seed research: a contiguous buffer rewritten at a set rate, sequentially, at
  * random, or with a hot spot.
  */
-export class MemchangeWorkload implements Workload {
+export class MemchangeWorkload extends PacedWrites {
   readonly name = 'memchange';
-  time = 0;
-  page = 0;
-  readonly write = true;
   private readonly o: MemchangeOptions;
-  private readonly prng: Prng;
-  private readonly pool: ContentPool;
-  private seq = 0;
   private cursor = 0;
-  private rate = 0;
-  private segmentEnd = 0;
 
   constructor(o: MemchangeOptions, pool: ContentPool, seed: number) {
+    super(o, pool, seed);
     this.o = o;
-    this.pool = pool;
-    this.prng = new Prng(seed);
-    this.newSegment(0);
-    this.time = pool.pageSize / this.rate;
-    this.page = this.pick();
+    this.start();
   }
 
-  private newSegment(at: number): void {
-    this.rate = this.o.rateMin + (this.o.rateMax - this.o.rateMin) * this.prng.next();
-    this.segmentEnd = at + 1;
-  }
-
-  private pick(): number {
+  protected pick(): number {
     const o = this.o;
     switch (o.pattern) {
       case 'sequential':
@@ -65,59 +97,30 @@ export class MemchangeWorkload implements Workload {
       }
     }
   }
-
-  apply(mem: Buffer): void {
-    this.pool.write(mem, this.page, ++this.seq, this.o.touch);
-    let next = this.time + this.pool.pageSize / this.rate;
-    if (next >= this.segmentEnd) {
-      this.newSegment(this.segmentEnd);
-      next = Math.max(next, this.segmentEnd - 1);
-    }
-    this.time = next;
-    this.page = this.pick();
-  }
 }
 
-export interface HotColdOptions {
-  rateMin: number;
-  rateMax: number;
+export interface HotColdOptions extends Pace {
   pages: number;
   /** Zipf exponent: 0 is uniform, 1 is classic Zipf, larger is more skewed. */
   skew: number;
-  touch: number;
 }
 
 /**
  * Writes spread over all of memory with Zipf-like skew: a few pages take most writes. Hot pages are scattered
  * over the address space (rank -> page through a fixed permutation), as heap objects are.
  */
-export class HotColdWorkload implements Workload {
+export class HotColdWorkload extends PacedWrites {
   readonly name = 'hotcold';
-  time = 0;
-  page = 0;
-  readonly write = true;
   private readonly o: HotColdOptions;
-  private readonly prng: Prng;
-  private readonly pool: ContentPool;
   private readonly stride: number;
   private readonly shift: number;
-  private seq = 0;
-  private rate: number;
-  private segmentEnd = 1;
 
   constructor(o: HotColdOptions, pool: ContentPool, seed: number) {
+    super(o, pool, seed);
     this.o = o;
-    this.pool = pool;
-    this.prng = new Prng(seed);
     this.stride = coprimeStride(o.pages, this.prng);
     this.shift = this.prng.int(o.pages);
-    this.rate = this.drawRate();
-    this.time = pool.pageSize / this.rate;
-    this.page = this.pick();
-  }
-
-  private drawRate(): number {
-    return this.o.rateMin + (this.o.rateMax - this.o.rateMin) * this.prng.next();
+    this.start();
   }
 
   /** Inverse CDF of the continuous Zipf approximation over ranks 1..n. */
@@ -130,20 +133,8 @@ export class HotColdWorkload implements Workload {
     return Math.min(n - 1, Math.max(0, Math.floor(r) - 1));
   }
 
-  private pick(): number {
+  protected pick(): number {
     return (this.rank() * this.stride + this.shift) % this.o.pages;
-  }
-
-  apply(mem: Buffer): void {
-    this.pool.write(mem, this.page, ++this.seq, this.o.touch);
-    let next = this.time + this.pool.pageSize / this.rate;
-    if (next >= this.segmentEnd) {
-      this.rate = this.drawRate();
-      this.segmentEnd += 1;
-      next = Math.max(next, this.segmentEnd - 1);
-    }
-    this.time = next;
-    this.page = this.pick();
   }
 }
 
