@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BatchWriter, readBatch } from '../src/codec/batch.ts';
 import { codecChain } from '../src/codec/index.ts';
+import { FrameReader } from '../src/transport/stream.ts';
 import {
   decodeFrame,
   encodeFrame,
@@ -66,4 +67,31 @@ test('a batch naming a page outside the layout or cut short is refused', () => {
   const payload = decodeFrame(Buffer.from(w.seal(1).frame)).payload;
   assert.throws(() => readBatch(payload, 50, () => {}), /page index 99 outside the layout of 50 pages/);
   assert.throws(() => readBatch(payload.subarray(0, 100), 100, () => {}), /truncated/);
+});
+
+test('a byte stream cut anywhere gives back the same frames', () => {
+  const frames = [
+    encodeFrame(FrameType.Hello, Buffer.from('{}')),
+    encodeFrame(FrameType.Pages, Buffer.alloc(5000, 3)),
+    encodeFrame(FrameType.Commit, Buffer.alloc(0)),
+  ];
+  const stream = Buffer.concat(frames);
+  for (const step of [1, 7, 20, 4096, stream.length]) {
+    const reader = new FrameReader();
+    const got: Buffer[] = [];
+    for (let i = 0; i < stream.length; i += step) got.push(...reader.push(stream.subarray(i, i + step)));
+    assert.equal(got.length, 3, `step ${step}`);
+    got.forEach((f, i) => assert.ok(f.equals(frames[i])));
+    assert.equal(reader.pending, 0);
+  }
+});
+
+test('the stream reader refuses an oversized frame from its header alone', () => {
+  const head = encodeFrame(FrameType.Pages, Buffer.alloc(0));
+  head.writeUInt32LE(MAX_FRAME_PAYLOAD + 1, 8);
+  assert.throws(() => new FrameReader().push(head), /oversized frame/);
+  assert.throws(
+    () => new FrameReader().push(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')),
+    /bad frame magic/,
+  );
 });

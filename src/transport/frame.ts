@@ -73,26 +73,8 @@ export function decodeFrame(buf: Buffer): Frame {
   if (buf.length < FRAME_HEADER_BYTES) {
     throw new ProtocolError(`truncated frame: ${buf.length} bytes, a header alone is ${FRAME_HEADER_BYTES}`);
   }
-  const magic = buf.readUInt32LE(0);
-  if (magic !== FRAME_MAGIC) {
-    throw new ProtocolError(
-      `bad frame magic 0x${magic.toString(16)}: the peer is not speaking precog's protocol`,
-    );
-  }
-  const version = buf.readUInt8(4);
-  if (version !== PROTOCOL_VERSION) {
-    throw new ProtocolError(
-      `unsupported protocol version ${version}; this precog speaks version ${PROTOCOL_VERSION}: run the same precog release on both hosts`,
-    );
-  }
+  const length = checkHeader(buf);
   const type = buf.readUInt8(5);
-  if (!(type in FrameType)) throw new ProtocolError(`unknown frame type ${type}`);
-  const length = buf.readUInt32LE(8);
-  if (length > MAX_FRAME_PAYLOAD) {
-    throw new ProtocolError(
-      `oversized frame: payload of ${length} bytes exceeds the limit of ${MAX_FRAME_PAYLOAD}`,
-    );
-  }
   if (buf.length !== FRAME_HEADER_BYTES + length) {
     throw new ProtocolError(
       `truncated frame: header announces ${length} payload bytes, ${buf.length - FRAME_HEADER_BYTES} present`,
@@ -123,4 +105,29 @@ export function expectType(frame: Frame, type: FrameType): void {
       `out-of-order message: expected ${FrameType[type]}, got ${FrameType[frame.type]}`,
     );
   }
+}
+
+/** Checks a frame header; returns the payload length. */
+export function checkHeader(head: Buffer): number {
+  const magic = head.readUInt32LE(0);
+  if (magic !== FRAME_MAGIC) {
+    throw new ProtocolError(
+      `bad frame magic 0x${magic.toString(16)}: the peer is not speaking precog's protocol`,
+    );
+  }
+  const version = head.readUInt8(4);
+  if (version !== PROTOCOL_VERSION) {
+    throw new ProtocolError(
+      `unsupported protocol version ${version}; this precog speaks version ${PROTOCOL_VERSION}: run the same precog release on both hosts`,
+    );
+  }
+  const type = head.readUInt8(5);
+  if (!(type in FrameType)) throw new ProtocolError(`unknown frame type ${type}`);
+  const length = head.readUInt32LE(8);
+  if (length > MAX_FRAME_PAYLOAD) {
+    throw new ProtocolError(
+      `oversized frame: payload of ${length} bytes exceeds the limit of ${MAX_FRAME_PAYLOAD}`,
+    );
+  }
+  return length;
 }
