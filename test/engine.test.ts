@@ -13,7 +13,8 @@ import { EmulatedLink } from '../src/transport/emulated.ts';
 import { FrameType } from '../src/transport/frame.ts';
 import { InvariantError } from '../src/util/errors.ts';
 
-const PUBLIC = new URL('../../shared/data/npb-cg-B-dirty.json', import.meta.url).pathname;
+// A gzipped copy of ../shared/data/npb-cg-B-dirty.json (see test/data/README.md).
+const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
 const MiB = 2 ** 20;
 const small = (over: Partial<Scenario>): Scenario => ({
   ...SCENARIO_DEFAULTS,

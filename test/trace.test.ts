@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadTrace, parsePublicTrace, serializeTrace } from '../src/memory/trace.ts';
 
-const PUBLIC = new URL('../../shared/data/npb-cg-B-dirty.json', import.meta.url).pathname;
+// A gzipped copy of ../shared/data/npb-cg-B-dirty.json (see test/data/README.md).
+const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'precog-trace-'));
 const write = (name: string, body: string | Buffer): string => {
   const p = join(dir, name);

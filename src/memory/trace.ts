@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { gunzipSync } from 'node:zlib';
 import { InputError } from '../util/errors.ts';
 import type { Region } from '../engine/types.ts';
 import type { ContentPool } from './content.ts';
@@ -29,6 +30,15 @@ export function loadTrace(path: string): Trace {
     data = readFileSync(path);
   } catch (e) {
     throw new InputError(`cannot read trace file ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  if (data[0] === 0x1f && data[1] === 0x8b) {
+    try {
+      data = gunzipSync(data);
+    } catch (e) {
+      throw new InputError(
+        `trace file ${path} looks gzip-compressed but does not decompress: ${(e as Error).message}`,
+      );
+    }
   }
   if (data.subarray(0, TRACE_MAGIC.length).toString('latin1') === TRACE_MAGIC)
     return parsePrecogTrace(data, path);
