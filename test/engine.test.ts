@@ -75,8 +75,8 @@ test('the same seed gives the same run, another seed another run', async () => {
 });
 
 test('a destination whose memory differs from the source fails loudly', async () => {
-  const flip = (p: number) => (store: { image: Buffer; layout: { pageSize: number } }) => {
-    store.image[p * store.layout.pageSize + 123] ^= 0x40;
+  const flip = (p: number) => (store: { image: Buffer | null; layout: { pageSize: number } }) => {
+    store.image![p * store.layout.pageSize + 123] ^= 0x40;
   };
   for (const strategy of ['cold', 'precopy', 'hybrid']) {
     await assert.rejects(

@@ -9,7 +9,7 @@ import {
   encodeFrame,
   PROTOCOL_VERSION,
 } from '../transport/frame.ts';
-import { PageStore } from './pagestore.ts';
+import { PageStore, type PageBacking } from './pagestore.ts';
 import type { Arrival, Layout } from './types.ts';
 import type { CommitMessage, DoneAck, HelloMessage, ResumedMessage, SwitchoverMessage } from './messages.ts';
 
@@ -31,8 +31,12 @@ export interface DestinationEnvironment {
   verifyPage?(page: number, bytes: Buffer): void;
   /** Starts the workload at the destination during post-copy. */
   resume?(store: PageStore, at: number): ResumedWorkload;
-  /** Memory for the page store (default: a new zeroed buffer). */
-  allocate?(bytes: number): Buffer;
+  /** Where to keep the pages of a migration (default: a new buffer in memory). */
+  backing?(layout: Layout, migrationId: string): PageBacking;
+  /** Called when the source commits, after the checks and before the reply (persist, restore...). */
+  commit?(store: PageStore, migrationId: string): void;
+  /** Called when the migration is abandoned (abort frame or a lost source) to remove what it kept. */
+  discard?(migrationId: string): void;
 }
 
 type State = 'hello' | 'layout' | 'receiving' | 'resumed' | 'postcopy' | 'done';
@@ -81,7 +85,7 @@ export class MigrationDestination {
         const layout = parseJson<Layout>(frame);
         if (!(layout.pageCount > 0) || !(layout.pageSize > 0))
           throw new ProtocolError('LAYOUT frame has no pages');
-        this.store = new PageStore(layout, this.env.allocate?.(layout.pageCount * layout.pageSize));
+        this.store = new PageStore(layout, this.env.backing?.(layout, this.migrationId));
         this.state = 'receiving';
         return [];
       }
@@ -90,8 +94,9 @@ export class MigrationDestination {
         const store = this.store!;
         const postcopy = this.state === 'postcopy';
         readBatch(frame.payload, store.layout.pageCount, (id, decodeInto) => {
-          const page = store.page(id);
+          const page = store.backing.slot(id);
           decodeInto(page);
+          store.backing.settle(id);
           store.present.set(id);
           store.arrival[id] = at;
           if (postcopy) {
@@ -116,6 +121,7 @@ export class MigrationDestination {
         const missing = store.missing();
         if (missing > 0) throw new ProtocolError(`COMMIT with ${missing} pages never received`);
         this.env.verifyPages?.(store, store.present);
+        this.env.commit?.(store, this.migrationId);
         this.resumedAt = at + this.env.restoreCost;
         this.state = 'resumed';
         const msg: ResumedMessage = { resumedAt: this.resumedAt };
@@ -149,12 +155,25 @@ export class MigrationDestination {
         return [{ frame: jsonFrame(FrameType.DoneAck, ack), at }];
       }
       case FrameType.Abort:
-        this.store = null;
-        this.state = 'done';
+        this.abandon();
         return [];
       default:
         throw new ProtocolError(`unexpected ${FrameType[frame.type]} frame at the destination`);
     }
+  }
+
+  /** True once the source has handed over (commit or post-copy switchover): the copy here is the live one. */
+  get committed(): boolean {
+    return this.state === 'resumed' || this.state === 'postcopy' || this.state === 'done';
+  }
+
+  /** Drops an unfinished migration: frees the store and lets the host remove what it kept. */
+  abandon(): void {
+    if (this.committed && this.state !== 'done') return;
+    this.store?.backing.close();
+    this.store = null;
+    if (this.migrationId) this.env.discard?.(this.migrationId);
+    this.state = 'done';
   }
 
   tick(now: number): Arrival[] {

@@ -5,7 +5,7 @@ import { deriveSeed } from '../util/prng.ts';
 import { codecChain } from '../codec/index.ts';
 import { VirtualClock } from '../engine/clock.ts';
 import { MigrationDestination, type DestinationEnvironment } from '../engine/destination.ts';
-import type { PageStore } from '../engine/pagestore.ts';
+import { MemoryBacking, type PageStore } from '../engine/pagestore.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ContentPool } from '../memory/content.ts';
 import { EmulatedMemory, ResumedProcess } from '../memory/emulated.ts';
@@ -105,20 +105,21 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
 
     const env: DestinationEnvironment = {
       restoreCost: s.restoreCost,
-      allocate(bytes) {
-        const b = takeBuffer(bytes);
+      backing(l) {
+        const b = takeBuffer(l.pageCount * l.pageSize);
         owned.push(b);
-        return b;
+        return new MemoryBacking(l, b);
       },
       verifyPages(store, pages) {
         hooks.corrupt?.(store);
         const all = pages.count() === layout.pageCount;
-        if (all && store.image.equals(truth)) {
+        const image = store.image!;
+        if (all && image.equals(truth)) {
           verified.or(pages);
           return;
         }
         pages.forEach((p) => {
-          if (truth.compare(store.image, p * size, (p + 1) * size, p * size, (p + 1) * size) !== 0) {
+          if (truth.compare(image, p * size, (p + 1) * size, p * size, (p + 1) * size) !== 0) {
             throw mismatch(p, all ? 'at resume' : 'present at the post-copy switchover');
           }
           verified.set(p);
@@ -132,7 +133,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
       },
       resume(store, at) {
         const { workload: w, lag } = mem.handOver(at);
-        return new ResumedProcess(w, store.image, store.arrival, lag);
+        return new ResumedProcess(w, store.image!, store.arrival, lag);
       },
     };
     const dest: FrameHandler = new MigrationDestination(env);
