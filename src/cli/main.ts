@@ -1,5 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { exitCodeOf } from '../util/errors.ts';
+import { agentCommand } from './agent.ts';
+import { pkiCommand } from './pki.ts';
 import { simulateCommand } from './simulate.ts';
 
 const program = new Command();
@@ -13,6 +15,8 @@ program
   .exitOverride();
 
 program.addCommand(simulateCommand());
+program.addCommand(pkiCommand());
+program.addCommand(agentCommand());
 
 try {
   await program.parseAsync(process.argv);

@@ -54,6 +54,7 @@ export class MigrationDestination {
   private process: ResumedWorkload | null = null;
   private lastArrival = 0;
   private resumedAt = 0;
+  private handedOver = false;
 
   constructor(env: DestinationEnvironment) {
     this.env = env;
@@ -74,6 +75,14 @@ export class MigrationDestination {
         if (hello.version !== PROTOCOL_VERSION) {
           throw new ProtocolError(
             `peer speaks protocol ${hello.version}, this destination ${PROTOCOL_VERSION}`,
+          );
+        }
+        if (
+          typeof hello.migrationId !== 'string' ||
+          !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(hello.migrationId)
+        ) {
+          throw new ProtocolError(
+            'HELLO carries an invalid migration id (letters, digits, . _ - only, at most 64)',
           );
         }
         this.migrationId = hello.migrationId;
@@ -122,6 +131,7 @@ export class MigrationDestination {
         if (missing > 0) throw new ProtocolError(`COMMIT with ${missing} pages never received`);
         this.env.verifyPages?.(store, store.present);
         this.env.commit?.(store, this.migrationId);
+        this.handedOver = true;
         this.resumedAt = at + this.env.restoreCost;
         this.state = 'resumed';
         const msg: ResumedMessage = { resumedAt: this.resumedAt };
@@ -136,6 +146,7 @@ export class MigrationDestination {
         this.env.verifyPages?.(store, store.present);
         this.resumedAt = at + this.env.restoreCost;
         this.process = this.env.resume?.(store, this.resumedAt) ?? null;
+        this.handedOver = true;
         this.state = 'postcopy';
         const reply: ResumedMessage = { resumedAt: this.resumedAt };
         return [{ frame: jsonFrame(FrameType.Resumed, reply), at: this.resumedAt }];
@@ -164,12 +175,12 @@ export class MigrationDestination {
 
   /** True once the source has handed over (commit or post-copy switchover): the copy here is the live one. */
   get committed(): boolean {
-    return this.state === 'resumed' || this.state === 'postcopy' || this.state === 'done';
+    return this.handedOver;
   }
 
   /** Drops an unfinished migration: frees the store and lets the host remove what it kept. */
   abandon(): void {
-    if (this.committed && this.state !== 'done') return;
+    if (this.handedOver) return;
     this.store?.backing.close();
     this.store = null;
     if (this.migrationId) this.env.discard?.(this.migrationId);

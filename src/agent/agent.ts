@@ -1,0 +1,127 @@
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { join } from 'node:path';
+import { WallClock } from '../engine/clock.ts';
+import { MigrationDestination } from '../engine/destination.ts';
+import { FileBacking, MemoryBacking, type PageBacking } from '../engine/pagestore.ts';
+import type { Layout } from '../engine/types.ts';
+import { encodeFrame, FrameType } from '../transport/frame.ts';
+import type { Identity } from '../transport/pki.ts';
+import { FrameReader } from '../transport/stream.ts';
+import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
+import type { Logger } from '../util/log.ts';
+
+export interface AgentOptions {
+  listen: Endpoint;
+  stateDir: string;
+  /** Mutual TLS identity; null only for the explicit insecure test mode. */
+  identity: Identity | null;
+  /** Migrations larger than this keep their pages in a file under the state directory. */
+  spillBytes: number;
+  log: Logger;
+}
+
+/** What a committed migration leaves in the state directory. */
+export const COMMITTED_FILES = { layout: 'layout.json', pages: 'pages.img', done: 'COMMITTED' } as const;
+
+/**
+ * A precog agent: accepts migration sessions from authenticated peers, keeps each one's pages (in memory, or in
+ * a file above the spill size) and persists them when the source commits. A session that breaks (bad frame, lost
+ * peer, abort) is dropped and its files removed; other sessions go on.
+ */
+export class Agent {
+  private readonly o: AgentOptions;
+  private server: net.Server | null = null;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(options: AgentOptions) {
+    this.o = options;
+  }
+
+  async start(): Promise<Endpoint> {
+    mkdirSync(this.o.stateDir, { recursive: true, mode: 0o700 });
+    const onSocket = (s: net.Socket): void => this.serve(s);
+    const server = this.o.identity
+      ? tls.createServer(tlsServerOptions(this.o.identity), onSocket)
+      : net.createServer(onSocket);
+    if (server instanceof tls.Server) {
+      server.on('tlsClientError', (err, socket) => {
+        this.o.log.warn(
+          { remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message },
+          'refused a client without a valid certificate from this CA',
+        );
+      });
+    }
+    this.server = server;
+    server.listen(this.o.listen.port, this.o.listen.host);
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', resolve);
+      server.once('error', reject);
+    });
+    const addr = server.address() as net.AddressInfo;
+    this.o.log.info(
+      { address: `${addr.address}:${addr.port}`, tls: this.o.identity !== null, name: this.o.identity?.name },
+      'agent listening',
+    );
+    return { host: addr.address, port: addr.port };
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private serve(socket: net.Socket): void {
+    this.sockets.add(socket);
+    socket.setNoDelay(true);
+    let log = this.o.log.child({ peer: peerName(socket) });
+    log.info('session opened');
+    const clock = new WallClock();
+    const reader = new FrameReader();
+    const dirOf = (id: string): string => join(this.o.stateDir, id);
+    const dest = new MigrationDestination({
+      restoreCost: 0,
+      backing: (layout: Layout, id: string): PageBacking => {
+        log = log.child({ migration: id });
+        const bytes = layout.pageCount * layout.pageSize;
+        mkdirSync(dirOf(id), { recursive: true, mode: 0o700 });
+        log.info({ pages: layout.pageCount, bytes, spill: bytes > this.o.spillBytes }, 'migration started');
+        return bytes > this.o.spillBytes
+          ? new FileBacking(layout, join(dirOf(id), `${COMMITTED_FILES.pages}.part`))
+          : new MemoryBacking(layout);
+      },
+      commit: (store, id) => {
+        const dir = dirOf(id);
+        writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
+        if (store.image) writeFileSync(join(dir, COMMITTED_FILES.pages), store.image);
+        else renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
+        writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
+        log.info({ dir }, 'migration committed');
+      },
+      discard: (id) => {
+        rmSync(dirOf(id), { recursive: true, force: true });
+        log.info('migration abandoned; its pages were removed');
+      },
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        for (const frame of reader.push(chunk)) {
+          for (const reply of dest.handle(frame, clock.now())) socket.write(reply.frame);
+        }
+      } catch (e) {
+        const msg = (e as Error).message;
+        log.warn({ reason: msg }, 'session refused');
+        socket.end(encodeFrame(FrameType.Error, Buffer.from(msg)));
+        dest.abandon();
+      }
+    });
+    socket.on('error', (e) => log.warn({ reason: e.message }, 'connection error'));
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      if (!dest.committed) dest.abandon();
+      if (reader.pending > 0) log.warn({ bytes: reader.pending }, 'connection closed inside a frame');
+      log.info('session closed');
+    });
+  }
+}

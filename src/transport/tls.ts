@@ -1,0 +1,160 @@
+import { once } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import { WallClock } from '../engine/clock.ts';
+import type { Link } from '../engine/types.ts';
+import { ProtocolError, UsageError } from '../util/errors.ts';
+import { decodeFrame, FrameType } from './frame.ts';
+import type { Identity } from './pki.ts';
+import { FrameReader } from './stream.ts';
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+/** "host:port", "[v6]:port" or ":port" (all interfaces are not allowed by default: give an address). */
+export function parseEndpoint(text: string, what = 'address'): Endpoint {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port > 0 && port < 65536)) {
+    throw new UsageError(`${what} "${text}" must be HOST:PORT, e.g. 10.213.77.2:7070 or 127.0.0.1:7070`);
+  }
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+export function tlsServerOptions(id: Identity): tls.TlsOptions {
+  return {
+    key: id.key,
+    cert: id.cert,
+    ca: id.ca,
+    requestCert: true,
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.3',
+  };
+}
+
+/** Name of the authenticated peer (its certificate's CN). */
+export function peerName(socket: net.Socket): string {
+  if (socket instanceof tls.TLSSocket) {
+    const cn = socket.getPeerCertificate()?.subject?.CN;
+    return typeof cn === 'string' ? cn : 'unknown';
+  }
+  return `plaintext ${socket.remoteAddress}:${socket.remotePort}`;
+}
+
+/**
+ * The source's link to a destination agent over a socket (TLS, or plaintext in tests). Frames are written with
+ * backpressure: send() resolves once the socket accepted the frame without exceeding its buffer.
+ */
+export class SocketLink implements Link {
+  readonly clock = new WallClock();
+  bytesSent = 0;
+  private readonly socket: net.Socket;
+  private readonly reader = new FrameReader();
+  private inbox: Buffer[] = [];
+  private waiter: (() => void) | null = null;
+  private failure: Error | null = null;
+
+  constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.inbox.push(...this.reader.push(chunk));
+      } catch (e) {
+        this.fail(e as Error);
+        socket.destroy();
+      }
+      this.wake();
+    });
+    socket.on('error', (e) => this.fail(e));
+    socket.on('close', () => this.fail(new ProtocolError('the destination closed the connection')));
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  async send(frame: Buffer): Promise<void> {
+    if (this.failure) throw this.failure;
+    this.bytesSent += frame.length;
+    // The sender reuses its buffer once send() resolves: hand the socket a copy.
+    if (!this.socket.write(Buffer.from(frame))) {
+      await Promise.race([once(this.socket, 'drain'), once(this.socket, 'close')]);
+      if (this.failure) throw this.failure;
+    }
+  }
+
+  receive(): Buffer[] {
+    const out = this.inbox;
+    this.inbox = [];
+    return out;
+  }
+
+  async request(frame: Buffer, replyType: number): Promise<Buffer> {
+    await this.send(frame);
+    for (;;) {
+      const i = this.inbox.findIndex(
+        (f) => f.readUInt8(5) === replyType || f.readUInt8(5) === FrameType.Error,
+      );
+      if (i >= 0) {
+        const [reply] = this.inbox.splice(i, 1);
+        if (reply.readUInt8(5) === FrameType.Error) {
+          throw new ProtocolError(`the destination refused: ${decodeFrame(reply).payload.toString('utf8')}`);
+        }
+        return reply;
+      }
+      if (this.failure) throw this.failure;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+
+  close(): void {
+    this.socket.end();
+  }
+}
+
+/** Connects to an agent with mutual TLS; the agent's certificate must carry `serverName`. */
+export async function connectTls(to: Endpoint, id: Identity, serverName: string): Promise<SocketLink> {
+  const socket = tls.connect({
+    host: to.host,
+    port: to.port,
+    key: id.key,
+    cert: id.cert,
+    ca: id.ca,
+    servername: serverName,
+    minVersion: 'TLSv1.3',
+  });
+  await connected(socket, 'secureConnect', to);
+  return new SocketLink(socket);
+}
+
+/** Plaintext, for tests only (the agent must have been started with --insecure-plaintext). */
+export async function connectPlain(to: Endpoint): Promise<SocketLink> {
+  const socket = net.connect({ host: to.host, port: to.port });
+  await connected(socket, 'connect', to);
+  return new SocketLink(socket);
+}
+
+async function connected(socket: net.Socket, event: string, to: Endpoint): Promise<void> {
+  try {
+    await once(socket, event);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why =
+      err.code === 'ECONNREFUSED'
+        ? 'nothing listens there: is the agent running (precog agent --listen ...)?'
+        : err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH'
+          ? 'no route to the host: check the address and the test hosts (precog testbed status)'
+          : err.message;
+    throw new UsageError(`cannot reach the agent at ${to.host}:${to.port}: ${why}`);
+  }
+  socket.setNoDelay(true);
+}
