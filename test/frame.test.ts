@@ -79,7 +79,10 @@ test('a byte stream cut anywhere gives back the same frames', () => {
   for (const step of [1, 7, 20, 4096, stream.length]) {
     const reader = new FrameReader();
     const got: Buffer[] = [];
-    for (let i = 0; i < stream.length; i += step) got.push(...reader.push(stream.subarray(i, i + step)));
+    // frames are views into the reader's buffer, valid until the next push: keep copies
+    for (let i = 0; i < stream.length; i += step) {
+      got.push(...reader.push(stream.subarray(i, i + step)).map((f) => Buffer.from(f)));
+    }
     assert.equal(got.length, 3, `step ${step}`);
     got.forEach((f, i) => assert.ok(f.equals(frames[i])));
     assert.equal(reader.pending, 0);
