@@ -3,6 +3,8 @@ import { exitCodeOf } from '../util/errors.ts';
 import { agentCommand } from './agent.ts';
 import { pkiCommand } from './pki.ts';
 import { simulateCommand } from './simulate.ts';
+import { testbedCommand } from './testbed.ts';
+import { traceCommand } from './trace.ts';
 
 const program = new Command();
 program
@@ -12,11 +14,14 @@ program
   )
   .version(process.env.npm_package_version ?? '0.1.0')
   .showHelpAfterError('(run with --help for usage)')
-  .exitOverride();
+  .exitOverride()
+  .enablePositionalOptions();
 
 program.addCommand(simulateCommand());
 program.addCommand(pkiCommand());
 program.addCommand(agentCommand());
+program.addCommand(traceCommand());
+program.addCommand(testbedCommand());
 
 try {
   await program.parseAsync(process.argv);

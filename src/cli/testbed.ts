@@ -1,0 +1,151 @@
+import { Command } from 'commander';
+import {
+  HOSTS,
+  parseHost,
+  parseLinkRate,
+  requireRoot,
+  TBF_BURST,
+  TBF_LATENCY,
+  testbedDown,
+  testbedExec,
+  testbedStatus,
+  testbedUp,
+  type TestbedStatus,
+} from '../runtime/testbed.ts';
+import { UsageError } from '../util/errors.ts';
+
+const say = (line: string) => process.stdout.write(line + '\n');
+const note = (line: string) => process.stderr.write(`precog testbed: ${line}\n`);
+
+export function formatStatus(s: TestbedStatus): string {
+  const out: string[] = [];
+  const rootfs = s.rootfs.ready
+    ? `${s.rootfs.dir} (criu ${s.rootfs.criu}, node ${s.rootfs.node}, built ${s.rootfs.builtAt} in ${s.rootfs.buildSeconds}s)`
+    : `${s.rootfs.dir} not built yet ("precog testbed up" builds it once, about a minute)`;
+  out.push(`testbed: ${s.state}${s.createdAt ? ` (since ${s.createdAt})` : ''}`);
+  out.push(`rootfs:  ${rootfs}`);
+  if (s.hosts.length > 0) {
+    out.push(`link:    veth on ${s.subnet}, rate ${s.rate ?? 'none (unlimited)'}`);
+    out.push('');
+    const rows = [
+      ['host', 'hostname', 'address', 'netns', 'init pid', 'alive'],
+      ...s.hosts.map((h) => [
+        h.name,
+        h.hostname,
+        `${h.address} (${h.iface})`,
+        h.netnsExists ? h.netns : `${h.netns} (missing)`,
+        h.initPid === null ? '-' : String(h.initPid),
+        h.alive ? 'yes' : 'no',
+      ]),
+    ];
+    const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+    for (const r of rows)
+      out.push(
+        r
+          .map((c, i) => c.padEnd(widths[i]))
+          .join('  ')
+          .trimEnd(),
+      );
+  }
+  if (s.leftovers.length > 0)
+    out.push('', `leftovers (removed by "precog testbed down"): ${s.leftovers.join(', ')}`);
+  if (s.state === 'degraded')
+    out.push('', 'the testbed is not fully up: run "precog testbed down", then "up" again');
+  return out.join('\n') + '\n';
+}
+
+export function testbedCommand(): Command {
+  const testbed = new Command('testbed')
+    .exitOverride()
+    .showHelpAfterError('(run precog testbed --help for usage)')
+    .enablePositionalOptions()
+    .description(
+      `local test hosts ${HOSTS.map((h) => h.name).join(' and ')}: namespaces over a cached Debian trixie rootfs ` +
+        'with CRIU 4, joined by a rate-limited veth link (root only; docs/testbed.md)',
+    );
+
+  testbed
+    .command('up')
+    .description('build the root filesystem once (cached), then start both hosts and their link')
+    .option(
+      '--rate <rate>',
+      `link rate on both ends (tc tbf, burst ${TBF_BURST} or 0.25ms of traffic if more, latency ${TBF_LATENCY}): ` +
+        'e.g. 100mbit, 1gbit, or none',
+      'none',
+    )
+    .option('--rebuild-rootfs', 'build the cached root filesystem again (it is otherwise built only once)')
+    .action(async (flags: { rate: string; rebuildRootfs?: boolean }) => {
+      parseLinkRate(flags.rate);
+      requireRoot('up');
+      const { state, rootfs, seconds } = await testbedUp({
+        rate: flags.rate,
+        rebuildRootfs: flags.rebuildRootfs,
+        log: note,
+      });
+      say(
+        `rootfs ${rootfs.dir}: ${rootfs.built ? `built in ${rootfs.stamp.buildSeconds}s` : 'cached'}, ` +
+          `criu ${rootfs.stamp.criuVersion}, node ${rootfs.stamp.nodeVersion}`,
+      );
+      for (const h of state.hosts)
+        say(
+          `host ${h.name}: ${h.address}/${h.prefixLength} on ${h.iface} (netns ${h.netns}), init pid ${h.init?.pid}`,
+        );
+      say(`link: rate ${state.rate ?? 'none (unlimited)'}`);
+      say(
+        `testbed up in ${seconds.toFixed(1)}s; try: precog testbed exec ${state.hosts[0].name} -- ping -c1 ${state.hosts[1].address}`,
+      );
+    });
+
+  testbed
+    .command('down')
+    .description('stop both hosts and remove every namespace, link, cgroup and directory the testbed made')
+    .action(async () => {
+      requireRoot('down');
+      const removed = await testbedDown();
+      say(
+        removed.length > 0
+          ? `testbed down; removed: ${removed.join(', ')}`
+          : 'testbed down; nothing was running',
+      );
+    });
+
+  testbed
+    .command('status')
+    .description('show the hosts, their PIDs and addresses, the link rate and the rootfs cache')
+    .option('--json', 'print the status as JSON (schema precog.testbed.status/v1)')
+    .action(async (flags: { json?: boolean }) => {
+      const s = await testbedStatus();
+      process.stdout.write(flags.json ? JSON.stringify(s, null, 2) + '\n' : formatStatus(s));
+    });
+
+  testbed
+    .command('exec')
+    .description(
+      'run a command inside a host (as root, in its namespaces and root filesystem); exits with its code',
+    )
+    .usage('[options] <host> -- <command> [args...]')
+    .argument('<host>', `${HOSTS.map((h) => h.name).join(' or ')}`)
+    .argument('<command...>', 'the command and its arguments (after --)')
+    .option(
+      '-e, --env <KEY=VALUE>',
+      'set an environment variable for the command (repeatable; the environment starts clean)',
+      (v: string, acc: string[] | undefined) => [...(acc ?? []), v],
+    )
+    .passThroughOptions()
+    .action(async (host: string, command: string[], flags: { env?: string[] }) => {
+      parseHost(host);
+      const argv = command[0] === '--' ? command.slice(1) : command;
+      if (argv.length === 0)
+        throw new UsageError('nothing to run: give a command, e.g. precog testbed exec a -- uname -n');
+      const env: Record<string, string> = {};
+      for (const kv of flags.env ?? []) {
+        const eq = kv.indexOf('=');
+        if (eq <= 0) throw new UsageError(`--env "${kv}" must be KEY=VALUE`);
+        env[kv.slice(0, eq)] = kv.slice(eq + 1);
+      }
+      requireRoot('exec');
+      process.exitCode = await testbedExec(host, argv, env);
+    });
+
+  return testbed;
+}

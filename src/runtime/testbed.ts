@@ -1,0 +1,793 @@
+/**
+ * Local test hosts ("testbed"): two machines on one kernel, for real migrations without a second computer.
+ *
+ * Each host is a long-lived init process (PID 1 of its own PID, mount, UTS and IPC namespaces) inside a named
+ * network namespace, rooted in an overlay over the cached Debian trixie tree (rootfs.ts) with the mount tree that
+ * CRIU 4 needs (ENVIRONMENT.md). The two hosts are joined by a veth pair on 10.213.77.0/24 with an optional
+ * `tc tbf` rate limit. The repository is bind-mounted read-only at /opt/precog in both.
+ *
+ * Everything made here carries a name precog owns (netns precog-a/precog-b, cgroup precog-testbed, the
+ * directories below), and the PIDs are recorded in /run/precog/testbed.json with their start times: `down` kills
+ * exactly those processes and sweeps the names, so it also cleans up after a crash.
+ */
+import { spawn } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { constants } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from '../util/errors.ts';
+import { formatBandwidth, parseBandwidth } from '../util/units.ts';
+import {
+  ensureRootfs,
+  mustRun,
+  readRootfsStamp,
+  removeTree,
+  rootfsDir,
+  runTool,
+  type RootfsInfo,
+} from './rootfs.ts';
+
+export const TESTBED_STATE_SCHEMA = 'precog.testbed/v1';
+export const TESTBED_STATUS_SCHEMA = 'precog.testbed.status/v1';
+/** Runtime state: the state file, the lock, the hosts' start logs. Gone after a reboot, like the hosts. */
+export const STATE_DIR = '/run/precog';
+export const STATE_FILE = join(STATE_DIR, 'testbed.json');
+const LOCK_FILE = join(STATE_DIR, 'testbed.lock');
+/** The hosts' writable layers (upper, work) and overlay mount points; on disk, as container layers can be large. */
+export const HOSTS_DIR = '/var/lib/precog/testbed';
+export const SUBNET = '10.213.77.0/24';
+export const NAME_PREFIX = 'precog-';
+const CGROUP_NAME = 'precog-testbed';
+/**
+ * The tbf parameters of the link: burst 32kbit, latency 50ms (ENVIRONMENT.md: 95.6 Mbit/s measured at rate 100mbit).
+ * Above 128mbit the burst grows to a quarter millisecond of traffic: with 32kbit, rate 1gbit gave only 582 Mbit/s
+ * here (timer granularity), with 245kbit it gives about 925 Mbit/s.
+ */
+export const TBF_BURST = '32kbit';
+export const TBF_LATENCY = '50ms';
+
+/** The tbf burst for a rate, as tc reads it (a size; tc's kbit is 1024 bits): 32kbit, or 0.25 ms of traffic if more. */
+export function tbfBurst(rateBits: number): string {
+  return `${Math.max(32, Math.ceil(rateBits / 4000 / 1024))}kbit`;
+}
+/** The file a host's init writes (inside the host) once its root is pivoted and it is ready for `exec`. */
+const READY_FILE = 'run/precog-host.ready';
+/** The environment of commands run inside a host: nothing leaks in from the caller's shell (or test runner). */
+const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** The repository (what is mounted at /opt/precog in every host). */
+export const REPO_DIR = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+const HOST_SCRIPT = join(REPO_DIR, 'scripts/testbed/host.sh');
+
+export interface HostSpec {
+  /** "a" or "b": host name, hostname inside, and the suffix of every name the host owns. */
+  name: string;
+  netns: string;
+  /** The host's end of the veth pair (inside its network namespace). */
+  iface: string;
+  address: string;
+  prefixLength: number;
+}
+
+export const HOSTS: readonly HostSpec[] = [
+  { name: 'a', netns: `${NAME_PREFIX}a`, iface: 'eth0', address: '10.213.77.1', prefixLength: 24 },
+  { name: 'b', netns: `${NAME_PREFIX}b`, iface: 'eth0', address: '10.213.77.2', prefixLength: 24 },
+];
+
+/** A process as recorded: PID plus its start time (clock ticks since boot), so a reused PID is never killed. */
+export interface ProcRef {
+  pid: number;
+  start: number;
+}
+
+export interface HostState extends HostSpec {
+  /** HOSTS_DIR/<name>: upper/, work/, root/ (the overlay mount point, mounted only inside the host). */
+  dir: string;
+  log: string;
+  /** The cgroup2 directory all of the host's processes live in, when cgroup2 is mounted. */
+  cgroup: string | null;
+  /** The unshare process that waits for the init (outside the host). */
+  launcher: ProcRef | null;
+  /** The host's PID 1, as seen from outside: the target of `exec`. */
+  init: ProcRef | null;
+}
+
+export interface TestbedState {
+  schema: string;
+  bootId: string;
+  createdAt: string;
+  /** tc rate as given ("100mbit"), or null for an unlimited link. */
+  rate: string | null;
+  rateBits: number | null;
+  subnet: string;
+  rootfs: string;
+  repo: string;
+  /** False while `up` is still running (or crashed half-way). */
+  complete: boolean;
+  hosts: HostState[];
+}
+
+/** One-line refusal for commands that change the machine. */
+export function requireRoot(command: string, uid: number | undefined = process.getuid?.()): void {
+  if (uid !== 0)
+    throw new UsageError(
+      `testbed ${command} needs root (it creates namespaces, mounts and network links); run it as root, e.g. with sudo`,
+    );
+}
+
+/** "a", "A", "precog-a" -> the host; anything else is a UsageError listing the hosts. */
+export function parseHost(text: string): HostSpec {
+  const t = text.trim().toLowerCase();
+  const host = HOSTS.find((h) => h.name === t || h.netns === t);
+  if (!host)
+    throw new UsageError(
+      `unknown test host "${text}"; the hosts are ${HOSTS.map((h) => h.name).join(' and ')}`,
+    );
+  return host;
+}
+
+/** `--rate`: "none" (no limit) or a speed such as 100mbit, 1gbit, 250Mbit. Returns null for none. */
+export function parseLinkRate(text: string): { text: string; bits: number } | null {
+  const t = text.trim().toLowerCase();
+  if (t === 'none' || t === 'off' || t === 'unlimited') return null;
+  let bits: number;
+  try {
+    bits = parseBandwidth(t, '--rate');
+  } catch {
+    throw new UsageError(`--rate "${text}" must be none or a speed such as 100mbit, 1gbit, 250mbit`);
+  }
+  if (bits < 8000 || bits > 1e11 || !Number.isInteger(bits))
+    throw new UsageError(
+      `--rate "${text}" must be a whole number of bit/s between 8kbit and 100gbit, or none`,
+    );
+  return { text: formatBandwidth(bits).toLowerCase(), bits };
+}
+
+/** The tc command that limits one end of the link. */
+export function tbfArgs(netns: string, iface: string, bits: number): string[] {
+  return [
+    '-n',
+    netns,
+    'qdisc',
+    'replace',
+    'dev',
+    iface,
+    'root',
+    'tbf',
+    'rate',
+    `${bits}bit`,
+    'burst',
+    tbfBurst(bits),
+    'latency',
+    TBF_LATENCY,
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Processes
+
+/** Start time (field 22 of /proc/PID/stat) of a living, non-zombie process; undefined otherwise. */
+export function procStart(pid: number): number | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state), so field N is rest[N - 3].
+  if (rest[0] === 'Z' || rest[0] === 'X') return undefined;
+  return Number(rest[19]);
+}
+
+function procPpid(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+export function isAlive(ref: ProcRef | null | undefined): ref is ProcRef {
+  return !!ref && procStart(ref.pid) === ref.start;
+}
+
+function refOf(pid: number): ProcRef | null {
+  const start = procStart(pid);
+  return start === undefined ? null : { pid, start };
+}
+
+function allPids(): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^[0-9]+$/.test(d))
+    .map(Number);
+}
+
+function signal(ref: ProcRef, sig: NodeJS.Signals): boolean {
+  if (!isAlive(ref)) return false;
+  try {
+    process.kill(ref.pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitUntil(cond: () => boolean, ms: number, step = 25): Promise<boolean> {
+  const end = performance.now() + ms;
+  for (;;) {
+    if (cond()) return true;
+    if (performance.now() > end) return false;
+    await sleep(step);
+  }
+}
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// State file and lock
+
+export function readState(): TestbedState | undefined {
+  let s: TestbedState;
+  try {
+    s = JSON.parse(readFileSync(STATE_FILE, 'utf8')) as TestbedState;
+  } catch {
+    return undefined;
+  }
+  if (s.schema !== TESTBED_STATE_SCHEMA || !Array.isArray(s.hosts)) return undefined;
+  // After a reboot the recorded PIDs mean nothing (the start times would not protect a reused PID either).
+  if (s.bootId && s.bootId !== bootId()) for (const h of s.hosts) h.launcher = h.init = null;
+  return s;
+}
+
+function writeState(s: TestbedState): void {
+  mkdirSync(STATE_DIR, { recursive: true });
+  const tmp = `${STATE_FILE}.tmp`;
+  writeFileSync(tmp, JSON.stringify(s, null, 2) + '\n');
+  renameSync(tmp, STATE_FILE);
+}
+
+/** One testbed command at a time changes the machine; a lock left by a dead process is taken over. */
+async function withLock<T>(fn: () => Promise<T>): Promise<T> {
+  mkdirSync(STATE_DIR, { recursive: true });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(LOCK_FILE, 'wx');
+      writeSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number(readFileSync(LOCK_FILE, 'utf8').trim());
+      if (holder > 0 && holder !== process.pid && procStart(holder) !== undefined) {
+        if (attempt < 40) {
+          await sleep(250);
+          continue;
+        }
+        throw new UsageError(
+          `another precog testbed command (pid ${holder}) is running; wait for it, or remove ${LOCK_FILE} if it is stuck`,
+        );
+      }
+      rmSync(LOCK_FILE, { force: true });
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(LOCK_FILE, { force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Names precog owns: network namespaces, links, cgroups
+
+export async function listNetns(): Promise<string[]> {
+  // `ip netns list` only reads /run/netns; reading it directly works without root too.
+  try {
+    return readdirSync('/run/netns').filter((n) => n.startsWith(NAME_PREFIX));
+  } catch {
+    return [];
+  }
+}
+
+/** Links in the caller's network namespace named precog-* (left behind if a crash hit between add and move). */
+export async function listLinks(): Promise<string[]> {
+  const r = await runTool('ip', ['-o', 'link', 'show']);
+  if (r.code !== 0) return [];
+  return r.stdout
+    .split('\n')
+    .map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1])
+    .filter((n): n is string => !!n && n.startsWith(NAME_PREFIX));
+}
+
+/** Mount point of the cgroup2 hierarchy (the unified one in hybrid setups), or null. */
+export function cgroup2Root(): string | null {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (right?.startsWith('cgroup2 ')) return left.split(' ')[4];
+  }
+  return null;
+}
+
+function cgroupBase(): string | null {
+  const root = cgroup2Root();
+  return root ? join(root, CGROUP_NAME) : null;
+}
+
+export function listCgroups(): string[] {
+  const base = cgroupBase();
+  if (!base || !existsSync(base)) return [];
+  const children = readdirSync(base, { withFileTypes: true })
+    .filter((d) => d.isDirectory())
+    .map((d) => join(base, d.name));
+  return [...children, base];
+}
+
+/** PIDs of every process whose network namespace is the named one (root only: reads other processes' ns links). */
+function pidsInNetns(netns: string): number[] {
+  let ino: number;
+  try {
+    ino = statSync(`/run/netns/${netns}`).ino;
+  } catch {
+    return [];
+  }
+  const want = `net:[${ino}]`;
+  return allPids().filter((pid) => {
+    try {
+      return readlinkSync(`/proc/${pid}/ns/net`) === want;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function pidsInCgroup(dir: string): number[] {
+  try {
+    return readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// up
+
+export interface UpOptions {
+  /** "100mbit", "1gbit", "none". */
+  rate: string;
+  log?: (line: string) => void;
+  /** How long one host may take to come up. */
+  hostTimeoutMs?: number;
+  /** Build the root filesystem again even when a finished one is cached. */
+  rebuildRootfs?: boolean;
+}
+
+export interface UpResult {
+  state: TestbedState;
+  rootfs: RootfsInfo;
+  seconds: number;
+}
+
+export async function testbedUp(opts: UpOptions): Promise<UpResult> {
+  requireRoot('up');
+  const rate = parseLinkRate(opts.rate);
+  const log = opts.log ?? (() => {});
+  return withLock(async () => {
+    const t0 = performance.now();
+    const old = readState();
+    if (old && old.complete && old.hosts.every((h) => isAlive(h.init))) {
+      throw new UsageError(
+        `the testbed is already up (since ${old.createdAt}, rate ${old.rate ?? 'none'}); run "precog testbed down" first`,
+      );
+    }
+    // Whatever a crashed run left behind goes first, so that the names are free.
+    const swept = await sweep();
+    if (swept.length > 0) log(`removed leftovers of an earlier testbed: ${swept.join(', ')}`);
+
+    const rootfs = await ensureRootfs({ log, rebuild: opts.rebuildRootfs });
+    const base = cgroupBase();
+    const state: TestbedState = {
+      schema: TESTBED_STATE_SCHEMA,
+      bootId: bootId(),
+      createdAt: new Date().toISOString(),
+      rate: rate?.text ?? null,
+      rateBits: rate?.bits ?? null,
+      subnet: SUBNET,
+      rootfs: rootfs.dir,
+      repo: REPO_DIR,
+      complete: false,
+      hosts: HOSTS.map((h) => ({
+        ...h,
+        dir: join(HOSTS_DIR, h.name),
+        log: join(STATE_DIR, `host-${h.name}.log`),
+        cgroup: base ? join(base, h.name) : null,
+        launcher: null,
+        init: null,
+      })),
+    };
+    writeState(state);
+    try {
+      await createNetwork(state);
+      for (const h of state.hosts) {
+        await startHost(state, h, opts.hostTimeoutMs ?? 20_000);
+        writeState(state);
+      }
+      await startAgents(state);
+      state.complete = true;
+      writeState(state);
+    } catch (err) {
+      log(`testbed up failed; removing what it made`);
+      await sweep().catch(() => {});
+      throw err;
+    }
+    return { state, rootfs, seconds: (performance.now() - t0) / 1000 };
+  });
+}
+
+async function createNetwork(state: TestbedState): Promise<void> {
+  const [a, b] = state.hosts;
+  for (const h of state.hosts) {
+    await mustRun('ip', ['netns', 'add', h.netns]);
+    await mustRun('ip', ['-n', h.netns, 'link', 'set', 'lo', 'up']);
+  }
+  // Created directly inside the two namespaces: no moment where a half-made link sits in the caller's namespace.
+  await mustRun('ip', [
+    'link',
+    'add',
+    a.iface,
+    'netns',
+    a.netns,
+    'type',
+    'veth',
+    'peer',
+    b.iface,
+    'netns',
+    b.netns,
+  ]);
+  for (const h of state.hosts) {
+    await mustRun('ip', ['-n', h.netns, 'addr', 'add', `${h.address}/${h.prefixLength}`, 'dev', h.iface]);
+    await mustRun('ip', ['-n', h.netns, 'link', 'set', h.iface, 'up']);
+    if (state.rateBits !== null) await mustRun('tc', tbfArgs(h.netns, h.iface, state.rateBits));
+  }
+}
+
+async function startHost(state: TestbedState, h: HostState, timeoutMs: number): Promise<void> {
+  // A fresh writable layer every time: a host starts from the base image, like a freshly booted machine.
+  await removeTree(h.dir);
+  for (const d of ['upper', 'work', 'root']) mkdirSync(join(h.dir, d), { recursive: true });
+  if (h.cgroup) mkdirSync(h.cgroup, { recursive: true });
+  const hostsFile = state.hosts.map((x) => `${x.address}\t${x.name}`).join('\n');
+  const logFd = openSync(h.log, 'w');
+  let child;
+  try {
+    child = spawn(
+      '/bin/sh',
+      [HOST_SCRIPT, 'launch', h.name, h.netns, state.rootfs, h.dir, state.repo, h.cgroup ?? '-', hostsFile],
+      { detached: true, stdio: ['ignore', logFd, logFd], env: { PATH: HOST_PATH, LANG: 'C.UTF-8' } },
+    );
+  } finally {
+    closeSync(logFd);
+  }
+  child.unref();
+  const launcherPid = child.pid;
+  if (launcherPid === undefined) throw new Error(`cannot start host ${h.name}: /bin/sh did not start`);
+  h.launcher = refOf(launcherPid);
+  writeState(state);
+  const failure = (what: string) => {
+    const tail = readFileSync(h.log, 'utf8').trim().split('\n').slice(-4).join(' | ');
+    return new Error(
+      `host ${h.name} did not come up (${what})${tail ? `: ${tail}` : ''}; full log: ${h.log}`,
+    );
+  };
+  // The init is the launcher's only child (no /proc/PID/task/*/children on every kernel: scan the parents).
+  let initPid: number | undefined;
+  await waitUntil(() => {
+    initPid = allPids().find((p) => procPpid(p) === launcherPid);
+    return initPid !== undefined || !isAlive(h.launcher);
+  }, timeoutMs);
+  if (initPid === undefined) throw failure('its init was never started');
+  h.init = refOf(initPid);
+  writeState(state);
+  const ready = await waitUntil(
+    () => !isAlive(h.init) || existsSync(`/proc/${initPid}/root/${READY_FILE}`),
+    timeoutMs,
+  );
+  if (!isAlive(h.init)) throw failure('its init exited');
+  if (!ready) throw failure(`not ready after ${timeoutMs / 1000}s`);
+}
+
+/**
+ * Where the precog agents will be started, one per host, once `precog agent` exists (issue 3 follow-up): run
+ * `node /opt/precog/bin/precog agent --listen <address>:<port>` in each host with `hostCommand` (the rootfs's Node,
+ * the repository at /opt/precog), record its ProcRef in the host's state and wait for it to accept connections.
+ * `down` needs nothing more: the agent dies with its host's PID namespace.
+ */
+export async function startAgents(_state: TestbedState): Promise<void> {
+  // No agent yet.
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// down
+
+/**
+ * Removes every process, namespace, link, cgroup and directory the testbed owns, by the recorded PIDs and by name,
+ * whether or not `up` finished. Returns what it removed (empty when there was nothing).
+ */
+export async function testbedDown(): Promise<string[]> {
+  requireRoot('down');
+  const done = await withLock(() => sweep());
+  // The parents too, when nothing else lives there (the lock was the last file in STATE_DIR).
+  for (const d of [dirname(HOSTS_DIR), STATE_DIR]) {
+    try {
+      rmdirSync(d);
+    } catch {
+      // not empty or already gone: leave it
+    }
+  }
+  return done;
+}
+
+async function sweep(): Promise<string[]> {
+  const done: string[] = [];
+  const state = readState();
+  const killed: ProcRef[] = [];
+  // 1. Ask each host's init to stop: it passes SIGTERM on to every process of the host, then exits.
+  const inits = (state?.hosts ?? []).map((h) => h.init).filter(isAlive);
+  for (const ref of inits) if (signal(ref, 'SIGTERM')) killed.push(ref);
+  if (inits.length > 0) await waitUntil(() => !inits.some(isAlive), 3000);
+  // 2. Then SIGKILL whatever is left: recorded PIDs (only if their start time still matches), every process in the
+  //    testbed's cgroups and in its network namespaces.
+  for (const h of state?.hosts ?? [])
+    for (const ref of [h.init, h.launcher]) if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
+  const cgroups = listCgroups();
+  for (const cg of cgroups) {
+    if (existsSync(join(cg, 'cgroup.kill'))) {
+      if (pidsInCgroup(cg).length > 0) writeFileSync(join(cg, 'cgroup.kill'), '1');
+    }
+    for (const pid of pidsInCgroup(cg)) {
+      const ref = refOf(pid);
+      if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
+    }
+  }
+  const netns = await listNetns();
+  for (const ns of netns)
+    for (const pid of pidsInNetns(ns)) {
+      const ref = refOf(pid);
+      if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
+    }
+  if (killed.length > 0) {
+    const pids = [...new Set(killed.map((k) => k.pid))];
+    done.push(`processes ${pids.join(' ')}`);
+    if (!(await waitUntil(() => !killed.some(isAlive), 5000)))
+      throw new Error(
+        `processes ${killed.filter(isAlive).map((k) => k.pid)} survived SIGKILL; run down again`,
+      );
+  }
+  // 3. Network: deleting a namespace deletes the veth end inside it, and with it the peer.
+  for (const ns of netns) {
+    await mustRun('ip', ['netns', 'del', ns]);
+    done.push(`netns ${ns}`);
+  }
+  for (const link of await listLinks()) {
+    await mustRun('ip', ['link', 'del', link]);
+    done.push(`link ${link}`);
+  }
+  // 4. Cgroups (a cgroup can be removed only once its last process is fully gone: retry briefly).
+  for (const cg of cgroups) {
+    const ok = await waitUntil(() => {
+      try {
+        rmdirSync(cg);
+        return true;
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code === 'ENOENT';
+      }
+    }, 3000);
+    if (!ok) throw new Error(`cannot remove cgroup ${cg}: it still has processes; run down again`);
+    done.push(`cgroup ${cg}`);
+  }
+  // 5. Files: the hosts' layers (their overlays were mounted only inside the hosts, which are gone), logs, state.
+  if (existsSync(HOSTS_DIR)) {
+    await removeTree(HOSTS_DIR);
+    done.push(`dir ${HOSTS_DIR}`);
+  }
+  for (const h of HOSTS) rmSync(join(STATE_DIR, `host-${h.name}.log`), { force: true });
+  if (existsSync(STATE_FILE)) {
+    rmSync(STATE_FILE, { force: true });
+    done.push(`state ${STATE_FILE}`);
+  }
+  return done;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// status
+
+export interface HostStatus {
+  name: string;
+  hostname: string;
+  address: string;
+  iface: string;
+  netns: string;
+  netnsExists: boolean;
+  initPid: number | null;
+  alive: boolean;
+  launcherPid: number | null;
+  cgroup: string | null;
+}
+
+export interface TestbedStatus {
+  schema: string;
+  /** up: every host alive; degraded: state or leftovers exist but not every host runs; down: nothing exists. */
+  state: 'up' | 'degraded' | 'down';
+  stateFile: string | null;
+  createdAt: string | null;
+  rate: string | null;
+  subnet: string;
+  rootfs: {
+    dir: string;
+    ready: boolean;
+    criu: string | null;
+    node: string | null;
+    builtAt: string | null;
+    buildSeconds: number | null;
+  };
+  hosts: HostStatus[];
+  /** Things named precog-* that no recorded host accounts for (removed by `down`). */
+  leftovers: string[];
+}
+
+export async function testbedStatus(): Promise<TestbedStatus> {
+  const state = readState();
+  const netns = await listNetns();
+  const links = await listLinks();
+  const dir = state?.rootfs ?? rootfsDir();
+  const stamp = readRootfsStamp(dir);
+  const hosts: HostStatus[] = (state?.hosts ?? []).map((h) => ({
+    name: h.name,
+    hostname: h.name,
+    address: `${h.address}/${h.prefixLength}`,
+    iface: h.iface,
+    netns: h.netns,
+    netnsExists: netns.includes(h.netns),
+    initPid: h.init?.pid ?? null,
+    alive: isAlive(h.init),
+    launcherPid: h.launcher?.pid ?? null,
+    cgroup: h.cgroup,
+  }));
+  const known = new Set(hosts.map((h) => h.netns));
+  const leftovers = [
+    ...netns.filter((n) => !known.has(n)).map((n) => `netns ${n}`),
+    ...links.map((l) => `link ${l}`),
+    ...(state ? [] : listCgroups().map((c) => `cgroup ${c}`)),
+    ...(!state && existsSync(HOSTS_DIR) ? [`dir ${HOSTS_DIR}`] : []),
+  ];
+  const up = !!state?.complete && hosts.length > 0 && hosts.every((h) => h.alive && h.netnsExists);
+  return {
+    schema: TESTBED_STATUS_SCHEMA,
+    state: up ? 'up' : state || leftovers.length > 0 ? 'degraded' : 'down',
+    stateFile: state ? STATE_FILE : null,
+    createdAt: state?.createdAt ?? null,
+    rate: state ? state.rate : null,
+    subnet: SUBNET,
+    rootfs: {
+      dir,
+      ready: !!stamp,
+      criu: stamp?.criuVersion ?? null,
+      node: stamp?.nodeVersion ?? null,
+      builtAt: stamp?.builtAt ?? null,
+      buildSeconds: stamp?.buildSeconds ?? null,
+    },
+    hosts,
+    leftovers,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// exec
+
+export interface HostCommand {
+  cmd: string;
+  args: string[];
+  env: NodeJS.ProcessEnv;
+}
+
+/**
+ * The command line that runs `argv` inside a running host: joins the host's cgroup, enters its init's mount, UTS,
+ * IPC, network and PID namespaces and its root and working directory, with a clean environment. Use it with
+ * child_process.spawn; the exit status is the command's (128 + N when killed by signal N).
+ */
+export function hostCommand(
+  state: TestbedState,
+  hostName: string,
+  argv: readonly string[],
+  extraEnv: Record<string, string> = {},
+): HostCommand {
+  const spec = parseHost(hostName);
+  const h = state.hosts.find((x) => x.name === spec.name);
+  if (!h || !isAlive(h.init))
+    throw new UsageError(`test host ${spec.name} is not running; start the testbed with "precog testbed up"`);
+  if (argv.length === 0)
+    throw new UsageError('nothing to run: give a command after the host, e.g. exec a -- uname -n');
+  const env: NodeJS.ProcessEnv = {
+    PATH: HOST_PATH,
+    HOME: '/root',
+    LANG: 'C.UTF-8',
+    PRECOG_HOST: h.name,
+    ...(process.env.TERM ? { TERM: process.env.TERM } : {}),
+    ...extraEnv,
+  };
+  const nsenter = [
+    'nsenter',
+    '-t',
+    String(h.init.pid),
+    '-m',
+    '-u',
+    '-i',
+    '-n',
+    '-p',
+    '-r',
+    '-w',
+    '--',
+    ...argv,
+  ];
+  if (h.cgroup && existsSync(h.cgroup))
+    return {
+      cmd: '/bin/sh',
+      args: ['-c', 'echo $$ >"$0/cgroup.procs" && exec "$@"', h.cgroup, ...nsenter],
+      env,
+    };
+  return { cmd: nsenter[0], args: nsenter.slice(1), env };
+}
+
+/** Runs a command inside a host with the caller's stdio; resolves to its exit code. */
+export async function testbedExec(
+  hostName: string,
+  argv: readonly string[],
+  extraEnv: Record<string, string> = {},
+): Promise<number> {
+  requireRoot('exec');
+  parseHost(hostName);
+  const state = readState();
+  if (!state) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
+  const c = hostCommand(state, hostName, argv, extraEnv);
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(c.cmd, c.args, { stdio: 'inherit', env: c.env });
+    // Ctrl-C reaches the command through the terminal; precog stays to report its exit code.
+    const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
+    const onInt = () => {};
+    const onTerm = forward('SIGTERM');
+    const onHup = forward('SIGHUP');
+    process.on('SIGINT', onInt).on('SIGTERM', onTerm).on('SIGHUP', onHup);
+    const done = () => process.off('SIGINT', onInt).off('SIGTERM', onTerm).off('SIGHUP', onHup);
+    child.on('error', (err) => {
+      done();
+      reject(err);
+    });
+    child.on('close', (code, sig) => {
+      done();
+      resolvePromise(code ?? 128 + (sig ? (constants.signals[sig] ?? 0) : 0));
+    });
+  });
+}
