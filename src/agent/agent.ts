@@ -61,7 +61,7 @@ export class Agent {
     });
     const addr = server.address() as net.AddressInfo;
     this.o.log.info(
-      { address: `${addr.address}:${addr.port}`, tls: this.o.identity !== null, name: this.o.identity?.name },
+      { address: `${addr.address}:${addr.port}`, tls: this.o.identity !== null, host: this.o.identity?.name },
       'agent listening',
     );
     return { host: addr.address, port: addr.port };

@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { exitCodeOf } from '../util/errors.ts';
 import { agentCommand } from './agent.ts';
 import { pkiCommand } from './pki.ts';
+import { sendMemoryCommand } from './send.ts';
 import { simulateCommand } from './simulate.ts';
 import { testbedCommand } from './testbed.ts';
 import { traceCommand } from './trace.ts';
@@ -21,6 +22,7 @@ program.addCommand(simulateCommand());
 program.addCommand(pkiCommand());
 program.addCommand(agentCommand());
 program.addCommand(traceCommand());
+program.addCommand(sendMemoryCommand());
 program.addCommand(testbedCommand());
 
 try {

@@ -328,9 +328,10 @@ export class LiveProcessMemory implements MemorySource {
     this.frozen = false;
   }
 
-  close(): void {
+  /** Releases the process's files; continues it if frozen, unless asked to leave it stopped. */
+  close(opts: { leaveStopped?: boolean } = {}): void {
     if (this.closed) return;
-    if (this.frozen) this.thaw();
+    if (this.frozen && !opts.leaveStopped) this.thaw();
     this.accessed?.close();
     this.files.close();
     this.closed = true;

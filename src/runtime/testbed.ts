@@ -29,6 +29,7 @@ import {
 import { constants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { initPki, issueCert } from '../transport/pki.ts';
 import { UsageError } from '../util/errors.ts';
 import { formatBandwidth, parseBandwidth } from '../util/units.ts';
 import {
@@ -525,8 +526,79 @@ async function startHost(state: TestbedState, h: HostState, timeoutMs: number): 
  * the repository at /opt/precog), record its ProcRef in the host's state and wait for it to accept connections.
  * `down` needs nothing more: the agent dies with its host's PID namespace.
  */
-export async function startAgents(_state: TestbedState): Promise<void> {
-  // No agent yet.
+/** Where each host's agent listens, keeps its migrations, finds its PKI and logs (paths inside the host). */
+export const AGENT = {
+  port: 7070,
+  stateDir: '/var/lib/precog/agent',
+  pkiDir: '/etc/precog/pki',
+  log: '/var/log/precog-agent.log',
+} as const;
+/** The testbed's certificate authority, on the machine; each host gets the CA and its own certificate. */
+export const PKI_DIR = join(HOSTS_DIR, 'pki');
+
+/** Runs a command inside a host, feeding it `input`; rejects with its stderr when it fails. */
+export async function runInHost(
+  state: TestbedState,
+  host: string,
+  argv: string[],
+  input = '',
+): Promise<string> {
+  const c = hostCommand(state, host, argv);
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    child.stderr.on('data', (d: Buffer) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0
+        ? resolvePromise(out)
+        : reject(new Error(`${argv.join(' ')} in host ${host} failed (${code}): ${err.trim()}`)),
+    );
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * Gives each host a certificate from a fresh testbed CA and starts `precog agent` in it on its veth address, with
+ * mutual TLS. The agents live in the hosts' PID namespaces: they end with the hosts.
+ */
+export async function startAgents(state: TestbedState): Promise<void> {
+  await initPki(PKI_DIR, { force: true });
+  for (const h of state.hosts) {
+    await issueCert(PKI_DIR, h.name, { ips: [h.address] });
+    await runInHost(state, h.name, ['mkdir', '-p', '-m', '700', AGENT.pkiDir, AGENT.stateDir]);
+    for (const f of ['ca.pem', `${h.name}.pem`, `${h.name}-key.pem`]) {
+      await runInHost(
+        state,
+        h.name,
+        ['sh', '-c', `umask 077 && cat > ${AGENT.pkiDir}/${f}`],
+        readFileSync(join(PKI_DIR, f), 'utf8'),
+      );
+    }
+    const agent = [
+      '/opt/precog/bin/precog agent',
+      `--listen ${h.address}:${AGENT.port}`,
+      `--state-dir ${AGENT.stateDir}`,
+      `--pki ${AGENT.pkiDir}`,
+      `--name ${h.name}`,
+    ].join(' ');
+    const c = hostCommand(state, h.name, ['sh', '-c', `exec ${agent} >>${AGENT.log} 2>&1 </dev/null`]);
+    spawn(c.cmd, c.args, { env: c.env, stdio: 'ignore', detached: true }).unref();
+  }
+  for (const h of state.hosts) {
+    const logFile = join(h.dir, 'upper', AGENT.log);
+    const ok = await waitUntil(
+      () => existsSync(logFile) && readFileSync(logFile, 'utf8').includes('agent listening'),
+      20_000,
+      100,
+    );
+    if (!ok) {
+      const tail = existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-2000) : '(no log)';
+      throw new Error(`the agent in host ${h.name} did not start listening within 20 s; its log:\n${tail}`);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

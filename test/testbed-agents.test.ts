@@ -1,0 +1,109 @@
+// Agents in the test hosts: mutual TLS between hosts a and b, refusal of clients without a valid certificate, and a
+// live process's memory streamed from a to b, verified byte for byte against the process stopped at a.
+// Needs root (the testbed); skips with a message otherwise.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { LiveProcessMemory } from '../src/memory/live.ts';
+import { AGENT, HOSTS_DIR, readState } from '../src/runtime/testbed.ts';
+
+const BIN = new URL('../bin/precog', import.meta.url).pathname;
+const IS_ROOT = process.getuid?.() === 0;
+const already = IS_ROOT && readState()?.complete === true;
+const skip = !IS_ROOT
+  ? 'needs root: test hosts use namespaces, mounts and veth links (CI runs as root)'
+  : already
+    ? 'a testbed is up already (someone is using it); run "precog testbed down" to let this test run'
+    : false;
+
+function precog(...args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+const inHost = (host: string, script: string) => precog('testbed', 'exec', host, '--', 'sh', '-c', script);
+
+/** The PID, as seen from this machine, of a process whose PID inside a host is `inner`. */
+function outerPid(inner: number, comm: string): number {
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const status = readFileSync(`/proc/${p}/status`, 'utf8');
+      const ns = /^NSpid:\s+(.*)$/m.exec(status)?.[1].split(/\s+/).map(Number) ?? [];
+      if (ns.length > 1 && ns[ns.length - 1] === inner && status.includes(`Name:\t${comm}`)) return Number(p);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  throw new Error(`no process ${inner} (${comm}) inside a host`);
+}
+
+describe('agents in the test hosts', { skip }, () => {
+  before(() => {
+    const up = precog('testbed', 'up');
+    assert.equal(up.code, 0, up.err);
+  });
+  after(() => {
+    precog('testbed', 'down');
+  });
+
+  test('each host runs an agent that speaks only mutual TLS', () => {
+    for (const h of ['a', 'b']) {
+      const log = inHost(h, `cat ${AGENT.log}`).out;
+      assert.match(log, /"tls":true.*"msg":"agent listening"/);
+    }
+    // No certificate: the handshake fails with "certificate required" at the client.
+    const probe = `
+      const tls = require('tls'), fs = require('fs');
+      const opts = process.argv[1] === 'foreign' ? { key: fs.readFileSync('/tmp/x-key.pem'), cert: fs.readFileSync('/tmp/x.pem') } : {};
+      const s = tls.connect({ host: '10.213.77.2', port: ${AGENT.port}, ca: fs.readFileSync('${AGENT.pkiDir}/ca.pem'), servername: 'b', ...opts });
+      s.on('secureConnect', () => s.write(Buffer.from('PRCG')));
+      s.on('data', () => { console.log('ANSWERED'); process.exit(0); });
+      s.on('error', (e) => { console.log('REFUSED ' + e.message); process.exit(0); });
+      s.on('close', () => { console.log('REFUSED closed'); process.exit(0); });`;
+    const noCert = inHost('a', `node -e "${probe.replace(/"/g, '\\"')}" none`).out;
+    assert.match(noCert, /^REFUSED .*(certificate required|closed)/);
+    // A certificate from another CA (made in host a with a fresh precog PKI): refused too.
+    const mk = inHost(
+      'a',
+      '/opt/precog/bin/precog pki init --dir /tmp/xpki >/dev/null && /opt/precog/bin/precog pki issue x --dir /tmp/xpki >/dev/null && cp /tmp/xpki/x.pem /tmp/xpki/x-key.pem /tmp/',
+    );
+    assert.equal(mk.code, 0, mk.err);
+    const foreign = inHost('a', `node -e "${probe.replace(/"/g, '\\"')}" foreign`).out;
+    assert.match(foreign, /^REFUSED /);
+    assert.match(inHost('b', `cat ${AGENT.log}`).out, /refused a client without a valid certificate/);
+  });
+
+  test('memory of a live process goes from a to b byte for byte', () => {
+    const start = inHost(
+      'a',
+      'mkfifo /tmp/wcmd && (tail -f /tmp/wcmd | python3 /opt/precog/test/workloads/writer.py 64 > /tmp/wout 2>&1 &) && ' +
+        'for i in $(seq 100); do grep -q ready /tmp/wout && break; sleep 0.1; done; pgrep -f "python3 /opt/precog/test/workloads/writer.py"',
+    );
+    assert.equal(start.code, 0, start.err);
+    const inner = Number(start.out.trim().split('\n').pop());
+    const send = inHost(
+      'a',
+      `/opt/precog/bin/precog send-memory --pid ${inner} --to 10.213.77.2:${AGENT.port} --peer b --pki ${AGENT.pkiDir} --name a --id live1 --json`,
+    );
+    assert.equal(send.code, 0, send.err);
+    const metrics = JSON.parse(send.out);
+    assert.ok(metrics.pagesTotal >= 16384, 'the 64 MiB buffer and more');
+    // At b: the committed image. At a: the process, still stopped, read page by page now.
+    const dir = join(HOSTS_DIR, 'b', 'upper', AGENT.stateDir, 'live1');
+    const image = readFileSync(join(dir, 'pages.img'));
+    const layout = JSON.parse(readFileSync(join(dir, 'layout.json'), 'utf8'));
+    const pid = outerPid(inner, 'python3');
+    assert.match(readFileSync(`/proc/${pid}/stat`, 'utf8'), /\) T /, 'the process was left stopped');
+    const snap = new LiveProcessMemory(pid);
+    try {
+      assert.deepEqual(snap.layout, layout);
+      const all = Uint32Array.from({ length: layout.pageCount }, (_, i) => i);
+      const now = Buffer.alloc(layout.pageCount * layout.pageSize);
+      snap.readPages(all, now);
+      assert.ok(now.equals(image), 'b holds exactly the memory of the stopped process at a');
+    } finally {
+      snap.close({ leaveStopped: true });
+    }
+  });
+});
