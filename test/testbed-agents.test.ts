@@ -77,7 +77,7 @@ describe('agents in the test hosts', { skip }, () => {
   test('memory of a live process goes from a to b byte for byte', () => {
     const start = inHost(
       'a',
-      'mkfifo /tmp/wcmd && (tail -f /tmp/wcmd | python3 /opt/precog/test/workloads/writer.py 64 > /tmp/wout 2>&1 &) && ' +
+      'mkfifo /tmp/wcmd && (tail -f /tmp/wcmd </dev/null 2>/dev/null | python3 /opt/precog/test/workloads/writer.py 64 > /tmp/wout 2>&1 &) && ' +
         'for i in $(seq 100); do grep -q ready /tmp/wout && break; sleep 0.1; done; pgrep -f "python3 /opt/precog/test/workloads/writer.py"',
     );
     assert.equal(start.code, 0, start.err);
