@@ -140,3 +140,62 @@ test('a source that disappears mid-migration leaves nothing behind at the agent'
   await new Promise((r) => setTimeout(r, 200));
   assert.ok(!readdirSync(stateDir).includes('cut'), 'its directory is gone');
 });
+
+/** Sends raw bytes over an authenticated session; returns everything the agent answered before it closed. */
+async function exchange(...chunks: Buffer[]): Promise<string> {
+  const id = loadIdentity(pki, 'hosta');
+  const s = tls.connect({ ...at, ca: id.ca, key: id.key, cert: id.cert, servername: 'hostb' });
+  await new Promise((r) => s.once('secureConnect', r));
+  const got: Buffer[] = [];
+  const closed = new Promise<void>((resolve) => {
+    s.on('data', (d) => got.push(d));
+    s.on('close', () => resolve());
+  });
+  for (const c of chunks) s.write(c);
+  setTimeout(() => s.end(), 300);
+  await closed;
+  return Buffer.concat(got).toString('latin1');
+}
+
+const hello = (migrationId = 'p1') => jsonFrame(FrameType.Hello, { version: 1, migrationId, strategy: 'x' });
+
+test('protocol errors end the session with an error naming the problem; the agent goes on', async () => {
+  const future = hello();
+  future[4] = 9;
+  assert.match(await exchange(future), /unsupported protocol version 9; this precog speaks version 1/);
+  const huge = encodeFrame(FrameType.Pages, Buffer.alloc(0));
+  huge.writeUInt32LE(64 * 2 ** 20, 8);
+  assert.match(await exchange(hello(), huge), /oversized frame: payload of 67108864 bytes/);
+  assert.match(await exchange(encodeFrame(FrameType.Pages, Buffer.alloc(8))), /out-of-order message/);
+  assert.match(
+    await exchange(hello(), jsonFrame(FrameType.Commit, { rounds: 0 })),
+    /out-of-order message: the destination is in state "layout"/,
+  );
+  assert.match(
+    await exchange(jsonFrame(FrameType.Hello, { version: 2, migrationId: 'v2' })),
+    /peer speaks protocol 2/,
+  );
+  assert.match(await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: agent\r\n\r\n')), /bad frame magic/);
+  // cut inside a frame: nothing is kept
+  const layout = jsonFrame(FrameType.Layout, {
+    pageSize: 4096,
+    pageCount: 256,
+    regions: [{ start: '0x1000', pages: 256 }],
+  });
+  const pages = encodeFrame(FrameType.Pages, Buffer.alloc(4096 + 17));
+  await exchange(hello('cutframe'), layout, pages.subarray(0, 1000));
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(!readdirSync(stateDir).includes('cutframe'));
+  // and the agent still serves a whole migration
+  const mem = memory('idle', 2 ** 20);
+  await migrate(mem, 'after-errors');
+  assert.ok(readFileSync(join(stateDir, 'after-errors', COMMITTED_FILES.pages)).equals(mem.bytes));
+});
+
+test('the source sees the destination refusal as a clear error and keeps its process', async () => {
+  const mem = memory('memchange:rate=1MB/s', 2 ** 20);
+  await assert.rejects(
+    migrate(mem, '../escape'),
+    /failed before the destination confirmed; the source keeps running: the destination refused: HELLO carries an invalid migration id/,
+  );
+});
