@@ -95,7 +95,10 @@ export class Agent {
         const dir = dirOf(id);
         writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
         if (store.image) writeFileSync(join(dir, COMMITTED_FILES.pages), store.image);
-        else renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
+        else {
+          store.backing.close();
+          renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
+        }
         writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
         log.info({ dir }, 'migration committed');
       },

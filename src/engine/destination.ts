@@ -113,6 +113,7 @@ export class MigrationDestination {
             this.process?.arrived(id, at);
           }
         });
+        store.backing.flush();
         this.lastArrival = at;
         return [];
       }

@@ -9,6 +9,8 @@ export interface PageBacking {
   settle(id: number): void;
   /** The bytes of page `id` (a view valid until the next call). */
   read(id: number): Buffer;
+  /** Writes out whatever settle() buffered (called after every batch). */
+  flush(): void;
   /** The whole image in memory, when it is in memory. */
   readonly image: Buffer | null;
   close(): void;
@@ -29,6 +31,8 @@ export class MemoryBacking implements PageBacking {
 
   settle(): void {}
 
+  flush(): void {}
+
   read(id: number): Buffer {
     return this.slot(id);
   }
@@ -36,34 +40,52 @@ export class MemoryBacking implements PageBacking {
   close(): void {}
 }
 
-/** Pages in a (sparse) file, written at their offsets: bounded memory whatever the size of the migration. */
+/**
+ * Pages in a (sparse) file, written at their offsets: bounded memory whatever the size of the migration. Runs of
+ * consecutive pages are gathered and written with one call (up to 1 MiB).
+ */
 export class FileBacking implements PageBacking {
   readonly image = null;
   private readonly fd: number;
   private readonly size: number;
-  private readonly scratch: Buffer;
+  private readonly run: Buffer;
+  /** First page of the gathered run, and how many pages it holds. */
+  private first = 0;
+  private count = 0;
 
   constructor(layout: Layout, path: string) {
     this.size = layout.pageSize;
-    this.scratch = Buffer.alloc(layout.pageSize);
+    this.run = Buffer.alloc(256 * layout.pageSize);
     this.fd = openSync(path, 'w+', 0o600);
     ftruncateSync(this.fd, layout.pageCount * layout.pageSize);
   }
 
-  slot(): Buffer {
-    return this.scratch;
+  slot(id: number): Buffer {
+    if (this.count > 0 && (id !== this.first + this.count || this.count * this.size === this.run.length))
+      this.flush();
+    if (this.count === 0) this.first = id;
+    return this.run.subarray(this.count * this.size, (this.count + 1) * this.size);
   }
 
-  settle(id: number): void {
-    writeSync(this.fd, this.scratch, 0, this.size, id * this.size);
+  settle(): void {
+    this.count++;
+  }
+
+  flush(): void {
+    if (this.count === 0) return;
+    writeSync(this.fd, this.run, 0, this.count * this.size, this.first * this.size);
+    this.count = 0;
   }
 
   read(id: number): Buffer {
-    readSync(this.fd, this.scratch, 0, this.size, id * this.size);
-    return this.scratch;
+    this.flush();
+    const page = this.run.subarray(0, this.size);
+    readSync(this.fd, page, 0, this.size, id * this.size);
+    return page;
   }
 
   close(): void {
+    this.flush();
     closeSync(this.fd);
   }
 }
