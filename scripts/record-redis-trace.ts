@@ -12,7 +12,12 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { HOSTS_DIR, readState } from '../src/runtime/testbed.ts';
 
-const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1] || 20);
+const flag = process.argv.indexOf('--seconds');
+const seconds = flag > 0 ? Number(process.argv[flag + 1]) : 20;
+if (!(seconds > 0)) {
+  console.error('--seconds needs a number > 0');
+  process.exit(2);
+}
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
 const OUT = new URL('../traces/redis-benchmark.trace.gz', import.meta.url).pathname;
 const IN_HOST = '/var/lib/precog/redis.trace';
