@@ -236,6 +236,18 @@ for (const kind of ['c', 'python'] as const) {
       assert.deepEqual(inBuffer(await mem.collectDirty(), base, w.pages), []);
     });
 
+    it('reports a page that changed back to its scanned content after it was sent', async () => {
+      await mem.collectDirty(); // the scan sees page 10 with tag 1
+      assert.equal(await w.command('write 5 10'), 'done 1');
+      const out = Buffer.alloc(4096);
+      mem.readPages([base + 10], out); // sent with tag 5
+      assert.ok(out.equals(expectedPage(10, 5)));
+      assert.equal(await w.command('write 1 10'), 'done 1'); // back to what the scan saw, not to what was sent
+      assert.deepEqual(inBuffer(await mem.collectDirty(), base, w.pages), [10]);
+      mem.readPages([base + 10], out); // sent again: now the destination has it
+      assert.deepEqual(inBuffer(await mem.collectDirty(), base, w.pages), []);
+    });
+
     it('reads scattered pages in the order asked, across regions', () => {
       const order = [base + 700, base + 3, base + 4, base + 5, base + w.pages - 1, base + 500, base + 1];
       const stack = mem.pageIndexOf(Number(mem.layout.regions.find((r) => r.name === '[stack]')!.start));

@@ -71,6 +71,12 @@ export interface DirtyTracker {
    * every page holding data (present or swapped; every page of a file-backed mapping).
    */
   collect(spans: readonly Span[]): Bitmap;
+  /**
+   * Records the content of a page as it was read to be sent. A tracker that compares contents must report the
+   * page dirty whenever it differs from what was sent, not only from what the last scan saw: a page can change
+   * after a scan, be sent, and change back (reference counts do) before the next scan.
+   */
+  noteSent?(page: number, bytes: Uint8Array): void;
   readonly stats: ScanStats;
 }
 
@@ -97,6 +103,9 @@ export class HashTracker implements DirtyTracker {
   private readonly io: TrackerIO;
   private readonly pageCount: number;
   private readonly hashes: BigUint64Array;
+  /** Hash of each page as last sent, for the pages sent since the last scan (sentSinceScan). */
+  private readonly sent: BigUint64Array;
+  private readonly sentSinceScan: Bitmap;
   private readonly scratch: Buffer;
   /** One view per page of scratch, made once: views made per page cost more than the hash. */
   private readonly views: Buffer[];
@@ -106,9 +115,26 @@ export class HashTracker implements DirtyTracker {
     this.io = io;
     this.pageCount = pageCount;
     this.hashes = new BigUint64Array(pageCount);
+    this.sent = new BigUint64Array(pageCount);
+    this.sentSinceScan = new Bitmap(pageCount);
     const pages = Math.max(1, Math.floor((options.maxReadBytes ?? 1 << 20) / PAGE));
     this.scratch = Buffer.allocUnsafeSlow(pages * PAGE);
     this.views = Array.from({ length: pages }, (_, i) => this.scratch.subarray(i * PAGE, (i + 1) * PAGE));
+  }
+
+  noteSent(page: number, bytes: Uint8Array): void {
+    this.sent[page] = xxh64(bytes);
+    this.sentSinceScan.set(page);
+  }
+
+  /**
+   * Records a page's current hash and reports whether the destination's copy may be stale: for a page sent since
+   * the last scan, when it differs from what was sent; otherwise when it differs from what the last scan saw.
+   * (So every page not reported holds, after the scan, the content the destination has or has pending.)
+   */
+  private see(p: number, h: bigint, dirty: Bitmap, first: boolean): void {
+    if (first || (this.sentSinceScan.get(p) ? h !== this.sent[p] : h !== this.hashes[p])) dirty.set(p);
+    this.hashes[p] = h;
   }
 
   collect(spans: readonly Span[]): Bitmap {
@@ -129,11 +155,8 @@ export class HashTracker implements DirtyTracker {
         let i = 0;
         while (i < n) {
           if (pm && !pagemapHoldsData(pm[2 * i + 1])) {
-            const p = base + i;
-            if (this.hashes[p] !== ZERO_HASH) {
-              if (!first) dirty.set(p);
-              this.hashes[p] = ZERO_HASH;
-            }
+            // a page without data is not news on the first scan (round 1 sends everything anyway)
+            this.see(base + i, ZERO_HASH, dirty, false);
             s.pagesSkipped++;
             i++;
             continue;
@@ -145,6 +168,7 @@ export class HashTracker implements DirtyTracker {
         }
       }
     }
+    this.sentSinceScan.clearAll();
     this.started = true;
     s.scans++;
     s.seconds = (performance.now() - t0) / 1000;
@@ -170,23 +194,12 @@ export class HashTracker implements DirtyTracker {
         if (got === want) break;
       }
       const whole = Math.floor(got / PAGE);
-      for (let k = 0; k < whole; k++) {
-        const h = xxh64(this.views[k]);
-        const p = page + k;
-        if (first || h !== this.hashes[p]) {
-          this.hashes[p] = h;
-          dirty.set(p);
-        }
-      }
+      for (let k = 0; k < whole; k++) this.see(page + k, xxh64(this.views[k]), dirty, first);
       this.stats.pagesRead += whole;
       this.stats.bytesRead += whole * PAGE;
       if (whole === count) return;
       // Page `whole` is unreadable (unmapped since the maps were read): it changed, to nothing.
-      const p = page + whole;
-      if (this.hashes[p] !== GONE_HASH) {
-        this.hashes[p] = GONE_HASH;
-        if (!first) dirty.set(p);
-      }
+      this.see(page + whole, GONE_HASH, dirty, false);
       this.stats.unreadable++;
       page += whole + 1;
       addr += (whole + 1) * PAGE;

@@ -234,6 +234,11 @@ export class LiveProcessMemory implements MemorySource {
       this.readRun(r, first, len, out, k * PAGE);
       k += len;
     }
+    // What is read here is what gets sent: content trackers compare later scans against it.
+    if (this.tracker.noteSent) {
+      for (let k = 0; k < ids.length; k++)
+        this.tracker.noteSent(ids[k], out.subarray(k * PAGE, (k + 1) * PAGE));
+    }
   }
 
   /** Reads pages [first, first+len) of region r into out at offset: present pages from mem, the rest known. */
