@@ -7,37 +7,21 @@
  *   sudo npm run bench:veth            # 3 runs, 1024 MiB
  *   sudo npm run bench:veth -- 5 256   # 5 runs, 256 MiB
  */
-import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LiveProcessMemory } from '../src/memory/live.ts';
 import { median } from '../src/report/metrics.ts';
 import { AGENT, HOSTS_DIR, readState } from '../src/runtime/testbed.ts';
+import { inHost, requireRootOrExit, withTestbed } from '../scripts/testbed-run.ts';
 
 const runs = Number(process.argv[2] ?? 3);
 const mib = Number(process.argv[3] ?? 1024);
 const bytes = mib * 2 ** 20;
-const BIN = new URL('../bin/precog', import.meta.url).pathname;
-
-if (process.getuid?.() !== 0) {
-  console.error('bench:veth needs root (the test hosts); run it as root');
-  process.exit(2);
-}
-function precog(...args: string[]): string {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 900_000 });
-  if (r.status !== 0) throw new Error(`precog ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout;
-}
-const inHost = (host: string, script: string): string =>
-  precog('testbed', 'exec', host, '--', 'sh', '-c', script);
-
-const state = readState();
-const ownTestbed = !state?.complete;
-if (ownTestbed) precog('testbed', 'up');
-else if (readState()?.rate)
+requireRootOrExit('bench:veth');
+if (readState()?.rate)
   console.log(`note: the testbed is up with rate ${readState()?.rate}; numbers are for that link`);
 
-try {
+await withTestbed(() => {
   // Sinks in b: plain TCP and mutual TLS, each answers "ok" once it has the bytes.
   const sink = (secure: boolean, port: number): string =>
     `const fs=require('fs'),p='${AGENT.pkiDir}/';const n=${bytes};` +
@@ -126,6 +110,4 @@ try {
     `  precog send-memory:    ${rate(p)}  (${((t / p) * 100).toFixed(0)} % of plain TCP, ${((b / p) * 100).toFixed(0)} % of bare TLS)`,
   );
   if (!same) process.exitCode = 1;
-} finally {
-  if (ownTestbed) precog('testbed', 'down');
-}
+});

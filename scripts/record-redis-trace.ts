@@ -6,11 +6,11 @@
  *   sudo npm run trace:redis                 # 20 s at 100 ms, writes traces/redis-benchmark.trace.gz
  *   sudo npm run trace:redis -- --seconds 10
  */
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { HOSTS_DIR, readState } from '../src/runtime/testbed.ts';
+import { HOSTS_DIR } from '../src/runtime/testbed.ts';
+import { inHost, precog, requireRootOrExit, withTestbed } from './testbed-run.ts';
 
 const flag = process.argv.indexOf('--seconds');
 const seconds = flag > 0 ? Number(process.argv[flag + 1]) : 20;
@@ -18,24 +18,13 @@ if (!(seconds > 0)) {
   console.error('--seconds needs a number > 0');
   process.exit(2);
 }
-const BIN = new URL('../bin/precog', import.meta.url).pathname;
 const OUT = new URL('../traces/redis-benchmark.trace.gz', import.meta.url).pathname;
 const IN_HOST = '/var/lib/precog/redis.trace';
 
-if (process.getuid?.() !== 0) {
-  console.error('trace:redis needs root (the test hosts); run it as root');
-  process.exit(2);
-}
-function precog(...args: string[]): string {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 600_000 });
-  if (r.status !== 0) throw new Error(`precog ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout;
-}
-const inA = (script: string): string => precog('testbed', 'exec', 'a', '--', 'sh', '-c', script);
+requireRootOrExit('trace:redis');
+const inA = (script: string): string => inHost('a', script);
 
-const own = !readState()?.complete;
-if (own) precog('testbed', 'up');
-try {
+await withTestbed(() => {
   inA('redis-server --port 6379 --save "" --appendonly no --daemonize yes --logfile /var/log/redis.log');
   inA('for i in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done');
   const pid = Number(inA('pgrep -x redis-server').trim());
@@ -52,9 +41,7 @@ try {
   writeFileSync(OUT, gzipSync(trace, { level: 9 }));
   console.log(`recorded redis-server (pid ${pid} in host a) for ${seconds} s: ${summary.trim()}`);
   console.log(`wrote ${OUT} (${trace.length} bytes, ${readFileSync(OUT).length} gzipped)\n`);
-} finally {
-  if (own) precog('testbed', 'down');
-}
+});
 console.log(
   precog(
     'simulate',

@@ -74,23 +74,36 @@ describe('agents in the test hosts', { skip }, () => {
     assert.match(inHost('b', `cat ${AGENT.log}`).out, /refused a client without a valid certificate/);
   });
 
-  test('memory of a live process goes from a to b byte for byte', () => {
-    const start = inHost(
+  /** Starts the python writer with `mib` MiB in host a (then `then`, a shell line using $CMD, the writer's fifo). */
+  function startWriter(tag: string, mib: number, then = ''): number {
+    const cmd = `/tmp/${tag}.cmd`;
+    const out = `/tmp/${tag}.out`;
+    const r = inHost(
       'a',
-      'mkfifo /tmp/wcmd && (tail -f /tmp/wcmd </dev/null 2>/dev/null | python3 /opt/precog/test/workloads/writer.py 64 > /tmp/wout 2>&1 &) && ' +
-        'for i in $(seq 100); do grep -q ready /tmp/wout && break; sleep 0.1; done; pgrep -f "python3 /opt/precog/test/workloads/writer.py"',
+      `mkfifo ${cmd} && (tail -f ${cmd} </dev/null 2>/dev/null | python3 /opt/precog/test/workloads/writer.py ${mib} > ${out} 2>&1 &) && ` +
+        `for i in $(seq 100); do grep -q ready ${out} && break; sleep 0.1; done; CMD=${cmd}; ${then}` +
+        `pgrep -f "writer.py ${mib}$"`,
     );
-    assert.equal(start.code, 0, start.err);
-    const inner = Number(start.out.trim().split('\n').pop());
-    const send = inHost(
+    assert.equal(r.code, 0, r.err);
+    return Number(r.out.trim().split('\n').pop());
+  }
+
+  /** send-memory from a to b; returns its metrics. */
+  function sendMemory(
+    inner: number,
+    id: string,
+  ): { liveRounds: number; pagesTotal: number; rounds: { pagesResent: number }[] } {
+    const r = inHost(
       'a',
-      `/opt/precog/bin/precog send-memory --pid ${inner} --to 10.213.77.2:${AGENT.port} --peer b --pki ${AGENT.pkiDir} --name a --id live1 --json`,
+      `/opt/precog/bin/precog send-memory --pid ${inner} --to 10.213.77.2:${AGENT.port} --peer b --pki ${AGENT.pkiDir} --name a --id ${id} --json`,
     );
-    assert.equal(send.code, 0, send.err);
-    const metrics = JSON.parse(send.out);
-    assert.ok(metrics.pagesTotal >= 16384, 'the 64 MiB buffer and more');
-    // At b: the committed image. At a: the process, still stopped, read page by page now.
-    const dir = join(HOSTS_DIR, 'b', 'upper', AGENT.stateDir, 'live1');
+    assert.equal(r.code, 0, r.err);
+    return JSON.parse(r.out);
+  }
+
+  /** b's committed image of migration `id` equals the memory of the (stopped) process at a, read now. */
+  function assertCopy(id: string, inner: number): void {
+    const dir = join(HOSTS_DIR, 'b', 'upper', AGENT.stateDir, id);
     const image = readFileSync(join(dir, 'pages.img'));
     const layout = JSON.parse(readFileSync(join(dir, 'layout.json'), 'utf8'));
     const pid = outerPid(inner, 'python3');
@@ -98,12 +111,36 @@ describe('agents in the test hosts', { skip }, () => {
     const snap = new LiveProcessMemory(pid);
     try {
       assert.deepEqual(snap.layout, layout);
-      const all = Uint32Array.from({ length: layout.pageCount }, (_, i) => i);
       const now = Buffer.alloc(layout.pageCount * layout.pageSize);
-      snap.readPages(all, now);
-      assert.ok(now.equals(image), 'b holds exactly the memory of the stopped process at a');
+      snap.readPages(
+        Uint32Array.from({ length: layout.pageCount }, (_, i) => i),
+        now,
+      );
+      assert.ok(now.equals(image), `b holds exactly the memory of the stopped process at a (${id})`);
     } finally {
       snap.close({ leaveStopped: true });
     }
+  }
+
+  test('memory of a live process goes from a to b byte for byte', () => {
+    const inner = startWriter('w64', 64);
+    const m = sendMemory(inner, 'live1');
+    assert.ok(m.pagesTotal >= 16384, 'the 64 MiB buffer and more');
+    assertCopy('live1', inner);
+  });
+
+  test('a process that keeps writing is copied exactly: hash tracking finds every page it wrote', () => {
+    const inner = startWriter(
+      'w32',
+      32,
+      'echo "spin 3" > $CMD; for i in $(seq 50); do grep -q spinning /tmp/w32.out && break; sleep 0.1; done; ',
+    );
+    const m = sendMemory(inner, 'spin1');
+    assert.ok(m.liveRounds >= 2, 'more than one live round');
+    assert.ok(
+      m.rounds.slice(1).some((r) => r.pagesResent > 0),
+      'pages written during the rounds were found and sent again',
+    );
+    assertCopy('spin1', inner);
   });
 });
