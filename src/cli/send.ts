@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Command, Option } from 'commander';
 import { codecChain, CODEC_NAMES } from '../codec/index.ts';
 import { MigrationSource } from '../engine/source.ts';
-import { LiveProcessMemory } from '../memory/live.ts';
+import { ProcessTreeMemory } from '../memory/tree.ts';
 import { parseStrategy } from '../policy/index.ts';
 import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, parseEndpoint } from '../transport/tls.ts';
@@ -34,7 +34,7 @@ export function sendMemoryCommand(): Command {
     .description(
       "stream a live process's memory to an agent over mutual TLS (pre-copy rounds, then stopped copy)",
     )
-    .requiredOption('-p, --pid <pid>', 'the process')
+    .requiredOption('-p, --pid <pid>', 'the process; its descendants come with it')
     .requiredOption('--to <host:port>', 'the destination agent')
     .requiredOption('--peer <name>', "the destination agent's certificate name")
     .requiredOption('--pki <dir>', "PKI directory with ca.pem and this host's certificate")
@@ -60,7 +60,7 @@ export function sendMemoryCommand(): Command {
       const batchBytes = parseSize(f.batch, '--batch');
       const to = parseEndpoint(f.to, '--to');
       const identity = loadIdentity(f.pki, f.name);
-      const mem = new LiveProcessMemory(pid, { onUnmapped: 'zero' });
+      const mem = new ProcessTreeMemory(pid, { onUnmapped: 'zero' });
       const link = await connectTls(to, identity, f.peer);
       try {
         const m = await new MigrationSource(mem, link, strategy, {

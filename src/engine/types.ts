@@ -8,6 +8,8 @@ export interface Region {
   start: string;
   pages: number;
   name?: string;
+  /** The process the region belongs to, when the source is a process tree: pages are keyed by (pid, vaddr). */
+  pid?: number;
 }
 
 export interface Layout {
