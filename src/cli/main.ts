@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { exitCodeOf } from '../util/errors.ts';
 import { agentCommand } from './agent.ts';
+import { containerCommands } from './container.ts';
 import { pkiCommand } from './pki.ts';
 import { sendMemoryCommand } from './send.ts';
 import { simulateCommand } from './simulate.ts';
@@ -24,6 +25,7 @@ program.addCommand(agentCommand());
 program.addCommand(traceCommand());
 program.addCommand(sendMemoryCommand());
 program.addCommand(testbedCommand());
+for (const c of containerCommands()) program.addCommand(c);
 
 try {
   await program.parseAsync(process.argv);

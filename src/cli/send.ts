@@ -32,7 +32,7 @@ export function sendMemoryCommand(): Command {
   return new Command('send-memory')
     .exitOverride()
     .description(
-      "stream a live process's memory to an agent over mutual TLS (pre-copy rounds, then stopped copy)",
+      "stream a live process tree's memory to an agent over mutual TLS (pre-copy rounds, then stopped copy)",
     )
     .requiredOption('-p, --pid <pid>', 'the process; its descendants come with it')
     .requiredOption('--to <host:port>', 'the destination agent')
