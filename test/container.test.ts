@@ -7,11 +7,11 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { CONTAINERS_DIR, validateName, type ContainerInfo } from '../src/runtime/container.ts';
-import { hostCommand, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { hostCommand, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { testbedSkip } from './support/testbed.ts';
 import { UsageError } from '../src/util/errors.ts';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
-const IS_ROOT = process.getuid?.() === 0;
 
 /** `precog ARGS` with containerCommands() under a root command, errors mapped to exit codes as main.ts does. */
 const CLI = `
@@ -77,11 +77,7 @@ describe('container names', () => {
   });
 });
 
-const skip = !IS_ROOT
-  ? 'needs root: containers live in the test hosts'
-  : readState()
-    ? 'a testbed is already up (someone else may be using it); not touching it'
-    : false;
+const skip = testbedSkip('containers live in the test hosts');
 
 describe('containers in a test host', { skip }, () => {
   let state: TestbedState;

@@ -39,16 +39,11 @@ import {
   writePagemap,
 } from '../src/criu/pages.ts';
 import { readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { testbedSkip } from './support/testbed.ts';
 import { InputError } from '../src/util/errors.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
-const IS_ROOT = process.getuid?.() === 0;
-const already = IS_ROOT && readState() !== undefined;
-const skip = !IS_ROOT
-  ? 'needs root: the dump and restore run in the test hosts (namespaces, mounts; CI runs as root)'
-  : already
-    ? 'a testbed is up already (someone is using it); run "precog testbed down" to let this test run'
-    : false;
+const skip = testbedSkip('the dump and restore run in the test hosts (namespaces, mounts)');
 
 function tmp(): string {
   return mkdtempSync(join(tmpdir(), 'precog-criu-'));

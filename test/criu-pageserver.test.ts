@@ -63,16 +63,11 @@ import {
 } from '../src/criu/pageserver.ts';
 import { CriuError, CriuRunner, relevantLogLines } from '../src/criu/runner.ts';
 import { hostCommand, readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { testbedSkip } from './support/testbed.ts';
 import { ProtocolError } from '../src/util/errors.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
-const IS_ROOT = process.getuid?.() === 0;
-const already = IS_ROOT && readState() !== undefined;
-const skip = !IS_ROOT
-  ? 'needs root: the dumps and the restore run in the test hosts (namespaces, mounts; CI runs as root)'
-  : already
-    ? 'a testbed is up already (someone is using it); run "precog testbed down" to let this test run'
-    : false;
+const skip = testbedSkip('the dumps and the restore run in the test hosts (namespaces, mounts)');
 
 const page = (b: number) => Buffer.alloc(PAGE_SIZE, b);
 const PID = 4242;

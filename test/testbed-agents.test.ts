@@ -7,16 +7,11 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LiveProcessMemory } from '../src/memory/live.ts';
-import { AGENT, HOSTS_DIR, readState } from '../src/runtime/testbed.ts';
+import { AGENT, HOSTS_DIR } from '../src/runtime/testbed.ts';
+import { testbedSkip } from './support/testbed.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
-const IS_ROOT = process.getuid?.() === 0;
-const already = IS_ROOT && readState()?.complete === true;
-const skip = !IS_ROOT
-  ? 'needs root: test hosts use namespaces, mounts and veth links (CI runs as root)'
-  : already
-    ? 'a testbed is up already (someone is using it); run "precog testbed down" to let this test run'
-    : false;
+const skip = testbedSkip('test hosts use namespaces, mounts and veth links');
 
 function precog(...args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000 });
