@@ -3,6 +3,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { join } from 'node:path';
 import { WallClock } from '../engine/clock.ts';
+import { releaseBuffer, takeBuffer } from '../util/arena.ts';
 import { MigrationDestination } from '../engine/destination.ts';
 import { FileBacking, MemoryBacking, type PageBacking } from '../engine/pagestore.ts';
 import type { Layout } from '../engine/types.ts';
@@ -80,6 +81,11 @@ export class Agent {
     const clock = new WallClock();
     const reader = new FrameReader();
     const dirOf = (id: string): string => join(this.o.stateDir, id);
+    let held: Buffer | null = null;
+    const release = (): void => {
+      if (held) releaseBuffer(held);
+      held = null;
+    };
     const dest = new MigrationDestination({
       restoreCost: 0,
       backing: (layout: Layout, id: string): PageBacking => {
@@ -87,9 +93,12 @@ export class Agent {
         const bytes = layout.pageCount * layout.pageSize;
         mkdirSync(dirOf(id), { recursive: true, mode: 0o700 });
         log.info({ pages: layout.pageCount, bytes, spill: bytes > this.o.spillBytes }, 'migration started');
-        return bytes > this.o.spillBytes
-          ? new FileBacking(layout, join(dirOf(id), `${COMMITTED_FILES.pages}.part`))
-          : new MemoryBacking(layout);
+        if (bytes > this.o.spillBytes)
+          return new FileBacking(layout, join(dirOf(id), `${COMMITTED_FILES.pages}.part`));
+        // Receive buffers are reused across migrations: fresh memory costs a page fault per 4 KiB on first touch.
+        // Their old contents never leak: a migration commits only when every page has arrived.
+        held = takeBuffer(bytes);
+        return new MemoryBacking(layout, held);
       },
       commit: (store, id) => {
         const dir = dirOf(id);
@@ -100,9 +109,11 @@ export class Agent {
           renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
         }
         writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
+        release();
         log.info({ dir }, 'migration committed');
       },
       discard: (id) => {
+        release();
         rmSync(dirOf(id), { recursive: true, force: true });
         log.info('migration abandoned; its pages were removed');
       },
