@@ -1,5 +1,6 @@
 import { Command } from 'commander';
-import { defaultRuntime, type ContainerInfo } from '../runtime/container.ts';
+import { defaultRuntime, NamespaceRuntime, type ContainerInfo } from '../runtime/container.ts';
+import { join } from 'node:path';
 import { parseHost, requireRoot } from '../runtime/testbed.ts';
 import { UsageError } from '../util/errors.ts';
 import { parseSize } from '../util/units.ts';
@@ -103,5 +104,80 @@ export function containerCommands(): Command[] {
       process.stdout.write(await defaultRuntime().logs(name));
     });
 
-  return [run, ps, stop, logs];
+  const checkpoint = new Command('checkpoint')
+    .description(
+      'checkpoint a container into a directory: CRIU images, writable layer, state (the container keeps running)',
+    )
+    .argument('<name>')
+    .requiredOption('--out <dir>', 'new (or empty) directory on this machine')
+    .option('--leave-running', 'keep the container running after the checkpoint (the default)')
+    .option('--leave-stopped', 'stop and remove the container after a successful checkpoint')
+    .action(async (name: string, flags: { out: string; leaveRunning?: boolean; leaveStopped?: boolean }) => {
+      if (flags.leaveRunning && flags.leaveStopped)
+        throw new UsageError('--leave-running and --leave-stopped exclude each other');
+      needRoot('checkpoint');
+      const r = await defaultRuntime().checkpoint(name, flags.out, { leaveStopped: flags.leaveStopped });
+      say(
+        `${name}: checkpoint in ${r.dir} (images ${r.imageBytes} B, writable layer ${r.layerBytes} B; ` +
+          `dump ${Math.round(r.dumpMs)} ms, frozen ${Math.round(r.frozenMs)} ms); ` +
+          (flags.leaveStopped ? 'container stopped' : 'container running'),
+      );
+    });
+
+  const restore = new Command('restore')
+    .description('start a container from a checkpoint directory in a test host (criu restore)')
+    .argument('<dir>')
+    .requiredOption('--host <host>', 'test host: a or b')
+    .option('--name <name>', 'name of the restored container (default: the checkpointed name)')
+    .action(async (dir: string, flags: { host: string; name?: string }) => {
+      parseHost(flags.host);
+      needRoot('restore');
+      const c = await defaultRuntime().restore(dir, flags.host, { name: flags.name });
+      say(`${c.name}: restored on host ${c.host}, pid ${c.pid} (in the host)`);
+    });
+
+  const exportCmd = new Command('export')
+    .description("write a container's writable layer as a tar compressed with zstd")
+    .argument('<name>')
+    .requiredOption('--out <file>', 'output file, e.g. layer.tar.zst')
+    .action(async (name: string, flags: { out: string }) => {
+      needRoot('export');
+      await defaultRuntime().exportLayer(name, flags.out);
+      say(`${name}: writable layer exported to ${flags.out}`);
+    });
+
+  const migrate = new Command('migrate')
+    .description(
+      'move a container to another test host (cold: checkpoint, copy, restore, then stop the source)',
+    )
+    .argument('<name>')
+    .requiredOption('--from <host>', 'source host (where the container runs)')
+    .requiredOption('--to <host>', 'destination host')
+    .option('--strategy <strategy>', 'cold (the only one on real containers so far)', 'cold')
+    .option(
+      '--work <dir>',
+      'directory for the checkpoint on this machine (default: /var/lib/precog/migrations/ID)',
+    )
+    .action(async (name: string, flags: { from: string; to: string; strategy: string; work?: string }) => {
+      parseHost(flags.from);
+      parseHost(flags.to);
+      if (flags.strategy !== 'cold')
+        throw new UsageError(`--strategy ${flags.strategy}: only "cold" migrates real containers so far`);
+      needRoot('migrate');
+      const rt = defaultRuntime();
+      if (!(rt instanceof NamespaceRuntime)) throw new UsageError(`migrate needs the namespace runtime`);
+      const c = await rt.inspect(name);
+      if (!c) throw new UsageError(`no container named "${name}"; "precog ps" lists them`);
+      if (c.host !== parseHost(flags.from).name)
+        throw new UsageError(`container ${name} runs on host ${c.host}, not ${flags.from}`);
+      const work = flags.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`);
+      const r = await rt.migrateCold(name, flags.to, work);
+      say(
+        `${name}: migrated ${flags.from} -> ${r.info.host} (cold) in ${Math.round(r.totalMs)} ms: ` +
+          `frozen ${Math.round(r.checkpoint.frozenMs)} ms + restore ${Math.round(r.restoreMs)} ms, ` +
+          `images ${r.checkpoint.imageBytes} B, layer ${r.checkpoint.layerBytes} B; pid ${r.info.pid} on ${r.info.host}`,
+      );
+    });
+
+  return [run, ps, stop, logs, checkpoint, restore, exportCmd, migrate];
 }

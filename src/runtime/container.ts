@@ -18,7 +18,7 @@
  *   where it is (cgroup2 memory.max, or cgroup v1 memory.limit_in_bytes on hybrid machines like ours).
  * - a JSON state file, /var/lib/precog/containers/NAME/state.json in the host.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -31,7 +31,8 @@ import {
   cpSync,
   renameSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix, resolve } from 'node:path';
+import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
 import {
@@ -108,6 +109,40 @@ export interface ContainerRuntime {
   logs(name: string): Promise<string>;
   freeze(name: string): Promise<void>;
   thaw(name: string): Promise<void>;
+  /** Saves the container (CRIU images, writable layer, state) into a directory on this machine. */
+  checkpoint(name: string, dir: string, opts?: CheckpointOptions): Promise<CheckpointResult>;
+  /** Starts a container from a checkpoint directory in a host. */
+  restore(dir: string, host: string, opts?: RestoreOptions): Promise<ContainerInfo>;
+  /** The writable layer as a tar compressed with zstd. */
+  exportLayer(name: string, file: string): Promise<void>;
+}
+
+export const CHECKPOINT_SCHEMA = 'precog.checkpoint/v1';
+
+export interface CheckpointOptions {
+  /** Stop (kill and remove) the container after a successful checkpoint; by default it keeps running. */
+  leaveStopped?: boolean;
+  /** Leave the container frozen after the checkpoint (for cold migration: thawed or removed by the caller). */
+  keepFrozen?: boolean;
+}
+
+export interface CheckpointResult {
+  dir: string;
+  name: string;
+  host: string;
+  /** Time the container was frozen (freeze, dump, layer copy, thaw). */
+  frozenMs: number;
+  dumpMs: number;
+  /** Bytes of the images directory and of the writable layer copy. */
+  imageBytes: number;
+  layerBytes: number;
+}
+
+export interface RestoreOptions {
+  /** Name of the restored container (default: the checkpointed container's name). */
+  name?: string;
+  /** Allow the name to exist on this host already (cold migration: the source is removed afterwards). */
+  replacingOn?: string;
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
@@ -210,6 +245,111 @@ exec nsenter -t "$hostpid" -n -p -- unshare --mount --propagation private --uts 
 	/bin/sh "$init" "$@"
 `;
 
+/**
+ * `criu` as CriuRunner runs it for a restore (docs/containers.md, "CRIU"): runs on this machine, joins the new
+ * container's cgroups, enters the host's network and PID namespaces and a private mount namespace, and runs
+ * RESTORE_ROOT_SCRIPT there with CRIU's arguments. Arguments: host init pid, cgroup.procs files (":"-separated or
+ * "-"), RESTORE_ROOT_SCRIPT's file, base image, upper, work, overlay mount point, work directory, then CRIU's
+ * arguments.
+ */
+export const RESTORE_LAUNCH_SCRIPT = String.raw`set -eu
+hostpid=$1 procs=$2 script=$3
+shift 3
+if [ "$procs" != - ]; then
+	old_ifs=$IFS IFS=:
+	for f in $procs; do echo $$ >"$f"; done
+	IFS=$old_ifs
+fi
+exec nsenter -t "$hostpid" -n -p -- unshare -m --propagation private /bin/sh "$script" "$@"
+`;
+
+/**
+ * Builds the small root CRIU restores from (the recipe that worked by hand): the container's overlay mounted with
+ * the machine's paths, a tmpfs root with the base image's /usr and /etc, proc of the host's PID namespace, a tmpfs
+ * /tmp, /dev/null and /dev/urandom, the overlay at /ctr, the work directory (images, log, pidfile) at its own path;
+ * pivot_root into it (a chroot is not enough for CRIU), close inherited descriptors, exec criu.
+ */
+export const RESTORE_ROOT_SCRIPT = String.raw`set -eu
+rootfs=$1 upper=$2 work=$3 ctr=$4 wd=$5
+shift 5
+mount --make-rprivate /
+mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$upper,workdir=$work" "$ctr"
+new=$wd/newroot
+mkdir -p "$new"
+mount -t tmpfs -o mode=755,size=16m tmpfs "$new"
+mkdir -p "$new/usr" "$new/etc" "$new/proc" "$new/tmp" "$new/dev" "$new/ctr" "$new/oldroot" "$new/run" "$new$wd"
+for l in bin sbin lib lib64; do
+	if [ -L "$rootfs/$l" ]; then ln -s "$(readlink "$rootfs/$l")" "$new/$l"; fi
+done
+mount --bind "$rootfs/usr" "$new/usr"
+mount --bind "$rootfs/etc" "$new/etc"
+mount -t proc proc "$new/proc"
+mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"
+mkdir -p "$new/dev/net"
+for d in null urandom net/tun; do
+	if [ -e "/dev/$d" ]; then
+		: >"$new/dev/$d"
+		mount --bind "/dev/$d" "$new/dev/$d"
+	fi
+done
+mount --bind "$ctr" "$new/ctr"
+mount --bind "$wd" "$new$wd"
+cd "$new"
+pivot_root . oldroot
+cd /
+umount -l /oldroot
+exec /bin/bash -c '
+for fd in /proc/self/fd/*; do
+	n=${'$'}{fd##*/}
+	if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+done 2>/dev/null
+exec criu "$@"' precog-criu "$@"
+`;
+
+/**
+ * CRIU's action script for a checkpoint: at post-dump (images written, tasks still stopped by CRIU) it says so with
+ * a file "dumped" next to it and waits for "go" (at most 10 minutes): "ok" lets CRIU resume the tasks, anything else
+ * fails the dump (CRIU then resumes them too).
+ */
+export const POST_DUMP_SCRIPT = `#!/bin/sh
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+d=$(dirname "$0")
+: >"$d/dumped"
+i=0
+while [ ! -e "$d/go" ]; do
+	i=$((i + 1))
+	[ $i -lt 60000 ] || exit 1
+	sleep 0.01
+done
+[ "$(cat "$d/go")" = ok ]
+`;
+
+/** Runs a tool on this machine; throws with its stderr when it fails. */
+function tool(cmd: string, args: string[], what: string): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.error) throw new Error(`${what}: cannot run ${cmd}: ${r.error.message}`);
+  if (r.status !== 0)
+    throw new Error(`${what}: ${cmd} ${args.join(' ')} failed (exit ${r.status}): ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** `cp -a` (keeps overlay whiteouts, which are device nodes, and trusted.overlay.* xattrs). */
+function copyTree(from: string, to: string, what: string): void {
+  tool('cp', ['-a', '--', from, to], what);
+}
+
+function duBytes(dir: string): number {
+  try {
+    return Number(tool('du', ['-sb', dir], 'du').split(/\s+/)[0]) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+function hasTool(name: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+}
+
 interface Located {
   state: TestbedState;
   host: HostState;
@@ -247,6 +387,26 @@ function cgroupPids(dir: string): number[] {
   } catch {
     return [];
   }
+}
+
+/** Where a host keeps checkpoint work directories while CRIU dumps (a path inside the host). */
+export const CHECKPOINTS_DIR = '/var/lib/precog/checkpoints';
+
+/** The machine's PID of the process that is `hostPid` in a host, among the processes of a cgroup. */
+function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undefined {
+  for (const pid of cgroup ? cgroupPids(cgroup) : []) {
+    try {
+      const m = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      const ns = m ? m[1].trim().split(/\s+/).map(Number) : [];
+      if (ns[1] === hostPid) {
+        const start = procStart(pid);
+        if (start !== undefined) return { pid, start };
+      }
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
 }
 
 /** Containers made of namespaces, an overlay and cgroups, in the precog test hosts. */
@@ -554,6 +714,281 @@ export class NamespaceRuntime implements ContainerRuntime {
     const want = `frozen ${frozen ? 1 : 0}`;
     if (!(await waitUntil(() => readFileSync(join(v2, 'cgroup.events'), 'utf8').includes(want), 5000)))
       throw new Error(`container ${name} did not ${frozen ? 'freeze' : 'thaw'} within 5 s`);
+  }
+
+  /**
+   * Checkpoint: freeze (cgroup2), `criu dump -R` inside the host, copy the writable layer and the state while still
+   * frozen (memory and files from the same instant), then thaw (or stop with `leaveStopped`). DIR (on this machine)
+   * gets images/, upper/, state.json, checkpoint.json and dump.log. If the dump fails, the container is thawed and
+   * keeps running; the CriuError carries CRIU's error lines.
+   */
+  async checkpoint(name: string, outDir: string, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
+    const at = this.must(name);
+    const info = this.read(at);
+    if (info.status !== 'running' || info.pid === null)
+      throw new UsageError(
+        `container ${name} is ${info.status}; only a running container can be checkpointed`,
+      );
+    const out = resolve(outDir);
+    if (existsSync(out) && readdirSync(out).length > 0)
+      throw new UsageError(`${out} exists and is not empty; give a new directory to --out`);
+    mkdirSync(out, { recursive: true });
+    const id = `${name}-${Date.now()}`;
+    const criu = new CriuRunner({
+      host: at.host.name,
+      dir: posix.join(CHECKPOINTS_DIR, id),
+      state: at.state,
+    });
+    const t0 = performance.now();
+    criu.prepare();
+    // CRIU stops the tasks itself (ptrace); a container frozen by cgroup2 beforehand never runs CRIU's parasite
+    // (the dump hangs at "Parasite syscall_ip"). The post-dump hook keeps the tasks stopped while precog copies
+    // the writable layer, so files and memory are from the same instant.
+    const hook = criu.path('post-dump.sh');
+    writeFileSync(criu.onMachine(hook), POST_DUMP_SCRIPT, { mode: 0o755 });
+    const dumpedFile = criu.onMachine(criu.path('dumped'));
+    const goFile = criu.onMachine(criu.path('go'));
+    const v2 = this.cgroupsFor(at.host, name).v2;
+    let settled = false;
+    const dumping = criu
+      .dump({
+        pid: info.pid,
+        images: criu.path('images'),
+        leaveRunning: true,
+        extra: ['--action-script', hook],
+      })
+      .finally(() => (settled = true));
+    dumping.catch(() => {});
+    await waitUntil(() => settled || existsSync(dumpedFile), 600_000, 5);
+    let copyError: unknown;
+    let froze = false;
+    if (!settled && existsSync(dumpedFile)) {
+      try {
+        copyTree(join(at.dir, 'upper'), join(out, 'upper'), 'copying the writable layer');
+        if (opts.keepFrozen && v2) {
+          // The tasks are stopped by CRIU; frozen by the cgroup they stay when CRIU lets them go.
+          writeFileSync(join(v2, 'cgroup.freeze'), '1');
+          froze = true;
+        }
+      } catch (err) {
+        copyError = err;
+      }
+      writeFileSync(goFile, copyError ? 'fail\n' : 'ok\n');
+    }
+    let dumpMs = 0;
+    try {
+      const run = await dumping;
+      if (copyError) throw copyError;
+      dumpMs = run.durationMs;
+      copyTree(criu.onMachine(criu.path('images')), join(out, 'images'), 'copying the images');
+      copyTree(criu.onMachine(criu.path('dump.log')), join(out, 'dump.log'), 'copying the dump log');
+      writeFileSync(join(out, 'state.json'), JSON.stringify(info, null, 2) + '\n');
+      if (froze) await this.freeze(name);
+    } catch (err) {
+      if (froze) await this.thaw(name).catch(() => {});
+      await removeTree(criu.onMachine(criu.dir)).catch(() => {});
+      throw copyError ?? err;
+    }
+    if (opts.leaveStopped) await this.cleanup(at, info);
+    const frozenMs = performance.now() - t0;
+    await removeTree(criu.onMachine(criu.dir));
+    const result: CheckpointResult = {
+      dir: out,
+      name,
+      host: at.host.name,
+      frozenMs,
+      dumpMs,
+      imageBytes: duBytes(join(out, 'images')),
+      layerBytes: duBytes(join(out, 'upper')),
+    };
+    const manifest = {
+      schema: CHECKPOINT_SCHEMA,
+      created: new Date().toISOString(),
+      container: name,
+      host: at.host.name,
+      pid: info.pid,
+      command: info.command,
+      memoryBytes: info.memoryBytes,
+      rootfs: at.state.rootfs,
+      dumpMs,
+      frozenMs,
+      imageBytes: result.imageBytes,
+      layerBytes: result.layerBytes,
+    };
+    writeFileSync(join(out, 'checkpoint.json'), JSON.stringify(manifest, null, 2) + '\n');
+    return result;
+  }
+
+  /**
+   * Restore: a new container directory in HOST with a copy of the saved writable layer and images, its cgroups,
+   * then `criu restore -d --root` from the small root of RESTORE_ROOT_SCRIPT in the host's network and PID
+   * namespaces. On failure everything made here is removed (the restore log is copied into the checkpoint as
+   * restore-failed.log) and the CriuError carries CRIU's error lines; nothing else is touched.
+   */
+  async restore(dir: string, hostName: string, opts: RestoreOptions = {}): Promise<ContainerInfo> {
+    const src = resolve(dir);
+    let saved: ContainerInfo;
+    try {
+      saved = JSON.parse(readFileSync(join(src, 'state.json'), 'utf8')) as ContainerInfo;
+    } catch (err) {
+      throw new UsageError(`${src} is not a precog checkpoint (state.json: ${(err as Error).message})`);
+    }
+    for (const part of ['images', 'upper'])
+      if (!existsSync(join(src, part)))
+        throw new UsageError(`${src} is not a precog checkpoint (no ${part}/)`);
+    const name = validateName(opts.name ?? saved.name);
+    const state = this.testbed();
+    const host = this.hostState(state, hostName);
+    const existing = this.locate(name);
+    if (existing && existing.host.name !== opts.replacingOn) {
+      throw new UsageError(
+        `a container named "${name}" already exists on host ${existing.host.name} (${this.read(existing).status}); ` +
+          `stop it or restore with --name NEW`,
+      );
+    }
+    const cdir = NamespaceRuntime.dirOn(host, name);
+    if (existsSync(cdir))
+      throw new UsageError(`a container named "${name}" already exists on host ${host.name}`);
+    mkdirSync(cdir, { recursive: true });
+    const wd = join(cdir, 'checkpoint');
+    for (const d of ['work', 'root', 'checkpoint']) mkdirSync(join(cdir, d), { recursive: true });
+    const cg = this.cgroupsFor(host, name);
+    const memoryBytes = saved.memoryBytes ?? null;
+    const info: ContainerInfo = {
+      ...saved,
+      schema: CONTAINER_STATE_SCHEMA,
+      name,
+      host: host.name,
+      runtime: this.kind,
+      memoryBytes,
+      pid: null,
+      machinePid: null,
+      status: 'created',
+      dir: join(CONTAINERS_DIR, name),
+      cgroups: [...new Set([cg.v2, memoryBytes !== null ? cg.mem : null].filter((c): c is string => !!c))],
+    };
+    const at: Located = { state, host, dir: cdir };
+    this.write(at, info);
+    try {
+      copyTree(join(src, 'upper'), join(cdir, 'upper'), 'copying the writable layer');
+      copyTree(join(src, 'images'), join(wd, 'images'), 'copying the images');
+      const procs: string[] = [];
+      if (cg.v2) {
+        await rmCgroup(cg.v2);
+        mkdirSync(cg.v2);
+        procs.push(join(cg.v2, 'cgroup.procs'));
+      }
+      if (memoryBytes !== null && cg.mem && cg.mem !== cg.v2) {
+        await rmCgroup(cg.mem);
+        mkdirSync(cg.mem, { recursive: true });
+        writeFileSync(join(cg.mem, 'memory.limit_in_bytes'), String(memoryBytes));
+        procs.push(join(cg.mem, 'cgroup.procs'));
+      } else if (memoryBytes !== null && cg.mem) {
+        writeFileSync(join(cg.mem, 'memory.max'), String(memoryBytes));
+      }
+      writeFileSync(join(wd, 'restore-root.sh'), RESTORE_ROOT_SCRIPT);
+      // CriuRunner runs `<criu> restore -o LOG -v4 ARGS`: <criu> is this wrapper, with the paths baked in.
+      const wrapper = join(wd, 'criu-in-host');
+      const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
+      writeFileSync(
+        wrapper,
+        `#!/bin/sh\n# criu restore for container ${name} in host ${host.name} (precog)\nexec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
+          [
+            String(host.init!.pid),
+            procs.length ? procs.join(':') : '-',
+            join(wd, 'restore-root.sh'),
+            state.rootfs,
+            join(cdir, 'upper'),
+            join(cdir, 'work'),
+            join(cdir, 'root'),
+            wd,
+          ]
+            .map(q)
+            .join(' ') +
+          ' "$@"\n',
+        { mode: 0o755 },
+      );
+      const criu = new CriuRunner({ dir: wd, criu: wrapper });
+      const pidfile = join(wd, 'restore.pid');
+      await criu.restore({
+        images: join(wd, 'images'),
+        pidfile,
+        extra: ['--root', '/ctr', '--manage-cgroups=ignore'],
+      });
+      const hostPid = Number(readFileSync(pidfile, 'utf8').trim());
+      const machinePid = findMachinePid(cg.v2, hostPid);
+      if (!machinePid) throw new Error(`restored container ${name}: pid ${hostPid} not found in ${cg.v2}`);
+      info.pid = hostPid;
+      info.machinePid = machinePid;
+      info.status = 'running';
+      this.write(at, info);
+      await removeTree(join(wd, 'images')).catch(() => {});
+      return this.read(at);
+    } catch (err) {
+      try {
+        copyTree(join(wd, 'restore.log'), join(src, 'restore-failed.log'), 'keeping the restore log');
+      } catch {
+        // no log
+      }
+      if (!process.env.PRECOG_KEEP_FAILED) await this.cleanup(at, info).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** The writable layer as FILE (tar, zstd), taken while the container is frozen when it runs. */
+  async exportLayer(name: string, file: string): Promise<void> {
+    const at = this.must(name);
+    const info = this.read(at);
+    if (!hasTool('zstd'))
+      throw new UsageError('export needs zstd on this machine (Debian package "zstd": apt-get install zstd)');
+    const out = resolve(file);
+    const frozen = info.status === 'running';
+    if (frozen) await this.freeze(name);
+    try {
+      tool(
+        'tar',
+        [
+          '--zstd',
+          '--xattrs',
+          '--xattrs-include=trusted.overlay.*',
+          '-cpf',
+          out,
+          '-C',
+          join(at.dir, 'upper'),
+          '.',
+        ],
+        `export of ${name}`,
+      );
+    } finally {
+      if (frozen) await this.thaw(name);
+    }
+  }
+
+  /**
+   * Cold migration: checkpoint in the source host (the container stays frozen), restore in the destination from
+   * a copy, and only then remove the source. If anything fails before that, the source is thawed and keeps running.
+   */
+  async migrateCold(
+    name: string,
+    to: string,
+    workDir: string,
+  ): Promise<{ info: ContainerInfo; checkpoint: CheckpointResult; restoreMs: number; totalMs: number }> {
+    const t0 = performance.now();
+    const at = this.must(name);
+    const dest = this.hostState(at.state, to);
+    if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${to}`);
+    const checkpoint = await this.checkpoint(name, workDir, { keepFrozen: true });
+    const t1 = performance.now();
+    let info: ContainerInfo;
+    try {
+      info = await this.restore(workDir, dest.name, { replacingOn: at.host.name });
+    } catch (err) {
+      await this.thaw(name);
+      throw err;
+    }
+    const restoreMs = performance.now() - t1;
+    await this.cleanup(at, this.read(at));
+    return { info, checkpoint, restoreMs, totalMs: performance.now() - t0 };
   }
 
   freeze(name: string): Promise<void> {

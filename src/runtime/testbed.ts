@@ -587,8 +587,8 @@ export async function startAgents(state: TestbedState): Promise<void> {
       // whose writes (about 170 MB/s here) would then bound every migration.
       '--spill-size 4GiB',
     ].join(' ');
-    const c = hostCommand(state, h.name, ['sh', '-c', `exec ${agent} >>${AGENT.log} 2>&1 </dev/null`]);
-    spawn(c.cmd, c.args, { env: c.env, stdio: 'ignore', detached: true }).unref();
+    // Started from inside the host and detached there: no process outside the host waits for it.
+    await runInHost(state, h.name, ['sh', '-c', `setsid ${agent} >>${AGENT.log} 2>&1 </dev/null &`]);
   }
   for (const h of state.hosts) {
     const logFile = join(h.dir, 'upper', AGENT.log);
@@ -625,6 +625,20 @@ export async function testbedDown(): Promise<string[]> {
   return done;
 }
 
+/** Processes running a host's init script, found by command line. */
+function hostInits(): number[] {
+  const out: number[] = [];
+  for (const pid of allPids()) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (cmd.includes('/run/precog-init') || cmd.includes(HOST_SCRIPT)) out.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
 async function sweep(): Promise<string[]> {
   const done: string[] = [];
   const state = readState();
@@ -653,6 +667,12 @@ async function sweep(): Promise<string[]> {
       const ref = refOf(pid);
       if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
     }
+  // Hosts whose records are lost (a crash) are still found by their init's command line; a host's init lives
+  // until every process of its PID namespace (its agent, say) has exited.
+  for (const pid of hostInits()) {
+    const ref = refOf(pid);
+    if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
+  }
   if (killed.length > 0) {
     const pids = [...new Set(killed.map((k) => k.pid))];
     done.push(`processes ${pids.join(' ')}`);
