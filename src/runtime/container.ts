@@ -46,6 +46,7 @@ import {
   type HostState,
   type ProcRef,
   type TestbedState,
+  waitUntil,
 } from './testbed.ts';
 
 export const CONTAINER_STATE_SCHEMA = 'precog.container/v1';
@@ -153,17 +154,6 @@ export function validateName(name: string): string {
       `container name "${name}" must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit`,
     );
   return name;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitUntil(cond: () => boolean, ms: number, step = 25): Promise<boolean> {
-  const end = performance.now() + ms;
-  for (;;) {
-    if (cond()) return true;
-    if (performance.now() > end) return false;
-    await sleep(step);
-  }
 }
 
 function tail(file: string, lines: number): string {

@@ -231,7 +231,8 @@ function signal(ref: ProcRef, sig: NodeJS.Signals): boolean {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitUntil(cond: () => boolean, ms: number, step = 25): Promise<boolean> {
+/** Polls cond every `step` ms until it holds (true) or `ms` have passed (false). */
+export async function waitUntil(cond: () => boolean, ms: number, step = 25): Promise<boolean> {
   const end = performance.now() + ms;
   for (;;) {
     if (cond()) return true;
