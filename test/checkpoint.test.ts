@@ -6,49 +6,12 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
 import { readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { must, precog, type Ran } from './support/cli.ts';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
+const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
-
-/** `precog ARGS` with containerCommands() under a root command, errors mapped to exit codes as main.ts does. */
-const CLI = `
-import { Command, CommanderError } from 'commander';
-import { containerCommands } from ${JSON.stringify(join(REPO, 'src/cli/container.ts'))};
-import { exitCodeOf } from ${JSON.stringify(join(REPO, 'src/util/errors.ts'))};
-const program = new Command('precog').exitOverride().enablePositionalOptions();
-for (const c of containerCommands()) program.addCommand(c.exitOverride());
-try {
-  await program.parseAsync(process.argv.slice(1), { from: 'user' });
-} catch (err) {
-  if (err instanceof CommanderError) process.exitCode = err.exitCode === 0 ? 0 : 2;
-  else {
-    process.stderr.write('precog: ' + err.message + '\\n');
-    process.exitCode = exitCodeOf(err);
-  }
-}
-`;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(...args: string[]): Ran {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CLI, ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function must(r: Ran, what: string): Ran {
-  assert.equal(r.code, 0, `${what} failed (exit ${r.code}): ${r.stderr}${r.stdout}`);
-  return r;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -32,6 +32,17 @@ test('bad input: one line naming the value and what is accepted, exit code 2, no
     [['simulate', '--repeat', '0'], /--repeat "0" must be a whole number >= 1/],
     [['simulate', '--frobnicate'], /unknown option '--frobnicate'/],
     [['teleport'], /unknown command 'teleport'/],
+    // every command's parse errors are usage errors too
+    [['checkpoint', 'x'], /required option '--out <dir>' not specified/],
+    [['restore', '/tmp/nothing'], /required option '--host/],
+    [['run'], /required option '--host <host>' not specified/],
+    [['ps', '--bogus'], /unknown option '--bogus'/],
+    [['stop'], /missing required argument 'name'/],
+    [['migrate', 'x'], /required option/],
+    [['trace', 'record'], /--pid is required/],
+    [['send-memory'], /required option/],
+    [['agent'], /required option/],
+    [['pki', 'issue'], /required option '--dir <dir>' not specified/],
   ];
   for (const [args, re] of cases) {
     const r = precog(...args);

@@ -1,67 +1,16 @@
 // precog run / ps / stop / logs: containers in the test hosts. Name checks run everywhere; the containers need root
 // and their own testbed (skipped when one is already up: other people's hosts are left alone).
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { CONTAINERS_DIR, validateName, type ContainerInfo } from '../src/runtime/container.ts';
-import { hostCommand, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { UsageError } from '../src/util/errors.ts';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
-
-/** `precog ARGS` with containerCommands() under a root command, errors mapped to exit codes as main.ts does. */
-const CLI = `
-import { Command, CommanderError } from 'commander';
-import { containerCommands } from ${JSON.stringify(join(REPO, 'src/cli/container.ts'))};
-import { exitCodeOf } from ${JSON.stringify(join(REPO, 'src/util/errors.ts'))};
-const program = new Command('precog').exitOverride().enablePositionalOptions();
-for (const c of containerCommands()) program.addCommand(c.exitOverride());
-try {
-  await program.parseAsync(process.argv.slice(1), { from: 'user' });
-} catch (err) {
-  if (err instanceof CommanderError) process.exitCode = err.exitCode === 0 ? 0 : 2;
-  else {
-    process.stderr.write('precog: ' + err.message + '\\n');
-    process.exitCode = exitCodeOf(err);
-  }
-}
-`;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(...args: string[]): Ran {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CLI, ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function must(r: Ran, what: string): Ran {
-  assert.equal(r.code, 0, `${what} failed (exit ${r.code}): ${r.stderr}${r.stdout}`);
-  return r;
-}
-
-function inHost(state: TestbedState, host: string, argv: string[]): Promise<Ran> {
-  const c = hostCommand(state, host, argv);
-  return new Promise((resolve, reject) => {
-    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (...args: string[]): Ran => precog(args);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -3,9 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import {
   HOSTS_DIR,
   hostCommand,
@@ -23,69 +21,12 @@ import {
   type TestbedState,
   type TestbedStatus,
 } from '../src/runtime/testbed.ts';
+import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { UsageError } from '../src/util/errors.ts';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
+const cli = (args: string[], opts: { uid?: number; showStderr?: boolean } = {}): Ran =>
+  precog(['testbed', ...args], opts);
 const IS_ROOT = process.getuid?.() === 0;
-
-/**
- * Runs `precog testbed ARGS` in a child process the way src/cli/main.ts does (testbedCommand under a root command,
- * errors mapped to exit codes), so the exit codes and messages are the CLI's own.
- */
-const CLI = `
-import { Command, CommanderError } from 'commander';
-import { testbedCommand } from ${JSON.stringify(join(REPO, 'src/cli/testbed.ts'))};
-import { exitCodeOf } from ${JSON.stringify(join(REPO, 'src/util/errors.ts'))};
-const program = new Command('precog').exitOverride().addCommand(testbedCommand());
-try {
-  await program.parseAsync(process.argv.slice(1), { from: 'user' });
-} catch (err) {
-  if (err instanceof CommanderError) process.exitCode = err.exitCode === 0 ? 0 : 2;
-  else {
-    process.stderr.write('precog: ' + err.message + '\\n');
-    process.exitCode = exitCodeOf(err);
-  }
-}
-`;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], opts: { uid?: number; showStderr?: boolean } = {}): Ran {
-  const r = spawnSync(
-    process.execPath,
-    ['--import', 'tsx', '--input-type=module', '-e', CLI, 'testbed', ...args],
-    {
-      cwd: REPO,
-      encoding: 'utf8',
-      ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.uid, env: { PATH: process.env.PATH } } : {}),
-      stdio: ['ignore', 'pipe', opts.showStderr ? 'inherit' : 'pipe'],
-    },
-  );
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr ?? '' };
-}
-
-function must(r: Ran, what: string): Ran {
-  assert.equal(r.code, 0, `${what} failed (exit ${r.code}): ${r.stderr}${r.stdout}`);
-  return r;
-}
-
-/** Runs a command in a host and collects its output (the library route of `exec`). */
-function inHost(state: TestbedState, host: string, argv: string[]): Promise<Ran> {
-  const c = hostCommand(state, host, argv);
-  return new Promise((resolve, reject) => {
-    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Everything the testbed could leave behind, as strings ([] when clean). */
 function leftovers(pids: number[]): string[] {

@@ -25,7 +25,7 @@ program.addCommand(agentCommand());
 program.addCommand(traceCommand());
 program.addCommand(sendMemoryCommand());
 program.addCommand(testbedCommand());
-for (const c of containerCommands()) program.addCommand(c);
+for (const c of containerCommands()) program.addCommand(c.exitOverride());
 
 try {
   await program.parseAsync(process.argv);
