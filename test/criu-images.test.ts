@@ -39,6 +39,7 @@ import {
   writePagemap,
 } from '../src/criu/pages.ts';
 import { readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { waitForCounter } from './support/counter.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { InputError } from '../src/util/errors.ts';
 
@@ -595,14 +596,7 @@ describe('CRIU images of a real dump, against crit and criu restore', { skip }, 
     const stats = readImage(join(restoreDir, 'stats-restore'));
     t.diagnostic(`stats-restore: ${critJson(critImage(stats, false), false)}`);
     const run = join(rootOf('b'), WORK, 'run');
-    let counter = 0;
-    let check = '';
-    for (let i = 0; i < 60; i++) {
-      await sleep(100);
-      counter = existsSync(join(run, 'counter')) ? Number(readFileSync(join(run, 'counter'), 'utf8')) : 0;
-      check = existsSync(join(run, 'check')) ? readFileSync(join(run, 'check'), 'utf8') : '';
-      if (counter > dumpedCounter + 10 && Number(check.split(' ')[0]) > dumpedCounter) break;
-    }
+    const { counter, check } = await waitForCounter(run, dumpedCounter, 60);
     t.diagnostic(`dumped at counter ${dumpedCounter}; in host b: counter ${counter}, check "${check}"`);
     assert.ok(counter > dumpedCounter + 10, `the counter went on in b: ${dumpedCounter} -> ${counter}`);
     const [tick, verdict, digest] = check.split(' ');

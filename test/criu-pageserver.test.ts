@@ -63,6 +63,7 @@ import {
 } from '../src/criu/pageserver.ts';
 import { CriuError, CriuRunner, relevantLogLines } from '../src/criu/runner.ts';
 import { hostCommand, readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { waitForCounter } from './support/counter.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { ProtocolError } from '../src/util/errors.ts';
 
@@ -884,14 +885,7 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
     const r = await restore.restore({ images: restore.path('images') });
     t.diagnostic(`criu restore in b: ${Math.round(r.durationMs)} ms, log ${r.log}`);
     const run = join(rootOf('b'), WORK, 'run');
-    let counter = 0;
-    let check = '';
-    for (let i = 0; i < 80; i++) {
-      await sleep(100);
-      counter = existsSync(join(run, 'counter')) ? Number(readFileSync(join(run, 'counter'), 'utf8')) : 0;
-      check = existsSync(join(run, 'check')) ? readFileSync(join(run, 'check'), 'utf8') : '';
-      if (counter > dumpedCounter + 10 && Number(check.split(' ')[0]) > dumpedCounter) break;
-    }
+    const { counter, check } = await waitForCounter(run, dumpedCounter, 80);
     t.diagnostic(`dumped at counter ${dumpedCounter}; in host b: counter ${counter}, check "${check}"`);
     assert.ok(counter > dumpedCounter + 10, `the counter went on in b: ${dumpedCounter} -> ${counter}`);
     const [tick, gen, verdict, digest] = check.split(' ');
