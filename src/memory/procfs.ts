@@ -253,6 +253,8 @@ export interface ProcStat {
   /** R, S, D, T (stopped), t (traced), Z (zombie), X, I ... */
   state: string;
   ppid: number;
+  /** PF_* flags of the kernel's task_struct (field 9). */
+  flags: number;
   minflt: number;
   majflt: number;
   /** clock ticks */
@@ -277,6 +279,7 @@ export function parseStat(text: string): ProcStat {
     comm: text.slice(open + 1, close),
     state: f[0],
     ppid: Number(f[1]),
+    flags: Number(f[6]),
     minflt: Number(f[7]),
     majflt: Number(f[9]),
     utime: Number(f[11]),
@@ -296,10 +299,13 @@ export function readStat(pid: number, tid?: number): ProcStat | null {
   }
 }
 
-/** The process exists and is not a zombie. */
+/** PF_EXITING: the task has begun to exit (its memory may already be gone while its state still reads R or D). */
+const PF_EXITING = 0x4;
+
+/** The process exists, is not a zombie, and has not begun to exit. */
 export function processAlive(pid: number): boolean {
   const s = readStat(pid);
-  return s !== null && s.state !== 'Z' && s.state !== 'X';
+  return s !== null && s.state !== 'Z' && s.state !== 'X' && (s.flags & PF_EXITING) === 0;
 }
 
 /** Thread ids of a process ([] when it is gone). */

@@ -654,12 +654,14 @@ async function sweep(): Promise<string[]> {
     for (const ref of [h.init, h.launcher]) if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
   const cgroups = listCgroups();
   for (const cg of cgroups) {
-    if (existsSync(join(cg, 'cgroup.kill'))) {
-      if (pidsInCgroup(cg).length > 0) writeFileSync(join(cg, 'cgroup.kill'), '1');
-    }
-    for (const pid of pidsInCgroup(cg)) {
-      const ref = refOf(pid);
-      if (ref && signal(ref, 'SIGKILL')) killed.push(ref);
+    // Record who is there before cgroup.kill: it may take them all before the loop below looks.
+    const inside = pidsInCgroup(cg)
+      .map(refOf)
+      .filter((r): r is ProcRef => r !== null);
+    if (inside.length > 0 && existsSync(join(cg, 'cgroup.kill'))) writeFileSync(join(cg, 'cgroup.kill'), '1');
+    for (const ref of inside) {
+      signal(ref, 'SIGKILL');
+      killed.push(ref);
     }
   }
   const netns = await listNetns();
