@@ -1,4 +1,4 @@
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { join } from 'node:path';
@@ -24,7 +24,13 @@ export interface AgentOptions {
 }
 
 /** What a committed migration leaves in the state directory. */
-export const COMMITTED_FILES = { layout: 'layout.json', pages: 'pages.img', done: 'COMMITTED' } as const;
+export const COMMITTED_FILES = {
+  layout: 'layout.json',
+  pages: 'pages.img',
+  /** The source's non-memory state (CRIU images and writable layer of a container), when it sent one. */
+  state: 'state.bin',
+  done: 'COMMITTED',
+} as const;
 
 /**
  * A precog agent: accepts migration sessions from authenticated peers, keeps each one's pages (in memory, or in
@@ -100,8 +106,13 @@ export class Agent {
         held = takeBuffer(bytes);
         return new MemoryBacking(layout, held);
       },
+      state: (chunk, id) => {
+        appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
+      },
       commit: (store, id) => {
         const dir = dirOf(id);
+        if (existsSync(join(dir, `${COMMITTED_FILES.state}.part`)))
+          renameSync(join(dir, `${COMMITTED_FILES.state}.part`), join(dir, COMMITTED_FILES.state));
         writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
         if (store.image) writeFileSync(join(dir, COMMITTED_FILES.pages), store.image);
         else {

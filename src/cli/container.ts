@@ -1,13 +1,13 @@
 import { Command } from 'commander';
-import { defaultRuntime, NamespaceRuntime, type ContainerInfo } from '../runtime/container.ts';
-import { join } from 'node:path';
+import { defaultRuntime, type ContainerInfo } from '../runtime/container.ts';
 import { parseHost, requireRoot } from '../runtime/testbed.ts';
 import { UsageError } from '../util/errors.ts';
 import { parseSize } from '../util/units.ts';
+import { migrateCommand } from './migrate.ts';
 
 const say = (line: string) => process.stdout.write(line + '\n');
 
-function needRoot(what: string): void {
+export function needRoot(what: string): void {
   if (process.getuid?.() !== 0)
     throw new UsageError(
       `${what} needs root (containers live in the test hosts); run it as root, e.g. with sudo`,
@@ -146,38 +146,5 @@ export function containerCommands(): Command[] {
       say(`${name}: writable layer exported to ${flags.out}`);
     });
 
-  const migrate = new Command('migrate')
-    .description(
-      'move a container to another test host (cold: checkpoint, copy, restore, then stop the source)',
-    )
-    .argument('<name>')
-    .requiredOption('--from <host>', 'source host (where the container runs)')
-    .requiredOption('--to <host>', 'destination host')
-    .option('--strategy <strategy>', 'cold (the only one on real containers so far)', 'cold')
-    .option(
-      '--work <dir>',
-      'directory for the checkpoint on this machine (default: /var/lib/precog/migrations/ID)',
-    )
-    .action(async (name: string, flags: { from: string; to: string; strategy: string; work?: string }) => {
-      parseHost(flags.from);
-      parseHost(flags.to);
-      if (flags.strategy !== 'cold')
-        throw new UsageError(`--strategy ${flags.strategy}: only "cold" migrates real containers so far`);
-      needRoot('migrate');
-      const rt = defaultRuntime();
-      if (!(rt instanceof NamespaceRuntime)) throw new UsageError(`migrate needs the namespace runtime`);
-      const c = await rt.inspect(name);
-      if (!c) throw new UsageError(`no container named "${name}"; "precog ps" lists them`);
-      if (c.host !== parseHost(flags.from).name)
-        throw new UsageError(`container ${name} runs on host ${c.host}, not ${flags.from}`);
-      const work = flags.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`);
-      const r = await rt.migrateCold(name, flags.to, work);
-      say(
-        `${name}: migrated ${flags.from} -> ${r.info.host} (cold) in ${Math.round(r.totalMs)} ms: ` +
-          `frozen ${Math.round(r.checkpoint.frozenMs)} ms + restore ${Math.round(r.restoreMs)} ms, ` +
-          `images ${r.checkpoint.imageBytes} B, layer ${r.checkpoint.layerBytes} B; pid ${r.info.pid} on ${r.info.host}`,
-      );
-    });
-
-  return [run, ps, stop, logs, checkpoint, restore, exportCmd, migrate];
+  return [run, ps, stop, logs, checkpoint, restore, exportCmd, migrateCommand()];
 }

@@ -47,6 +47,12 @@ export function formatStatus(s: TestbedStatus): string {
           .trimEnd(),
       );
   }
+  if (s.probe) {
+    const to = Object.entries(s.probe.addresses)
+      .map(([host, addr]) => `${host} at ${addr}`)
+      .join(', ');
+    out.push('', `probe:   netns ${s.probe.netns}${s.probe.netnsExists ? '' : ' (missing)'}; reaches ${to}`);
+  }
   if (s.leftovers.length > 0)
     out.push('', `leftovers (removed by "precog testbed down"): ${s.leftovers.join(', ')}`);
   if (s.state === 'degraded')
@@ -91,6 +97,12 @@ export function testbedCommand(): Command {
           `host ${h.name}: ${h.address}/${h.prefixLength} on ${h.iface} (netns ${h.netns}), init pid ${h.init?.pid}`,
         );
       say(`link: rate ${state.rate ?? 'none (unlimited)'}`);
+      if (state.probe)
+        say(
+          `probe: netns ${state.probe.netns}, reaches ${Object.entries(state.probe.addresses)
+            .map(([host, addr]) => `${host} at ${addr}`)
+            .join(', ')} (own links, no rate limit)`,
+        );
       say(
         `testbed up in ${seconds.toFixed(1)}s; try: precog testbed exec ${state.hosts[0].name} -- ping -c1 ${state.hosts[1].address}`,
       );

@@ -33,6 +33,8 @@ export interface DestinationEnvironment {
   resume?(store: PageStore, at: number): ResumedWorkload;
   /** Where to keep the pages of a migration (default: a new buffer in memory). */
   backing?(layout: Layout, migrationId: string): PageBacking;
+  /** Each piece of the source's non-memory state as it arrives (in order), to keep it. */
+  state?(chunk: Buffer, migrationId: string): void;
   /** Called when the source commits, after the checks and before the reply (persist, restore...). */
   commit?(store: PageStore, migrationId: string): void;
   /** Called when the migration is abandoned (abort frame or a lost source) to remove what it kept. */
@@ -123,6 +125,7 @@ export class MigrationDestination {
       case FrameType.State:
         this.expect('receiving');
         this.stateBytes += frame.payload.length;
+        if (frame.payload.length > 0) this.env.state?.(frame.payload, this.migrationId);
         return [];
       case FrameType.Commit: {
         this.expect('receiving');

@@ -16,10 +16,15 @@ export interface SourceOptions {
   batchBytes: number;
   /** Size of the non-memory state (CPU registers, files, namespaces) sent at the switchover. */
   stateBytes: number;
+  /** The non-memory state itself (real runs: CRIU images, the writable layer); replaces stateBytes zeros. */
+  state?: () => Buffer | Promise<Buffer>;
   migrationId?: string;
   /** Called after every round, for progress display. */
   onRound?: (r: RoundRecord) => void;
 }
+
+/** Bytes of state per STATE frame (below the frame limit). */
+const STATE_CHUNK = 8 * 1024 * 1024;
 
 /** Raised when a migration fails before the destination confirmed: the source has been thawed and runs on. */
 export class MigrationAborted extends Error {
@@ -113,7 +118,10 @@ export class MigrationSource {
 
       frozenAt = clock.now();
       await this.mem.freeze();
-      pending.or(await this.mem.collectDirty());
+      if (this.mem.finalDirty) {
+        pending.clearAll();
+        pending.or(await this.mem.finalDirty());
+      } else pending.or(await this.mem.collectDirty());
       const base = {
         migrationId,
         strategy: this.strategy.spec,
@@ -127,7 +135,7 @@ export class MigrationSource {
 
       if (decision.switchover === 'stop-and-copy') {
         const rec = await this.sendPages(pending.toArray(), history.length + 1, 'stop');
-        await this.link.send(encodeFrame(FrameType.State, Buffer.alloc(this.o.stateBytes)));
+        await this.sendState();
         this.finishRecord(rec);
         const commitSent = clock.now();
         const reply = await this.link.request(
@@ -149,7 +157,7 @@ export class MigrationSource {
       }
 
       // Post-copy switchover: the destination resumes now and fetches what it lacks.
-      await this.link.send(encodeFrame(FrameType.State, Buffer.alloc(this.o.stateBytes)));
+      await this.sendState();
       const switchSent = clock.now();
       const reply = await this.link.request(
         jsonFrame(FrameType.Switchover, { missing: bitmapToBase64(pending) }),
@@ -188,6 +196,17 @@ export class MigrationSource {
       }
       throw err;
     }
+  }
+
+  /** The non-memory state, in STATE frames of at most STATE_CHUNK bytes (one empty frame when there is none). */
+  private async sendState(): Promise<void> {
+    const state = this.o.state ? await this.o.state() : Buffer.alloc(this.o.stateBytes);
+    let at = 0;
+    do {
+      const end = Math.min(state.length, at + STATE_CHUNK);
+      await this.link.send(encodeFrame(FrameType.State, state.subarray(at, end)));
+      at = end;
+    } while (at < state.length);
   }
 
   private finishRecord(rec: RoundRecord): void {

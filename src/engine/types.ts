@@ -36,6 +36,12 @@ export interface MemorySource {
   freeze(): void | Promise<void>;
   /** Lets the workload continue at the source (rollback after a failed migration). */
   thaw(): void | Promise<void>;
+  /**
+   * After freeze(): exactly the pages the destination lacks or holds stale, when the source knows (a CRIU dump
+   * compared with what was sent). It replaces the pages the live rounds left pending. Without it the engine
+   * sends those plus collectDirty().
+   */
+  finalDirty?(): Bitmap | Promise<Bitmap>;
 }
 
 /** An addressed message that arrives at a given time (the emulator's view of the wire). */

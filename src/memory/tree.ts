@@ -34,6 +34,11 @@ export class ProcessTreeMemory implements MemorySource {
     this.layout = { pageSize: this.processes[0].layout.pageSize, pageCount, regions };
   }
 
+  /** The global index of the first page of process i (of `processes`). */
+  firstPage(i: number): number {
+    return this.firsts[i];
+  }
+
   get root(): LiveProcessMemory {
     return this.processes[0];
   }

@@ -123,8 +123,13 @@ export const CHECKPOINT_SCHEMA = 'precog.checkpoint/v1';
 export interface CheckpointOptions {
   /** Stop (kill and remove) the container after a successful checkpoint; by default it keeps running. */
   leaveStopped?: boolean;
-  /** Leave the container frozen after the checkpoint (for cold migration: thawed or removed by the caller). */
+  /** Leave the container frozen after the checkpoint (for migration: thawed or removed by the caller). */
   keepFrozen?: boolean;
+  /**
+   * Stream the memory to a CRIU page server (precog's own, for live migration) instead of writing pages-*.img:
+   * images/ then holds no pagemap or pages images; the page server has them.
+   */
+  pageServer?: { address: string; port: number };
 }
 
 export interface CheckpointResult {
@@ -695,8 +700,8 @@ export class NamespaceRuntime implements ContainerRuntime {
     }
   }
 
-  private async setFrozen(name: string, frozen: boolean): Promise<void> {
-    const at = this.must(name);
+  private async setFrozen(name: string, frozen: boolean, located?: Located): Promise<void> {
+    const at = located ?? this.must(name);
     const v2 = this.cgroupsFor(at.host, name).v2;
     if (!v2 || !existsSync(join(v2, 'cgroup.freeze')))
       throw new Error(`container ${name} has no cgroup2 directory to freeze`);
@@ -745,6 +750,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         pid: info.pid,
         images: criu.path('images'),
         leaveRunning: true,
+        pageServer: opts.pageServer,
         extra: ['--action-script', hook],
       })
       .finally(() => (settled = true));
@@ -955,30 +961,41 @@ export class NamespaceRuntime implements ContainerRuntime {
   }
 
   /**
-   * Cold migration: checkpoint in the source host (the container stays frozen), restore in the destination from
-   * a copy, and only then remove the source. If anything fails before that, the source is thawed and keeps running.
+   * Moves a container to another host. `transfer` gets the container (running) and a `checkpoint` that freezes it
+   * and dumps it (CRIU's pages going wherever its options say), and returns a checkpoint directory as the
+   * destination rebuilt it. The container is restored from that directory in host `to`, and only then is the
+   * source removed. Any failure before the restore has succeeded thaws the source, which keeps running.
    */
-  async migrateCold(
+  async migrate<T>(
     name: string,
     to: string,
-    workDir: string,
-  ): Promise<{ info: ContainerInfo; checkpoint: CheckpointResult; restoreMs: number; totalMs: number }> {
-    const t0 = performance.now();
+    transfer: (
+      info: ContainerInfo,
+      checkpoint: (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>,
+    ) => Promise<{ dir: string; detail: T }>,
+  ): Promise<{ info: ContainerInfo; restoreMs: number; detail: T }> {
     const at = this.must(name);
+    const info = this.read(at);
     const dest = this.hostState(at.state, to);
-    if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${to}`);
-    const checkpoint = await this.checkpoint(name, workDir, { keepFrozen: true });
-    const t1 = performance.now();
-    let info: ContainerInfo;
+    if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${dest.name}`);
+    if (info.status !== 'running')
+      throw new UsageError(`container ${name} is ${info.status}; only a running container can be migrated`);
+    let result: { dir: string; detail: T };
+    let restored: ContainerInfo;
+    const t1 = { at: 0 };
     try {
-      info = await this.restore(workDir, dest.name, { replacingOn: at.host.name });
+      result = await transfer(info, (dir, opts = {}) =>
+        this.checkpoint(name, dir, { ...opts, keepFrozen: true }),
+      );
+      t1.at = performance.now();
+      restored = await this.restore(result.dir, dest.name, { replacingOn: at.host.name });
     } catch (err) {
-      await this.thaw(name);
+      if (this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
       throw err;
     }
-    const restoreMs = performance.now() - t1;
+    const restoreMs = performance.now() - t1.at;
     await this.cleanup(at, this.read(at));
-    return { info, checkpoint, restoreMs, totalMs: performance.now() - t0 };
+    return { info: restored, restoreMs, detail: result.detail };
   }
 
   freeze(name: string): Promise<void> {

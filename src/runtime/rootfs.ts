@@ -45,7 +45,17 @@ export const ROOTFS_REQUIRED_FILES: readonly string[] = [
   'usr/bin/ping',
   'usr/bin/redis-server',
 ];
-export const ROOTFS_STAMP_SCHEMA = 'precog.rootfs/v1';
+/** v2: CRIU comes from ROOTFS_CRIU_SUITE (v1 trees have trixie's 4.1.1 and are rebuilt). */
+export const ROOTFS_STAMP_SCHEMA = 'precog.rootfs/v2';
+/**
+ * CRIU and crit come from Debian forky (4.2.x), pinned so nothing else does: trixie's CRIU 4.1.1 cannot dump any
+ * process with a TCP socket on Linux >= 6.16 ("sockets: Can't get 1:16 opt": the kernel restricted SO_PASSCRED to
+ * AF_UNIX/NETLINK; CRIU 4.2 follows it). That rules out redis and every network service.
+ */
+export const ROOTFS_CRIU_SUITE = 'forky';
+export const ROOTFS_CRIU_PACKAGES: readonly string[] = ['criu', 'python3-pycriu'];
+/** The oldest CRIU precog accepts in the tree (major, minor). */
+const CRIU_MIN: readonly [number, number] = [4, 2];
 /** The stamp lives inside the tree, so removing the tree always removes its stamp too. */
 export const ROOTFS_STAMP_FILE = '.precog-rootfs.json';
 
@@ -57,6 +67,8 @@ export interface RootfsStamp {
   builtAt: string;
   buildSeconds: number;
   criuVersion: string;
+  /** The Debian suite CRIU was installed from. */
+  criuSuite: string;
   nodeVersion: string;
 }
 
@@ -222,6 +234,53 @@ async function ensureDebootstrap(log: (line: string) => void): Promise<void> {
 }
 
 /**
+ * Replaces trixie's CRIU with ROOTFS_CRIU_SUITE's, pinned at low priority so apt takes nothing else from that suite
+ * but what CRIU needs (libcompel, libnl, libnet: five packages). The mirror's Release files of the testing suite may
+ * be past their Valid-Until here (a frozen mirror), so that check is off for this one step; signatures are checked.
+ */
+async function installCriuFromNewerSuite(
+  tree: string,
+  logFile: string,
+  log: (l: string) => void,
+): Promise<void> {
+  log(`installing ${ROOTFS_CRIU_PACKAGES.join(', ')} from ${ROOTFS_CRIU_SUITE}`);
+  writeFileSync(
+    join(tree, 'etc/apt/sources.list.d/precog-criu.list'),
+    `deb ${ROOTFS_MIRROR} ${ROOTFS_CRIU_SUITE} main\n`,
+  );
+  writeFileSync(
+    join(tree, 'etc/apt/preferences.d/precog-criu'),
+    `Package: *\nPin: release n=${ROOTFS_CRIU_SUITE}\nPin-Priority: 100\n`,
+  );
+  const apt = ['-o', 'Acquire::Check-Valid-Until=false', '-o', 'Dpkg::Use-Pty=0'];
+  const steps: string[][] = [
+    ['apt-get', ...apt, 'update'],
+    [
+      'apt-get',
+      ...apt,
+      'install',
+      '-y',
+      '--no-install-recommends',
+      '-t',
+      ROOTFS_CRIU_SUITE,
+      ...ROOTFS_CRIU_PACKAGES,
+    ],
+  ];
+  for (const step of steps) {
+    const r = await runTool('chroot', [tree, ...step], {
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
+    writeFileSync(logFile, `$ chroot ${tree} ${step.join(' ')}\n${r.stdout}${r.stderr}`, { flag: 'a' });
+    if (r.code !== 0) {
+      const tail = `${r.stdout}\n${r.stderr}`.trim().split('\n').slice(-3).join(' | ');
+      throw new Error(
+        `installing CRIU from ${ROOTFS_CRIU_SUITE} failed (exit ${r.code}; full log in ${logFile}): ${tail}`,
+      );
+    }
+  }
+}
+
+/**
  * Returns the cached trixie tree, building it first when there is no finished one (or `rebuild` is set).
  * Needs root (debootstrap). The build log goes to `<cache>/rootfs-trixie.log`.
  */
@@ -269,6 +328,7 @@ export async function ensureRootfs(
     throw new Error(`debootstrap failed (exit ${r.code}; full log in ${logFile}): ${tail}`);
   }
   for (const m of mountsUnder(partial)) await runTool('umount', ['-l', m]);
+  await installCriuFromNewerSuite(partial, logFile, log);
   // Downloaded packages are not needed any more: about 100 MB less in the cache.
   await runTool('sh', ['-c', 'rm -f "$1"/var/cache/apt/archives/*.deb', 'sh', partial]);
   const missing = ROOTFS_REQUIRED_FILES.filter((f) => !inTree(partial, f));
@@ -280,15 +340,17 @@ export async function ensureRootfs(
     /Version:\s*(\S+)/,
   )?.[1];
   const nodeVersion = (await mustRun('chroot', [partial, '/usr/bin/node', '--version'])).trim();
-  if (!criuVersion || !/^4\./.test(criuVersion))
+  const [major, minor] = (criuVersion ?? '0.0').split('.').map(Number);
+  if (!criuVersion || major !== CRIU_MIN[0] || minor < CRIU_MIN[1])
     throw new Error(
-      `the new root filesystem has criu "${criuVersion ?? '?'}", precog needs 4.x (see ${logFile})`,
+      `the new root filesystem has criu "${criuVersion ?? '?'}", precog needs ${CRIU_MIN.join('.')} or newer 4.x (see ${logFile})`,
     );
   const stamp: RootfsStamp = {
     schema: ROOTFS_STAMP_SCHEMA,
     suite: ROOTFS_SUITE,
     mirror: ROOTFS_MIRROR,
     packages: [...ROOTFS_PACKAGES],
+    criuSuite: ROOTFS_CRIU_SUITE,
     builtAt: new Date().toISOString(),
     buildSeconds: Math.round((performance.now() - t0) / 100) / 10,
     criuVersion,

@@ -4,9 +4,11 @@
  * Each host is a long-lived init process (PID 1 of its own PID, mount, UTS and IPC namespaces) inside a named
  * network namespace, rooted in an overlay over the cached Debian trixie tree (rootfs.ts) with the mount tree that
  * CRIU 4 needs (ENVIRONMENT.md). The two hosts are joined by a veth pair on 10.213.77.0/24 with an optional
- * `tc tbf` rate limit. The repository is bind-mounted read-only at /opt/precog in both.
+ * `tc tbf` rate limit. The repository is bind-mounted read-only at /opt/precog in both. A third network namespace,
+ * precog-probe, has an unshaped veth pair of its own to each host (10.213.78.0/24 to a, 10.213.79.0/24 to b): the
+ * downtime probe (probe.ts) asks the workloads from there, off the migration link.
  *
- * Everything made here carries a name precog owns (netns precog-a/precog-b, cgroup precog-testbed, the
+ * Everything made here carries a name precog owns (netns precog-a/precog-b/precog-probe, cgroup precog-testbed, the
  * directories below), and the PIDs are recorded in /run/precog/testbed.json with their start times: `down` kills
  * exactly those processes and sweeps the names, so it also cleans up after a crash.
  */
@@ -89,6 +91,52 @@ export const HOSTS: readonly HostSpec[] = [
   { name: 'b', netns: `${NAME_PREFIX}b`, iface: 'eth0', address: '10.213.77.2', prefixLength: 24 },
 ];
 
+/** One host's side link to the probe namespace: a veth pair on a subnet of its own. */
+export interface ProbeLink {
+  host: string;
+  /** The host's end (inside the host's network namespace) and its address: where the probe sends. */
+  hostIface: string;
+  hostAddress: string;
+  /** The probe's end (inside the probe namespace) and its address: where replies go. */
+  probeIface: string;
+  probeAddress: string;
+  prefixLength: number;
+}
+
+/**
+ * The probe: a third network namespace with a veth pair of its own to each host, on separate subnets, so its
+ * traffic never crosses (nor is shaped by) the a<->b migration link. It does not forward: a and b cannot reach each
+ * other through it. Downtime is measured from there (src/runtime/probe.ts).
+ */
+export const PROBE = {
+  netns: `${NAME_PREFIX}probe`,
+  links: [
+    {
+      host: 'a',
+      hostIface: 'probe0',
+      hostAddress: '10.213.78.1',
+      probeIface: 'to-a',
+      probeAddress: '10.213.78.254',
+      prefixLength: 24,
+    },
+    {
+      host: 'b',
+      hostIface: 'probe0',
+      hostAddress: '10.213.79.2',
+      probeIface: 'to-b',
+      probeAddress: '10.213.79.254',
+      prefixLength: 24,
+    },
+  ] as readonly ProbeLink[],
+} as const;
+
+export interface ProbeState {
+  netns: string;
+  /** Host name -> the host-side address the probe sends to. */
+  addresses: Record<string, string>;
+  links: ProbeLink[];
+}
+
 /** A process as recorded: PID plus its start time (clock ticks since boot), so a reused PID is never killed. */
 export interface ProcRef {
   pid: number;
@@ -120,6 +168,8 @@ export interface TestbedState {
   /** False while `up` is still running (or crashed half-way). */
   complete: boolean;
   hosts: HostState[];
+  /** The probe namespace and the addresses it reaches the hosts at (absent in states of older versions). */
+  probe?: ProbeState | null;
 }
 
 /** One-line refusal for commands that change the machine. */
@@ -429,6 +479,11 @@ export async function testbedUp(opts: UpOptions): Promise<UpResult> {
         launcher: null,
         init: null,
       })),
+      probe: {
+        netns: PROBE.netns,
+        addresses: Object.fromEntries(PROBE.links.map((l) => [l.host, l.hostAddress])),
+        links: PROBE.links.map((l) => ({ ...l })),
+      },
     };
     writeState(state);
     try {
@@ -473,6 +528,50 @@ async function createNetwork(state: TestbedState): Promise<void> {
     await mustRun('ip', ['-n', h.netns, 'addr', 'add', `${h.address}/${h.prefixLength}`, 'dev', h.iface]);
     await mustRun('ip', ['-n', h.netns, 'link', 'set', h.iface, 'up']);
     if (state.rateBits !== null) await mustRun('tc', tbfArgs(h.netns, h.iface, state.rateBits));
+  }
+  if (state.probe) await createProbeNetwork(state, state.probe);
+}
+
+/** The probe namespace and its two side links (one per host, own subnets, never rate-limited). */
+async function createProbeNetwork(state: TestbedState, probe: ProbeState): Promise<void> {
+  await mustRun('ip', ['netns', 'add', probe.netns]);
+  await mustRun('ip', ['-n', probe.netns, 'link', 'set', 'lo', 'up']);
+  for (const l of probe.links) {
+    const h = state.hosts.find((x) => x.name === l.host);
+    if (!h) throw new Error(`probe link to unknown host ${l.host}`);
+    await mustRun('ip', [
+      'link',
+      'add',
+      l.hostIface,
+      'netns',
+      h.netns,
+      'type',
+      'veth',
+      'peer',
+      l.probeIface,
+      'netns',
+      probe.netns,
+    ]);
+    await mustRun('ip', [
+      '-n',
+      h.netns,
+      'addr',
+      'add',
+      `${l.hostAddress}/${l.prefixLength}`,
+      'dev',
+      l.hostIface,
+    ]);
+    await mustRun('ip', ['-n', h.netns, 'link', 'set', l.hostIface, 'up']);
+    await mustRun('ip', [
+      '-n',
+      probe.netns,
+      'addr',
+      'add',
+      `${l.probeAddress}/${l.prefixLength}`,
+      'dev',
+      l.probeIface,
+    ]);
+    await mustRun('ip', ['-n', probe.netns, 'link', 'set', l.probeIface, 'up']);
   }
 }
 
@@ -735,6 +834,13 @@ export interface HostStatus {
   cgroup: string | null;
 }
 
+export interface ProbeStatus {
+  netns: string;
+  netnsExists: boolean;
+  /** Host name -> the host-side address the probe sends to. */
+  addresses: Record<string, string>;
+}
+
 export interface TestbedStatus {
   schema: string;
   /** up: every host alive; degraded: state or leftovers exist but not every host runs; down: nothing exists. */
@@ -752,6 +858,8 @@ export interface TestbedStatus {
     buildSeconds: number | null;
   };
   hosts: HostStatus[];
+  /** The probe namespace (null when the state has none). */
+  probe: ProbeStatus | null;
   /** Things named precog-* that no recorded host accounts for (removed by `down`). */
   leftovers: string[];
 }
@@ -774,14 +882,25 @@ export async function testbedStatus(): Promise<TestbedStatus> {
     launcherPid: h.launcher?.pid ?? null,
     cgroup: h.cgroup,
   }));
-  const known = new Set(hosts.map((h) => h.netns));
+  const probe: ProbeStatus | null = state?.probe
+    ? {
+        netns: state.probe.netns,
+        netnsExists: netns.includes(state.probe.netns),
+        addresses: { ...state.probe.addresses },
+      }
+    : null;
+  const known = new Set([...hosts.map((h) => h.netns), ...(probe ? [probe.netns] : [])]);
   const leftovers = [
     ...netns.filter((n) => !known.has(n)).map((n) => `netns ${n}`),
     ...links.map((l) => `link ${l}`),
     ...(state ? [] : listCgroups().map((c) => `cgroup ${c}`)),
     ...(!state && existsSync(HOSTS_DIR) ? [`dir ${HOSTS_DIR}`] : []),
   ];
-  const up = !!state?.complete && hosts.length > 0 && hosts.every((h) => h.alive && h.netnsExists);
+  const up =
+    !!state?.complete &&
+    hosts.length > 0 &&
+    hosts.every((h) => h.alive && h.netnsExists) &&
+    (probe === null || probe.netnsExists);
   return {
     schema: TESTBED_STATUS_SCHEMA,
     state: up ? 'up' : state || leftovers.length > 0 ? 'degraded' : 'down',
@@ -798,6 +917,7 @@ export async function testbedStatus(): Promise<TestbedStatus> {
       buildSeconds: stamp?.buildSeconds ?? null,
     },
     hosts,
+    probe,
     leftovers,
   };
 }

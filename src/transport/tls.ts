@@ -47,6 +47,9 @@ export function peerName(socket: net.Socket): string {
  * The source's link to a destination agent over a socket (TLS, or plaintext in tests). Frames are written with
  * backpressure: send() resolves once the socket accepted the frame without exceeding its buffer.
  */
+/** How long a link may carry nothing before it counts as failed. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+
 export class SocketLink implements Link {
   readonly clock = new WallClock();
   bytesSent = 0;
@@ -56,8 +59,22 @@ export class SocketLink implements Link {
   private waiter: (() => void) | null = null;
   private failure: Error | null = null;
 
-  constructor(socket: net.Socket) {
+  /**
+   * `idleTimeoutMs`: a connection with no traffic either way for this long has failed (a cut link never tells
+   * TCP so; without a limit a migration would wait for minutes). 0: no limit.
+   */
+  constructor(socket: net.Socket, idleTimeoutMs = DEFAULT_IDLE_TIMEOUT_MS) {
     this.socket = socket;
+    if (idleTimeoutMs > 0) {
+      socket.setTimeout(idleTimeoutMs, () => {
+        this.fail(
+          new ProtocolError(
+            `no traffic on the link to the destination for ${idleTimeoutMs / 1000} s: the link is cut or the peer hangs`,
+          ),
+        );
+        socket.destroy();
+      });
+    }
     socket.on('data', (chunk: Buffer) => {
       try {
         this.inbox.push(...this.reader.push(chunk));
@@ -143,7 +160,12 @@ export class SocketLink implements Link {
 }
 
 /** Connects to an agent with mutual TLS; the agent's certificate must carry `serverName`. */
-export async function connectTls(to: Endpoint, id: Identity, serverName: string): Promise<SocketLink> {
+export async function connectTls(
+  to: Endpoint,
+  id: Identity,
+  serverName: string,
+  opts: { idleTimeoutMs?: number } = {},
+): Promise<SocketLink> {
   const socket = tls.connect({
     host: to.host,
     port: to.port,
@@ -154,7 +176,7 @@ export async function connectTls(to: Endpoint, id: Identity, serverName: string)
     minVersion: 'TLSv1.3',
   });
   await connected(socket, 'secureConnect', to);
-  return new SocketLink(socket);
+  return new SocketLink(socket, opts.idleTimeoutMs);
 }
 
 /** Plaintext, for tests only (the agent must have been started with --insecure-plaintext). */

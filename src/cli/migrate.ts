@@ -1,0 +1,170 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { CODEC_NAMES } from '../codec/index.ts';
+import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
+import { parseStrategy } from '../policy/index.ts';
+import type { RoundRecord } from '../report/metrics.ts';
+import { defaultRuntime } from '../runtime/container.ts';
+import { parseHost } from '../runtime/testbed.ts';
+import { UsageError } from '../util/errors.ts';
+import { formatBytes, parseDuration, parseSize } from '../util/units.ts';
+import { needRoot } from './container.ts';
+
+interface MigrateFlags {
+  from: string;
+  to: string;
+  strategy: string;
+  codec: string;
+  batch: string;
+  linkTimeout: string;
+  work?: string;
+  json?: boolean;
+  progress?: boolean;
+}
+
+/**
+ * Runs this same command again inside the source host's network namespace (the link to the destination and the
+ * local page server must be the host's own), with the same stdio; resolves with its exit code.
+ */
+function reexecIn(netns: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      'nsenter',
+      [`--net=/run/netns/${netns}`, '--', process.execPath, ...process.execArgv, ...process.argv.slice(1)],
+      { stdio: 'inherit', env: { ...process.env, PRECOG_IN_NETNS: netns } },
+    );
+    const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
+    const onInt = forward('SIGINT');
+    const onTerm = forward('SIGTERM');
+    process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+      resolve(code ?? (signal ? 128 + 15 : 1));
+    });
+  });
+}
+
+/** One status line on a terminal, rewritten in place. */
+class Progress {
+  private readonly on: boolean;
+  private readonly t0 = performance.now();
+  private sent = 0;
+
+  constructor(on: boolean) {
+    this.on = on;
+  }
+
+  private show(text: string): void {
+    if (!this.on) return;
+    const s = ((performance.now() - this.t0) / 1000).toFixed(1);
+    process.stderr.write(`\r\x1b[2K[${s}s] ${text}`);
+  }
+
+  round(r: RoundRecord): void {
+    this.sent += r.bytes;
+    const rate = r.duration > 0 ? r.bytes / r.duration : 0;
+    const dirty = r.dirtyPages === null ? '' : `, ${formatBytes(r.dirtyPages * 4096)} rewritten meanwhile`;
+    this.show(
+      `round ${r.round}: ${formatBytes(r.pagesSent * 4096)} sent at ${formatBytes(rate)}/s` +
+        `${dirty}; ${formatBytes(this.sent)} on the link so far`,
+    );
+  }
+
+  phase(p: string): void {
+    const text: Record<string, string> = {
+      dump: 'stopping the container: criu dump, pages compared with what the destination holds',
+      final: 'sending the changed pages, the images and the writable layer',
+      restore: 'criu restore at the destination',
+      done: 'running at the destination',
+    };
+    this.show(text[p] ?? p);
+  }
+
+  end(): void {
+    if (this.on) process.stderr.write('\n');
+  }
+}
+
+function summary(r: LiveMigrationReport): string {
+  const ms = (x: number) => `${Math.round(x)} ms`;
+  return (
+    `${r.container}: migrated ${r.from} -> ${r.to} (${r.strategy}) in ${ms(r.totalMs)}; ` +
+    `downtime ${ms(r.downtimeMs)} (dump ${ms(r.dumpMs)}, final copy ${ms(r.finalCopyMs)}, restore ${ms(r.restoreMs)}); ` +
+    `${r.liveRounds} live round(s), ${formatBytes(r.bytesTotal)} on the link for ${formatBytes(r.memoryBytes)} of memory; ` +
+    `stopped: ${r.pagesFinal} pages sent, ${r.pagesUnchanged} already there, state ${formatBytes(r.stateBytes)}; ` +
+    `pid ${r.pid} on ${r.to}`
+  );
+}
+
+export function migrateCommand(): Command {
+  return new Command('migrate')
+    .description(
+      'move a running container to another test host: live rounds over the agents’ TLS link, then criu dump, ' +
+        'the changed pages, criu restore; the source is removed only once the destination runs it',
+    )
+    .argument('<name>')
+    .requiredOption('--from <host>', 'source host (where the container runs)')
+    .requiredOption('--to <host>', 'destination host')
+    .option(
+      '-s, --strategy <spec>',
+      'cold, precopy, precopy:qemu, iterpredict, ... (see docs/emulator.md)',
+      'precopy',
+    )
+    .option('--codec <name>', `page codec chain: ${CODEC_NAMES.join(', ')}`, 'zero')
+    .option('--batch <size>', 'page bytes per frame', '1MiB')
+    .option('--link-timeout <duration>', 'a link that carries nothing this long has failed', '30s')
+    .option('--work <dir>', 'work directory on this machine (default: /var/lib/precog/migrations/ID)')
+    .option('--json', 'print the report as JSON')
+    .option('--no-progress', 'no progress line on a terminal')
+    .action(async (name: string, f: MigrateFlags) => {
+      const from = parseHost(f.from).name;
+      const to = parseHost(f.to).name;
+      if (from === to) throw new UsageError(`--from and --to are both ${from}; give two different hosts`);
+      const strategy = parseStrategy(f.strategy);
+      if (strategy.name === 'postcopy' || strategy.name === 'hybrid')
+        throw new UsageError(
+          `--strategy ${strategy.name}: post-copy of real containers is not built yet; use cold, precopy or iterpredict`,
+        );
+      const batchBytes = parseSize(f.batch, '--batch');
+      const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
+      if (!CODEC_NAMES.includes(f.codec))
+        throw new UsageError(`--codec ${f.codec}: accepted: ${CODEC_NAMES.join(', ')}`);
+      needRoot('migrate');
+      const netns = `precog-${from}`;
+      if (process.env.PRECOG_IN_NETNS !== netns) {
+        const rt = defaultRuntime();
+        const c = await rt.inspect(name);
+        if (!c) throw new UsageError(`no container named "${name}"; "precog ps" lists them`);
+        if (c.host !== from) throw new UsageError(`container ${name} runs on host ${c.host}, not ${from}`);
+        process.exitCode = await reexecIn(netns);
+        return;
+      }
+      const progress = new Progress(f.progress !== false && !f.json && process.stderr.isTTY === true);
+      try {
+        const r = await migrateLive({
+          name,
+          from,
+          to,
+          strategy,
+          codec: f.codec,
+          batchBytes,
+          linkTimeoutMs,
+          workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
+          onRound: (rec) => progress.round(rec),
+          onPhase: (p) => progress.phase(p),
+        });
+        progress.end();
+        if (f.json) {
+          const { metrics, ...rest } = r;
+          process.stdout.write(JSON.stringify({ ...rest, rounds: metrics.rounds }, null, 2) + '\n');
+        } else process.stdout.write(summary(r) + '\n');
+      } catch (err) {
+        progress.end();
+        throw err;
+      }
+    });
+}

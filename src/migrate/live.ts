@@ -1,0 +1,191 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { codecChain } from '../codec/index.ts';
+import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
+import { MigrationSource } from '../engine/source.ts';
+import { ProcessTreeMemory } from '../memory/tree.ts';
+import type { Strategy } from '../policy/index.ts';
+import type { RoundRecord, RunMetrics } from '../report/metrics.ts';
+import { AGENT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
+import { NamespaceRuntime, type ContainerInfo } from '../runtime/container.ts';
+import { removeTree } from '../runtime/rootfs.ts';
+import { loadIdentity } from '../transport/pki.ts';
+import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
+import { UsageError } from '../util/errors.ts';
+import { ContainerMemory } from './memory.ts';
+import { encodeState, rebuildCheckpoint } from './state.ts';
+
+export interface LiveMigrationOptions {
+  name: string;
+  from: string;
+  to: string;
+  strategy: Strategy;
+  codec?: string;
+  batchBytes?: number;
+  /** Work directory on this machine (source checkpoint, rebuilt destination checkpoint). */
+  workDir: string;
+  /** A link carrying nothing for this long has failed (ms). */
+  linkTimeoutMs?: number;
+  onRound?: (r: RoundRecord) => void;
+  /** Called once the container is frozen for the final copy, and when it runs at the destination. */
+  onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
+}
+
+export interface LiveMigrationReport {
+  container: string;
+  from: string;
+  to: string;
+  strategy: string;
+  migrationId: string;
+  /** Start of the migration to the container running at the destination. */
+  totalMs: number;
+  /** The container frozen at the source to running at the destination (precog's own measure). */
+  downtimeMs: number;
+  /** Parts of the downtime: CRIU dump (with the page-server stream), final pages + state, restore. */
+  dumpMs: number;
+  finalCopyMs: number;
+  restoreMs: number;
+  /** Bytes on the link to the destination agent (frames, TLS excluded). */
+  bytesTotal: number;
+  stateBytes: number;
+  liveRounds: number;
+  memoryBytes: number;
+  /** Pages sent with the container stopped, and pages CRIU dumped that the destination already held. */
+  pagesFinal: number;
+  pagesUnchanged: number;
+  /** Pages of mappings made after the migration started (sent with the state). */
+  pagesExtra: number;
+  pid: number | null;
+  metrics: RunMetrics;
+}
+
+function agentCommitDir(state: TestbedState, host: string, id: string): string {
+  const h = state.hosts.find((x) => x.name === host);
+  if (!h) throw new UsageError(`no test host ${host}`);
+  return join(h.dir, 'upper', AGENT.stateDir, id);
+}
+
+/**
+ * Live migration of a container between test hosts over the agents' mutual-TLS link: the engine's live rounds read
+ * the container's memory through /proc while it runs; the switchover is `criu dump` with its pages streamed to
+ * precog's page server, which keeps only the pages the destination does not already hold; those, the images and
+ * the writable layer go over the link; the destination agent commits them, the checkpoint directory is rebuilt
+ * from its page store and the container restored in the destination host. The source is removed only after
+ * that restore has succeeded; any failure before thaws it.
+ *
+ * Runs in the source host's network namespace (the CLI enters it), so that the link is the hosts' own.
+ */
+export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigrationReport> {
+  const t0 = performance.now();
+  const rt = new NamespaceRuntime();
+  const state = readState();
+  if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
+  const dest = state.hosts.find((h) => h.name === o.to);
+  if (!dest) throw new UsageError(`no test host ${o.to}`);
+  const migrationId = `${o.name}-${randomUUID().slice(0, 8)}`;
+  const identity = loadIdentity(PKI_DIR, o.from);
+  let report: Omit<LiveMigrationReport, 'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid'> | undefined;
+  let frozenAt = -1;
+  const commitDir = agentCommitDir(state, o.to, migrationId);
+  try {
+    const moved = await rt.migrate(o.name, o.to, async (info: ContainerInfo, checkpoint) => {
+      if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
+      const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
+      let received: ReceivedDump | undefined;
+      let frozen = false;
+      const srcDir = join(o.workDir, 'source');
+      const mem = new ContainerMemory(
+        tree,
+        async () => {
+          o.onPhase?.('dump');
+          const server = await PageServer.listen({ host: '127.0.0.1', have: (...a) => mem.holds(...a) });
+          try {
+            await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
+            frozen = true;
+            received = await server.done;
+          } finally {
+            await server.close();
+          }
+          o.onPhase?.('final');
+          return received;
+        },
+        async () => {
+          // The runtime thaws a frozen source when the migration fails; nothing else is held here.
+          if (frozen) frozen = false;
+        },
+      );
+      const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
+        idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      });
+      let dumpDone = 0;
+      try {
+        const metrics = await new MigrationSource(mem, link, o.strategy, {
+          codec: codecChain(o.codec ?? 'zero'),
+          batchBytes: o.batchBytes ?? 1 << 20,
+          stateBytes: 0,
+          migrationId,
+          onRound: o.onRound,
+          state: () => {
+            dumpDone = performance.now();
+            const pids: [number, number][] = [];
+            for (const id of received!.tasks.keys()) {
+              const pid = mem.machinePid(id);
+              if (pid !== undefined) pids.push([id, pid]);
+            }
+            return encodeState({
+              container: info,
+              pids,
+              dump: received!,
+              extras: mem.extras,
+              imagesDir: join(srcDir, 'images'),
+              upperDir: join(srcDir, 'upper'),
+            });
+          },
+        }).run();
+        frozenAt = mem.freezeStartedAt;
+        report = {
+          container: o.name,
+          from: o.from,
+          to: o.to,
+          strategy: o.strategy.spec,
+          migrationId,
+          dumpMs: dumpDone - frozenAt,
+          finalCopyMs: performance.now() - dumpDone,
+          bytesTotal: metrics.bytesTotal,
+          stateBytes: 0,
+          liveRounds: metrics.liveRounds,
+          memoryBytes: metrics.memoryBytes,
+          pagesFinal: metrics.rounds.filter((r) => r.phase === 'stop').reduce((a, r) => a + r.pagesSent, 0),
+          pagesUnchanged: mem.unchanged,
+          pagesExtra: mem.extras.length,
+          metrics,
+        };
+      } finally {
+        link.close();
+        mem.close();
+      }
+      o.onPhase?.('restore');
+      const rebuilt = join(o.workDir, 'destination');
+      mkdirSync(rebuilt, { recursive: true });
+      if (!existsSync(join(commitDir, 'COMMITTED')))
+        throw new Error(`the destination agent confirmed but ${commitDir} holds no committed migration`);
+      report.stateBytes = readFileSync(join(commitDir, 'state.bin')).length;
+      rebuildCheckpoint(commitDir, rebuilt);
+      return { dir: rebuilt, detail: null };
+    });
+    const end = performance.now();
+    o.onPhase?.('done');
+    return {
+      ...report!,
+      totalMs: end - t0,
+      downtimeMs: end - frozenAt,
+      restoreMs: moved.restoreMs,
+      pid: moved.info.pid,
+    };
+  } finally {
+    // The destination's committed copy was consumed by the restore (or is useless after a failure).
+    await removeTree(commitDir).catch(() => {});
+    if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
+  }
+}

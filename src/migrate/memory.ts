@@ -1,0 +1,149 @@
+import { xxh64 } from '@node-rs/xxhash';
+import { readFileSync } from 'node:fs';
+import type { Layout, MemorySource } from '../engine/types.ts';
+import { PAGE_SIZE } from '../engine/types.ts';
+import type { PagemapKind, ReceivedDump } from '../criu/pageserver.ts';
+import type { ProcessTreeMemory } from '../memory/tree.ts';
+import { Bitmap } from '../util/bitmap.ts';
+
+/** A page of a CRIU dump that the live layout does not hold (a mapping made after the migration started). */
+export interface ExtraPage {
+  id: number;
+  vaddr: bigint;
+  bytes: Buffer;
+}
+
+/** The PIDs a process has in each PID namespace, outermost first (NSpid of /proc/PID/status). */
+export function nsPids(pid: number): number[] {
+  try {
+    const m = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? m[1].trim().split(/\s+/).map(Number) : [pid];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The memory of a running container for the engine. Live rounds read the processes through /proc (the hash
+ * tracker finds what they rewrite); the switchover is CRIU's: `freeze()` runs the dump the caller provides, which
+ * stops the container and streams its memory to precog's page server. The server asks `holds()` of every page, so
+ * the final copy is exactly the pages whose bytes differ from what the destination was sent (or that it never got),
+ * read from CRIU's stream, not from /proc.
+ */
+export class ContainerMemory implements MemorySource {
+  readonly layout: Layout;
+  private readonly tree: ProcessTreeMemory;
+  /** Pages handed to the engine for sending, and the hash of what was sent (for sources without a hash tracker). */
+  private readonly sent: Bitmap;
+  private readonly sentHash: BigUint64Array;
+  /** CRIU's pagemap id (a PID as the dump names it) -> index into tree.processes. */
+  private readonly byCriuId = new Map<number, number>();
+  private final: { dirty: Bitmap; data: Map<number, Buffer>; extras: ExtraPage[] } | null = null;
+  private readonly dump: () => Promise<ReceivedDump>;
+  private readonly undump: () => Promise<void>;
+  private frozenAt = -1;
+  /** Pages CRIU sent that the destination already held with the same bytes. */
+  unchanged = 0;
+
+  /**
+   * `dump` freezes the container and returns CRIU's page-server stream (it must call `holds` as its `have`
+   * predicate); `undump` lets the container run again after a failed migration.
+   */
+  constructor(tree: ProcessTreeMemory, dump: () => Promise<ReceivedDump>, undump: () => Promise<void>) {
+    this.tree = tree;
+    this.layout = tree.layout;
+    this.dump = dump;
+    this.undump = undump;
+    this.sent = new Bitmap(this.layout.pageCount);
+    this.sentHash = new BigUint64Array(this.layout.pageCount);
+    tree.processes.forEach((p, i) => {
+      // A dump of a container names tasks by their PID inside it (innermost namespace); the host's PID otherwise.
+      for (const id of nsPids(p.pid).slice(1)) if (!this.byCriuId.has(id)) this.byCriuId.set(id, i);
+    });
+  }
+
+  /** The machine PID of a task as a CRIU dump names it, or undefined when it is not in the live layout. */
+  machinePid(criuId: number): number | undefined {
+    const i = this.byCriuId.get(criuId);
+    return i === undefined ? undefined : this.tree.processes[i].pid;
+  }
+
+  /** The global page index of a task's page, or -1 when the live layout does not hold it. */
+  pageOf(criuId: number, vaddr: bigint): number {
+    const i = this.byCriuId.get(criuId);
+    if (i === undefined) return -1;
+    const local = this.tree.processes[i].pageIndexOf(vaddr);
+    return local < 0 ? -1 : this.tree.firstPage(i) + local;
+  }
+
+  /** The page-server `have` predicate: the destination holds exactly these bytes for this page. */
+  readonly holds = (id: number, vaddr: bigint, bytes: Buffer, kind: PagemapKind): boolean => {
+    if (kind !== 'pid') return false;
+    const g = this.pageOf(id, vaddr);
+    return g >= 0 && this.sent.get(g) && this.sentHash[g] === xxh64(bytes);
+  };
+
+  /** Seconds-from-epoch (performance.now() ms) at which the switchover froze the container; -1 before. */
+  get freezeStartedAt(): number {
+    return this.frozenAt;
+  }
+
+  /** Pages of the dump the layout does not hold: they travel with the state. */
+  get extras(): ExtraPage[] {
+    return this.final?.extras ?? [];
+  }
+
+  collectDirty(): Promise<Bitmap> {
+    return this.tree.collectDirty();
+  }
+
+  readPages(ids: ArrayLike<number>, out: Uint8Array): void {
+    if (this.final) {
+      const data = this.final.data;
+      for (let k = 0; k < ids.length; k++) {
+        const page = data.get(ids[k]);
+        if (!page) throw new Error(`page ${ids[k]} is not among the pages CRIU dumped as changed`);
+        out.set(page, k * PAGE_SIZE);
+      }
+      return;
+    }
+    this.tree.readPages(ids, out);
+    for (let k = 0; k < ids.length; k++) {
+      const id = ids[k];
+      this.sent.set(id);
+      this.sentHash[id] = xxh64(out.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
+    }
+  }
+
+  async freeze(): Promise<void> {
+    this.frozenAt = performance.now();
+    const dump = await this.dump();
+    const dirty = new Bitmap(this.layout.pageCount);
+    const data = new Map<number, Buffer>();
+    const extras: ExtraPage[] = [];
+    for (const m of dump.tasks.values()) {
+      for (const p of m.changed) {
+        const g = this.pageOf(m.id, p.vaddr);
+        if (g >= 0) {
+          dirty.set(g);
+          data.set(g, p.bytes);
+        } else extras.push({ id: m.id, vaddr: p.vaddr, bytes: p.bytes });
+      }
+    }
+    this.unchanged = dump.counts.unchanged;
+    this.final = { dirty, data, extras };
+  }
+
+  finalDirty(): Bitmap {
+    if (!this.final) throw new Error('finalDirty() before freeze()');
+    return this.final.dirty;
+  }
+
+  async thaw(): Promise<void> {
+    await this.undump();
+  }
+
+  close(): void {
+    this.tree.close();
+  }
+}

@@ -1,0 +1,224 @@
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { COMMITTED_FILES } from '../agent/agent.ts';
+import { encodePagemap, PE_PRESENT, writePagemap, type PageRun } from '../criu/pages.ts';
+import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
+import type { Layout } from '../engine/types.ts';
+import { PAGE_SIZE } from '../engine/types.ts';
+import { InputError } from '../util/errors.ts';
+import type { ExtraPage } from './memory.ts';
+
+/**
+ * The non-memory state of a container migration, as one blob in the STATE frames: what the destination needs
+ * besides the pages it already keeps to rebuild a complete CRIU image directory and the container around it.
+ *
+ *   "PRCGST01" | u32 LE length of the JSON header | JSON header | sections, in the header's order
+ *
+ * Sections: images.tar (the dump's images without memory), upper.tar (the writable layer), extras (pages of
+ * mappings the live layout did not hold, 4096 bytes each, in the header's order), shmem (the pages of shared
+ * anonymous memory, run after run).
+ */
+export const STATE_MAGIC = 'PRCGST01';
+export const STATE_SCHEMA = 'precog.migration-state/v1';
+
+/** A pagemap as CRIU sent it: [vaddr (hex), page count, flags] per run. */
+type Runs = [string, number, number][];
+
+export interface StateHeader {
+  schema: string;
+  /** The container's state.json at the source (name, command, memory limit...). */
+  container: unknown;
+  /** CRIU pagemap id -> the PID the live layout names the process by (its regions' `pid`). */
+  pids: [number, number][];
+  tasks: { id: number; runs: Runs }[];
+  shmem: { id: number; runs: Runs }[];
+  extras: [number, string][];
+  sections: { name: string; bytes: number }[];
+}
+
+function runsOf(m: ReceivedMemory): Runs {
+  return m.runs.map((r) => [r.vaddr.toString(16), r.nrPages, r.flags]);
+}
+
+/** Packs a directory as tar (overlay whiteouts and opaque-directory xattrs kept). */
+export function tarDir(dir: string): Buffer {
+  const r = spawnSync('tar', ['--xattrs', '--xattrs-include=trusted.overlay.*', '-C', dir, '-cf', '-', '.'], {
+    maxBuffer: 2 ** 31,
+  });
+  if (r.status !== 0)
+    throw new Error(`tar of ${dir} failed: ${r.stderr?.toString().trim() || r.error?.message}`);
+  return r.stdout;
+}
+
+function untar(data: Buffer, dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  const r = spawnSync('tar', ['--xattrs', '--xattrs-include=trusted.overlay.*', '-C', dir, '-xpf', '-'], {
+    input: data,
+    maxBuffer: 1 << 20,
+  });
+  if (r.status !== 0) throw new InputError(`unpacking into ${dir} failed: ${r.stderr?.toString().trim()}`);
+}
+
+export function encodeState(opts: {
+  container: unknown;
+  pids: [number, number][];
+  dump: ReceivedDump;
+  extras: ExtraPage[];
+  imagesDir: string;
+  upperDir: string;
+}): Buffer {
+  const images = tarDir(opts.imagesDir);
+  const upper = tarDir(opts.upperDir);
+  const extras = Buffer.concat(opts.extras.map((e) => e.bytes));
+  const shmemData = Buffer.concat(
+    [...opts.dump.shmem.values()].flatMap((m) => m.runs.filter((r) => r.data).map((r) => r.data as Buffer)),
+  );
+  const header: StateHeader = {
+    schema: STATE_SCHEMA,
+    container: opts.container,
+    pids: opts.pids,
+    tasks: [...opts.dump.tasks.values()].map((m) => ({ id: m.id, runs: runsOf(m) })),
+    shmem: [...opts.dump.shmem.values()].map((m) => ({ id: m.id, runs: runsOf(m) })),
+    extras: opts.extras.map((e) => [e.id, e.vaddr.toString(16)]),
+    sections: [
+      { name: 'images.tar', bytes: images.length },
+      { name: 'upper.tar', bytes: upper.length },
+      { name: 'extras', bytes: extras.length },
+      { name: 'shmem', bytes: shmemData.length },
+    ],
+  };
+  const json = Buffer.from(JSON.stringify(header));
+  const head = Buffer.alloc(12);
+  head.write(STATE_MAGIC, 0, 'latin1');
+  head.writeUInt32LE(json.length, 8);
+  return Buffer.concat([head, json, images, upper, extras, shmemData]);
+}
+
+export function decodeState(
+  blob: Buffer,
+  what = 'state',
+): { header: StateHeader; sections: Map<string, Buffer> } {
+  if (blob.length < 12 || blob.toString('latin1', 0, 8) !== STATE_MAGIC)
+    throw new InputError(`${what} is not a precog migration state (no ${STATE_MAGIC} magic)`);
+  const len = blob.readUInt32LE(8);
+  if (12 + len > blob.length) throw new InputError(`${what}: header of ${len} bytes runs past the end`);
+  let header: StateHeader;
+  try {
+    header = JSON.parse(blob.toString('utf8', 12, 12 + len)) as StateHeader;
+  } catch (e) {
+    throw new InputError(`${what}: header is not JSON (${(e as Error).message})`);
+  }
+  if (header.schema !== STATE_SCHEMA)
+    throw new InputError(`${what}: schema "${header.schema}", this precog reads ${STATE_SCHEMA}`);
+  const sections = new Map<string, Buffer>();
+  let at = 12 + len;
+  for (const s of header.sections) {
+    if (at + s.bytes > blob.length) throw new InputError(`${what}: section ${s.name} runs past the end`);
+    sections.set(s.name, blob.subarray(at, at + s.bytes));
+    at += s.bytes;
+  }
+  if (at !== blob.length) throw new InputError(`${what}: ${blob.length - at} bytes after the last section`);
+  return { header, sections };
+}
+
+/** Page lookup in a committed page store: (layout pid, vaddr) -> global page index. */
+class LayoutIndex {
+  private readonly byPid = new Map<number, { start: bigint; end: bigint; first: number }[]>();
+
+  constructor(layout: Layout) {
+    let first = 0;
+    for (const r of layout.regions) {
+      const start = BigInt(`0x${r.start.replace(/^0x/, '')}`);
+      const list = this.byPid.get(r.pid ?? 0) ?? [];
+      list.push({ start, end: start + BigInt(r.pages * layout.pageSize), first });
+      this.byPid.set(r.pid ?? 0, list);
+      first += r.pages;
+    }
+  }
+
+  pageOf(pid: number, vaddr: bigint): number {
+    for (const r of this.byPid.get(pid) ?? [])
+      if (vaddr >= r.start && vaddr < r.end) return r.first + Number((vaddr - r.start) / BigInt(PAGE_SIZE));
+    return -1;
+  }
+}
+
+export interface RebuildResult {
+  dir: string;
+  pages: number;
+  fromStore: number;
+  fromState: number;
+}
+
+/**
+ * Rebuilds a complete checkpoint directory (images/ with pagemap and pages images, upper/, state.json) from what
+ * an agent committed: its page store (layout.json, pages.img) and the state blob. Every page of CRIU's pagemaps
+ * comes from the store, unless the state carries it (pages outside the live layout). Runs the restore can use.
+ */
+export function rebuildCheckpoint(commitDir: string, outDir: string): RebuildResult {
+  const what = join(commitDir, COMMITTED_FILES.state);
+  const { header, sections } = decodeState(readFileSync(what), what);
+  const layout = JSON.parse(readFileSync(join(commitDir, COMMITTED_FILES.layout), 'utf8')) as Layout;
+  const index = new LayoutIndex(layout);
+  const images = join(outDir, 'images');
+  untar(sections.get('images.tar')!, images);
+  untar(sections.get('upper.tar')!, join(outDir, 'upper'));
+  writeFileSync(join(outDir, 'state.json'), JSON.stringify(header.container, null, 2) + '\n');
+  const pidOf = new Map(header.pids);
+  const extras = new Map<string, Buffer>();
+  const extraData = sections.get('extras')!;
+  header.extras.forEach(([id, vaddr], k) =>
+    extras.set(`${id}:${vaddr}`, extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)),
+  );
+  const fd = openSync(join(commitDir, COMMITTED_FILES.pages), 'r');
+  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
+  let pagesId = 1;
+  try {
+    for (const task of header.tasks) {
+      const pid = pidOf.get(task.id);
+      const runs: PageRun[] = task.runs.map(([hex, nrPages, flags]) => {
+        const vaddr = BigInt(`0x${hex}`);
+        if (!(flags & PE_PRESENT)) return { vaddr, nrPages, flags };
+        const data = Buffer.allocUnsafe(nrPages * PAGE_SIZE);
+        for (let k = 0; k < nrPages; k++) {
+          const at = vaddr + BigInt(k * PAGE_SIZE);
+          const extra = extras.get(`${task.id}:${at.toString(16)}`);
+          if (extra) {
+            extra.copy(data, k * PAGE_SIZE);
+            out.fromState++;
+            continue;
+          }
+          const g = pid === undefined ? -1 : index.pageOf(pid, at);
+          if (g < 0)
+            throw new InputError(
+              `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
+            );
+          readSync(fd, data, k * PAGE_SIZE, PAGE_SIZE, g * PAGE_SIZE);
+          out.fromStore++;
+        }
+        out.pages += nrPages;
+        return { vaddr, data, flags };
+      });
+      writePagemap(images, task.id, runs, { pagesId: pagesId++ });
+    }
+  } finally {
+    closeSync(fd);
+  }
+  const shmemData = sections.get('shmem')!;
+  let at = 0;
+  for (const seg of header.shmem) {
+    const runs: PageRun[] = seg.runs.map(([hex, nrPages, flags]) => {
+      const vaddr = BigInt(`0x${hex}`);
+      if (!(flags & PE_PRESENT)) return { vaddr, nrPages, flags };
+      const data = shmemData.subarray(at, at + nrPages * PAGE_SIZE);
+      at += nrPages * PAGE_SIZE;
+      out.fromState += nrPages;
+      return { vaddr, data, flags };
+    });
+    const enc = encodePagemap(runs, pagesId);
+    writeFileSync(join(images, `pages-${pagesId++}.img`), enc.pages, { mode: 0o600 });
+    writeFileSync(join(images, `pagemap-shmem-${seg.id}.img`), enc.pagemap, { mode: 0o600 });
+  }
+  return out;
+}
