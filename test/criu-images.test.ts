@@ -1,4 +1,4 @@
-// CRIU images: precog's reader and writer (src/criu) against CRIU 4.1 and crit on a real dump.
+// CRIU images: precog's reader and writer (src/criu) against CRIU 4.2 and crit on a real dump.
 //
 // Everywhere: round trips of synthetic images (unknown fields kept, negative and 64-bit integers, pagemap + pages)
 // and malformed images (wrong magic, truncated entries, short pages file) giving InputErrors.
@@ -143,6 +143,48 @@ describe('CRIU images without CRIU', () => {
       const mem = encodePagemap(runs, 5);
       assert.ok(mem.pagemap.equals(readFileSync(join(dir, 'pagemap-42.img'))));
       assert.ok(mem.pages.equals(readFileSync(join(dir, 'pages-5.img'))));
+      assert.deepEqual(
+        mem.entries.map((e) => [e.vaddr, e.nr_pages, e.flags]),
+        map.entries.map((e) => [e.vaddr, e.nr_pages, e.flags]),
+      );
+      // The two places of the page count. By default in compat_nr_pages (field 2: CRIU <= 4.1's nr_pages, which
+      // CRIU 4.2 reads when nr_pages is absent); as CRIU >= 4.2 writes it: compat_nr_pages 0, nr_pages (field 5).
+      assert.equal(map.format, 'compat');
+      assert.deepEqual(readImage(mem.pagemap).entries[4], {
+        vaddr: 0x7f0000003000n,
+        compat_nr_pages: 2,
+        flags: PE_PRESENT,
+      });
+      // CRIU 4.1 bytes: field 1 vaddr 0x400000, field 2 = 1, field 4 = PE_PRESENT.
+      assert.ok(mem.pagemap.includes(Buffer.from([0x08, 0x80, 0x80, 0x80, 0x02, 0x10, 0x01, 0x20, 0x04])));
+      const w42 = writePagemap(dir, 43, runs, { pagesId: 6, format: 'nr_pages64' });
+      assert.equal(w42.pages, 6);
+      const raw42 = readFileSync(join(dir, 'pagemap-43.img'));
+      assert.deepEqual(readImage(raw42).entries[4], {
+        vaddr: 0x7f0000003000n,
+        compat_nr_pages: 0,
+        flags: PE_PRESENT,
+        nr_pages: 2n,
+      });
+      // CRIU 4.2 bytes: ... field 2 = 0, field 4 = PE_PRESENT, field 5 = 1.
+      assert.ok(
+        raw42.includes(Buffer.from([0x08, 0x80, 0x80, 0x80, 0x02, 0x10, 0x00, 0x20, 0x04, 0x28, 0x01])),
+      );
+      assert.ok(encodePagemap(runs, 6, { format: 'nr_pages64' }).pagemap.equals(raw42));
+      const map42 = readPagemap(dir, 43);
+      assert.equal(map42.format, 'nr_pages64');
+      assert.deepEqual(map42.entries, map.entries, 'the same entries whichever field holds the count');
+      assert.deepEqual(
+        [...readPages(dir, 43)].map((r) => [r.vaddr, r.nrPages, r.data ? [...new Set(r.data)] : null]),
+        got.map((r) => [r.vaddr, r.nrPages, r.data ? [...new Set(r.data)] : null]),
+      );
+      // Printed as crit 4.2 prints it: both fields.
+      assert.deepEqual(critImage(readImage(raw42), true).entries[1], {
+        vaddr: '0x400000',
+        compat_nr_pages: 0,
+        flags: 'PE_PRESENT',
+        nr_pages: 1n,
+      });
       assert.throws(
         () =>
           encodePagemap(

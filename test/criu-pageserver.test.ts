@@ -17,6 +17,7 @@ import {
   chmodSync,
   copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -44,6 +45,7 @@ import {
   decodeDstId,
   encodeDstId,
   encodeIov,
+  iovLayoutOfVersion,
   PageServer,
   PageServerError,
   PageServerSession,
@@ -198,7 +200,12 @@ describe('page-server protocol without CRIU', () => {
     ]);
     const dump = feed(add32, 100, new PageServerSession({ fallbackLayout: 32 })).session.finish();
     assert.equal(dump.layout, 32);
-    assert.equal(dump.tasks.get(1)?.pages[0].vaddr, 0x1000n);
+    assert.equal(dump.tasks.get(1)?.pages[0].vaddr, 0x1000n); // Which CRIU sends which layout.
+    assert.deepEqual(
+      ['3.19', '4.0', '4.1.1', '4.2', '4.2.1', '5.0'].map(iovLayoutOfVersion),
+      [24, 24, 24, 32, 32, 32],
+    );
+    assert.throws(() => iovLayoutOfVersion('unknown'), /not a CRIU version/);
   });
 
   test('old commands: OPEN (no reply), ADD, HOLE, PARENT (int reply), FORCE_CLOSE; shmem and legacy dst_ids', () => {
@@ -271,10 +278,26 @@ describe('page-server protocol without CRIU', () => {
           [0x2000n, 1, PE_PRESENT, 9],
         ],
       );
+      // A 24-byte stream comes from CRIU <= 4.1: page counts in field 2 (compat_nr_pages, 4.1's nr_pages).
       assert.deepEqual(readImage(join(dir, 'pagemap-shmem-99.img')).entries, [
         { pages_id: 2 },
-        { vaddr: 0n, nr_pages: 2, flags: PE_PRESENT },
+        { vaddr: 0n, compat_nr_pages: 2, flags: PE_PRESENT },
       ]);
+      // A 32-byte stream comes from CRIU >= 4.2: written as CRIU 4.2 writes pagemaps (compat_nr_pages 0, nr_pages).
+      const dir32 = join(dir, '32');
+      mkdirSync(dir32);
+      const dump32 = feed(stream(32).bytes).session.finish();
+      writeReceivedImages(dir32, dump32);
+      assert.deepEqual(readImage(join(dir32, `pagemap-${PID}.img`)).entries.slice(0, 3), [
+        { pages_id: 1 },
+        { vaddr: 0x400000n, compat_nr_pages: 0, flags: PE_PRESENT, nr_pages: 2n },
+        { vaddr: 0x500000n, compat_nr_pages: 0, flags: PE_PARENT, nr_pages: 3n },
+      ]);
+      assert.equal(readPagemap(dir32, PID).format, 'nr_pages64');
+      assert.deepEqual(
+        [...readPages(dir32, PID)].map((r) => [r.vaddr, r.nrPages, r.flags]),
+        dump32.tasks.get(PID)!.runs.map((r) => [r.vaddr, r.nrPages, r.flags]),
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -503,7 +526,7 @@ exit 1
 });
 
 // ---------------------------------------------------------------------------------------------------------------
-// Against CRIU 4.1.1 in the test hosts
+// Against the CRIU of the test hosts (4.2.1 since their root filesystem comes from Debian forky)
 
 function precog(...args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 180_000 });
@@ -705,7 +728,10 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
         `plain dump ${Math.round(plain.durationMs)} ms, page-server dump ${Math.round(ps.durationMs)} ms; received ` +
           `${s.bytes} bytes in ${JSON.stringify(s.commands)}, layout ${s.layout}, runs with flags ${s.tasks[0].flags}`,
       );
-      assert.equal(s.layout, 24, 'CRIU 4.1.1 sends 24-byte headers');
+      // CRIU <= 4.1 sends 24-byte headers, CRIU >= 4.2 32-byte ones (u64 nr_pages).
+      const version = await runner.version();
+      const layout = iovLayoutOfVersion(version);
+      assert.equal(s.layout, layout, `CRIU ${version} sends ${layout}-byte headers`);
       assert.deepEqual(Object.keys(s.commands).sort(), ['ADD_F', 'CLOSE', 'OPEN2']);
       assert.deepEqual(
         s.tasks.map((x) => x.pid),

@@ -1,17 +1,26 @@
-import { appendFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { join } from 'node:path';
 import { WallClock } from '../engine/clock.ts';
 import { releaseBuffer, takeBuffer } from '../util/arena.ts';
 import { MigrationDestination } from '../engine/destination.ts';
-import { FileBacking, MemoryBacking, type PageBacking } from '../engine/pagestore.ts';
+import { FileBacking, MemoryBacking, type PageBacking, type PageStore } from '../engine/pagestore.ts';
 import type { Layout } from '../engine/types.ts';
 import { encodeFrame, FrameType } from '../transport/frame.ts';
 import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
 import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
+import { rebuildCheckpoint } from '../migrate/state.ts';
 
 export interface AgentOptions {
   listen: Endpoint;
@@ -21,7 +30,12 @@ export interface AgentOptions {
   /** Migrations larger than this keep their pages in a file under the state directory. */
   spillBytes: number;
   log: Logger;
+  /** A session with no traffic for this long is dropped (and an unfinished migration discarded). 0: never. */
+  idleTimeoutMs?: number;
 }
+
+/** Sources send frames continuously and wait at most for a restore; 2 minutes of silence means they are gone. */
+export const DEFAULT_SESSION_IDLE_MS = 120_000;
 
 /** What a committed migration leaves in the state directory. */
 export const COMMITTED_FILES = {
@@ -29,6 +43,8 @@ export const COMMITTED_FILES = {
   pages: 'pages.img',
   /** The source's non-memory state (CRIU images and writable layer of a container), when it sent one. */
   state: 'state.bin',
+  /** A container's checkpoint rebuilt from the pages and the state (images/, upper/, state.json): no pages.img. */
+  checkpoint: 'checkpoint',
   done: 'COMMITTED',
 } as const;
 
@@ -82,6 +98,13 @@ export class Agent {
   private serve(socket: net.Socket): void {
     this.sockets.add(socket);
     socket.setNoDelay(true);
+    // A source that went silent (cut link, dead host) never closes its side: drop the session after a while.
+    const idle = this.o.idleTimeoutMs ?? DEFAULT_SESSION_IDLE_MS;
+    if (idle > 0)
+      socket.setTimeout(idle, () => {
+        log.warn({ seconds: idle / 1000 }, 'no traffic from the source; dropping the session');
+        socket.destroy();
+      });
     let log = this.o.log.child({ peer: peerName(socket) });
     log.info('session opened');
     const clock = new WallClock();
@@ -110,18 +133,16 @@ export class Agent {
         appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
       },
       commit: (store, id) => {
-        const dir = dirOf(id);
-        if (existsSync(join(dir, `${COMMITTED_FILES.state}.part`)))
-          renameSync(join(dir, `${COMMITTED_FILES.state}.part`), join(dir, COMMITTED_FILES.state));
-        writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
-        if (store.image) writeFileSync(join(dir, COMMITTED_FILES.pages), store.image);
-        else {
-          store.backing.close();
-          renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
+        try {
+          persist(store, id);
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          if (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+            throw new Error(
+              `destination out of disk space: cannot keep migration ${id} in ${dirOf(id)} (${err.code}); free space there or give the agent another --state-dir`,
+            );
+          throw e;
         }
-        writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
-        release();
-        log.info({ dir }, 'migration committed');
       },
       discard: (id) => {
         release();
@@ -129,6 +150,43 @@ export class Agent {
         log.info('migration abandoned; its pages were removed');
       },
     });
+    const persist = (store: PageStore, id: string): void => {
+      const dir = dirOf(id);
+      const statePart = join(dir, `${COMMITTED_FILES.state}.part`);
+      writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
+      if (existsSync(statePart)) {
+        // A container: the state says how to lay the pages out as CRIU images, ready for criu restore. The pages
+        // go from the store straight into pages-N.img (no copy of the whole store on the way).
+        const blob = readFileSync(statePart);
+        const t0 = performance.now();
+        const r = rebuildCheckpoint(
+          blob,
+          store.layout,
+          (first, count) => store.backing.readRun(first, count),
+          join(dir, COMMITTED_FILES.checkpoint),
+          `migration ${id}'s state`,
+        );
+        store.backing.close();
+        rmSync(join(dir, `${COMMITTED_FILES.pages}.part`), { force: true });
+        renameSync(statePart, join(dir, COMMITTED_FILES.state));
+        log.info(
+          {
+            pages: r.pages,
+            fromStore: r.fromStore,
+            fromState: r.fromState,
+            ms: Math.round(performance.now() - t0),
+          },
+          'checkpoint rebuilt from the page store',
+        );
+      } else if (store.image) writeFileSync(join(dir, COMMITTED_FILES.pages), store.image);
+      else {
+        store.backing.close();
+        renameSync(join(dir, `${COMMITTED_FILES.pages}.part`), join(dir, COMMITTED_FILES.pages));
+      }
+      writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
+      release();
+      log.info({ dir }, 'migration committed');
+    };
     socket.on('data', (chunk: Buffer) => {
       try {
         for (const frame of reader.push(chunk)) {

@@ -4,7 +4,7 @@ import { loadIdentity } from '../transport/pki.ts';
 import { parseEndpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { createLogger } from '../util/log.ts';
-import { parseSize } from '../util/units.ts';
+import { parseDuration, parseSize } from '../util/units.ts';
 
 interface AgentFlags {
   listen: string;
@@ -12,6 +12,7 @@ interface AgentFlags {
   pki?: string;
   name?: string;
   spillSize: string;
+  idleTimeout: string;
   insecurePlaintext?: boolean;
 }
 
@@ -24,6 +25,11 @@ export function agentCommand(): Command {
     .option('--pki <dir>', 'PKI directory with ca.pem, NAME.pem and NAME-key.pem (precog pki)')
     .option('--name <name>', "this host's certificate name (default: the host name in the PKI)")
     .option('--spill-size <size>', 'keep pages of larger migrations in a file', '1GiB')
+    .option(
+      '--idle-timeout <duration>',
+      'drop a session whose source sent nothing this long (0: never)',
+      '120s',
+    )
     .option('--insecure-plaintext', 'no TLS and no authentication: for tests on loopback only')
     .action(async (f: AgentFlags) => {
       const log = createLogger('precog-agent');
@@ -47,6 +53,7 @@ export function agentCommand(): Command {
         stateDir: f.stateDir,
         identity,
         spillBytes: parseSize(f.spillSize),
+        idleTimeoutMs: parseDuration(f.idleTimeout, '--idle-timeout') * 1000,
         log,
       });
       await agent.start();

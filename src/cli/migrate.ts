@@ -93,7 +93,8 @@ function summary(r: LiveMigrationReport): string {
   const ms = (x: number) => `${Math.round(x)} ms`;
   return (
     `${r.container}: migrated ${r.from} -> ${r.to} (${r.strategy}) in ${ms(r.totalMs)}; ` +
-    `downtime ${ms(r.downtimeMs)} (dump ${ms(r.dumpMs)}, final copy ${ms(r.finalCopyMs)}, restore ${ms(r.restoreMs)}); ` +
+    `downtime ${ms(r.downtimeMs)} (dump ${ms(r.dumpMs)}, changed pages ${ms(r.finalPagesMs)}, ` +
+    `state + commit ${ms(r.stateMs)}, restore ${ms(r.restoreMs)}); ` +
     `${r.liveRounds} live round(s), ${formatBytes(r.bytesTotal)} on the link for ${formatBytes(r.memoryBytes)} of memory; ` +
     `stopped: ${r.pagesFinal} pages sent, ${r.pagesUnchanged} already there, state ${formatBytes(r.stateBytes)}; ` +
     `pid ${r.pid} on ${r.to}`

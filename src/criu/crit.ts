@@ -1,5 +1,5 @@
 /**
- * crit's view of an image: the JSON that `crit decode -i X [--pretty]` (CRIU 4.1's pycriu) prints, computed from
+ * crit's view of an image: the JSON that `crit decode -i X [--pretty]` (CRIU 4.2's pycriu) prints, computed from
  * precog's decoded entries. Used to check precog's decoder against crit on real dumps, and to print images the
  * way CRIU users know them.
  *
@@ -30,6 +30,8 @@ const FLAG_MAPS: Record<string, [string, number][]> = {
   'mmap.flags': [
     ['MAP_SHARED', 0x1],
     ['MAP_PRIVATE', 0x2],
+    // Since CRIU 4.2 (Linux 6.11's droppable mappings: glibc >= 2.41 keeps its getrandom states in one).
+    ['MAP_DROPPABLE', 0x08],
     ['MAP_ANON', 0x20],
     ['MAP_GROWSDOWN', 0x0100],
   ],
@@ -50,6 +52,8 @@ const FLAG_MAPS: Record<string, [string, number][]> = {
     ['VMA_AREA_AIORING', 1 << 13],
     ['VMA_AREA_MEMFD', 1 << 14],
     ['VMA_AREA_SHSTK', 1 << 15],
+    // Since CRIU 4.2 (the [uprobes] area, dumped only with --allow-uprobes).
+    ['VMA_AREA_UPROBES', 1 << 17],
     ['VMA_UNSUPP', 2 ** 31],
   ],
   'rfile.flags': [

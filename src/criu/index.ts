@@ -32,6 +32,7 @@ export {
   isPrivateAnonymous,
   PAGE_SIZE,
   pageRuns,
+  pagemapEntryPages,
   pagemapFlags,
   PE_LAZY,
   PE_PARENT,
@@ -42,6 +43,9 @@ export {
   writePagemap,
   type PageRun,
   type PagemapEntry,
+  type PagemapEntryMessage,
+  type PagemapFormat,
+  type PagemapWriteOptions,
   type PagemapRun,
   type VmaEntry,
 } from './pages.ts';

@@ -1,5 +1,5 @@
 /**
- * CRIU image magic numbers (criu/include/magic.h in CRIU 4.1) under the names `crit` uses for them, and how image
+ * CRIU image magic numbers (criu/include/magic.h in CRIU 4.1 and 4.2) under the names `crit` uses for them, and how image
  * files start:
  *
  * - inventory.img: its type magic (INVENTORY) only;

@@ -2,11 +2,16 @@
  * Process memory in CRIU images: pagemap-<id>.img + pages-<pages_id>.img.
  *
  * pagemap-<id>.img (id: the task's PID in the dump) holds a pagemap_head { pages_id } and then pagemap_entry
- * { vaddr, nr_pages, flags } records in ascending address order. pages-<pages_id>.img is raw data without a
+ * { vaddr, page count, flags } records in ascending address order. pages-<pages_id>.img is raw data without a
  * magic: the contents of the pages of every entry flagged PE_PRESENT, back to back in entry order. Entries without
  * PE_PRESENT (PE_PARENT: the pages are in the parent dump of an incremental chain; PE_LAZY alone: served by the
  * lazy-pages daemon) take no room in it. Images older than the flags field have `in_parent` instead: CRIU reads an
  * entry without flags as PE_PARENT when in_parent is set, else as PE_PRESENT (pagemapFlags below).
+ *
+ * The page count has two homes (PagemapFormat): up to CRIU 4.1 the u32 field 2 (then named nr_pages, now
+ * compat_nr_pages); CRIU 4.2 writes 0 there and the count in the u64 field 5 (nr_pages), and reads field 2 when
+ * field 5 is absent. readPagemap hands out the count whichever field holds it; the writers put it in field 2 by
+ * default, which every CRIU version reads, or where CRIU 4.2 puts it ({ format: 'nr_pages64' }).
  *
  * Addresses absent from the pagemap are restored as zero pages in private anonymous mappings and as the file's
  * contents in private file mappings (CRIU itself never dumps pages that were never touched).
@@ -30,11 +35,62 @@ export const VMA_ANON_PRIVATE = 1 << 9;
 /** VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR. */
 const VMA_SPECIAL = (1 << 2) | (1 << 3) | (1 << 12);
 
+/** A pagemap entry as readPagemap and encodePagemap hand it out: the page count whichever field held it. */
 export interface PagemapEntry {
   vaddr: bigint;
+  /** The page count: pagemap_entry.nr_pages (CRIU >= 4.2) when present, else compat_nr_pages. */
   nr_pages: number;
   in_parent?: boolean;
   flags?: number;
+}
+
+/** pagemap_entry as decoded from the image (the fields of src/criu/proto/pagemap.proto). */
+export interface PagemapEntryMessage {
+  vaddr: bigint;
+  /** The page count up to CRIU 4.1; 0 in entries of CRIU >= 4.2. */
+  compat_nr_pages: number;
+  in_parent?: boolean;
+  flags?: number;
+  /** CRIU >= 4.2: the page count. */
+  nr_pages?: bigint;
+}
+
+/**
+ * Where a pagemap image keeps its entries' page counts:
+ * - 'compat': in compat_nr_pages (field 2), as CRIU <= 4.1 writes it; read by every CRIU version (4.2 included);
+ * - 'nr_pages64': compat_nr_pages 0 and the count in nr_pages (field 5), as CRIU >= 4.2 writes it; CRIU <= 4.1
+ *   would read runs of 0 pages.
+ */
+export type PagemapFormat = 'compat' | 'nr_pages64';
+
+/** Largest count compat_nr_pages holds; longer runs are written in the nr_pages64 form whatever the format. */
+const U32_MAX = 0xffff_ffff;
+
+/** The page count of a decoded pagemap_entry, as CRIU 4.2 takes it (nr_pages if present, else compat_nr_pages). */
+export function pagemapEntryPages(m: PagemapEntryMessage): number {
+  if (m.nr_pages === undefined) return m.compat_nr_pages;
+  const n = Number(m.nr_pages);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`pagemap entry: nr_pages ${m.nr_pages} is too large`);
+  return n;
+}
+
+/** The entry precog hands out for a decoded pagemap_entry (pagemapEntryPages as nr_pages). */
+function pagemapEntry(m: PagemapEntryMessage): PagemapEntry {
+  const e: PagemapEntry = { vaddr: m.vaddr, nr_pages: pagemapEntryPages(m) };
+  if (m.in_parent !== undefined) e.in_parent = m.in_parent;
+  if (m.flags !== undefined) e.flags = m.flags;
+  return e;
+}
+
+/** The pagemap_entry message for a run, in the given format. */
+function pagemapEntryMessage(
+  vaddr: bigint,
+  nrPages: number,
+  flags: number,
+  format: PagemapFormat,
+): PagemapEntryMessage {
+  if (format === 'compat' && nrPages <= U32_MAX) return { vaddr, compat_nr_pages: nrPages, flags };
+  return { vaddr, compat_nr_pages: 0, flags, nr_pages: BigInt(nrPages) };
 }
 
 export interface VmaEntry {
@@ -54,6 +110,8 @@ export interface Pagemap {
   file: string;
   pagesId: number;
   entries: PagemapEntry[];
+  /** 'nr_pages64' when any entry has nr_pages (CRIU >= 4.2 wrote it), else 'compat'. */
+  format: PagemapFormat;
 }
 
 /** The flags CRIU acts on for an entry (old images: in_parent -> PE_PARENT, no flags -> PE_PRESENT). */
@@ -81,10 +139,16 @@ export function readPagemap(dir: string, id: number | bigint): Pagemap {
   if (image.entries.length === 0)
     throw new InputError(`${file}: at offset 8: expected a pagemap_head entry, none`);
   const pagesId = image.entries[0].pages_id as number;
-  const entries = image.entries.slice(1) as unknown as PagemapEntry[];
+  const messages = image.entries.slice(1) as unknown as PagemapEntryMessage[];
   let end = 0n;
-  entries.forEach((e, i) => {
+  const entries = messages.map((m, i) => {
     const at = image.offsets[i + 1];
+    let e: PagemapEntry;
+    try {
+      e = pagemapEntry(m);
+    } catch (err) {
+      throw new InputError(`${file}: at offset ${at}: entry ${i + 1}: ${(err as Error).message}`);
+    }
     if (e.vaddr % BigInt(PAGE_SIZE) !== 0n)
       throw new InputError(
         `${file}: at offset ${at}: entry ${i + 1}: vaddr 0x${e.vaddr.toString(16)} is not page-aligned`,
@@ -95,8 +159,10 @@ export function readPagemap(dir: string, id: number | bigint): Pagemap {
           `entry (which ends at 0x${end.toString(16)}); entries must be in ascending order`,
       );
     end = e.vaddr + BigInt(e.nr_pages) * BigInt(PAGE_SIZE);
+    return e;
   });
-  return { file, pagesId, entries };
+  const format = messages.some((m) => m.nr_pages !== undefined) ? 'nr_pages64' : 'compat';
+  return { file, pagesId, entries, format };
 }
 
 export interface PagemapRun {
@@ -197,11 +263,20 @@ function checkRuns(runs: readonly PageRun[]): { run: PageRun; nrPages: number; f
 function pagemapEntries(
   runs: { run: PageRun; nrPages: number; flags: number }[],
   pagesId: number,
+  format: PagemapFormat,
 ): Message[] {
   return [
     { pages_id: pagesId },
-    ...runs.map(({ run, nrPages, flags }) => ({ vaddr: run.vaddr, nr_pages: nrPages, flags })),
+    ...runs.map(
+      ({ run, nrPages, flags }) =>
+        pagemapEntryMessage(run.vaddr, nrPages, flags, format) as unknown as Message,
+    ),
   ];
+}
+
+export interface PagemapWriteOptions {
+  /** Where the entries keep their page counts; default 'compat' (read by every CRIU version). */
+  format?: PagemapFormat;
 }
 
 /**
@@ -211,14 +286,15 @@ function pagemapEntries(
 export function encodePagemap(
   runs: readonly PageRun[],
   pagesId: number,
+  opts: PagemapWriteOptions = {},
 ): { pagemap: Buffer; pages: Buffer; entries: PagemapEntry[] } {
   const sorted = checkRuns(runs);
-  const entries = pagemapEntries(sorted, pagesId);
+  const entries = pagemapEntries(sorted, pagesId, opts.format ?? 'compat');
   const pages = Buffer.concat(sorted.filter((r) => r.flags & PE_PRESENT).map((r) => r.run.data as Buffer));
   return {
     pagemap: writeImage('PAGEMAP', entries),
     pages,
-    entries: entries.slice(1) as unknown as PagemapEntry[],
+    entries: (entries.slice(1) as unknown as PagemapEntryMessage[]).map(pagemapEntry),
   };
 }
 
@@ -238,7 +314,7 @@ export function writePagemap(
   dir: string,
   id: number | bigint,
   runs: readonly PageRun[],
-  opts: { pagesId: number },
+  opts: { pagesId: number } & PagemapWriteOptions,
 ): WrittenPagemap {
   const sorted = checkRuns(runs);
   const out: WrittenPagemap = {
@@ -261,9 +337,13 @@ export function writePagemap(
   } finally {
     closeSync(fd);
   }
-  writeFileSync(out.pagemapFile, writeImage('PAGEMAP', pagemapEntries(sorted, opts.pagesId)), {
-    mode: 0o600,
-  });
+  writeFileSync(
+    out.pagemapFile,
+    writeImage('PAGEMAP', pagemapEntries(sorted, opts.pagesId, opts.format ?? 'compat')),
+    {
+      mode: 0o600,
+    },
+  );
   return out;
 }
 

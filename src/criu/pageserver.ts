@@ -19,7 +19,15 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { constants as bufferConstants } from 'node:buffer';
 import { join } from 'node:path';
 import { ProtocolError } from '../util/errors.ts';
-import { encodePagemap, PAGE_SIZE, PE_PARENT, PE_PRESENT, writePagemap, type PageRun } from './pages.ts';
+import {
+  encodePagemap,
+  PAGE_SIZE,
+  PE_PARENT,
+  PE_PRESENT,
+  writePagemap,
+  type PageRun,
+  type PagemapFormat,
+} from './pages.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Protocol constants
@@ -68,6 +76,22 @@ export function commandName(cmd: number): string {
 
 /** The two layouts of struct page_server_iov: 24 bytes up to CRIU 4.1, 32 bytes (u64 nr_pages) from CRIU 4.2. */
 export type IovLayout = 24 | 32;
+
+/** The layout a CRIU version sends ("4.1.1" -> 24, "4.2" and later -> 32). */
+export function iovLayoutOfVersion(version: string): IovLayout {
+  const m = /^(\d+)\.(\d+)/.exec(version);
+  if (!m) throw new RangeError(`not a CRIU version: ${JSON.stringify(version)}`);
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return major > 4 || (major === 4 && minor >= 2) ? 32 : 24;
+}
+
+/**
+ * The pagemap format of the CRIU that sent a stream in this layout (24: CRIU <= 4.1, page counts in
+ * compat_nr_pages; 32: CRIU >= 4.2, page counts in nr_pages): what its own page server would write.
+ */
+export function pagemapFormatOfLayout(layout: IovLayout): PagemapFormat {
+  return layout === 32 ? 'nr_pages64' : 'compat';
+}
 
 export type PagemapKind = 'pid' | 'shmem';
 
@@ -625,22 +649,25 @@ export interface WrittenImages {
 /**
  * Writes what CRIU's own page server would have written: pagemap-<pid>.img / pagemap-shmem-<shmid>.img with one
  * entry per received run (flags kept) and a pages-<n>.img each, n counting up from `firstPagesId` (default 1).
+ * The page counts go where the sending CRIU puts them (`format`, default: pagemapFormatOfLayout(dump.layout)), so
+ * that the pagemap images are byte for byte those of a plain dump.
  */
 export function writeReceivedImages(
   dir: string,
   dump: ReceivedDump,
-  opts: { firstPagesId?: number } = {},
+  opts: { firstPagesId?: number; format?: PagemapFormat } = {},
 ): WrittenImages {
   let pagesId = opts.firstPagesId ?? 1;
+  const format = opts.format ?? pagemapFormatOfLayout(dump.layout);
   const out: WrittenImages = { files: [], pages: 0, pagesBytes: 0 };
   for (const m of dump.tasks.values()) {
-    const w = writePagemap(dir, m.id, receivedPageRuns(m), { pagesId: pagesId++ });
+    const w = writePagemap(dir, m.id, receivedPageRuns(m), { pagesId: pagesId++, format });
     out.files.push(w.pagemapFile, w.pagesFile);
     out.pages += w.pages;
     out.pagesBytes += w.pagesBytes;
   }
   for (const m of dump.shmem.values()) {
-    const enc = encodePagemap(receivedPageRuns(m), pagesId);
+    const enc = encodePagemap(receivedPageRuns(m), pagesId, { format });
     const pm = join(dir, `pagemap-shmem-${m.id}.img`);
     const pg = join(dir, `pages-${pagesId++}.img`);
     writeFileSync(pg, enc.pages, { mode: 0o600 });

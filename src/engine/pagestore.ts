@@ -9,6 +9,8 @@ export interface PageBacking {
   settle(id: number): void;
   /** The bytes of page `id` (a view valid until the next call). */
   read(id: number): Buffer;
+  /** The bytes of `count` consecutive pages from `first` (a view into memory, or a fresh buffer from the file). */
+  readRun(first: number, count: number): Buffer;
   /** Writes out whatever settle() buffered (called after every batch). */
   flush(): void;
   /** The whole image in memory, when it is in memory. */
@@ -35,6 +37,10 @@ export class MemoryBacking implements PageBacking {
 
   read(id: number): Buffer {
     return this.slot(id);
+  }
+
+  readRun(first: number, count: number): Buffer {
+    return this.image.subarray(first * this.size, (first + count) * this.size);
   }
 
   close(): void {}
@@ -82,6 +88,18 @@ export class FileBacking implements PageBacking {
     const page = this.run.subarray(0, this.size);
     readSync(this.fd, page, 0, this.size, id * this.size);
     return page;
+  }
+
+  readRun(first: number, count: number): Buffer {
+    this.flush();
+    const out = Buffer.allocUnsafe(count * this.size);
+    let done = 0;
+    while (done < out.length) {
+      const n = readSync(this.fd, out, done, out.length - done, first * this.size + done);
+      if (n === 0) throw new Error(`page file ends before page ${first + done / this.size}`);
+      done += n;
+    }
+    return out;
   }
 
   close(): void {

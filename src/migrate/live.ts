@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { COMMITTED_FILES } from '../agent/agent.ts';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
@@ -14,7 +15,7 @@ import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { ContainerMemory } from './memory.ts';
-import { encodeState, rebuildCheckpoint } from './state.ts';
+import { encodeState } from './state.ts';
 
 export interface LiveMigrationOptions {
   name: string;
@@ -42,9 +43,14 @@ export interface LiveMigrationReport {
   totalMs: number;
   /** The container frozen at the source to running at the destination (precog's own measure). */
   downtimeMs: number;
-  /** Parts of the downtime: CRIU dump (with the page-server stream), final pages + state, restore. */
+  /**
+   * The downtime, step by step: CRIU dump (pages streamed to precog's page server and compared), the changed pages
+   * on the link, the state (images, layer) on the link and the destination agent's commit (it rebuilds the CRIU
+   * image directory from its page store), criu restore (with the container around it).
+   */
   dumpMs: number;
-  finalCopyMs: number;
+  finalPagesMs: number;
+  stateMs: number;
   restoreMs: number;
   /** Bytes on the link to the destination agent (frames, TLS excluded). */
   bytesTotal: number;
@@ -87,6 +93,8 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   const identity = loadIdentity(PKI_DIR, o.from);
   let report: Omit<LiveMigrationReport, 'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid'> | undefined;
   let frozenAt = -1;
+  /** performance.now() at each step of the switchover. */
+  const marks = { dumped: 0, pagesSent: 0, committed: 0 };
   const commitDir = agentCommitDir(state, o.to, migrationId);
   try {
     const moved = await rt.migrate(o.name, o.to, async (info: ContainerInfo, checkpoint) => {
@@ -104,6 +112,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
             frozen = true;
             received = await server.done;
+            marks.dumped = performance.now();
           } finally {
             await server.close();
           }
@@ -118,7 +127,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
         idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
       });
-      let dumpDone = 0;
       try {
         const metrics = await new MigrationSource(mem, link, o.strategy, {
           codec: codecChain(o.codec ?? 'zero'),
@@ -127,7 +135,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           migrationId,
           onRound: o.onRound,
           state: () => {
-            dumpDone = performance.now();
+            marks.pagesSent = performance.now();
             const pids: [number, number][] = [];
             for (const id of received!.tasks.keys()) {
               const pid = mem.machinePid(id);
@@ -144,14 +152,16 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           },
         }).run();
         frozenAt = mem.freezeStartedAt;
+        marks.committed = performance.now();
         report = {
           container: o.name,
           from: o.from,
           to: o.to,
           strategy: o.strategy.spec,
           migrationId,
-          dumpMs: dumpDone - frozenAt,
-          finalCopyMs: performance.now() - dumpDone,
+          dumpMs: marks.dumped - frozenAt,
+          finalPagesMs: marks.pagesSent - marks.dumped,
+          stateMs: marks.committed - marks.pagesSent,
           bytesTotal: metrics.bytesTotal,
           stateBytes: 0,
           liveRounds: metrics.liveRounds,
@@ -166,13 +176,11 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         mem.close();
       }
       o.onPhase?.('restore');
-      const rebuilt = join(o.workDir, 'destination');
-      mkdirSync(rebuilt, { recursive: true });
-      if (!existsSync(join(commitDir, 'COMMITTED')))
+      if (!existsSync(join(commitDir, COMMITTED_FILES.done)))
         throw new Error(`the destination agent confirmed but ${commitDir} holds no committed migration`);
-      report.stateBytes = readFileSync(join(commitDir, 'state.bin')).length;
-      rebuildCheckpoint(commitDir, rebuilt);
-      return { dir: rebuilt, detail: null };
+      report.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
+      const rebuilt = join(commitDir, COMMITTED_FILES.checkpoint);
+      return { dir: rebuilt, detail: null, move: true };
     });
     const end = performance.now();
     o.onPhase?.('done');

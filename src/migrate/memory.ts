@@ -102,8 +102,9 @@ export class ContainerMemory implements MemorySource {
       const data = this.final.data;
       for (let k = 0; k < ids.length; k++) {
         const page = data.get(ids[k]);
-        if (!page) throw new Error(`page ${ids[k]} is not among the pages CRIU dumped as changed`);
-        out.set(page, k * PAGE_SIZE);
+        if (page) out.set(page, k * PAGE_SIZE);
+        else if (!this.sent.get(ids[k])) out.fill(0, k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
+        else throw new Error(`page ${ids[k]} is not among the pages CRIU dumped as changed`);
       }
       return;
     }
@@ -130,6 +131,9 @@ export class ContainerMemory implements MemorySource {
         } else extras.push({ id: m.id, vaddr: p.vaddr, bytes: p.bytes });
       }
     }
+    // Pages never sent that CRIU did not dump either (never touched, or unmapped since): the restore will not
+    // read them, but the destination's store is complete only with every page of the layout. Zeros do.
+    for (let g = 0; g < this.layout.pageCount; g++) if (!this.sent.get(g) && !dirty.get(g)) dirty.set(g);
     this.unchanged = dump.counts.unchanged;
     this.final = { dirty, data, extras };
   }

@@ -1,7 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { COMMITTED_FILES } from '../agent/agent.ts';
 import { encodePagemap, PE_PRESENT, writePagemap, type PageRun } from '../criu/pages.ts';
 import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
 import type { Layout } from '../engine/types.ts';
@@ -151,15 +150,22 @@ export interface RebuildResult {
   fromState: number;
 }
 
+/** `count` consecutive pages of the page store from global page `first`. */
+export type StoreRuns = (first: number, count: number) => Buffer;
+
 /**
- * Rebuilds a complete checkpoint directory (images/ with pagemap and pages images, upper/, state.json) from what
- * an agent committed: its page store (layout.json, pages.img) and the state blob. Every page of CRIU's pagemaps
- * comes from the store, unless the state carries it (pages outside the live layout). Runs the restore can use.
+ * Rebuilds a complete checkpoint directory (images/ with pagemap and pages images, upper/, state.json) from a
+ * destination's page store and the state blob: every page of CRIU's pagemaps comes from the store, unless the state
+ * carries it (pages outside the live layout). Consecutive pages are read as one run (a view, for a store in memory).
  */
-export function rebuildCheckpoint(commitDir: string, outDir: string): RebuildResult {
-  const what = join(commitDir, COMMITTED_FILES.state);
-  const { header, sections } = decodeState(readFileSync(what), what);
-  const layout = JSON.parse(readFileSync(join(commitDir, COMMITTED_FILES.layout), 'utf8')) as Layout;
+export function rebuildCheckpoint(
+  blob: Buffer,
+  layout: Layout,
+  store: StoreRuns,
+  outDir: string,
+  what = 'state',
+): RebuildResult {
+  const { header, sections } = decodeState(blob, what);
   const index = new LayoutIndex(layout);
   const images = join(outDir, 'images');
   untar(sections.get('images.tar')!, images);
@@ -171,39 +177,47 @@ export function rebuildCheckpoint(commitDir: string, outDir: string): RebuildRes
   header.extras.forEach(([id, vaddr], k) =>
     extras.set(`${id}:${vaddr}`, extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)),
   );
-  const fd = openSync(join(commitDir, COMMITTED_FILES.pages), 'r');
   const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
   let pagesId = 1;
-  try {
-    for (const task of header.tasks) {
-      const pid = pidOf.get(task.id);
-      const runs: PageRun[] = task.runs.map(([hex, nrPages, flags]) => {
-        const vaddr = BigInt(`0x${hex}`);
-        if (!(flags & PE_PRESENT)) return { vaddr, nrPages, flags };
-        const data = Buffer.allocUnsafe(nrPages * PAGE_SIZE);
-        for (let k = 0; k < nrPages; k++) {
-          const at = vaddr + BigInt(k * PAGE_SIZE);
-          const extra = extras.get(`${task.id}:${at.toString(16)}`);
-          if (extra) {
-            extra.copy(data, k * PAGE_SIZE);
-            out.fromState++;
-            continue;
-          }
-          const g = pid === undefined ? -1 : index.pageOf(pid, at);
-          if (g < 0)
-            throw new InputError(
-              `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
-            );
-          readSync(fd, data, k * PAGE_SIZE, PAGE_SIZE, g * PAGE_SIZE);
-          out.fromStore++;
+  for (const task of header.tasks) {
+    const pid = pidOf.get(task.id);
+    const runs: PageRun[] = [];
+    for (const [hex, nrPages, flags] of task.runs) {
+      const vaddr = BigInt(`0x${hex}`);
+      if (!(flags & PE_PRESENT)) {
+        runs.push({ vaddr, nrPages, flags });
+        continue;
+      }
+      out.pages += nrPages;
+      // Split the run where its source changes (store run, or a page from the state): each piece is one run.
+      let k = 0;
+      while (k < nrPages) {
+        const at = vaddr + BigInt(k * PAGE_SIZE);
+        const extra = extras.get(`${task.id}:${at.toString(16)}`);
+        if (extra) {
+          runs.push({ vaddr: at, data: extra, flags });
+          out.fromState++;
+          k++;
+          continue;
         }
-        out.pages += nrPages;
-        return { vaddr, data, flags };
-      });
-      writePagemap(images, task.id, runs, { pagesId: pagesId++ });
+        const g = pid === undefined ? -1 : index.pageOf(pid, at);
+        if (g < 0)
+          throw new InputError(
+            `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
+          );
+        let n = 1;
+        while (
+          k + n < nrPages &&
+          !extras.has(`${task.id}:${(at + BigInt(n * PAGE_SIZE)).toString(16)}`) &&
+          index.pageOf(pid!, at + BigInt(n * PAGE_SIZE)) === g + n
+        )
+          n++;
+        runs.push({ vaddr: at, data: store(g, n), flags });
+        out.fromStore += n;
+        k += n;
+      }
     }
-  } finally {
-    closeSync(fd);
+    writePagemap(images, task.id, runs, { pagesId: pagesId++ });
   }
   const shmemData = sections.get('shmem')!;
   let at = 0;

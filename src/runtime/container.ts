@@ -30,6 +30,7 @@ import {
   writeFileSync,
   cpSync,
   renameSync,
+  rmSync,
 } from 'node:fs';
 import { dirname, join, posix, resolve } from 'node:path';
 import { CriuRunner } from '../criu/runner.ts';
@@ -149,6 +150,8 @@ export interface RestoreOptions {
   name?: string;
   /** Allow the name to exist on this host already (cold migration: the source is removed afterwards). */
   replacingOn?: string;
+  /** Move images/ and upper/ out of the checkpoint directory instead of copying them (it is used up). */
+  move?: boolean;
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
@@ -866,8 +869,20 @@ export class NamespaceRuntime implements ContainerRuntime {
     const at: Located = { state, host, dir: cdir };
     this.write(at, info);
     try {
-      copyTree(join(src, 'upper'), join(cdir, 'upper'), 'copying the writable layer');
-      copyTree(join(src, 'images'), join(wd, 'images'), 'copying the images');
+      const take = (from: string, to: string, what: string) => {
+        if (opts.move) {
+          try {
+            renameSync(from, to);
+            return;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+          }
+        }
+        copyTree(from, to, what);
+      };
+      if (opts.move) rmSync(join(cdir, 'upper'), { recursive: true, force: true });
+      take(join(src, 'upper'), join(cdir, 'upper'), 'copying the writable layer');
+      take(join(src, 'images'), join(wd, 'images'), 'copying the images');
       const procs: string[] = [];
       if (cg.v2) {
         await rmCgroup(cg.v2);
@@ -972,7 +987,7 @@ export class NamespaceRuntime implements ContainerRuntime {
     transfer: (
       info: ContainerInfo,
       checkpoint: (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>,
-    ) => Promise<{ dir: string; detail: T }>,
+    ) => Promise<{ dir: string; detail: T; move?: boolean }>,
   ): Promise<{ info: ContainerInfo; restoreMs: number; detail: T }> {
     const at = this.must(name);
     const info = this.read(at);
@@ -980,7 +995,7 @@ export class NamespaceRuntime implements ContainerRuntime {
     if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${dest.name}`);
     if (info.status !== 'running')
       throw new UsageError(`container ${name} is ${info.status}; only a running container can be migrated`);
-    let result: { dir: string; detail: T };
+    let result: { dir: string; detail: T; move?: boolean };
     let restored: ContainerInfo;
     const t1 = { at: 0 };
     try {
@@ -988,7 +1003,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         this.checkpoint(name, dir, { ...opts, keepFrozen: true }),
       );
       t1.at = performance.now();
-      restored = await this.restore(result.dir, dest.name, { replacingOn: at.host.name });
+      restored = await this.restore(result.dir, dest.name, { replacingOn: at.host.name, move: result.move });
     } catch (err) {
       if (this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
       throw err;

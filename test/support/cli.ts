@@ -38,3 +38,17 @@ export function inHost(state: TestbedState, host: string, argv: string[]): Promi
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** Starts bin/precog without waiting (for things to do while it runs); `done` resolves when it exits. */
+export function precogAsync(args: string[]): { pid: number; done: Promise<Ran> } {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const done = new Promise<Ran>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  return { pid: child.pid!, done };
+}

@@ -1,0 +1,383 @@
+// precog migrate: live migration of real containers between the test hosts with CRIU, and every way it can fail
+// before the destination runs the container (the source must keep running). Needs root and its own testbed.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { AGENT, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
+import { must, precog, precogAsync, type Ran } from './support/cli.ts';
+
+const cli = (...args: string[]): Ran => precog(args);
+const IS_ROOT = process.getuid?.() === 0;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function ps(): ContainerInfo[] {
+  return JSON.parse(must(cli('ps', '--json'), 'ps').stdout) as ContainerInfo[];
+}
+const find = (name: string) => ps().find((c) => c.name === name);
+
+/** A file inside a running container, read through its mount namespace. */
+function inContainer(c: ContainerInfo, script: string): string {
+  const r = spawnSync('nsenter', ['-t', String(c.machinePid!.pid), '-m', '--', '/bin/sh', '-c', script], {
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, `in container ${c.name}: ${script}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** memcheck's status: "ok <checks> <rewrites> <pages>" or "CORRUPT ...". */
+function memcheck(name: string): { ok: boolean; checks: number; rewrites: number; line: string } {
+  const c = find(name);
+  assert.ok(c && c.status === 'running', `${name} is running`);
+  const line = inContainer(c, 'cat /tmp/memcheck.status').trim();
+  const [word, checks, rewrites] = line.split(' ');
+  return { ok: word === 'ok', checks: Number(checks), rewrites: Number(rewrites), line };
+}
+
+async function waitChecks(name: string, after: number): Promise<ReturnType<typeof memcheck>> {
+  let s = memcheck(name);
+  for (let i = 0; i < 50 && s.ok && s.checks <= after + 2; i++) {
+    await sleep(200);
+    s = memcheck(name);
+  }
+  return s;
+}
+
+function startMemcheck(name: string, host: string, mib: number, rate = 5): void {
+  must(
+    cli(
+      'run',
+      '--host',
+      host,
+      '--name',
+      name,
+      '--memory',
+      `${mib + 128}M`,
+      '--',
+      'python3',
+      '/opt/precog/workloads/memcheck.py',
+      '--size',
+      String(mib),
+      '--rate',
+      String(rate),
+    ),
+    'run memcheck',
+  );
+}
+
+async function waitReady(name: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const c = find(name);
+    if (c?.status === 'running') {
+      const r = spawnSync(
+        'nsenter',
+        ['-t', String(c.machinePid!.pid), '-m', '--', 'cat', '/tmp/memcheck.status'],
+        {
+          encoding: 'utf8',
+        },
+      );
+      if (r.status === 0 && r.stdout.startsWith('ok')) return;
+    }
+    await sleep(100);
+  }
+  assert.fail(`${name} never reported a memory check`);
+}
+
+/** What the destination agent keeps: must be empty after any failed migration. */
+function agentLeftovers(state: TestbedState, host: string): string[] {
+  const dir = join(state.hosts.find((h) => h.name === host)!.dir, 'upper', AGENT.stateDir);
+  return existsSync(dir) ? readdirSync(dir) : [];
+}
+
+function hostsOf(name: string, state: TestbedState): string[] {
+  return state.hosts.filter((h) => existsSync(join(h.dir, 'upper', CONTAINERS_DIR, name))).map((h) => h.name);
+}
+
+describe('migrate flags', () => {
+  test('bad flags are usage errors (exit 2) naming the flag', () => {
+    const cases: [string[], RegExp][] = [
+      [
+        ['migrate', 'x', '--from', 'a', '--to', 'b', '--strategy', 'postcopy'],
+        /post-copy of real containers/,
+      ],
+      [['migrate', 'x', '--from', 'a', '--to', 'a'], /both a/],
+      [['migrate', 'x', '--from', 'a', '--to', 'q'], /host/],
+      [['migrate', 'x', '--from', 'a', '--to', 'b', '--strategy', 'warp'], /unknown strategy "warp"/],
+      [['migrate', 'x', '--from', 'a', '--to', 'b', '--link-timeout', 'soon'], /--link-timeout/],
+      [['migrate', 'x', '--from', 'a', '--to', 'b', '--codec', 'zip'], /--codec zip/],
+      [['migrate', 'x', '--to', 'b'], /--from/],
+    ];
+    for (const [args, re] of cases) {
+      const r = cli(...args);
+      assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+      assert.match(r.stderr, re, args.join(' '));
+    }
+  });
+});
+
+const skip = !IS_ROOT
+  ? 'needs root: containers live in the test hosts'
+  : readState()
+    ? 'a testbed is already up (someone else may be using it); not touching it'
+    : false;
+
+describe('live migration of containers with CRIU', { skip }, () => {
+  let state: TestbedState;
+
+  before(async () => {
+    state = (await testbedUp({ rate: 'none' })).state;
+  });
+  after(async () => {
+    try {
+      for (const c of ps()) cli('stop', c.name);
+    } finally {
+      await testbedDown();
+    }
+  });
+
+  test('precopy a -> b: every page arrives intact, the process goes on from its state, files come along', async () => {
+    startMemcheck('mc', 'a', 64);
+    await waitReady('mc');
+    const src = find('mc')!;
+    inContainer(src, 'mkdir -p /data && echo "written before the move" > /data/note.txt');
+    const before = memcheck('mc');
+    const r = must(
+      cli('migrate', 'mc', '--from', 'a', '--to', 'b', '--strategy', 'precopy', '--json'),
+      'migrate',
+    );
+    const report = JSON.parse(r.stdout) as Record<string, number | string>;
+    process.stdout.write(`# precopy 64 MiB: ${JSON.stringify({ ...report, rounds: undefined })}\n`);
+    assert.equal(report.to, 'b');
+    assert.ok(Number(report.liveRounds) >= 1, 'live rounds ran');
+    // The final copy is what changed, not the whole memory: most pages CRIU dumped were already there.
+    assert.ok(Number(report.pagesUnchanged) > 10_000, `pages already at b: ${report.pagesUnchanged}`);
+    assert.ok(Number(report.pagesFinal) < 5_000, `pages sent stopped: ${report.pagesFinal}`);
+    assert.ok(Number(report.downtimeMs) < Number(report.totalMs));
+    const c = find('mc')!;
+    assert.equal(c.host, 'b');
+    assert.deepEqual(hostsOf('mc', state), ['b'], 'the source is removed');
+    assert.equal(existsSync(`/proc/${src.machinePid!.pid}`), false, 'the source process is gone');
+    const afterMove = await waitChecks('mc', before.checks);
+    assert.ok(afterMove.ok, `memory check after the move: ${afterMove.line}`);
+    assert.ok(afterMove.checks > before.checks, `checks went on: ${before.checks} -> ${afterMove.checks}`);
+    assert.ok(afterMove.rewrites > before.rewrites, 'rewrites went on from where they were');
+    assert.equal(inContainer(c, 'cat /data/note.txt'), 'written before the move\n');
+    assert.deepEqual(agentLeftovers(state, 'b'), [], 'the agent keeps nothing once restored');
+  });
+
+  test('iterpredict b -> a and cold a -> b: the same container moves on intact', async () => {
+    for (const [from, to, strategy] of [
+      ['b', 'a', 'iterpredict'],
+      ['a', 'b', 'cold'],
+    ]) {
+      const before = memcheck('mc');
+      const r = must(
+        cli('migrate', 'mc', '--from', from, '--to', to, '--strategy', strategy, '--json'),
+        strategy,
+      );
+      const report = JSON.parse(r.stdout) as Record<string, number>;
+      process.stdout.write(
+        `# ${strategy}: downtime ${Math.round(report.downtimeMs)} ms, total ${Math.round(report.totalMs)} ms, ${report.bytesTotal} B\n`,
+      );
+      if (strategy === 'cold') assert.equal(report.liveRounds, 0);
+      const s = await waitChecks('mc', before.checks);
+      assert.ok(s.ok && s.checks > before.checks, `${strategy}: ${s.line}`);
+      assert.equal(find('mc')!.host, to);
+    }
+  });
+
+  test('redis: keys written before the move are read back after it', async () => {
+    must(
+      cli(
+        'run',
+        '--host',
+        'a',
+        '--name',
+        'redis',
+        '--',
+        'redis-server',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--protected-mode',
+        'no',
+      ),
+      'run redis',
+    );
+    const redis = (host: string, addr: string, ...args: string[]) =>
+      must(
+        cli('testbed', 'exec', host, '--', 'redis-cli', '-h', addr, ...args),
+        `redis-cli ${args.join(' ')}`,
+      ).stdout.trim();
+    for (
+      let i = 0;
+      i < 50 && cli('testbed', 'exec', 'a', '--', 'redis-cli', '-h', '10.213.77.1', 'ping').code !== 0;
+      i++
+    )
+      await sleep(100);
+    for (let i = 0; i < 100; i++) redis('a', '10.213.77.1', 'set', `key${i}`, `value${i}`);
+    redis('a', '10.213.77.1', 'rpush', 'list', 'x', 'y', 'z');
+    must(cli('migrate', 'redis', '--from', 'a', '--to', 'b'), 'migrate redis');
+    assert.equal(redis('b', '10.213.77.2', 'get', 'key42'), 'value42');
+    assert.equal(redis('b', '10.213.77.2', 'dbsize'), '101');
+    assert.equal(redis('b', '10.213.77.2', 'lrange', 'list', '0', '-1'), 'x\ny\nz');
+    must(cli('stop', 'redis'), 'stop redis');
+  });
+
+  test('a CRIU error (an established TCP connection to outside) leaves the source running', async () => {
+    // The container holds a TCP connection to agent a: CRIU refuses to dump it without --tcp-established.
+    must(
+      cli(
+        'run',
+        '--host',
+        'a',
+        '--name',
+        'tcp',
+        '--',
+        'python3',
+        '-c',
+        "import socket,time; s=socket.create_connection(('10.213.77.1',7070)); open('/tmp/up','w').write('1')\nn=0\nwhile True:\n n+=1; open('/tmp/n','w').write(str(n)); time.sleep(0.05)",
+      ),
+      'run tcp',
+    );
+    await sleep(1000);
+    const r = cli('migrate', 'tcp', '--from', 'a', '--to', 'b');
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /source keeps running/);
+    assert.match(r.stderr, /criu|CRIU/);
+    process.stdout.write(`# ${r.stderr.split('\n')[0]}\n`);
+    const c = find('tcp')!;
+    assert.equal(c.host, 'a');
+    assert.equal(c.status, 'running');
+    const n0 = Number(inContainer(c, 'cat /tmp/n'));
+    await sleep(300);
+    assert.ok(Number(inContainer(c, 'cat /tmp/n')) > n0, 'the source goes on');
+    assert.deepEqual(hostsOf('tcp', state), ['a']);
+    assert.deepEqual(agentLeftovers(state, 'b'), []);
+    must(cli('stop', 'tcp'), 'stop');
+  });
+
+  test('destination out of disk space: the source thaws and goes on, the destination keeps nothing', async () => {
+    // memcheck mc is on b now: move it to a, whose agent directory is a 4 MiB tmpfs for the test.
+    must(
+      cli(
+        'testbed',
+        'exec',
+        'a',
+        '--',
+        'mount',
+        '-t',
+        'tmpfs',
+        '-o',
+        'size=4m',
+        'precog-test-full',
+        AGENT.stateDir,
+      ),
+      'mount tmpfs',
+    );
+    try {
+      const before = memcheck('mc');
+      const r = cli('migrate', 'mc', '--from', 'b', '--to', 'a');
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /out of disk space/);
+      assert.match(r.stderr, /source keeps running/);
+      const s = await waitChecks('mc', before.checks);
+      assert.ok(s.ok && s.checks > before.checks, s.line);
+      assert.equal(find('mc')!.host, 'b');
+      assert.equal(must(cli('testbed', 'exec', 'a', '--', 'ls', '-A', AGENT.stateDir), 'ls').stdout, '');
+    } finally {
+      cli('testbed', 'exec', 'a', '--', 'umount', AGENT.stateDir);
+    }
+  });
+
+  test('a cut link: the migration gives up after --link-timeout, the source goes on', async () => {
+    // Slow the link so that the migration is still running when the link goes down.
+    must(
+      cli(
+        'testbed',
+        'exec',
+        'b',
+        '--',
+        'tc',
+        'qdisc',
+        'replace',
+        'dev',
+        'eth0',
+        'root',
+        'tbf',
+        'rate',
+        '40mbit',
+        'burst',
+        '32kbit',
+        'latency',
+        '50ms',
+      ),
+      'tc',
+    );
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a', '--link-timeout', '3s']);
+    await sleep(2500);
+    must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'down'), 'link down');
+    let r: Ran;
+    try {
+      r = await m.done;
+    } finally {
+      must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'up'), 'link up');
+      cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /no traffic on the link/);
+    assert.match(r.stderr, /source keeps running/);
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(find('mc')!.host, 'b');
+    // Once the link is back, the source's close reaches the destination, which drops what it had.
+    for (let i = 0; i < 100 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
+    assert.deepEqual(agentLeftovers(state, 'a'), []);
+  });
+
+  test('the destination agent dies mid-migration: the source goes on', async () => {
+    must(
+      cli(
+        'testbed',
+        'exec',
+        'b',
+        '--',
+        'tc',
+        'qdisc',
+        'replace',
+        'dev',
+        'eth0',
+        'root',
+        'tbf',
+        'rate',
+        '40mbit',
+        'burst',
+        '32kbit',
+        'latency',
+        '50ms',
+      ),
+      'tc',
+    );
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
+    await sleep(2000);
+    // Agent a: found by its command line among the processes of host a's PID namespace.
+    must(cli('testbed', 'exec', 'a', '--', 'pkill', '-KILL', '-f', 'precog agent'), 'kill agent a');
+    let r: Ran;
+    try {
+      r = await m.done;
+    } finally {
+      cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /source keeps running/);
+    assert.match(r.stderr, /closed the connection|ECONNRESET|reset/);
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(find('mc')!.host, 'b');
+  });
+});
