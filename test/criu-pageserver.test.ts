@@ -208,6 +208,36 @@ describe('page-server protocol without CRIU', () => {
     assert.throws(() => iovLayoutOfVersion('unknown'), /not a CRIU version/);
   });
 
+  test('keepOnlyChanged classifies pages as they arrive and keeps only the changed ones, in any chunking', () => {
+    const { bytes } = stream(32);
+    // The destination holds page 2 of the first run and nothing else.
+    const have = (_id: number, vaddr: bigint, b: Buffer) =>
+      vaddr === 0x401000n && b[0] === 2 && b[4095] === 2;
+    const whole = feed(bytes, bytes.length, new PageServerSession({ have })).session.finish();
+    for (const step of [1, 7, 4096, 5000, bytes.length]) {
+      const dump = feed(bytes, step, new PageServerSession({ have, keepOnlyChanged: true })).session.finish();
+      const t = dump.tasks.get(PID)!;
+      assert.deepEqual(dump.counts, whole.counts, `step ${step}`);
+      assert.deepEqual(
+        t.changed.map((p) => [p.vaddr, p.bytes.equals(page(p.bytes[0])) ? p.bytes[0] : -1]),
+        [
+          [0x400000n, 1],
+          [0x7f00000000n, 3],
+        ],
+        `step ${step}: the changed pages, with their bytes`,
+      );
+      assert.deepEqual(
+        t.runs.map((r) => [r.vaddr, r.nrPages, r.flags]),
+        whole.tasks.get(PID)!.runs.map((r) => [r.vaddr, r.nrPages, r.flags]),
+        'the same pagemap runs',
+      );
+      assert.ok(
+        t.runs.every((r) => r.data === null),
+        'no run keeps its data',
+      );
+    }
+  });
+
   test('old commands: OPEN (no reply), ADD, HOLE, PARENT (int reply), FORCE_CLOSE; shmem and legacy dst_ids', () => {
     const dst = encodeDstId('pid', 7);
     const shm = encodeDstId('shmem', 99);

@@ -159,8 +159,11 @@ export interface ReceivedRun {
   nrPages: number;
   /** pagemap flags: PE_PRESENT (data follows), PE_LAZY, PE_PARENT (HOLE). */
   flags: number;
-  /** nrPages * PAGE_SIZE bytes when PE_PRESENT, else null. */
+  /** nrPages * PAGE_SIZE bytes when PE_PRESENT, else null (also when only changed pages were kept). */
   data: Buffer | null;
+  /** With keepOnlyChanged: the run's pages the destination lacks, and how many it already holds. */
+  changed?: ReceivedPage[];
+  unchanged?: number;
   /** Stream offset of the command's header (for error messages). */
   offset: number;
 }
@@ -227,6 +230,12 @@ export interface SessionOptions {
   maxBytes?: number;
   /** Called for each run once its data has arrived (e.g. to start forwarding before the dump ends). */
   onRun?: (memory: { kind: PagemapKind; id: number }, run: ReceivedRun) => void;
+  /**
+   * Keep only the pages of tasks that `have` says the destination lacks, classifying each page as it arrives:
+   * memory stays proportional to what changed, not to the dump (runs then carry `changed`/`unchanged` instead of
+   * data, and `pages` lists only the changed ones). Shared memory is kept whole. Needs `have`.
+   */
+  keepOnlyChanged?: boolean;
 }
 
 /** A stream CRIU (or anyone) sent that precog cannot accept; names the command and the stream offset. */
@@ -269,7 +278,12 @@ export class PageServerSession {
   private current: Current | undefined;
   private readonly memories = new Map<string, Collecting>();
   private readonly order: string[] = [];
-  private data: { run: ReceivedRun; filled: number; iov: PageServerIov; memory: Collecting } | undefined;
+  private data:
+    { run: ReceivedRun; filled: number; iov: PageServerIov; memory: Collecting; len: number } | undefined;
+  /** A page that arrived split over chunks (keepOnlyChanged), and the slab changed pages are copied into. */
+  private readonly split = Buffer.allocUnsafe(PAGE_SIZE);
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
   private dataBytes = 0;
   private last: { name: string; offset: number } | undefined;
   private readonly commands: Record<string, number> = {};
@@ -440,8 +454,14 @@ export class PageServerSession {
         this.dataBytes += len;
         if (this.opts.maxBytes !== undefined && this.dataBytes > this.opts.maxBytes)
           throw fail(`the stream carries more than ${this.opts.maxBytes} bytes of pages (maxBytes)`);
-        run.data = Buffer.allocUnsafe(len);
-        this.data = { run, filled: 0, iov, memory };
+        if (this.opts.keepOnlyChanged && this.opts.have && memory.kind === 'pid') {
+          run.changed = [];
+          run.unchanged = 0;
+          this.data = { run, filled: 0, iov, memory, len };
+        } else {
+          run.data = Buffer.allocUnsafe(len);
+          this.data = { run, filled: 0, iov, memory, len };
+        }
         return undefined;
       }
       case PS_IOV_CLOSE:
@@ -474,7 +494,8 @@ export class PageServerSession {
   /** Copies buffered bytes into the current run's data; true when the run is complete. */
   private fillData(): boolean {
     const d = this.data as NonNullable<typeof this.data>;
-    const data = d.run.data as Buffer;
+    if (!d.run.data) return this.classifyData(d);
+    const data = d.run.data;
     while (d.filled < data.length && this.chunks.length) {
       const c = this.chunks[0];
       const n = Math.min(c.length, data.length - d.filled);
@@ -486,6 +507,48 @@ export class PageServerSession {
     this.data = undefined;
     this.opts.onRun?.({ kind: d.memory.kind, id: d.memory.id }, d.run);
     return true;
+  }
+
+  /** keepOnlyChanged: classifies the run's pages as they arrive, keeping a copy of the changed ones only. */
+  private classifyData(d: NonNullable<typeof this.data>): boolean {
+    const have = this.opts.have as HavePredicate;
+    const { run, memory } = d;
+    while (d.filled < d.len && this.chunks.length) {
+      const within = d.filled % PAGE_SIZE;
+      const c = this.chunks[0];
+      let page: Buffer | undefined;
+      if (within === 0 && c.length >= PAGE_SIZE) {
+        page = c.subarray(0, PAGE_SIZE);
+        d.filled += PAGE_SIZE;
+        this.consume(PAGE_SIZE);
+      } else {
+        const n = Math.min(c.length, PAGE_SIZE - within);
+        c.copy(this.split, within, 0, n);
+        d.filled += n;
+        this.consume(n);
+        if (d.filled % PAGE_SIZE === 0) page = this.split;
+      }
+      if (!page) continue;
+      const vaddr = run.vaddr + BigInt(d.filled - PAGE_SIZE);
+      if (have(memory.id, vaddr, page, memory.kind)) run.unchanged!++;
+      else run.changed!.push({ vaddr, bytes: this.keep(page) });
+    }
+    if (d.filled < d.len) return false;
+    this.data = undefined;
+    this.opts.onRun?.({ kind: memory.kind, id: memory.id }, run);
+    return true;
+  }
+
+  /** A copy of a page, from a slab (one allocation per 256 pages). */
+  private keep(page: Buffer): Buffer {
+    if (this.slabUsed + PAGE_SIZE > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(256 * PAGE_SIZE);
+      this.slabUsed = 0;
+    }
+    const out = this.slab.subarray(this.slabUsed, this.slabUsed + PAGE_SIZE);
+    page.copy(out);
+    this.slabUsed += PAGE_SIZE;
+    return out;
   }
 
   private consume(n: number): void {
@@ -522,10 +585,10 @@ export class PageServerSession {
     if (this.failed) throw this.failed;
     const after = this.last ? `, after ${this.last.name} at offset ${this.last.offset}` : '';
     if (this.data) {
-      const { run, filled, iov } = this.data;
+      const { run, filled, iov, len } = this.data;
       throw new PageServerError(
         `the connection ended inside the data of ${commandName(iov.cmd)} at offset ${run.offset} ` +
-          `(${describeIov(iov)}): ${filled} of ${(run.data as Buffer).length} bytes`,
+          `(${describeIov(iov)}): ${filled} of ${len} bytes`,
         this.offset,
         commandName(iov.cmd),
       );
@@ -589,6 +652,15 @@ function classify(kind: PagemapKind, id: number, runs: ReceivedRun[], have?: Hav
   const changed: ReceivedPage[] = [];
   const counts: PageCounts = { pages: 0, changed: 0, unchanged: 0, absent: 0 };
   for (const run of sorted) {
+    if (run.changed) {
+      // Classified as it arrived (keepOnlyChanged): only the changed pages are here.
+      for (const page of run.changed) {
+        pages.push(page);
+        changed.push(page);
+      }
+      counts.unchanged += run.unchanged ?? 0;
+      continue;
+    }
     if (!run.data) {
       counts.absent += run.nrPages;
       continue;
@@ -603,7 +675,7 @@ function classify(kind: PagemapKind, id: number, runs: ReceivedRun[], have?: Hav
       else changed.push(page);
     }
   }
-  counts.pages = pages.length;
+  counts.pages = pages.length + (sorted.some((r) => r.changed) ? counts.unchanged : 0);
   counts.changed = changed.length;
   return { kind, id, runs: sorted, pages, changed, counts };
 }

@@ -107,7 +107,11 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         tree,
         async () => {
           o.onPhase?.('dump');
-          const server = await PageServer.listen({ host: '127.0.0.1', have: (...a) => mem.holds(...a) });
+          const server = await PageServer.listen({
+            host: '127.0.0.1',
+            have: (...a) => mem.holds(...a),
+            keepOnlyChanged: true,
+          });
           try {
             await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
             frozen = true;

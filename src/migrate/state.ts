@@ -137,9 +137,17 @@ class LayoutIndex {
   }
 
   pageOf(pid: number, vaddr: bigint): number {
+    return this.runAt(pid, vaddr).first;
+  }
+
+  /** The global page of (pid, vaddr) and how many pages follow it contiguously in the same region (-1, 0: none). */
+  runAt(pid: number, vaddr: bigint): { first: number; left: number } {
     for (const r of this.byPid.get(pid) ?? [])
-      if (vaddr >= r.start && vaddr < r.end) return r.first + Number((vaddr - r.start) / BigInt(PAGE_SIZE));
-    return -1;
+      if (vaddr >= r.start && vaddr < r.end) {
+        const k = Number((vaddr - r.start) / BigInt(PAGE_SIZE));
+        return { first: r.first + k, left: Number((r.end - vaddr) / BigInt(PAGE_SIZE)) };
+      }
+    return { first: -1, left: 0 };
   }
 }
 
@@ -172,11 +180,14 @@ export function rebuildCheckpoint(
   untar(sections.get('upper.tar')!, join(outDir, 'upper'));
   writeFileSync(join(outDir, 'state.json'), JSON.stringify(header.container, null, 2) + '\n');
   const pidOf = new Map(header.pids);
-  const extras = new Map<string, Buffer>();
+  // Pages that came with the state, by task and address.
+  const extrasOf = new Map<number, Map<bigint, Buffer>>();
   const extraData = sections.get('extras')!;
-  header.extras.forEach(([id, vaddr], k) =>
-    extras.set(`${id}:${vaddr}`, extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)),
-  );
+  header.extras.forEach(([id, vaddr], k) => {
+    const m = extrasOf.get(id) ?? new Map<bigint, Buffer>();
+    m.set(BigInt(`0x${vaddr}`), extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
+    extrasOf.set(id, m);
+  });
   const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
   let pagesId = 1;
   for (const task of header.tasks) {
@@ -189,29 +200,27 @@ export function rebuildCheckpoint(
         continue;
       }
       out.pages += nrPages;
-      // Split the run where its source changes (store run, or a page from the state): each piece is one run.
+      // Split the run where its source changes (the store's region ends, a page comes with the state): each piece
+      // is one run. Pages from the state are few; most runs are one view of the store.
+      const extraAt = extrasOf.get(task.id);
       let k = 0;
       while (k < nrPages) {
         const at = vaddr + BigInt(k * PAGE_SIZE);
-        const extra = extras.get(`${task.id}:${at.toString(16)}`);
+        const extra = extraAt?.get(at);
         if (extra) {
           runs.push({ vaddr: at, data: extra, flags });
           out.fromState++;
           k++;
           continue;
         }
-        const g = pid === undefined ? -1 : index.pageOf(pid, at);
+        const { first: g, left } = pid === undefined ? { first: -1, left: 0 } : index.runAt(pid, at);
         if (g < 0)
           throw new InputError(
             `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
           );
         let n = 1;
-        while (
-          k + n < nrPages &&
-          !extras.has(`${task.id}:${(at + BigInt(n * PAGE_SIZE)).toString(16)}`) &&
-          index.pageOf(pid!, at + BigInt(n * PAGE_SIZE)) === g + n
-        )
-          n++;
+        const most = Math.min(nrPages - k, left);
+        while (n < most && !extraAt?.has(at + BigInt(n * PAGE_SIZE))) n++;
         runs.push({ vaddr: at, data: store(g, n), flags });
         out.fromStore += n;
         k += n;

@@ -1,0 +1,151 @@
+// The migration state blob and the destination's rebuild of CRIU images from its page store, without CRIU:
+// a synthetic page-server stream, a store holding what live rounds sent, and the pages read back from the images.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { PE_PRESENT, readPages } from '../src/criu/pages.ts';
+import {
+  encodeDstId,
+  encodeIov,
+  PageServerSession,
+  psCmd,
+  PS_IOV_ADD_F,
+  PS_IOV_CLOSE,
+  PS_IOV_OPEN2,
+} from '../src/criu/pageserver.ts';
+import type { Layout } from '../src/engine/types.ts';
+import { decodeState, encodeState, rebuildCheckpoint, STATE_MAGIC } from '../src/migrate/state.ts';
+import { InputError } from '../src/util/errors.ts';
+
+const PAGE = 4096;
+const page = (tag: number) => {
+  const b = Buffer.alloc(PAGE, tag & 0xff);
+  b.writeUInt32LE(tag, 0);
+  return b;
+};
+
+describe('migration state and the destination rebuild', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'precog-state-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('images rebuilt from the store + changed pages + extra pages hold exactly what CRIU dumped', () => {
+    // Task 1 (machine pid 900) has two regions in the live layout: 0x10000 (4 pages) and 0x40000 (2 pages).
+    const layout: Layout = {
+      pageSize: PAGE,
+      pageCount: 6,
+      regions: [
+        { start: '0x10000', pages: 4, pid: 900 },
+        { start: '0x40000', pages: 2, pid: 900 },
+      ],
+    };
+    // What the destination holds from the live rounds: page g has tag 100 + g.
+    const store = Buffer.concat([0, 1, 2, 3, 4, 5].map((g) => page(100 + g)));
+    // The dump: 0x10000..0x13000 (g 0..3; g 2 rewritten to 222), 0x40000 (g 4), and 0x90000 (a new mapping).
+    const dst = encodeDstId('pid', 1);
+    const dumped = new Map<bigint, Buffer>([
+      [0x10000n, page(100)],
+      [0x11000n, page(101)],
+      [0x12000n, page(222)],
+      [0x13000n, page(103)],
+      [0x40000n, page(104)],
+      [0x90000n, page(777)],
+    ]);
+    const stream = Buffer.concat([
+      encodeIov({ cmd: PS_IOV_OPEN2, nrPages: 0, vaddr: 0n, dstId: dst }, 32),
+      encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 4, vaddr: 0x10000n, dstId: dst }, 32),
+      ...[0x10000n, 0x11000n, 0x12000n, 0x13000n].map((v) => dumped.get(v)!),
+      encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: 0x40000n, dstId: dst }, 32),
+      dumped.get(0x40000n)!,
+      encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: 0x90000n, dstId: dst }, 32),
+      dumped.get(0x90000n)!,
+      encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32),
+    ]);
+    const holds = (_id: number, vaddr: bigint, bytes: Buffer) => {
+      const region = vaddr >= 0x40000n ? { start: 0x40000n, first: 4 } : { start: 0x10000n, first: 0 };
+      const g = region.first + Number((vaddr - region.start) / 4096n);
+      return vaddr < 0x90000n && store.subarray(g * PAGE, (g + 1) * PAGE).equals(bytes);
+    };
+    const session = new PageServerSession({ have: holds, keepOnlyChanged: true });
+    session.push(stream);
+    const dump = session.finish();
+    const changed = dump.tasks.get(1)!.changed.map((p) => p.vaddr);
+    assert.deepEqual(changed, [0x12000n, 0x90000n], 'only the rewritten page and the new mapping');
+    // The source sends the rewritten page in place (as the engine's final round would) ...
+    store.set(page(222), 2 * PAGE);
+    // ... and the page of the new mapping with the state.
+    const images = join(dir, 'src-images');
+    const upper = join(dir, 'src-upper');
+    mkdirSync(images);
+    mkdirSync(join(upper, 'data'), { recursive: true });
+    writeFileSync(join(images, 'core-1.img'), 'not really a core image');
+    writeFileSync(join(upper, 'data', 'note.txt'), 'written before\n');
+    const blob = encodeState({
+      container: { name: 'c1' },
+      pids: [[1, 900]],
+      dump,
+      extras: [{ id: 1, vaddr: 0x90000n, bytes: page(777) }],
+      imagesDir: images,
+      upperDir: upper,
+    });
+    assert.equal(blob.toString('latin1', 0, 8), STATE_MAGIC);
+    const out = join(dir, 'rebuilt');
+    const r = rebuildCheckpoint(blob, layout, (g, n) => store.subarray(g * PAGE, (g + n) * PAGE), out);
+    assert.deepEqual(
+      { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
+      {
+        pages: 6,
+        fromStore: 5,
+        fromState: 1,
+      },
+    );
+    const got = new Map<bigint, Buffer>();
+    for (const run of readPages(join(out, 'images'), 1))
+      for (let k = 0; k < run.nrPages; k++)
+        got.set(run.vaddr + BigInt(k * PAGE), run.data!.subarray(k * PAGE, (k + 1) * PAGE));
+    assert.deepEqual([...got.keys()], [...dumped.keys()], 'the same pages as the dump, in address order');
+    for (const [v, bytes] of dumped) assert.ok(got.get(v)!.equals(bytes), `page 0x${v.toString(16)}`);
+    assert.equal(readFileSync(join(out, 'images', 'core-1.img'), 'utf8'), 'not really a core image');
+    assert.equal(readFileSync(join(out, 'upper', 'data', 'note.txt'), 'utf8'), 'written before\n');
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'state.json'), 'utf8')), { name: 'c1' });
+  });
+
+  test('a page neither in the store nor in the state, and malformed blobs, are refused with what is wrong', () => {
+    const empty = mkdtempSync(join(dir, 'e-'));
+    const session = new PageServerSession();
+    const dst = encodeDstId('pid', 5);
+    session.push(
+      Buffer.concat([
+        encodeIov({ cmd: PS_IOV_OPEN2, nrPages: 0, vaddr: 0n, dstId: dst }, 32),
+        encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: 0x5000n, dstId: dst }, 32),
+        page(1),
+        encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32),
+      ]),
+    );
+    const blob = encodeState({
+      container: {},
+      pids: [[5, 77]],
+      dump: session.finish(),
+      extras: [],
+      imagesDir: empty,
+      upperDir: empty,
+    });
+    const layout: Layout = {
+      pageSize: PAGE,
+      pageCount: 1,
+      regions: [{ start: '0x9000', pages: 1, pid: 77 }],
+    };
+    assert.throws(
+      () => rebuildCheckpoint(blob, layout, () => Buffer.alloc(PAGE), join(dir, 'x')),
+      (e: Error) =>
+        e instanceof InputError && /page 0x5000 of task 5 is neither in the page store/.test(e.message),
+    );
+    assert.throws(() => decodeState(Buffer.from('hello')), /not a precog migration state/);
+    const cut = blob.subarray(0, blob.length - 10);
+    assert.throws(() => decodeState(cut), /runs past the end/);
+    const bad = Buffer.from(blob);
+    bad.write('!', 12);
+    assert.throws(() => decodeState(bad), /header is not JSON|schema/);
+  });
+});
