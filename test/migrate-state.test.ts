@@ -1,11 +1,12 @@
 // The migration state blob and the destination's rebuild of CRIU images from its page store, without CRIU:
 // a synthetic page-server stream, a store holding what live rounds sent, and the pages read back from the images.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { PE_PRESENT, readPages } from '../src/criu/pages.ts';
+import { PE_PARENT, PE_PRESENT, pagemapFlags, readPagemap, readPages } from '../src/criu/pages.ts';
+import { ProcessFilesBacking } from '../src/engine/pagestore.ts';
 import {
   encodeDstId,
   encodeIov,
@@ -16,7 +17,15 @@ import {
   PS_IOV_OPEN2,
 } from '../src/criu/pageserver.ts';
 import type { Layout } from '../src/engine/types.ts';
-import { decodeState, encodeState, rebuildCheckpoint, STATE_MAGIC } from '../src/migrate/state.ts';
+import {
+  decodeState,
+  encodeState,
+  PARENT_DIR,
+  rebuildCheckpoint,
+  rebuildOnParent,
+  STATE_MAGIC,
+  type RebuildResult,
+} from '../src/migrate/state.ts';
 import { InputError } from '../src/util/errors.ts';
 
 const PAGE = 4096;
@@ -25,6 +34,23 @@ const page = (tag: number) => {
   b.writeUInt32LE(tag, 0);
   return b;
 };
+
+/** Every page of a task in an image directory, following PE_PARENT entries into its parent (as criu restore does). */
+function pagesWithParent(images: string, id: number): Map<bigint, Buffer> {
+  const parent = existsSync(join(images, 'parent')) ? pagesWithParent(join(images, 'parent'), id) : new Map();
+  const out = new Map<bigint, Buffer>();
+  for (const run of readPages(images, id))
+    for (let k = 0; k < run.nrPages; k++) {
+      const v = run.vaddr + BigInt(k * PAGE);
+      if (run.data) out.set(v, run.data.subarray(k * PAGE, (k + 1) * PAGE));
+      else if (run.flags & PE_PARENT) {
+        const b = parent.get(v) as Buffer | undefined;
+        assert.ok(b, `page 0x${v.toString(16)} is PE_PARENT but not in the parent image`);
+        out.set(v, b);
+      }
+    }
+  return new Map([...out].sort((a, b) => (a[0] < b[0] ? -1 : 1)));
+}
 
 describe('migration state and the destination rebuild', () => {
   const dir = mkdtempSync(join(tmpdir(), 'precog-state-'));
@@ -90,25 +116,42 @@ describe('migration state and the destination rebuild', () => {
       upperDir: upper,
     });
     assert.equal(blob.toString('latin1', 0, 8), STATE_MAGIC);
+    const check = (out: string, r: RebuildResult) => {
+      assert.deepEqual(
+        { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
+        { pages: 6, fromStore: 5, fromState: 1 },
+      );
+      const got = pagesWithParent(join(out, 'images'), 1);
+      assert.deepEqual([...got.keys()], [...dumped.keys()], 'the same pages as the dump, in address order');
+      for (const [v, bytes] of dumped) assert.ok(got.get(v)!.equals(bytes), `page 0x${v.toString(16)}`);
+      assert.equal(readFileSync(join(out, 'images', 'core-1.img'), 'utf8'), 'not really a core image');
+      assert.equal(readFileSync(join(out, 'upper', 'data', 'note.txt'), 'utf8'), 'written before\n');
+      assert.deepEqual(JSON.parse(readFileSync(join(out, 'state.json'), 'utf8')), { name: 'c1' });
+    };
+    // Pages copied out of a store in memory.
     const out = join(dir, 'rebuilt');
-    const r = rebuildCheckpoint(blob, layout, (g, n) => store.subarray(g * PAGE, (g + n) * PAGE), out);
-    assert.deepEqual(
-      { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
-      {
-        pages: 6,
-        fromStore: 5,
-        fromState: 1,
-      },
+    check(
+      out,
+      rebuildCheckpoint(blob, layout, (g, n) => store.subarray(g * PAGE, (g + n) * PAGE), out),
     );
-    const got = new Map<bigint, Buffer>();
-    for (const run of readPages(join(out, 'images'), 1))
-      for (let k = 0; k < run.nrPages; k++)
-        got.set(run.vaddr + BigInt(k * PAGE), run.data!.subarray(k * PAGE, (k + 1) * PAGE));
-    assert.deepEqual([...got.keys()], [...dumped.keys()], 'the same pages as the dump, in address order');
-    for (const [v, bytes] of dumped) assert.ok(got.get(v)!.equals(bytes), `page 0x${v.toString(16)}`);
-    assert.equal(readFileSync(join(out, 'images', 'core-1.img'), 'utf8'), 'not really a core image');
-    assert.equal(readFileSync(join(out, 'upper', 'data', 'note.txt'), 'utf8'), 'written before\n');
-    assert.deepEqual(JSON.parse(readFileSync(join(out, 'state.json'), 'utf8')), { name: 'c1' });
+    // A store kept as one file per process (the agent's, for containers): the files become the parent image.
+    const onParent = join(dir, 'rebuilt-parent');
+    mkdirSync(join(onParent, 'images', PARENT_DIR), { recursive: true });
+    const files = new ProcessFilesBacking(layout, (k) =>
+      join(onParent, 'images', PARENT_DIR, `pages-${k + 1}.img`),
+    );
+    for (let g = 0; g < 6; g++) {
+      store.copy(files.slot(g), 0, g * PAGE, (g + 1) * PAGE);
+      files.settle();
+    }
+    files.close();
+    check(onParent, rebuildOnParent(blob, layout, files.processes, onParent));
+    const child = readPagemap(join(onParent, 'images'), 1).entries;
+    assert.equal(
+      child.filter((e) => pagemapFlags(e) & PE_PARENT).reduce((a, e) => a + e.nr_pages, 0),
+      5,
+      'the five pages of the store are PE_PARENT entries: the commit wrote none of them',
+    );
   });
 
   test('a page neither in the store nor in the state, and malformed blobs, are refused with what is wrong', () => {

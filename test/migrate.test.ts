@@ -2,7 +2,7 @@
 // before the destination runs the container (the source must keep running). Needs root and its own testbed.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { AGENT, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
@@ -366,7 +366,13 @@ describe('live migration of containers with CRIU', { skip }, () => {
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
     await sleep(2000);
     // Agent a: found by its command line among the processes of host a's PID namespace.
-    must(cli('testbed', 'exec', 'a', '--', 'pkill', '-KILL', '-f', 'precog agent'), 'kill agent a');
+    const killed = cli('testbed', 'exec', 'a', '--', 'pkill', '-KILL', '-f', 'precog agent');
+    const agentLog = join(state.hosts[0].dir, 'upper', AGENT.log);
+    assert.equal(
+      killed.code,
+      0,
+      `agent a was not running; its log ends:\n${existsSync(agentLog) ? readFileSync(agentLog, 'utf8').slice(-3000) : '(none)'}`,
+    );
     let r: Ran;
     try {
       r = await m.done;

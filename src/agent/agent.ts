@@ -13,14 +13,20 @@ import { join } from 'node:path';
 import { WallClock } from '../engine/clock.ts';
 import { releaseBuffer, takeBuffer } from '../util/arena.ts';
 import { MigrationDestination } from '../engine/destination.ts';
-import { FileBacking, MemoryBacking, type PageBacking, type PageStore } from '../engine/pagestore.ts';
+import {
+  FileBacking,
+  MemoryBacking,
+  ProcessFilesBacking,
+  type PageBacking,
+  type PageStore,
+} from '../engine/pagestore.ts';
 import type { Layout } from '../engine/types.ts';
 import { encodeFrame, FrameType } from '../transport/frame.ts';
 import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
 import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
-import { rebuildCheckpoint } from '../migrate/state.ts';
+import { PARENT_DIR, rebuildCheckpoint, rebuildOnParent } from '../migrate/state.ts';
 
 export interface AgentOptions {
   listen: Endpoint;
@@ -32,6 +38,13 @@ export interface AgentOptions {
   log: Logger;
   /** A session with no traffic for this long is dropped (and an unfinished migration discarded). 0: never. */
   idleTimeoutMs?: number;
+}
+
+/** The message a source gets for a failure here: a full disk says so, and what to do. */
+function explain(err: NodeJS.ErrnoException, stateDir: string): string {
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+    return `destination out of disk space in ${stateDir} (${err.code}): free space there or give the agent another --state-dir`;
+  return err.message;
 }
 
 /** Sources send frames continuously and wait at most for a restore; 2 minutes of silence means they are gone. */
@@ -117,11 +130,26 @@ export class Agent {
     };
     const dest = new MigrationDestination({
       restoreCost: 0,
-      backing: (layout: Layout, id: string): PageBacking => {
+      backing: (layout: Layout, id: string, hello): PageBacking => {
         log = log.child({ migration: id });
         const bytes = layout.pageCount * layout.pageSize;
         mkdirSync(dirOf(id), { recursive: true, mode: 0o700 });
-        log.info({ pages: layout.pageCount, bytes, spill: bytes > this.o.spillBytes }, 'migration started');
+        log.info(
+          {
+            pages: layout.pageCount,
+            bytes,
+            spill: bytes > this.o.spillBytes,
+            purpose: hello.purpose ?? 'memory',
+          },
+          'migration started',
+        );
+        if (hello.purpose === 'criu-images') {
+          // A container: one file per process, written as pages arrive; at commit they are the parent image of the
+          // final dump as they stand (the commit then writes no page of memory).
+          const parent = join(dirOf(id), COMMITTED_FILES.checkpoint, 'images', PARENT_DIR);
+          mkdirSync(parent, { recursive: true, mode: 0o700 });
+          return new ProcessFilesBacking(layout, (k) => join(parent, `pages-${k + 1}.img`));
+        }
         if (bytes > this.o.spillBytes)
           return new FileBacking(layout, join(dirOf(id), `${COMMITTED_FILES.pages}.part`));
         // Receive buffers are reused across migrations: fresh memory costs a page fault per 4 KiB on first touch.
@@ -133,16 +161,7 @@ export class Agent {
         appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
       },
       commit: (store, id) => {
-        try {
-          persist(store, id);
-        } catch (e) {
-          const err = e as NodeJS.ErrnoException;
-          if (err.code === 'ENOSPC' || err.code === 'EDQUOT')
-            throw new Error(
-              `destination out of disk space: cannot keep migration ${id} in ${dirOf(id)} (${err.code}); free space there or give the agent another --state-dir`,
-            );
-          throw e;
-        }
+        persist(store, id);
       },
       discard: (id) => {
         release();
@@ -159,13 +178,19 @@ export class Agent {
         // go from the store straight into pages-N.img (no copy of the whole store on the way).
         const blob = readFileSync(statePart);
         const t0 = performance.now();
-        const r = rebuildCheckpoint(
-          blob,
-          store.layout,
-          (first, count) => store.backing.readRun(first, count),
-          join(dir, COMMITTED_FILES.checkpoint),
-          `migration ${id}'s state`,
-        );
+        const what = `migration ${id}'s state`;
+        const out = join(dir, COMMITTED_FILES.checkpoint);
+        store.backing.flush();
+        const r =
+          store.backing instanceof ProcessFilesBacking
+            ? rebuildOnParent(blob, store.layout, store.backing.processes, out, what)
+            : rebuildCheckpoint(
+                blob,
+                store.layout,
+                (first, count) => store.backing.readRun(first, count),
+                out,
+                what,
+              );
         store.backing.close();
         rmSync(join(dir, `${COMMITTED_FILES.pages}.part`), { force: true });
         renameSync(statePart, join(dir, COMMITTED_FILES.state));
@@ -187,14 +212,19 @@ export class Agent {
       release();
       log.info({ dir }, 'migration committed');
     };
+    let refused = false;
     socket.on('data', (chunk: Buffer) => {
+      // After a refusal the rest of what the source had in flight is read and dropped: closing with unread data
+      // would reset the connection, and the source might never read why.
+      if (refused) return;
       try {
         for (const frame of reader.push(chunk)) {
           for (const reply of dest.handle(frame, clock.now())) socket.write(reply.frame);
         }
       } catch (e) {
-        const msg = (e as Error).message;
+        const msg = explain(e as NodeJS.ErrnoException, this.o.stateDir);
         log.warn({ reason: msg }, 'session refused');
+        refused = true;
         socket.end(encodeFrame(FrameType.Error, Buffer.from(msg)));
         dest.abandon();
       }
@@ -203,7 +233,7 @@ export class Agent {
     socket.on('close', () => {
       this.sockets.delete(socket);
       if (!dest.committed) dest.abandon();
-      if (reader.pending > 0) log.warn({ bytes: reader.pending }, 'connection closed inside a frame');
+      if (reader.pending > 0 && !refused) log.warn({ bytes: reader.pending }, 'connection closed inside a frame');
       log.info('session closed');
     });
   }

@@ -431,3 +431,28 @@ export function readVmas(dir: string, id: number | bigint): VmaEntry[] {
     throw new InputError(`${file}: at offset 0: expected an MM image with one entry`);
   return (image.entries[0].vmas ?? []) as unknown as VmaEntry[];
 }
+
+/**
+ * Writes only pagemap-<id>.img, for a pages-<pagesId>.img that exists already (a parent image whose pages were
+ * written elsewhere): entries in ascending, disjoint order, their PE_PRESENT pages in that file in the same order.
+ */
+export function writePagemapEntries(
+  dir: string,
+  id: number | bigint,
+  entries: readonly { vaddr: bigint; nrPages: number; flags: number }[],
+  opts: { pagesId: number } & PagemapWriteOptions,
+): string {
+  const runs = entries.map((e) => ({ run: { vaddr: e.vaddr }, nrPages: e.nrPages, flags: e.flags }));
+  for (let i = 1; i < runs.length; i++) {
+    const p = runs[i - 1];
+    if (p.run.vaddr + BigInt(p.nrPages * PAGE_SIZE) > runs[i].run.vaddr)
+      throw new RangeError(
+        `pagemap entries at 0x${p.run.vaddr.toString(16)} and after overlap or are out of order`,
+      );
+  }
+  const file = pagemapFile(dir, id);
+  writeFileSync(file, writeImage('PAGEMAP', pagemapEntries(runs, opts.pagesId, opts.format ?? 'compat')), {
+    mode: 0o600,
+  });
+  return file;
+}

@@ -32,7 +32,7 @@ export interface DestinationEnvironment {
   /** Starts the workload at the destination during post-copy. */
   resume?(store: PageStore, at: number): ResumedWorkload;
   /** Where to keep the pages of a migration (default: a new buffer in memory). */
-  backing?(layout: Layout, migrationId: string): PageBacking;
+  backing?(layout: Layout, migrationId: string, hello: HelloMessage): PageBacking;
   /** Each piece of the source's non-memory state as it arrives (in order), to keep it. */
   state?(chunk: Buffer, migrationId: string): void;
   /** Called when the source commits, after the checks and before the reply (persist, restore...). */
@@ -52,6 +52,7 @@ export class MigrationDestination {
   private readonly env: DestinationEnvironment;
   store: PageStore | null = null;
   migrationId = '';
+  hello: HelloMessage | null = null;
   stateBytes = 0;
   private process: ResumedWorkload | null = null;
   private lastArrival = 0;
@@ -88,6 +89,7 @@ export class MigrationDestination {
           );
         }
         this.migrationId = hello.migrationId;
+        this.hello = hello;
         this.state = 'layout';
         return [{ frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at }];
       }
@@ -96,7 +98,7 @@ export class MigrationDestination {
         const layout = parseJson<Layout>(frame);
         if (!(layout.pageCount > 0) || !(layout.pageSize > 0))
           throw new ProtocolError('LAYOUT frame has no pages');
-        this.store = new PageStore(layout, this.env.backing?.(layout, this.migrationId));
+        this.store = new PageStore(layout, this.env.backing?.(layout, this.migrationId, this.hello!));
         this.state = 'receiving';
         return [];
       }
@@ -185,7 +187,11 @@ export class MigrationDestination {
   /** Drops an unfinished migration: frees the store and lets the host remove what it kept. */
   abandon(): void {
     if (this.handedOver) return;
-    this.store?.backing.close();
+    try {
+      this.store?.backing.close();
+    } catch {
+      // Writing out what was buffered failed (a full disk, say): it is being thrown away anyway.
+    }
     this.store = null;
     if (this.migrationId) this.env.discard?.(this.migrationId);
     this.state = 'done';

@@ -4,6 +4,11 @@ export interface HelloMessage {
   version: number;
   migrationId: string;
   strategy: string;
+  /**
+   * What the destination will make of the pages: 'criu-images' (a container: pages are kept in one file per
+   * process, which becomes the parent image of the final dump at commit). Absent: plain memory.
+   */
+  purpose?: 'criu-images';
 }
 
 export interface RoundEndMessage {

@@ -103,8 +103,11 @@ export class FileBacking implements PageBacking {
   }
 
   close(): void {
-    this.flush();
-    closeSync(this.fd);
+    try {
+      this.flush();
+    } finally {
+      closeSync(this.fd);
+    }
   }
 }
 
@@ -142,5 +145,89 @@ export class PageStore {
 
   missing(): number {
     return this.layout.pageCount - this.present.count();
+  }
+}
+
+/**
+ * Pages of a process tree in one file per process (regions carry `pid`; a process's regions are consecutive in
+ * the layout): file k holds the pages of the k-th process in layout order, so that at commit each file is, as it
+ * stands, the pages image of that process (a CRIU parent image). Files are sparse: pages never written read as 0.
+ */
+export class ProcessFilesBacking implements PageBacking {
+  readonly image = null;
+  /** One entry per process: its pid, first global page, page count, file. */
+  readonly processes: { pid: number; first: number; pages: number; path: string }[] = [];
+  private readonly files: FileBacking[] = [];
+  private readonly firsts: number[] = [];
+
+  constructor(layout: Layout, pathOf: (k: number, pid: number) => string) {
+    let g = 0;
+    for (const r of layout.regions) {
+      const pid = r.pid ?? 0;
+      const last = this.processes[this.processes.length - 1];
+      if (last && last.pid === pid) last.pages += r.pages;
+      else {
+        if (this.processes.some((p) => p.pid === pid))
+          throw new RangeError(`layout: the regions of process ${pid} are not consecutive`);
+        this.processes.push({ pid, first: g, pages: r.pages, path: '' });
+      }
+      g += r.pages;
+    }
+    this.processes.forEach((p, k) => {
+      p.path = pathOf(k, p.pid);
+      this.firsts.push(p.first);
+      this.files.push(
+        new FileBacking({ pageSize: layout.pageSize, pageCount: p.pages, regions: [] }, p.path),
+      );
+    });
+  }
+
+  private at(id: number): number {
+    let lo = 0;
+    let hi = this.firsts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.firsts[mid] <= id) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  slot(id: number): Buffer {
+    const k = this.at(id);
+    this.current = k;
+    return this.files[k].slot(id - this.firsts[k]);
+  }
+
+  private current = 0;
+
+  settle(): void {
+    this.files[this.current].settle();
+  }
+
+  flush(): void {
+    for (const f of this.files) f.flush();
+  }
+
+  read(id: number): Buffer {
+    const k = this.at(id);
+    return this.files[k].read(id - this.firsts[k]);
+  }
+
+  readRun(first: number, count: number): Buffer {
+    const k = this.at(first);
+    return this.files[k].readRun(first - this.firsts[k], count);
+  }
+
+  close(): void {
+    let first: unknown;
+    for (const f of this.files) {
+      try {
+        f.close();
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    if (first) throw first;
   }
 }

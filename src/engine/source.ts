@@ -21,6 +21,8 @@ export interface SourceOptions {
   migrationId?: string;
   /** Called after every round, for progress display. */
   onRound?: (r: RoundRecord) => void;
+  /** Told to the destination in HELLO (see HelloMessage.purpose). */
+  purpose?: HelloMessage['purpose'];
 }
 
 /** Bytes of state per STATE frame (below the frame limit). */
@@ -72,7 +74,12 @@ export class MigrationSource {
     let frozenAt = -1;
     let committed = false;
     try {
-      const hello: HelloMessage = { version: PROTOCOL_VERSION, migrationId, strategy: this.strategy.spec };
+      const hello: HelloMessage = {
+        version: PROTOCOL_VERSION,
+        migrationId,
+        strategy: this.strategy.spec,
+        ...(this.o.purpose ? { purpose: this.o.purpose } : {}),
+      };
       await this.link.request(jsonFrame(FrameType.Hello, hello), FrameType.HelloAck);
       await this.link.send(jsonFrame(FrameType.Layout, this.mem.layout));
       const preparationTime = clock.now() - t0;

@@ -137,6 +137,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           batchBytes: o.batchBytes ?? 1 << 20,
           stateBytes: 0,
           migrationId,
+          purpose: 'criu-images',
           onRound: o.onRound,
           state: () => {
             marks.pagesSent = performance.now();

@@ -1,7 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { encodePagemap, PE_PRESENT, writePagemap, type PageRun } from '../criu/pages.ts';
+import {
+  encodePagemap,
+  PE_PARENT,
+  PE_PRESENT,
+  writePagemap,
+  writePagemapEntries,
+  type PageRun,
+} from '../criu/pages.ts';
 import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
 import type { Layout } from '../engine/types.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
@@ -161,25 +168,13 @@ export interface RebuildResult {
 /** `count` consecutive pages of the page store from global page `first`. */
 export type StoreRuns = (first: number, count: number) => Buffer;
 
-/**
- * Rebuilds a complete checkpoint directory (images/ with pagemap and pages images, upper/, state.json) from a
- * destination's page store and the state blob: every page of CRIU's pagemaps comes from the store, unless the state
- * carries it (pages outside the live layout). Consecutive pages are read as one run (a view, for a store in memory).
- */
-export function rebuildCheckpoint(
-  blob: Buffer,
-  layout: Layout,
-  store: StoreRuns,
-  outDir: string,
-  what = 'state',
-): RebuildResult {
+/** What both rebuilds start from: the state unpacked into outDir (images/, upper/, state.json), and lookups. */
+function unpack(blob: Buffer, layout: Layout, outDir: string, what: string) {
   const { header, sections } = decodeState(blob, what);
-  const index = new LayoutIndex(layout);
   const images = join(outDir, 'images');
   untar(sections.get('images.tar')!, images);
   untar(sections.get('upper.tar')!, join(outDir, 'upper'));
   writeFileSync(join(outDir, 'state.json'), JSON.stringify(header.container, null, 2) + '\n');
-  const pidOf = new Map(header.pids);
   // Pages that came with the state, by task and address.
   const extrasOf = new Map<number, Map<bigint, Buffer>>();
   const extraData = sections.get('extras')!;
@@ -188,47 +183,58 @@ export function rebuildCheckpoint(
     m.set(BigInt(`0x${vaddr}`), extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
     extrasOf.set(id, m);
   });
-  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
-  let pagesId = 1;
-  for (const task of header.tasks) {
-    const pid = pidOf.get(task.id);
-    const runs: PageRun[] = [];
-    for (const [hex, nrPages, flags] of task.runs) {
-      const vaddr = BigInt(`0x${hex}`);
-      if (!(flags & PE_PRESENT)) {
-        runs.push({ vaddr, nrPages, flags });
-        continue;
-      }
-      out.pages += nrPages;
-      // Split the run where its source changes (the store's region ends, a page comes with the state): each piece
-      // is one run. Pages from the state are few; most runs are one view of the store.
-      const extraAt = extrasOf.get(task.id);
-      let k = 0;
-      while (k < nrPages) {
-        const at = vaddr + BigInt(k * PAGE_SIZE);
-        const extra = extraAt?.get(at);
-        if (extra) {
-          runs.push({ vaddr: at, data: extra, flags });
-          out.fromState++;
-          k++;
-          continue;
-        }
-        const { first: g, left } = pid === undefined ? { first: -1, left: 0 } : index.runAt(pid, at);
-        if (g < 0)
-          throw new InputError(
-            `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
-          );
-        let n = 1;
-        const most = Math.min(nrPages - k, left);
-        while (n < most && !extraAt?.has(at + BigInt(n * PAGE_SIZE))) n++;
-        runs.push({ vaddr: at, data: store(g, n), flags });
-        out.fromStore += n;
-        k += n;
-      }
+  return { header, sections, images, index: new LayoutIndex(layout), pidOf: new Map(header.pids), extrasOf };
+}
+
+/**
+ * Splits a PE_PRESENT run of CRIU's pagemap where its source changes: a page that came with the state, or a run of
+ * pages of one region of the store (`fromStore` makes the entry for those).
+ */
+function splitRun(
+  task: number,
+  pid: number | undefined,
+  vaddr: bigint,
+  nrPages: number,
+  ctx: { index: LayoutIndex; extrasOf: Map<number, Map<bigint, Buffer>>; what: string },
+  out: RebuildResult,
+  fromStore: (at: bigint, g: number, n: number) => PageRun,
+): PageRun[] {
+  const runs: PageRun[] = [];
+  const extraAt = ctx.extrasOf.get(task);
+  out.pages += nrPages;
+  let k = 0;
+  while (k < nrPages) {
+    const at = vaddr + BigInt(k * PAGE_SIZE);
+    const extra = extraAt?.get(at);
+    if (extra) {
+      runs.push({ vaddr: at, data: extra, flags: PE_PRESENT });
+      out.fromState++;
+      k++;
+      continue;
     }
-    writePagemap(images, task.id, runs, { pagesId: pagesId++ });
+    const { first: g, left } = pid === undefined ? { first: -1, left: 0 } : ctx.index.runAt(pid, at);
+    if (g < 0)
+      throw new InputError(
+        `${ctx.what}: page 0x${at.toString(16)} of task ${task} is neither in the page store nor in the state`,
+      );
+    let n = 1;
+    const most = Math.min(nrPages - k, left);
+    while (n < most && !extraAt?.has(at + BigInt(n * PAGE_SIZE))) n++;
+    runs.push(fromStore(at, g, n));
+    out.fromStore += n;
+    k += n;
   }
-  const shmemData = sections.get('shmem')!;
+  return runs;
+}
+
+/** Shared anonymous memory comes whole with the state: its pagemaps and pages, numbered from pagesId. */
+function writeShmem(
+  header: StateHeader,
+  shmemData: Buffer,
+  images: string,
+  pagesId: number,
+  out: RebuildResult,
+): void {
   let at = 0;
   for (const seg of header.shmem) {
     const runs: PageRun[] = seg.runs.map(([hex, nrPages, flags]) => {
@@ -243,5 +249,103 @@ export function rebuildCheckpoint(
     writeFileSync(join(images, `pages-${pagesId++}.img`), enc.pages, { mode: 0o600 });
     writeFileSync(join(images, `pagemap-shmem-${seg.id}.img`), enc.pagemap, { mode: 0o600 });
   }
+}
+
+/**
+ * Rebuilds a complete checkpoint directory (images/ with pagemap and pages images, upper/, state.json) from a
+ * destination's page store and the state blob: every page of CRIU's pagemaps comes from the store, unless the state
+ * carries it (pages outside the live layout). Consecutive pages are read as one run (a view, for a store in memory).
+ */
+export function rebuildCheckpoint(
+  blob: Buffer,
+  layout: Layout,
+  store: StoreRuns,
+  outDir: string,
+  what = 'state',
+): RebuildResult {
+  const u = unpack(blob, layout, outDir, what);
+  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
+  let pagesId = 1;
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const runs: PageRun[] = [];
+    for (const [hex, nrPages, flags] of task.runs) {
+      const vaddr = BigInt(`0x${hex}`);
+      if (!(flags & PE_PRESENT)) runs.push({ vaddr, nrPages, flags });
+      else
+        runs.push(
+          ...splitRun(task.id, pid, vaddr, nrPages, { ...u, what }, out, (at, g, n) => ({
+            vaddr: at,
+            data: store(g, n),
+            flags,
+          })),
+        );
+    }
+    writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
+  }
+  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  return out;
+}
+
+/** Name of the parent image directory inside images/, and CRIU's link to it. */
+export const PARENT_DIR = 'parent.d';
+const PARENT_LINK = 'parent';
+
+/**
+ * Like rebuildCheckpoint, for a page store kept in one file per process (ProcessFilesBacking) whose files already
+ * are `images/parent.d/pages-<k+1>.img`: they become a CRIU parent image (a pagemap per process covering its live
+ * layout), and the final images point into it with PE_PARENT entries. Only pages outside the layout are written:
+ * the commit costs what the state costs, not what the memory does.
+ */
+export function rebuildOnParent(
+  blob: Buffer,
+  layout: Layout,
+  processes: readonly { pid: number }[],
+  outDir: string,
+  what = 'state',
+): RebuildResult {
+  const parent = join(outDir, 'images', PARENT_DIR);
+  mkdirSync(parent, { recursive: true });
+  const u = unpack(blob, layout, outDir, what);
+  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
+  // The parent: each process's regions, in layout order, are its pages file as it stands.
+  const regionsOf = new Map<number, { vaddr: bigint; nrPages: number; flags: number }[]>();
+  for (const r of layout.regions) {
+    const list = regionsOf.get(r.pid ?? 0) ?? [];
+    list.push({ vaddr: BigInt(`0x${r.start.replace(/^0x/, '')}`), nrPages: r.pages, flags: PE_PRESENT });
+    regionsOf.set(r.pid ?? 0, list);
+  }
+  let emptyPages = 0;
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const k = pid === undefined ? -1 : processes.findIndex((p) => p.pid === pid);
+    if (k >= 0) writePagemapEntries(parent, task.id, regionsOf.get(pid!)!, { pagesId: k + 1 });
+    else {
+      // A process the live rounds did not know: all its pages come with the state. An empty parent pagemap.
+      emptyPages ||= processes.length + 1;
+      writeFileSync(join(parent, `pages-${emptyPages}.img`), '');
+      writePagemapEntries(parent, task.id, [], { pagesId: emptyPages });
+    }
+  }
+  symlinkSync(PARENT_DIR, join(u.images, PARENT_LINK));
+  let pagesId = 1;
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const runs: PageRun[] = [];
+    for (const [hex, nrPages, flags] of task.runs) {
+      const vaddr = BigInt(`0x${hex}`);
+      if (!(flags & PE_PRESENT)) runs.push({ vaddr, nrPages, flags });
+      else
+        runs.push(
+          ...splitRun(task.id, pid, vaddr, nrPages, { ...u, what }, out, (at, _g, n) => ({
+            vaddr: at,
+            nrPages: n,
+            flags: PE_PARENT,
+          })),
+        );
+    }
+    writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
+  }
+  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
   return out;
 }

@@ -96,7 +96,11 @@ export class SocketLink implements Link {
   }
 
   private fail(e: Error): void {
-    this.failure ??= e;
+    // The destination's own words, when it said why before the connection broke.
+    const said = this.inbox.find((f) => f.readUInt8(5) === FrameType.Error);
+    this.failure ??= said
+      ? new ProtocolError(`the destination refused: ${decodeFrame(said).payload.toString('utf8')}`)
+      : e;
     this.wake();
   }
 
