@@ -233,7 +233,8 @@ export class Agent {
     socket.on('close', () => {
       this.sockets.delete(socket);
       if (!dest.committed) dest.abandon();
-      if (reader.pending > 0 && !refused) log.warn({ bytes: reader.pending }, 'connection closed inside a frame');
+      if (reader.pending > 0 && !refused)
+        log.warn({ bytes: reader.pending }, 'connection closed inside a frame');
       log.info('session closed');
     });
   }
