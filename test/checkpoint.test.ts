@@ -9,28 +9,12 @@ import { after, before, describe, test } from 'node:test';
 import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
 import { readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
 import { must, precog, type Ran } from './support/cli.ts';
+import { ps, find, inContainer } from './support/containers.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function ps(): ContainerInfo[] {
-  return JSON.parse(must(cli('ps', '--json'), 'ps').stdout) as ContainerInfo[];
-}
-
-function find(name: string): ContainerInfo | undefined {
-  return ps().find((c) => c.name === name);
-}
-
-/** Runs a shell command inside a container's mount namespace (from this machine). */
-function inContainer(c: ContainerInfo, script: string): string {
-  const r = spawnSync('nsenter', ['-t', String(c.machinePid!.pid), '-m', '--', '/bin/sh', '-c', script], {
-    encoding: 'utf8',
-  });
-  assert.equal(r.status, 0, `in container ${c.name}: ${script}: ${r.stderr}`);
-  return r.stdout;
-}
 
 const counterOf = (c: ContainerInfo) => Number(inContainer(c, 'cat /var/lib/counter/value').trim());
 

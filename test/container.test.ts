@@ -7,16 +7,13 @@ import { after, before, describe, test } from 'node:test';
 import { CONTAINERS_DIR, validateName, type ContainerInfo } from '../src/runtime/container.ts';
 import { testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
+import { ps } from './support/containers.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { UsageError } from '../src/util/errors.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function ps(): ContainerInfo[] {
-  return JSON.parse(must(cli('ps', '--json'), 'ps').stdout) as ContainerInfo[];
-}
 
 describe('container names', () => {
   test('valid and invalid names', () => {

@@ -6,26 +6,13 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { AGENT, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
-import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
+import { CONTAINERS_DIR } from '../src/runtime/container.ts';
 import { must, precog, precogAsync, type Ran } from './support/cli.ts';
+import { ps, find, inContainer } from './support/containers.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function ps(): ContainerInfo[] {
-  return JSON.parse(must(cli('ps', '--json'), 'ps').stdout) as ContainerInfo[];
-}
-const find = (name: string) => ps().find((c) => c.name === name);
-
-/** A file inside a running container, read through its mount namespace. */
-function inContainer(c: ContainerInfo, script: string): string {
-  const r = spawnSync('nsenter', ['-t', String(c.machinePid!.pid), '-m', '--', '/bin/sh', '-c', script], {
-    encoding: 'utf8',
-  });
-  assert.equal(r.status, 0, `in container ${c.name}: ${script}: ${r.stderr}`);
-  return r.stdout;
-}
 
 /** memcheck's status: "ok <checks> <rewrites> <pages>" or "CORRUPT ...". */
 function memcheck(name: string): { ok: boolean; checks: number; rewrites: number; line: string } {

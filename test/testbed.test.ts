@@ -159,8 +159,16 @@ describe('testbed as root', { skip }, () => {
         ['b', '10.213.77.2/24', true, true],
       ],
     );
+    // The probe namespace, with its own links to a and b (src/runtime/probe.ts), is part of the testbed.
+    assert.deepEqual(j.probe, {
+      netns: 'precog-probe',
+      netnsExists: true,
+      addresses: { a: '10.213.78.1', b: '10.213.79.2' },
+    });
+    assert.deepEqual(j.leftovers, []);
     const text = must(cli(['status']), 'status').stdout;
     assert.match(text, /^testbed: up/);
+    assert.match(text, /^probe: +netns precog-probe; reaches a at 10\.213\.78\.1, b at 10\.213\.79\.2$/m);
     assert.match(text, /^a +a +10\.213\.77\.1\/24 \(eth0\) +precog-a +\d+ +yes$/m);
     assert.match(text, /^b +b +10\.213\.77\.2\/24 \(eth0\) +precog-b +\d+ +yes$/m);
   });
@@ -272,6 +280,7 @@ describe('testbed as root', { skip }, () => {
   test('down removes every namespace, link, mount, cgroup, directory and process', () => {
     const r = must(cli(['down']), 'down');
     assert.match(r.stdout, /netns precog-a/);
+    assert.match(r.stdout, /netns precog-probe/);
     assert.deepEqual(leftovers(pids), []);
     assert.equal(JSON.parse(must(cli(['status', '--json']), 'status').stdout).state, 'down');
     assert.match(must(cli(['down']), 'down twice').stdout, /nothing was running/);

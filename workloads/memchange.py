@@ -2,21 +2,58 @@
 """precog memchange: keeps SIZE MiB of anonymous memory and rewrites it at RATE MB/s (the dirty-rate workload).
 
     memchange.py --size MIB [--rate MBPS] [--pattern sequential|random|hotspot] [--hot-fraction 0.1]
-                 [--hot-share 0.9] [--seed N] [--status FILE]
+                 [--hot-share 0.9] [--seed N] [--status FILE] [--probe-port 7001]
 
 Every page of the buffer is written once at start (so it is resident), then pages are rewritten in 4 KiB steps:
 sequential walks the buffer in order and wraps; random picks pages uniformly; hotspot sends --hot-share of the writes
-to the first --hot-fraction of the pages. The rate is kept by sleeping between batches of 1 ms worth of pages. Each
+to the first --hot-fraction of the pages. The rate is kept by waiting between batches of 1 ms worth of pages. Each
 write changes 8 bytes of the page (a counter), so every rewrite really changes the page's content. One thread:
-CRIU-friendly. Prints progress every 5 s and writes a one-line status to --status (default /run/memchange.status
-when /run exists) every second: "<pages written> <elapsed seconds> <MB/s>".
+CRIU-friendly. Prints progress every 5 s and writes a one-line status to --status (default /tmp/memchange.status)
+every second: "<pages written> <elapsed seconds> <MB/s>".
+
+Every UDP datagram to --probe-port (0.0.0.0, default 7001; 0: no socket) is answered with "<pages written>\n", the
+downtime probe's question (src/runtime/probe.ts). The waits between batches are select() on that socket, and the
+socket is also polled after every batch (and during the first touch), so replies leave within about a millisecond
+even at high rates; every queued datagram is answered.
 """
 import argparse
 import mmap
 import random
+import select
+import socket
 import struct
 import sys
 import time
+
+
+def open_probe(port: int):
+    """A non-blocking UDP socket on 0.0.0.0:port, or None for port 0."""
+    if port <= 0:
+        return None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.setblocking(False)
+    return sock
+
+
+def answer(sock, value: int) -> None:
+    """Answers every datagram queued on the probe socket with the current value."""
+    if sock is None:
+        return
+    reply = f"{value}\n".encode()
+    while True:
+        try:
+            _, addr = sock.recvfrom(512)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # e.g. ECONNREFUSED queued by an ICMP error: nothing to answer, keep draining
+            continue
+        try:
+            sock.sendto(reply, addr)
+        except OSError:
+            pass
 
 PAGE = 4096
 
@@ -30,14 +67,18 @@ def main() -> None:
     ap.add_argument("--hot-share", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--status", default="/tmp/memchange.status")
+    ap.add_argument("--probe-port", type=int, default=7001, help="UDP port answered with the pages written (0: none)")
     args = ap.parse_args()
+    probe = open_probe(args.probe_port)
     pages = max(1, int(args.size * 1024 * 1024) // PAGE)
     buf = mmap.mmap(-1, pages * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     pack = struct.Struct("<Q").pack_into
     for p in range(pages):
         pack(buf, p * PAGE, p + 1)
+        if p & 1023 == 0:
+            answer(probe, 0)
     print(f"memchange: {pages} pages ({args.size:g} MiB) resident, rewriting at {args.rate:g} MB/s, "
-          f"pattern {args.pattern}", flush=True)
+          f"pattern {args.pattern}{f', answering UDP {args.probe_port}' if probe else ''}", flush=True)
     rng = random.Random(args.seed)
     hot = max(1, int(pages * args.hot_fraction))
     pages_per_s = args.rate * 1e6 / PAGE if args.rate > 0 else float("inf")
@@ -46,6 +87,7 @@ def main() -> None:
     cursor = 0
     tag = 1
     start = time.monotonic()
+    pace_start, pace_written = start, 0
     last_status = start
     last_print = start
     while True:
@@ -62,11 +104,21 @@ def main() -> None:
                 p = rng.randrange(hot) if rng.random() < args.hot_share else rng.randrange(pages)
             pack(buf, p * PAGE + 8, written)
             written += 1
+        answer(probe, written)
         now = time.monotonic()
         if pages_per_s != float("inf"):
-            due = start + written / pages_per_s
-            if due > now:
-                time.sleep(due - now)
+            due = pace_start + (written - pace_written) / pages_per_s
+            if now - due > 1.0:
+                # More than a second behind: the process was paused (frozen, checkpointed, migrated). Keep the set
+                # rate from now on instead of catching up in a burst.
+                pace_start, pace_written, due = now, written, now
+            while due > now:
+                if probe is None:
+                    time.sleep(due - now)
+                else:
+                    ready, _, _ = select.select([probe], [], [], due - now)
+                    if ready:
+                        answer(probe, written)
                 now = time.monotonic()
         if now - last_status >= 1.0:
             last_status = now

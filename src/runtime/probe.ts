@@ -16,6 +16,10 @@
  *
  * Times are milliseconds on the wall clock with sub-millisecond resolution (performance.timeOrigin +
  * performance.now(), in the probe process), comparable with probeNow() in this process.
+ *
+ * The answers come through a pipe that this process must keep reading: while a probe runs, keep the event loop free
+ * (spawn, not spawnSync, for long commands), or the probe process blocks on its output and stops asking, which
+ * would read as downtime.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
