@@ -5,6 +5,7 @@
  *   npm run results -- --quick   # 1 seed, 256 MiB and 512 MiB only: a smoke run
  */
 import { writeFileSync } from 'node:fs';
+import { keptSection, LIVE_SECTION } from './sections.ts';
 import os from 'node:os';
 import { runExperiment, type Experiment } from '../src/sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../src/sim/run.ts';
@@ -74,5 +75,6 @@ deterministic).
 
 ${summaryTable(replay.summary, 'markdown')}`;
 
-writeFileSync(out, doc);
+// The live-migration section comes from `npm run bench:live -- --results docs/results.md` (test hosts, root): kept.
+writeFileSync(out, doc + '\n' + keptSection(out, LIVE_SECTION));
 console.log(`wrote ${out} (${runs.length} runs, ${wall.toFixed(0)} s)`);

@@ -165,15 +165,26 @@ export class Agent {
       },
       discard: (id) => {
         release();
-        rmSync(dirOf(id), { recursive: true, force: true });
-        log.info('migration abandoned; its pages were removed');
+        try {
+          rmSync(dirOf(id), { recursive: true, force: true });
+          log.info('migration abandoned; its pages were removed');
+        } catch (e) {
+          log.warn(
+            { dir: dirOf(id), reason: (e as Error).message },
+            'migration abandoned; could not remove its files',
+          );
+        }
       },
     });
     const persist = (store: PageStore, id: string): void => {
       const dir = dirOf(id);
       const statePart = join(dir, `${COMMITTED_FILES.state}.part`);
       writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
-      if (existsSync(statePart)) {
+      if (dest.hello?.purpose !== 'criu-images' && existsSync(statePart))
+        renameSync(statePart, join(dir, COMMITTED_FILES.state));
+      if (dest.hello?.purpose === 'criu-images') {
+        if (!existsSync(statePart))
+          throw new Error(`migration ${id} of a container committed without its state (CRIU images, layer)`);
         // A container: the state says how to lay the pages out as CRIU images, ready for criu restore. The pages
         // go from the store straight into pages-N.img (no copy of the whole store on the way).
         const blob = readFileSync(statePart);

@@ -58,6 +58,7 @@ export class MigrationDestination {
   private lastArrival = 0;
   private resumedAt = 0;
   private handedOver = false;
+  private abandoned = false;
 
   constructor(env: DestinationEnvironment) {
     this.env = env;
@@ -186,7 +187,8 @@ export class MigrationDestination {
 
   /** Drops an unfinished migration: frees the store and lets the host remove what it kept. */
   abandon(): void {
-    if (this.handedOver) return;
+    if (this.handedOver || this.abandoned) return;
+    this.abandoned = true;
     try {
       this.store?.backing.close();
     } catch {

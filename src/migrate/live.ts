@@ -197,8 +197,9 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       pid: moved.info.pid,
     };
   } finally {
-    // The destination's committed copy was consumed by the restore (or is useless after a failure).
-    await removeTree(commitDir).catch(() => {});
+    // A committed copy was consumed by the restore (or is useless after a failed one): the agent is done with it.
+    // An uncommitted one is the agent's to discard (its session may still be open: not touched from here).
+    if (existsSync(join(commitDir, COMMITTED_FILES.done))) await removeTree(commitDir).catch(() => {});
     if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
   }
 }

@@ -1,0 +1,31 @@
+// Sections of a generated document that another script owns, between HTML comment markers: docs/results.md is
+// written by scripts/results.ts (emulator) except its live-migration section, written by scripts/bench-live.ts.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+
+export const LIVE_SECTION = 'bench:live';
+
+const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;
+
+/** The section as it stands in FILE, markers included ('' when absent). */
+export function keptSection(file: string, name: string): string {
+  if (!existsSync(file)) return '';
+  const text = readFileSync(file, 'utf8');
+  const [begin, end] = markers(name);
+  const i = text.indexOf(begin);
+  const j = text.indexOf(end);
+  return i >= 0 && j > i ? text.slice(i, j + end.length) + '\n' : '';
+}
+
+/** Replaces the section's body in FILE (appended at the end when the file has no such section). */
+export function replaceSection(file: string, name: string, body: string): void {
+  const [begin, end] = markers(name);
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const block = `${begin}\n${body.trim()}\n${end}`;
+  const i = text.indexOf(begin);
+  const j = text.indexOf(end);
+  const next =
+    i >= 0 && j > i
+      ? text.slice(0, i) + block + text.slice(j + end.length)
+      : `${text.trimEnd()}\n\n${block}\n`;
+  writeFileSync(file, next);
+}
