@@ -78,6 +78,16 @@ function agentLeftovers(state: TestbedState, host: string): string[] {
   return existsSync(dir) ? readdirSync(dir) : [];
 }
 
+/** Host b's side of the link at 40 Mbit/s (a 64 MiB migration takes about 15 s); undone by fastLinkFromB. */
+function slowLinkFromB(): void {
+  const tbf = ['tbf', 'rate', '40mbit', 'burst', '32kbit', 'latency', '50ms'];
+  must(cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'replace', 'dev', 'eth0', 'root', ...tbf), 'tc');
+}
+
+function fastLinkFromB(): void {
+  cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+}
+
 function hostsOf(name: string, state: TestbedState): string[] {
   return state.hosts.filter((h) => existsSync(join(h.dir, 'upper', CONTAINERS_DIR, name))).map((h) => h.name);
 }
@@ -282,28 +292,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
 
   test('a cut link: the migration gives up after --link-timeout, the source goes on', async () => {
     // Slow the link so that the migration is still running when the link goes down.
-    must(
-      cli(
-        'testbed',
-        'exec',
-        'b',
-        '--',
-        'tc',
-        'qdisc',
-        'replace',
-        'dev',
-        'eth0',
-        'root',
-        'tbf',
-        'rate',
-        '40mbit',
-        'burst',
-        '32kbit',
-        'latency',
-        '50ms',
-      ),
-      'tc',
-    );
+    slowLinkFromB();
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a', '--link-timeout', '3s']);
     await sleep(2500);
@@ -313,7 +302,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
       r = await m.done;
     } finally {
       must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'up'), 'link up');
-      cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+      fastLinkFromB();
     }
     assert.equal(r.code, 1, r.stderr + r.stdout);
     assert.match(r.stderr, /no traffic on the link/);
@@ -327,28 +316,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
   });
 
   test('the destination agent dies mid-migration: the source goes on', async () => {
-    must(
-      cli(
-        'testbed',
-        'exec',
-        'b',
-        '--',
-        'tc',
-        'qdisc',
-        'replace',
-        'dev',
-        'eth0',
-        'root',
-        'tbf',
-        'rate',
-        '40mbit',
-        'burst',
-        '32kbit',
-        'latency',
-        '50ms',
-      ),
-      'tc',
-    );
+    slowLinkFromB();
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
     await sleep(2000);
@@ -364,7 +332,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     try {
       r = await m.done;
     } finally {
-      cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+      fastLinkFromB();
     }
     assert.equal(r.code, 1, r.stderr + r.stdout);
     assert.match(r.stderr, /source keeps running/);

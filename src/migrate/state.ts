@@ -227,6 +227,35 @@ function splitRun(
   return runs;
 }
 
+/**
+ * Writes every task's pagemap (and pages) from CRIU's runs, `fromStore` making the entry for each run of pages the
+ * store holds; then the shared memory.
+ */
+function writeTasks(
+  u: ReturnType<typeof unpack>,
+  what: string,
+  out: RebuildResult,
+  fromStore: (at: bigint, g: number, n: number, flags: number) => PageRun,
+): void {
+  let pagesId = 1;
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const runs: PageRun[] = [];
+    for (const [hex, nrPages, flags] of task.runs) {
+      const vaddr = BigInt(`0x${hex}`);
+      if (!(flags & PE_PRESENT)) runs.push({ vaddr, nrPages, flags });
+      else
+        runs.push(
+          ...splitRun(task.id, pid, vaddr, nrPages, { ...u, what }, out, (at, g, n) =>
+            fromStore(at, g, n, flags),
+          ),
+        );
+    }
+    writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
+  }
+  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+}
+
 /** Shared anonymous memory comes whole with the state: its pagemaps and pages, numbered from pagesId. */
 function writeShmem(
   header: StateHeader,
@@ -265,25 +294,7 @@ export function rebuildCheckpoint(
 ): RebuildResult {
   const u = unpack(blob, layout, outDir, what);
   const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
-  let pagesId = 1;
-  for (const task of u.header.tasks) {
-    const pid = u.pidOf.get(task.id);
-    const runs: PageRun[] = [];
-    for (const [hex, nrPages, flags] of task.runs) {
-      const vaddr = BigInt(`0x${hex}`);
-      if (!(flags & PE_PRESENT)) runs.push({ vaddr, nrPages, flags });
-      else
-        runs.push(
-          ...splitRun(task.id, pid, vaddr, nrPages, { ...u, what }, out, (at, g, n) => ({
-            vaddr: at,
-            data: store(g, n),
-            flags,
-          })),
-        );
-    }
-    writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
-  }
-  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  writeTasks(u, what, out, (at, g, n, flags) => ({ vaddr: at, data: store(g, n), flags }));
   return out;
 }
 
@@ -328,24 +339,6 @@ export function rebuildOnParent(
     }
   }
   symlinkSync(PARENT_DIR, join(u.images, PARENT_LINK));
-  let pagesId = 1;
-  for (const task of u.header.tasks) {
-    const pid = u.pidOf.get(task.id);
-    const runs: PageRun[] = [];
-    for (const [hex, nrPages, flags] of task.runs) {
-      const vaddr = BigInt(`0x${hex}`);
-      if (!(flags & PE_PRESENT)) runs.push({ vaddr, nrPages, flags });
-      else
-        runs.push(
-          ...splitRun(task.id, pid, vaddr, nrPages, { ...u, what }, out, (at, _g, n) => ({
-            vaddr: at,
-            nrPages: n,
-            flags: PE_PARENT,
-          })),
-        );
-    }
-    writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
-  }
-  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  writeTasks(u, what, out, (at, _g, n) => ({ vaddr: at, nrPages: n, flags: PE_PARENT }));
   return out;
 }
