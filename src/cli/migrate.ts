@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { CODEC_NAMES } from '../codec/index.ts';
 import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
-import { parseStrategy } from '../policy/index.ts';
+import { parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
 import { defaultRuntime } from '../runtime/container.ts';
 import { parseHost } from '../runtime/testbed.ts';
@@ -64,13 +64,21 @@ class Progress {
     process.stderr.write(`\r\x1b[2K[${s}s] ${text}`);
   }
 
+  private plan = '';
+
+  /** The strategy's word before each round: shown with the next round's progress. */
+  decision(d: Decision, round: number): void {
+    this.plan = d.stop ? `stopping: ${d.reason}` : `round ${round}: ${d.reason}`;
+    this.show(this.plan);
+  }
+
   round(r: RoundRecord): void {
     this.sent += r.bytes;
     const rate = r.duration > 0 ? r.bytes / r.duration : 0;
     const dirty = r.dirtyPages === null ? '' : `, ${formatBytes(r.dirtyPages * 4096)} rewritten meanwhile`;
     this.show(
       `round ${r.round}: ${formatBytes(r.pagesSent * 4096)} sent at ${formatBytes(rate)}/s` +
-        `${dirty}; ${formatBytes(this.sent)} on the link so far`,
+        `${dirty}; ${formatBytes(this.sent)} on the link so far (${this.plan})`,
     );
   }
 
@@ -156,6 +164,7 @@ export function migrateCommand(): Command {
           linkTimeoutMs,
           workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
           onRound: (rec) => progress.round(rec),
+          onDecision: (d, round) => progress.decision(d, round),
           onPhase: (p) => progress.phase(p),
         });
         progress.end();

@@ -21,6 +21,8 @@ export interface SourceOptions {
   migrationId?: string;
   /** Called after every round, for progress display. */
   onRound?: (r: RoundRecord) => void;
+  /** Called with the strategy's decision before each round (why it goes on, or stops), for progress display. */
+  onDecision?: (d: Decision, round: number) => void;
   /** Told to the destination in HELLO (see HelloMessage.purpose). */
   purpose?: HelloMessage['purpose'];
 }
@@ -100,6 +102,7 @@ export class MigrationSource {
           bytesSent: this.link.bytesSent,
           linkRate: liveTime > 0 ? liveBytes / liveTime : 0,
         });
+        this.o.onDecision?.(decision, history.length + 1);
         if (decision.stop) break;
         const round = history.length + 1;
         const ids = pending.toArray();

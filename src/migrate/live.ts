@@ -6,7 +6,7 @@ import { codecChain } from '../codec/index.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
-import type { Strategy } from '../policy/index.ts';
+import type { Decision, Strategy } from '../policy/index.ts';
 import type { RoundRecord, RunMetrics } from '../report/metrics.ts';
 import { AGENT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
 import { NamespaceRuntime, type ContainerInfo } from '../runtime/container.ts';
@@ -29,6 +29,8 @@ export interface LiveMigrationOptions {
   /** A link carrying nothing for this long has failed (ms). */
   linkTimeoutMs?: number;
   onRound?: (r: RoundRecord) => void;
+  /** The strategy's decision before each round: why it goes on (e.g. its predicted rounds) or stops. */
+  onDecision?: (d: Decision, round: number) => void;
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
 }
@@ -139,6 +141,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           migrationId,
           purpose: 'criu-images',
           onRound: o.onRound,
+          onDecision: o.onDecision,
           state: () => {
             marks.pagesSent = performance.now();
             const pids: [number, number][] = [];
