@@ -315,6 +315,29 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.deepEqual(agentLeftovers(state, 'a'), []);
   });
 
+  test('SIGTERM to precog migrate mid-migration: it stops, the source goes on, the destination keeps nothing', async () => {
+    slowLinkFromB();
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
+    await sleep(2000);
+    process.kill(m.pid, 'SIGTERM');
+    let r: Ran;
+    try {
+      r = await m.done;
+    } finally {
+      fastLinkFromB();
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /SIGTERM: stopping the migration/);
+    assert.match(r.stderr, /source keeps running/);
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(find('mc')!.host, 'b');
+    assert.equal(find('mc')!.status, 'running');
+    for (let i = 0; i < 50 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
+    assert.deepEqual(agentLeftovers(state, 'a'), []);
+  });
+
   test('the destination agent dies mid-migration: the source goes on', async () => {
     slowLinkFromB();
     const before = memcheck('mc');

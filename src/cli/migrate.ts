@@ -153,6 +153,17 @@ export function migrateCommand(): Command {
         return;
       }
       const progress = new Progress(f.progress !== false && !f.json && process.stderr.isTTY === true);
+      // Ctrl-C or SIGTERM: give up cleanly (the source thaws) instead of dying with the container frozen.
+      const interrupt = new AbortController();
+      const onSignal = (sig: NodeJS.Signals) => {
+        if (interrupt.signal.aborted) return;
+        process.stderr.write(
+          `\nprecog: ${sig}: stopping the migration; the source keeps running unless the restore has begun\n`,
+        );
+        interrupt.abort(sig);
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
       try {
         const r = await migrateLive({
           name,
@@ -165,6 +176,7 @@ export function migrateCommand(): Command {
           workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
           onRound: (rec) => progress.round(rec),
           onDecision: (d, round) => progress.decision(d, round),
+          signal: interrupt.signal,
           onPhase: (p) => progress.phase(p),
         });
         progress.end();
@@ -175,6 +187,9 @@ export function migrateCommand(): Command {
       } catch (err) {
         progress.end();
         throw err;
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
       }
     });
 }

@@ -28,6 +28,11 @@ export interface LiveMigrationOptions {
   workDir: string;
   /** A link carrying nothing for this long has failed (ms). */
   linkTimeoutMs?: number;
+  /**
+   * Aborts the migration while the destination has not committed (the source thaws and runs on); after the commit
+   * the restore is allowed to finish (the source is no longer the one that matters).
+   */
+  signal?: AbortSignal;
   onRound?: (r: RoundRecord) => void;
   /** The strategy's decision before each round: why it goes on (e.g. its predicted rounds) or stops. */
   onDecision?: (d: Decision, round: number) => void;
@@ -133,6 +138,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
         idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
       });
+      // Interrupted before the destination committed: the link breaks, the engine gives up, the source thaws.
+      const onAbort = () => link.abort(new Error(`interrupted (${String(o.signal?.reason ?? 'signal')})`));
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      if (o.signal?.aborted) onAbort();
       try {
         const metrics = await new MigrationSource(mem, link, o.strategy, {
           codec: codecChain(o.codec ?? 'zero'),
@@ -180,6 +189,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           metrics,
         };
       } finally {
+        o.signal?.removeEventListener('abort', onAbort);
         link.close();
         mem.close();
       }

@@ -161,6 +161,13 @@ export class SocketLink implements Link {
   close(): void {
     this.socket.end();
   }
+
+  /** Breaks the connection now: whatever waits on the link fails with `reason`. */
+  abort(reason: Error): void {
+    this.failure ??= reason;
+    this.socket.destroy();
+    this.wake();
+  }
 }
 
 /** Connects to an agent with mutual TLS; the agent's certificate must carry `serverName`. */
