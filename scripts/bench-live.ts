@@ -29,7 +29,7 @@
  * Python thread (it rewrote ~6 M pages/s unthrottled, 50 MB/s is 12 k pages/s).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { median } from '../src/report/metrics.ts';
@@ -55,6 +55,7 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     results: { type: 'string' },
+    'from-json': { type: 'string' },
     json: { type: 'string' },
     interval: { type: 'string', default: '2' },
     settle: { type: 'string', default: '3' },
@@ -76,6 +77,8 @@ if (flags.help) {
   --quick                64 MiB, 5 MB/s, 1gbit, 1 run (flags given explicitly still win)
   --out FILE             also write the markdown report to FILE
   --json FILE            write every run (live and emulated) as JSON
+  --results FILE         rewrite the live-migration section of FILE (docs/results.md) with the report
+  --from-json FILE       no live runs: the report from the runs a --json FILE saved (e.g. of an interrupted run)
   --interval MS          probe interval (default 2)
   --settle S             seconds between starting memchange and migrating (default 3)
   --probe-port P         memchange's UDP probe port (default 7001)
@@ -368,42 +371,46 @@ console.log(
     `strategies ${strategies.join(', ')}, ${runs} run(s) each; probe every ${intervalMs} ms on UDP ${probePort}`,
 );
 
-try {
-  for (const link of links) {
-    await waitForFreeTestbed();
-    // Ours only once up succeeded: an up that fails removes what it made, and one refused because somebody
-    // else's testbed came up meanwhile must not lead to taking theirs down.
-    mustPrecog('testbed', 'up', '--rate', link);
-    ourTestbed = true;
-    const state = readState();
-    if (!state?.complete) throw new Error('testbed up returned, but the testbed is not up');
-    if (!state.probe) throw new Error('the testbed has no probe namespace');
-    console.log(`\ntestbed up, link ${state.rate ?? 'unlimited'}`);
-    try {
-      for (const sizeMiB of sizes)
-        for (const rate of rates)
-          for (let run = 1; run <= runs; run++)
-            for (const strategy of strategies) {
-              const r = await liveRun(state, link, sizeMiB, rate, strategy, run);
-              liveRuns.push(r);
-              const p = r.probe;
-              console.log(
-                `${link} ${sizeMiB} MiB ${rate} MB/s ${strategy} run ${run}: ` +
-                  (r.ok
-                    ? `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
-                      `${p?.firstAfter?.host}:${p?.firstAfter?.value}), precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
-                      `total ${fmt((r.report?.totalMs ?? NaN) / 1000, 1)} s, ${fmt((r.report?.bytesTotal ?? NaN) / 1e6, 1)} MB, ` +
-                      `${r.report?.liveRounds} live round(s)`
-                    : `FAILED: ${r.error}`),
-              );
-            }
-    } finally {
-      await cleanup();
+// --from-json: the report again from runs saved by an earlier (possibly interrupted) run, with the emulator.
+if (flags['from-json'])
+  liveRuns.push(...(JSON.parse(readFileSync(flags['from-json'], 'utf8')) as { live: LiveRun[] }).live);
+else
+  try {
+    for (const link of links) {
+      await waitForFreeTestbed();
+      // Ours only once up succeeded: an up that fails removes what it made, and one refused because somebody
+      // else's testbed came up meanwhile must not lead to taking theirs down.
+      mustPrecog('testbed', 'up', '--rate', link);
+      ourTestbed = true;
+      const state = readState();
+      if (!state?.complete) throw new Error('testbed up returned, but the testbed is not up');
+      if (!state.probe) throw new Error('the testbed has no probe namespace');
+      console.log(`\ntestbed up, link ${state.rate ?? 'unlimited'}`);
+      try {
+        for (const sizeMiB of sizes)
+          for (const rate of rates)
+            for (let run = 1; run <= runs; run++)
+              for (const strategy of strategies) {
+                const r = await liveRun(state, link, sizeMiB, rate, strategy, run);
+                liveRuns.push(r);
+                const p = r.probe;
+                console.log(
+                  `${link} ${sizeMiB} MiB ${rate} MB/s ${strategy} run ${run}: ` +
+                    (r.ok
+                      ? `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
+                        `${p?.firstAfter?.host}:${p?.firstAfter?.value}), precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
+                        `total ${fmt((r.report?.totalMs ?? NaN) / 1000, 1)} s, ${fmt((r.report?.bytesTotal ?? NaN) / 1e6, 1)} MB, ` +
+                        `${r.report?.liveRounds} live round(s)`
+                      : `FAILED: ${r.error}`),
+                );
+              }
+      } finally {
+        await cleanup();
+      }
     }
+  } finally {
+    await cleanup();
   }
-} finally {
-  await cleanup();
-}
 
 // The emulator, same scenarios: the memory precog reported for the live container (median), else the buffer + 16 MiB.
 async function runEmulator(): Promise<EmulatedRun[]> {
@@ -586,7 +593,9 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   }
   out.push(
     '',
-    `${liveRuns.length} live migrations in ${((performance.now() - t0) / 60_000).toFixed(1)} min.`,
+    flags['from-json']
+      ? `${liveRuns.length} live migrations, read from ${flags['from-json']} (the runs themselves were not repeated).`
+      : `${liveRuns.length} live migrations in ${((performance.now() - t0) / 60_000).toFixed(1)} min.`,
   );
 
   const report = out.join('\n') + '\n';
