@@ -229,6 +229,7 @@ export async function startProbe(state: TestbedState, opts: ProbeOptions = {}): 
     (stopped ??= (async () => {
       const stoppedAt = probeNow();
       if (!exited) {
+        child.stdin.on('error', () => {}); // the probe may have gone already (EPIPE): it is being stopped anyway
         child.stdin.end();
         const hard = setTimeout(() => child.kill('SIGKILL'), 2000);
         await closed;

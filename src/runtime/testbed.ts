@@ -656,6 +656,8 @@ export async function runInHost(
         ? resolvePromise(out)
         : reject(new Error(`${argv.join(' ')} in host ${host} failed (${code}): ${err.trim()}`)),
     );
+    // A command that exits without reading its input closes the pipe (EPIPE): its exit status tells what happened.
+    child.stdin.on('error', () => {});
     child.stdin.end(input);
   });
 }
