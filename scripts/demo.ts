@@ -82,7 +82,10 @@ async function main(): Promise<number> {
       await sleep(100);
     }
     await sleep(1000);
-    for (let i = 1; i <= 1000; i++) redis('a', '10.213.77.1', 'set', `user:${i}`, `name-${i}`);
+    // 1,000 keys in one redis-cli session (one command per line on its stdin).
+    const fill =
+      'for i in $(seq 1 1000); do echo "SET user:$i name-$i"; done | redis-cli -h 10.213.77.1 >/dev/null';
+    run(['testbed', 'exec', 'a', '--', 'sh', '-c', fill], { quiet: true });
     redis('a', '10.213.77.1', 'incrby', 'visits', '41');
     const before = askCounter('a', '10.213.77.1');
     process.stdout.write(
