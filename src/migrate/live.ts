@@ -108,7 +108,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
       const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
       let received: ReceivedDump | undefined;
-      let frozen = false;
       const srcDir = join(o.workDir, 'source');
       const mem = new ContainerMemory(
         tree,
@@ -121,7 +120,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           });
           try {
             await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
-            frozen = true;
             received = await server.done;
             marks.dumped = performance.now();
           } finally {
@@ -132,7 +130,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         },
         async () => {
           // The runtime thaws a frozen source when the migration fails; nothing else is held here.
-          if (frozen) frozen = false;
         },
       );
       const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
