@@ -26,7 +26,7 @@ import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
 import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
-import { PARENT_DIR, rebuildCheckpoint, rebuildOnParent } from '../migrate/state.ts';
+import { PARENT_DIR, rebuildCheckpoint, rebuildFromFiles, type RebuildResult } from '../migrate/state.ts';
 
 export interface AgentOptions {
   listen: Endpoint;
@@ -192,9 +192,9 @@ export class Agent {
         const what = `migration ${id}'s state`;
         const out = join(dir, COMMITTED_FILES.checkpoint);
         store.backing.flush();
-        const r =
+        const r: RebuildResult & { layout?: string; why?: string | null } =
           store.backing instanceof ProcessFilesBacking
-            ? rebuildOnParent(blob, store.layout, store.backing.processes, out, what)
+            ? rebuildFromFiles(blob, store.layout, store.backing.processes, out, what)
             : rebuildCheckpoint(
                 blob,
                 store.layout,
@@ -210,6 +210,8 @@ export class Agent {
             pages: r.pages,
             fromStore: r.fromStore,
             fromState: r.fromState,
+            layout: r.layout ?? 'copied',
+            ...(r.why ? { why: r.why } : {}),
             ms: Math.round(performance.now() - t0),
           },
           'checkpoint rebuilt from the page store',

@@ -19,6 +19,7 @@ interface MigrateFlags {
   batch: string;
   linkTimeout: string;
   work?: string;
+  restore?: string;
   json?: boolean;
   progress?: boolean;
 }
@@ -102,7 +103,10 @@ function summary(r: LiveMigrationReport): string {
   return (
     `${r.container}: migrated ${r.from} -> ${r.to} (${r.strategy}) in ${ms(r.totalMs)}; ` +
     `downtime ${ms(r.downtimeMs)} (dump ${ms(r.dumpMs)}, changed pages ${ms(r.finalPagesMs)}, ` +
-    `state + commit ${ms(r.stateMs)}, restore ${ms(r.restoreMs)}); ` +
+    `state + commit ${ms(r.stateMs)}, restore ${ms(r.restoreMs)}${r.restoreMode === 'lazy' ? ' lazy' : ''}); ` +
+    (r.lazyMs !== null
+      ? `${r.lazyPages} pages copied in lazily within ${ms(r.lazyMs)} of running (source removed then); `
+      : '') +
     `${r.liveRounds} live round(s), ${formatBytes(r.bytesTotal)} on the link for ${formatBytes(r.memoryBytes)} of memory; ` +
     `stopped: ${r.pagesFinal} pages sent, ${r.pagesUnchanged} already there, state ${formatBytes(r.stateBytes)}; ` +
     `pid ${r.pid} on ${r.to}`
@@ -126,6 +130,11 @@ export function migrateCommand(): Command {
     .option('--codec <name>', `page codec chain: ${CODEC_NAMES.join(', ')}`, 'zero')
     .option('--batch <size>', 'page bytes per frame', '1MiB')
     .option('--link-timeout <duration>', 'a link that carries nothing this long has failed', '30s')
+    .option(
+      '--restore <mode>',
+      'lazy: run as soon as the state is back, pages copied in from local images by criu lazy-pages; ' +
+        'full: copy every page before running (default: lazy, full for cold)',
+    )
     .option('--work <dir>', 'work directory on this machine (default: /var/lib/precog/migrations/ID)')
     .option('--json', 'print the report as JSON')
     .option('--no-progress', 'no progress line on a terminal')
@@ -138,6 +147,8 @@ export function migrateCommand(): Command {
         throw new UsageError(
           `--strategy ${strategy.name}: post-copy of real containers is not built yet; use cold, precopy or iterpredict`,
         );
+      if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
+        throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
       if (!CODEC_NAMES.includes(f.codec))
@@ -173,6 +184,7 @@ export function migrateCommand(): Command {
           codec: f.codec,
           batchBytes,
           linkTimeoutMs,
+          ...(f.restore ? { restore: f.restore as 'lazy' | 'full' } : {}),
           workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
           onRound: (rec) => progress.round(rec),
           onDecision: (d, round) => progress.decision(d, round),

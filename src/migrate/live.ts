@@ -36,6 +36,12 @@ export interface LiveMigrationOptions {
   onRound?: (r: RoundRecord) => void;
   /** The strategy's decision before each round: why it goes on (e.g. its predicted rounds) or stops. */
   onDecision?: (d: Decision, round: number) => void;
+  /**
+   * How the destination restores: 'lazy' runs the container once its non-memory state is back and lets
+   * `criu lazy-pages` copy the pages in from the local images (the source stays until it is done); 'full' has
+   * criu restore copy every page first. Default: lazy, except full for cold (the classic dump/copy/restore).
+   */
+  restore?: 'lazy' | 'full';
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
 }
@@ -46,7 +52,7 @@ export interface LiveMigrationReport {
   to: string;
   strategy: string;
   migrationId: string;
-  /** Start of the migration to the container running at the destination. */
+  /** Start of the migration to the container running at the destination with all its pages in place. */
   totalMs: number;
   /** The container frozen at the source to running at the destination (precog's own measure). */
   downtimeMs: number;
@@ -59,6 +65,13 @@ export interface LiveMigrationReport {
   finalPagesMs: number;
   stateMs: number;
   restoreMs: number;
+  restoreMode: 'lazy' | 'full';
+  /**
+   * Lazy restore: pages left to the lazy-pages daemon, and the time from the container running until the daemon had
+   * copied them all in (the source is removed only then). Null for a full restore.
+   */
+  lazyPages: number | null;
+  lazyMs: number | null;
   /** Bytes on the link to the destination agent (frames, TLS excluded). */
   bytesTotal: number;
   stateBytes: number;
@@ -98,7 +111,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   if (!dest) throw new UsageError(`no test host ${o.to}`);
   const migrationId = `${o.name}-${randomUUID().slice(0, 8)}`;
   const identity = loadIdentity(PKI_DIR, o.from);
-  let report: Omit<LiveMigrationReport, 'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid'> | undefined;
+  let report:
+    | Omit<LiveMigrationReport, 'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid' | 'lazyPages' | 'lazyMs'>
+    | undefined;
+  const restoreMode = o.restore ?? (o.strategy.name === 'cold' ? 'full' : 'lazy');
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */
   const marks = { dumped: 0, pagesSent: 0, committed: 0 };
@@ -173,6 +189,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           to: o.to,
           strategy: o.strategy.spec,
           migrationId,
+          restoreMode,
           dumpMs: marks.dumped - frozenAt,
           finalPagesMs: marks.pagesSent - marks.dumped,
           stateMs: marks.committed - marks.pagesSent,
@@ -195,15 +212,17 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         throw new Error(`the destination agent confirmed but ${commitDir} holds no committed migration`);
       report.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
       const rebuilt = join(commitDir, COMMITTED_FILES.checkpoint);
-      return { dir: rebuilt, detail: null, move: true };
+      return { dir: rebuilt, detail: null, move: true, lazy: restoreMode === 'lazy' };
     });
     const end = performance.now();
     o.onPhase?.('done');
     return {
       ...report!,
       totalMs: end - t0,
-      downtimeMs: end - frozenAt,
+      downtimeMs: moved.runningAt - frozenAt,
       restoreMs: moved.restoreMs,
+      lazyPages: moved.lazy?.lazyPages ?? null,
+      lazyMs: moved.lazy?.ms ?? null,
       pid: moved.info.pid,
     };
   } finally {

@@ -1,10 +1,13 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, mkdirSync, openSync, renameSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import {
   encodePagemap,
+  isPrivateAnonymous,
+  MAP_PRIVATE,
   PE_PARENT,
   PE_PRESENT,
+  readVmas,
   writePagemap,
   writePagemapEntries,
   type PageRun,
@@ -298,6 +301,254 @@ export function rebuildCheckpoint(
   return out;
 }
 
+/** A rebuild from per-process page files, and which of the two layouts it chose. */
+export interface FilesRebuildResult extends RebuildResult {
+  /**
+   * 'self': each process's page file became its own pages-N.img, its live layout PE_PRESENT (what a lazy restore
+   * needs: CRIU's lazy-pages daemon cannot serve pages from a parent image); 'parent': the files are a parent image
+   * the pagemaps point into (PE_PARENT), used when a process's layout no longer fits its mappings.
+   */
+  layout: 'self' | 'parent';
+  /** Why 'self' was not possible (null when it was). */
+  why: string | null;
+}
+
+/**
+ * Rebuilds the checkpoint from per-process page files without copying memory: the 'self' layout when every process
+ * allows it, else the 'parent' one (rebuildOnParent).
+ */
+export function rebuildFromFiles(
+  blob: Buffer,
+  layout: Layout,
+  processes: readonly { pid: number; path: string }[],
+  outDir: string,
+  what = 'state',
+): FilesRebuildResult {
+  const u = unpack(blob, layout, outDir, what);
+  const plan = planSelf(u, layout, processes);
+  const why = typeof plan === 'string' ? plan : collapse(plan, processes);
+  if (why) return { ...onParent(u, layout, processes, what), layout: 'parent', why };
+  return { ...onSelf(u, layout, processes, plan as SelfPlan, what), layout: 'self', why: null };
+}
+
+type Unpacked = ReturnType<typeof unpack>;
+
+/** vma_entry.status of the vsyscall, vDSO and vvar areas: the kernel's, never restored from pages. */
+const VMA_SPECIAL_AREAS = (1 << 2) | (1 << 3) | (1 << 12);
+
+/** The layout regions of each process, in layout order (= their order in the process's page file). */
+function regionsByPid(layout: Layout): Map<number, { vaddr: bigint; nrPages: number }[]> {
+  const m = new Map<number, { vaddr: bigint; nrPages: number }[]>();
+  for (const r of layout.regions) {
+    const list = m.get(r.pid ?? 0) ?? [];
+    list.push({ vaddr: BigInt(`0x${r.start.replace(/^0x/, '')}`), nrPages: r.pages });
+    m.set(r.pid ?? 0, list);
+  }
+  return m;
+}
+
+/**
+ * Per process (index into processes): the stretches of its page file that stay (inside a private mapping of the
+ * dump, ascending) with their addresses, and the byte ranges of the file to cut out (no longer mapped, or shared).
+ */
+type SelfPlan = Map<
+  number,
+  {
+    keep: { vaddr: bigint; nrPages: number; offset: number }[];
+    drop: { offset: number; length: number }[];
+    zero: { offset: number; length: number }[];
+  }
+>;
+
+/**
+ * Plans the 'self' layout: which parts of each page file stay, which are cut out, and which are zeroed (pages of
+ * private anonymous mappings that CRIU did not dump: not populated at the source, though the live rounds may have
+ * seen older contents there). Returns why the layout is impossible instead, when it is.
+ */
+function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number }[]): SelfPlan | string {
+  const regions = regionsByPid(layout);
+  const plan: SelfPlan = new Map();
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const k = pid === undefined ? -1 : processes.findIndex((p) => p.pid === pid);
+    if (k < 0) continue;
+    const vmas = readVmas(u.images, task.id)
+      .filter((v) => v.flags & MAP_PRIVATE && !(v.status & VMA_SPECIAL_AREAS))
+      .sort((a, b) => (a.start < b.start ? -1 : 1));
+    const dumped: { vaddr: bigint; nrPages: number }[] = [];
+    for (const [hex, nrPages, flags] of task.runs)
+      if (flags & PE_PRESENT) dumped.push({ vaddr: BigInt(`0x${hex}`), nrPages });
+    const p = {
+      keep: [] as { vaddr: bigint; nrPages: number; offset: number }[],
+      drop: [] as { offset: number; length: number }[],
+      zero: [] as { offset: number; length: number }[],
+    };
+    let end = 0n;
+    let offset = 0;
+    for (const r of regions.get(pid!) ?? []) {
+      if (r.vaddr < end) return `task ${task.id}: live regions out of address order`;
+      const stop = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
+      end = stop;
+      const off = (a: bigint) => offset + Number(a - r.vaddr);
+      let at = r.vaddr;
+      for (const v of vmas) {
+        if (v.end <= at) continue;
+        if (v.start >= stop) break;
+        if (v.start > at) p.drop.push({ offset: off(at), length: Number(v.start - at) });
+        const from = v.start > at ? v.start : at;
+        const to = v.end < stop ? v.end : stop;
+        p.keep.push({ vaddr: from, nrPages: Number(to - from) / PAGE_SIZE, offset: off(from) });
+        if (isPrivateAnonymous(v))
+          for (const h of holes({ vaddr: from, nrPages: Number(to - from) / PAGE_SIZE }, dumped))
+            p.zero.push({ offset: off(h.from), length: Number(h.to - h.from) });
+        at = to;
+      }
+      if (at < stop) p.drop.push({ offset: off(at), length: Number(stop - at) });
+      offset += r.nrPages * PAGE_SIZE;
+    }
+    plan.set(k, p);
+  }
+  return plan;
+}
+
+/**
+ * Zeroes and cuts each page file as planned (fallocate --collapse-range, last range first so that offsets hold).
+ * Returns why not when the file system cannot cut (tmpfs): the files are then untouched but for zeroed pages, which
+ * the parent layout never reads.
+ */
+function collapse(plan: SelfPlan, processes: readonly { path: string }[]): string | null {
+  const zero = Buffer.alloc(1 << 20);
+  for (const [k, p] of plan) {
+    const fd = openSync(processes[k].path, 'r+');
+    try {
+      for (const z of p.zero)
+        for (let done = 0; done < z.length;) {
+          const n = Math.min(z.length - done, zero.length);
+          writeSync(fd, zero, 0, n, z.offset + done);
+          done += n;
+        }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  let first = true;
+  for (const [k, p] of plan) {
+    for (const d of [...p.drop].sort((a, b) => b.offset - a.offset)) {
+      const r = spawnSync(
+        'fallocate',
+        ['--collapse-range', '--offset', String(d.offset), '--length', String(d.length), processes[k].path],
+        { encoding: 'utf8' },
+      );
+      if (r.status !== 0) {
+        const msg = `cannot cut unmapped pages out of ${processes[k].path}: ${(r.stderr || r.error?.message || '').trim()}`;
+        if (first) return msg;
+        throw new Error(msg);
+      }
+      first = false;
+    }
+  }
+  return null;
+}
+
+/**
+ * The 'self' layout. Per task: its page file (cut as planned) moves to images/pages-N.img and its kept stretches are
+ * PE_PRESENT entries over it. Pages CRIU dumped outside the live layout came with the state: they go into a small
+ * parent image (PE_PARENT, restored eagerly). Tasks the live rounds did not know get all their pages from the state.
+ */
+function onSelf(
+  u: Unpacked,
+  layout: Layout,
+  processes: readonly { pid: number; path: string }[],
+  plan: SelfPlan,
+  what: string,
+): RebuildResult {
+  const out: RebuildResult = { dir: dirname(u.images), pages: 0, fromStore: 0, fromState: 0 };
+  const parent = join(u.images, PARENT_DIR);
+  mkdirSync(parent, { recursive: true });
+  const regions = regionsByPid(layout);
+  let pagesId = 1;
+  for (const task of u.header.tasks) {
+    const pid = u.pidOf.get(task.id);
+    const k = pid === undefined ? -1 : processes.findIndex((p) => p.pid === pid);
+    const extras = u.extrasOf.get(task.id) ?? new Map<bigint, Buffer>();
+    const mine = k >= 0 ? (regions.get(pid!) ?? []) : [];
+    const inLayout = (at: bigint) =>
+      mine.some((r) => at >= r.vaddr && at < r.vaddr + BigInt(r.nrPages * PAGE_SIZE));
+    // Every dumped page must be in the live layout or in the state.
+    for (const [hex, nrPages, flags] of task.runs) {
+      if (!(flags & PE_PRESENT)) continue;
+      out.pages += nrPages;
+      for (let i = 0; i < nrPages; i++) {
+        const at = BigInt(`0x${hex}`) + BigInt(i * PAGE_SIZE);
+        if (extras.has(at)) continue;
+        if (!inLayout(at))
+          throw new InputError(
+            `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
+          );
+        out.fromStore++;
+      }
+    }
+    const id = pagesId++;
+    const extraRuns = pageRunsOf(extras);
+    out.fromState += extras.size;
+    if (k >= 0) {
+      renameSync(processes[k].path, join(u.images, `pages-${id}.img`));
+      const enc = encodePagemap(extraRuns, id);
+      writeFileSync(join(parent, `pages-${id}.img`), enc.pages, { mode: 0o600 });
+      writeFileSync(join(parent, `pagemap-${task.id}.img`), enc.pagemap, { mode: 0o600 });
+      const entries = [
+        ...plan.get(k)!.keep.map((r) => ({ vaddr: r.vaddr, nrPages: r.nrPages, flags: PE_PRESENT })),
+        ...extraRuns.map((r) => ({ vaddr: r.vaddr, nrPages: r.data!.length / PAGE_SIZE, flags: PE_PARENT })),
+      ].sort((a, b) => (a.vaddr < b.vaddr ? -1 : a.vaddr > b.vaddr ? 1 : 0));
+      writePagemapEntries(u.images, task.id, entries, { pagesId: id });
+    } else {
+      // Unknown to the live rounds: every page came with the state.
+      writeFileSync(join(parent, `pages-${id}.img`), '');
+      writePagemapEntries(parent, task.id, [], { pagesId: id });
+      writePagemap(u.images, task.id, extraRuns, { pagesId: id });
+    }
+  }
+  symlinkSync(PARENT_DIR, join(u.images, PARENT_LINK));
+  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  return out;
+}
+
+/** The stretches of region r that no dumped run covers. */
+function holes(
+  r: { vaddr: bigint; nrPages: number },
+  dumped: readonly { vaddr: bigint; nrPages: number }[],
+): { from: bigint; to: bigint }[] {
+  const end = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
+  const cover = dumped
+    .map((d) => ({ from: d.vaddr, to: d.vaddr + BigInt(d.nrPages * PAGE_SIZE) }))
+    .filter((d) => d.to > r.vaddr && d.from < end)
+    .sort((a, b) => (a.from < b.from ? -1 : 1));
+  const out: { from: bigint; to: bigint }[] = [];
+  let at = r.vaddr;
+  for (const c of cover) {
+    if (c.from > at) out.push({ from: at, to: c.from });
+    if (c.to > at) at = c.to;
+  }
+  if (at < end) out.push({ from: at, to: end });
+  return out;
+}
+
+/** Single pages (address -> contents) as runs of consecutive pages, in address order. */
+function pageRunsOf(pages: Map<bigint, Buffer>): PageRun[] {
+  const list = [...pages.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const runs: PageRun[] = [];
+  let cur: { vaddr: bigint; parts: Buffer[] } | null = null;
+  for (const [at, data] of list) {
+    if (cur && cur.vaddr + BigInt(cur.parts.length * PAGE_SIZE) === at) cur.parts.push(data);
+    else {
+      if (cur) runs.push({ vaddr: cur.vaddr, data: Buffer.concat(cur.parts), flags: PE_PRESENT });
+      cur = { vaddr: at, parts: [data] };
+    }
+  }
+  if (cur) runs.push({ vaddr: cur.vaddr, data: Buffer.concat(cur.parts), flags: PE_PRESENT });
+  return runs;
+}
+
 /** Name of the parent image directory inside images/, and CRIU's link to it. */
 export const PARENT_DIR = 'parent.d';
 const PARENT_LINK = 'parent';
@@ -315,10 +566,18 @@ export function rebuildOnParent(
   outDir: string,
   what = 'state',
 ): RebuildResult {
-  const parent = join(outDir, 'images', PARENT_DIR);
+  return onParent(unpack(blob, layout, outDir, what), layout, processes, what);
+}
+
+function onParent(
+  u: Unpacked,
+  layout: Layout,
+  processes: readonly { pid: number }[],
+  what: string,
+): RebuildResult {
+  const parent = join(u.images, PARENT_DIR);
   mkdirSync(parent, { recursive: true });
-  const u = unpack(blob, layout, outDir, what);
-  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
+  const out: RebuildResult = { dir: dirname(u.images), pages: 0, fromStore: 0, fromState: 0 };
   // The parent: each process's regions, in layout order, are its pages file as it stands.
   const regionsOf = new Map<number, { vaddr: bigint; nrPages: number; flags: number }[]>();
   for (const r of layout.regions) {

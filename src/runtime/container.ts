@@ -33,6 +33,8 @@ import {
   rmSync,
 } from 'node:fs';
 import { dirname, join, posix, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { markLazy, type LazyMarkResult } from '../criu/lazy.ts';
 import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
@@ -152,9 +154,27 @@ export interface RestoreOptions {
   replacingOn?: string;
   /** Move images/ and upper/ out of the checkpoint directory instead of copying them (it is used up). */
   move?: boolean;
+  /**
+   * Lazy restore: the container runs as soon as its non-memory state is restored; `criu lazy-pages` copies the
+   * pages of its private anonymous mappings in from the local images as they are touched, and the rest in the
+   * background (docs/migration.md, "Lazy restore"). restore() resolves when the container runs; lazyDone() tells
+   * when every page is in place.
+   */
+  lazy?: boolean;
+}
+
+/** The end of a lazy restore's page copying (RestoreOptions.lazy). */
+export interface LazyResult {
+  /** Pages left to the lazy-pages daemon, and pages the restorer copied itself. */
+  lazyPages: number;
+  eagerPages: number;
+  /** From the container running to the daemon done (the time the container depended on the images). */
+  ms: number;
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
+/** Longest a lazy restore may take to copy every page in before it counts as failed. */
+const LAZY_TIMEOUT_MS = 10 * 60_000;
 
 export function validateName(name: string): string {
   if (!NAME_RE.test(name))
@@ -296,6 +316,25 @@ cd "$new"
 pivot_root . oldroot
 cd /
 umount -l /oldroot
+if [ -n "${'$'}{PRECOG_LAZY_PAGES:-}" ]; then
+	# criu lazy-pages serves the restore's page faults from the images; its exit status lands in lazy-pages.rc.
+	/bin/bash -c '
+for fd in /proc/self/fd/*; do
+	n=${'$'}{fd##*/}
+	if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+done 2>/dev/null
+criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 </dev/null >/dev/null 2>&1
+echo $? >"$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" </dev/null >/dev/null 2>&1 &
+	i=0
+	while [ ! -S "$PRECOG_LAZY_PAGES/lazy-pages.socket" ]; do
+		i=$((i + 1))
+		if [ $i -ge 1000 ] || [ -e "$PRECOG_LAZY_PAGES/../lazy-pages.rc" ]; then
+			echo "precog: criu lazy-pages did not start (see $PRECOG_LAZY_PAGES/lazy-pages.log)" >&2
+			exit 1
+		fi
+		sleep 0.01
+	done
+fi
 exec /bin/bash -c '
 for fd in /proc/self/fd/*; do
 	n=${'$'}{fd##*/}
@@ -410,6 +449,45 @@ function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undef
 /** Containers made of namespaces, an overlay and cgroups, in the precog test hosts. */
 export class NamespaceRuntime implements ContainerRuntime {
   readonly kind = 'namespaces';
+  /** Lazy restores whose pages are still being copied in, by container name. */
+  private readonly lazy = new Map<string, Promise<LazyResult>>();
+
+  /**
+   * After a lazy restore: resolves when the lazy-pages daemon has put every page in place (the images are then
+   * removed), rejects with the daemon's error lines if it failed. Undefined when the restore was not lazy.
+   */
+  lazyDone(name: string): Promise<LazyResult> | undefined {
+    return this.lazy.get(name);
+  }
+
+  private async watchLazy(wd: string, mark: LazyMarkResult, running: number): Promise<LazyResult> {
+    const rcFile = join(wd, 'lazy-pages.rc');
+    const deadline = performance.now() + LAZY_TIMEOUT_MS;
+    while (!existsSync(rcFile)) {
+      if (performance.now() > deadline)
+        throw new Error(
+          `criu lazy-pages did not finish within ${LAZY_TIMEOUT_MS / 1000} s (log: ${wd}/images)`,
+        );
+      await sleep(10);
+    }
+    const ms = performance.now() - running;
+    const rc = readFileSync(rcFile, 'utf8').trim();
+    if (rc !== '0') {
+      let lines = '';
+      try {
+        lines = readFileSync(join(wd, 'images', 'lazy-pages.log'), 'utf8')
+          .split('\n')
+          .filter((l) => /Error|error|fail/.test(l))
+          .slice(-8)
+          .join('\n');
+      } catch {
+        // no log
+      }
+      throw new Error(`criu lazy-pages failed (exit ${rc}) while copying pages in:\n${lines}`);
+    }
+    await removeTree(join(wd, 'images')).catch(() => {});
+    return { lazyPages: mark.lazyPages, eagerPages: mark.eagerPages, ms };
+  }
 
   private testbed(): TestbedState {
     const s = readState();
@@ -897,13 +975,16 @@ export class NamespaceRuntime implements ContainerRuntime {
       } else if (memoryBytes !== null && cg.mem) {
         writeFileSync(join(cg.mem, 'memory.max'), String(memoryBytes));
       }
+      const lazyMark = opts.lazy ? markLazy(join(wd, 'images')) : null;
       writeFileSync(join(wd, 'restore-root.sh'), RESTORE_ROOT_SCRIPT);
       // CriuRunner runs `<criu> restore -o LOG -v4 ARGS`: <criu> is this wrapper, with the paths baked in.
       const wrapper = join(wd, 'criu-in-host');
       const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
       writeFileSync(
         wrapper,
-        `#!/bin/sh\n# criu restore for container ${name} in host ${host.name} (precog)\nexec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
+        `#!/bin/sh\n# criu restore for container ${name} in host ${host.name} (precog)\n` +
+          (lazyMark ? `PRECOG_LAZY_PAGES=${q(join(wd, 'images'))}\nexport PRECOG_LAZY_PAGES\n` : '') +
+          `exec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
           [
             String(host.init!.pid),
             procs.length ? procs.join(':') : '-',
@@ -924,8 +1005,9 @@ export class NamespaceRuntime implements ContainerRuntime {
       await criu.restore({
         images: join(wd, 'images'),
         pidfile,
-        extra: ['--root', '/ctr', '--manage-cgroups=ignore'],
+        extra: ['--root', '/ctr', '--manage-cgroups=ignore', ...(lazyMark ? ['--lazy-pages'] : [])],
       });
+      const running = performance.now();
       const hostPid = Number(readFileSync(pidfile, 'utf8').trim());
       const machinePid = findMachinePid(cg.v2, hostPid);
       if (!machinePid) throw new Error(`restored container ${name}: pid ${hostPid} not found in ${cg.v2}`);
@@ -933,7 +1015,8 @@ export class NamespaceRuntime implements ContainerRuntime {
       info.machinePid = machinePid;
       info.status = 'running';
       this.write(at, info);
-      await removeTree(join(wd, 'images')).catch(() => {});
+      if (lazyMark) this.lazy.set(name, this.watchLazy(wd, lazyMark, running));
+      else await removeTree(join(wd, 'images')).catch(() => {});
       return this.read(at);
     } catch (err) {
       try {
@@ -987,30 +1070,59 @@ export class NamespaceRuntime implements ContainerRuntime {
     transfer: (
       info: ContainerInfo,
       checkpoint: (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>,
-    ) => Promise<{ dir: string; detail: T; move?: boolean }>,
-  ): Promise<{ info: ContainerInfo; restoreMs: number; detail: T }> {
+    ) => Promise<{ dir: string; detail: T; move?: boolean; lazy?: boolean }>,
+  ): Promise<{
+    info: ContainerInfo;
+    restoreMs: number;
+    /** performance.now() when the container ran at the destination. */
+    runningAt: number;
+    detail: T;
+    lazy: LazyResult | null;
+  }> {
     const at = this.must(name);
     const info = this.read(at);
     const dest = this.hostState(at.state, to);
     if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${dest.name}`);
     if (info.status !== 'running')
       throw new UsageError(`container ${name} is ${info.status}; only a running container can be migrated`);
-    let result: { dir: string; detail: T; move?: boolean };
+    let result: { dir: string; detail: T; move?: boolean; lazy?: boolean };
     let restored: ContainerInfo;
-    const t1 = { at: 0 };
+    let restoreMs = 0;
+    let runningAt = 0;
+    let lazy: LazyResult | null = null;
     try {
       result = await transfer(info, (dir, opts = {}) =>
         this.checkpoint(name, dir, { ...opts, keepFrozen: true }),
       );
-      t1.at = performance.now();
-      restored = await this.restore(result.dir, dest.name, { replacingOn: at.host.name, move: result.move });
+      const t1 = performance.now();
+      restored = await this.restore(result.dir, dest.name, {
+        replacingOn: at.host.name,
+        move: result.move,
+        lazy: result.lazy,
+      });
+      runningAt = performance.now();
+      restoreMs = runningAt - t1;
+      const pending = this.lazyDone(restored.name);
+      if (pending) {
+        // The restored container runs, but depends on the images until every page is in: the source stays
+        // (frozen) until then, and takes over again if the copying fails.
+        try {
+          lazy = await pending;
+        } catch (err) {
+          const there = this.locate(restored.name);
+          if (there && there.host.name === dest.name)
+            await this.cleanup(there, this.read(there)).catch(() => {});
+          throw err;
+        } finally {
+          this.lazy.delete(restored.name);
+        }
+      }
     } catch (err) {
       if (this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
       throw err;
     }
-    const restoreMs = performance.now() - t1.at;
     await this.cleanup(at, this.read(at));
-    return { info: restored, restoreMs, detail: result.detail };
+    return { info: restored, restoreMs, runningAt, detail: result.detail, lazy };
   }
 
   freeze(name: string): Promise<void> {
