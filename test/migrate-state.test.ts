@@ -1,11 +1,22 @@
 // The migration state blob and the destination's rebuild of CRIU images from its page store, without CRIU:
 // a synthetic page-server stream, a store holding what live rounds sent, and the pages read back from the images.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { PE_PARENT, PE_PRESENT, pagemapFlags, readPagemap, readPages } from '../src/criu/pages.ts';
+import type { Message } from '../src/criu/codec.ts';
+import { writeImage } from '../src/criu/images.ts';
+import {
+  MAP_ANONYMOUS,
+  MAP_PRIVATE,
+  PE_PARENT,
+  PE_PRESENT,
+  VMA_ANON_PRIVATE,
+  pagemapFlags,
+  readPagemap,
+  readPages,
+} from '../src/criu/pages.ts';
 import { ProcessFilesBacking } from '../src/engine/pagestore.ts';
 import {
   encodeDstId,
@@ -22,6 +33,7 @@ import {
   encodeState,
   PARENT_DIR,
   rebuildCheckpoint,
+  rebuildFromFiles,
   rebuildOnParent,
   STATE_MAGIC,
   type RebuildResult,
@@ -152,6 +164,104 @@ describe('migration state and the destination rebuild', () => {
       5,
       'the five pages of the store are PE_PARENT entries: the commit wrote none of them',
     );
+  });
+
+  test('self layout: each page file becomes its pages image, unmapped stretches cut, undumped pages zeroed', () => {
+    // Task 1 (machine pid 900): live regions 0x10000 (4 pages) and 0x40000 (2 pages). At the dump, 0x13000 and
+    // 0x41000 are no longer mapped (one cut from the middle of the file, one from its end), 0x11000 was never populated (CRIU skips it), and 0x90000 is a mapping made after the start.
+    const layout: Layout = {
+      pageSize: PAGE,
+      pageCount: 6,
+      regions: [
+        { start: '0x10000', pages: 4, pid: 900 },
+        { start: '0x40000', pages: 2, pid: 900 },
+      ],
+    };
+    const dst = encodeDstId('pid', 1);
+    const dumped = new Map<bigint, Buffer>([
+      [0x10000n, page(100)],
+      [0x12000n, page(222)],
+      [0x40000n, page(104)],
+      [0x90000n, page(777)],
+    ]);
+    const session = new PageServerSession({ have: () => false, keepOnlyChanged: true });
+    session.push(
+      Buffer.concat([
+        encodeIov({ cmd: PS_IOV_OPEN2, nrPages: 0, vaddr: 0n, dstId: dst }, 32),
+        ...[...dumped].flatMap(([v, b]) => [
+          encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: v, dstId: dst }, 32),
+          b,
+        ]),
+        encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32),
+      ]),
+    );
+    const dump = session.finish();
+    const images = join(dir, 'self-src-images');
+    const upper = join(dir, 'self-src-upper');
+    mkdirSync(images);
+    mkdirSync(upper);
+    const anon = { pgoff: 0n, shmid: 0n, prot: 3, flags: MAP_PRIVATE | MAP_ANONYMOUS, fd: -1n };
+    const vma = (start: bigint, end: bigint) => ({ start, end, status: VMA_ANON_PRIVATE | 1, ...anon });
+    const mm = {
+      ...Object.fromEntries(
+        ['code', 'data'].flatMap((w) => [
+          [`mm_start_${w}`, 0n],
+          [`mm_end_${w}`, 0n],
+        ]),
+      ),
+      mm_start_stack: 0n,
+      mm_start_brk: 0n,
+      mm_brk: 0n,
+      mm_arg_start: 0n,
+      mm_arg_end: 0n,
+      mm_env_start: 0n,
+      mm_env_end: 0n,
+      exe_file_id: 1,
+      vmas: [vma(0x10000n, 0x13000n), vma(0x40000n, 0x41000n), vma(0x90000n, 0x91000n)],
+    };
+    writeFileSync(join(images, 'mm-1.img'), writeImage('MM', [mm as unknown as Message]));
+    const blob = encodeState({
+      container: { name: 'c1' },
+      pids: [[1, 900]],
+      dump,
+      extras: [{ id: 1, vaddr: 0x90000n, bytes: page(777) }],
+      imagesDir: images,
+      upperDir: upper,
+    });
+    // The destination's file for the process: what the live rounds and the final copy left there. 0x11000 holds
+    // stale bytes (an older mapping the live rounds saw), 0x41000 the contents of the mapping since removed.
+    const out = join(dir, 'rebuilt-self');
+    mkdirSync(join(out, 'images', PARENT_DIR), { recursive: true });
+    const files = new ProcessFilesBacking(layout, (k) =>
+      join(out, 'images', PARENT_DIR, `pages-${k + 1}.img`),
+    );
+    const held = [page(100), page(55), page(222), page(103), page(104), page(66)];
+    held.forEach((b, g) => {
+      b.copy(files.slot(g));
+      files.settle();
+    });
+    files.close();
+    const r = rebuildFromFiles(blob, layout, files.processes, out);
+    assert.equal(r.layout, 'self', `self layout chosen (${r.why})`);
+    assert.deepEqual(
+      { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
+      { pages: 4, fromStore: 3, fromState: 1 },
+    );
+    const map = readPagemap(join(out, 'images'), 1).entries.map((e) => [
+      e.vaddr,
+      e.nr_pages,
+      pagemapFlags(e),
+    ]);
+    assert.deepEqual(map, [
+      [0x10000n, 3, PE_PRESENT],
+      [0x40000n, 1, PE_PRESENT],
+      [0x90000n, 1, PE_PARENT],
+    ]);
+    const got = pagesWithParent(join(out, 'images'), 1);
+    for (const [v, bytes] of dumped) assert.ok(got.get(v)!.equals(bytes), `page 0x${v.toString(16)}`);
+    assert.ok(got.get(0x11000n)!.equals(Buffer.alloc(PAGE)), 'a page CRIU did not dump reads as zeros');
+    assert.equal(got.has(0x13000n) || got.has(0x41000n), false, 'the unmapped pages are cut out');
+    assert.equal(statSync(join(out, 'images', 'pages-1.img')).size, 4 * PAGE, 'the file, cut, is the image');
   });
 
   test('a page neither in the store nor in the state, and malformed blobs, are refused with what is wrong', () => {

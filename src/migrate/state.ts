@@ -1,5 +1,15 @@
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, renameSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  statSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   encodePagemap,
@@ -433,7 +443,16 @@ function collapse(plan: SelfPlan, processes: readonly { path: string }[]): strin
   }
   let first = true;
   for (const [k, p] of plan) {
+    let size = statSync(processes[k].path).size;
     for (const d of [...p.drop].sort((a, b) => b.offset - a.offset)) {
+      if (d.offset + d.length >= size) {
+        // A stretch at the end is cut by truncating (collapsing a range that reaches the end is not allowed).
+        truncateSync(processes[k].path, d.offset);
+        size = d.offset;
+        first = false;
+        continue;
+      }
+      size -= d.length;
       const r = spawnSync(
         'fallocate',
         ['--collapse-range', '--offset', String(d.offset), '--length', String(d.length), processes[k].path],
