@@ -71,7 +71,8 @@ if (flags.help) {
   --sizes MIB,...        memchange sizes in MiB (default 256,1024; --quick: 64)
   --rates MBPS,...       dirty rates in MB/s (default 5,50; --quick: 5)
   --links RATE,...       testbed link rates (default 100mbit,1gbit; --quick: 1gbit)
-  --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline)
+  --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline);
+                         S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
   --pattern P            memchange pattern: sequential, random, hotspot (default sequential)
   --quick                64 MiB, 5 MB/s, 1gbit, 1 run (flags given explicitly still win)
@@ -178,6 +179,13 @@ interface MigrateReport {
   liveRounds: number;
   memoryBytes: number;
   pagesFinal: number;
+  dumpMs?: number;
+  finalPagesMs?: number;
+  stateMs?: number;
+  restoreMs?: number;
+  /** Absent in runs saved before the lazy restore (they were full restores). */
+  restoreMode?: 'lazy' | 'full';
+  lazyMs?: number | null;
 }
 
 interface LiveRun {
@@ -304,7 +312,8 @@ async function liveRun(
       '--to',
       'b',
       '--strategy',
-      strategy,
+      strategy.split('+')[0],
+      ...(strategy.includes('+') ? ['--restore', strategy.split('+')[1]] : []),
       '--json',
       '--no-progress',
     );
@@ -433,7 +442,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               workload,
               memoryBytes: Math.ceil(memoryBytes / 4096) * 4096,
               bandwidth: parseBandwidth(link, '--links'),
-              strategy,
+              strategy: strategy.split('+')[0],
               seed: 1,
             });
             Object.assign(e, {
@@ -534,6 +543,57 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       rows,
     ),
   );
+
+  // Where precog's downtime goes, step by step (docs/migration.md, "The report").
+  const steps: string[][] = [];
+  for (const link of links)
+    for (const sizeMiB of sizes)
+      for (const rate of rates)
+        for (const strategy of strategies) {
+          const ok = cellsFor(link, sizeMiB, rate, strategy).filter((r) => r.ok && r.report);
+          if (!ok.length) continue;
+          const m = (f: (x: MigrateReport) => number | null | undefined) =>
+            med(ok.map((r) => f(r.report!) ?? undefined));
+          steps.push([
+            `${sizeMiB} MiB`,
+            `${rate} MB/s`,
+            link,
+            strategy,
+            ok[0].report!.restoreMode ?? 'full',
+            fmt(m((x) => x.dumpMs)),
+            fmt(m((x) => x.finalPagesMs)),
+            fmt(m((x) => x.stateMs)),
+            fmt(m((x) => x.restoreMs)),
+            fmt(m((x) => x.lazyMs)),
+          ]);
+        }
+  if (steps.length) {
+    out.push('', `## Where precog's downtime goes (medians, ms)`, '');
+    out.push(
+      "dump: `criu dump` streaming the memory through precog's page server, which compares every page; changed " +
+        "pages: on the link; state: images and layer on the link plus the agent's commit; restore: `criu restore` " +
+        'with the container around it; lazy copy-in: after the container runs, until `criu lazy-pages` has copied ' +
+        'the last page in from the local images (not downtime).',
+      '',
+    );
+    out.push(
+      table(
+        [
+          'size',
+          'dirty rate',
+          'link',
+          'strategy',
+          'restore',
+          'dump',
+          'changed pages',
+          'state',
+          'restore',
+          'lazy copy-in',
+        ],
+        steps,
+      ),
+    );
+  }
 
   if (strategies.includes(BASELINE) && strategies.length > 1) {
     const others = strategies.filter((s) => s !== BASELINE);
