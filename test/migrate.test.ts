@@ -78,6 +78,16 @@ function agentLeftovers(state: TestbedState, host: string): string[] {
   return existsSync(dir) ? readdirSync(dir) : [];
 }
 
+/**
+ * Waits until the destination agent holds a session (the migration is under way), so that an interruption lands
+ * mid-migration and not while precog is still starting (slow on a loaded machine).
+ */
+async function waitSession(state: TestbedState, host: string): Promise<void> {
+  for (let i = 0; i < 150 && agentLeftovers(state, host).length === 0; i++) await sleep(100);
+  assert.ok(agentLeftovers(state, host).length > 0, `no migration session reached host ${host}`);
+  await sleep(500);
+}
+
 /** Host b's side of the link at 40 Mbit/s (a 64 MiB migration takes about 15 s); undone by fastLinkFromB. */
 function slowLinkFromB(): void {
   const tbf = ['tbf', 'rate', '40mbit', 'burst', '32kbit', 'latency', '50ms'];
@@ -319,7 +329,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     slowLinkFromB();
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
-    await sleep(2000);
+    await waitSession(state, 'a');
     process.kill(m.pid, 'SIGTERM');
     let r: Ran;
     try {
@@ -342,7 +352,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     slowLinkFromB();
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
-    await sleep(2000);
+    await waitSession(state, 'a');
     // Agent a: found by its command line among the processes of host a's PID namespace.
     const killed = cli('testbed', 'exec', 'a', '--', 'pkill', '-KILL', '-f', 'precog agent');
     const agentLog = join(state.hosts[0].dir, 'upper', AGENT.log);
