@@ -1,23 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import {
-  closeSync,
-  mkdirSync,
-  openSync,
-  renameSync,
-  statSync,
-  symlinkSync,
-  truncateSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { mkdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   encodePagemap,
-  isPrivateAnonymous,
-  MAP_PRIVATE,
   PE_PARENT,
   PE_PRESENT,
-  readVmas,
   writePagemap,
   writePagemapEntries,
   type PageRun,
@@ -314,9 +301,9 @@ export function rebuildCheckpoint(
 /** A rebuild from per-process page files, and which of the two layouts it chose. */
 export interface FilesRebuildResult extends RebuildResult {
   /**
-   * 'self': each process's page file became its own pages-N.img, its live layout PE_PRESENT (what a lazy restore
-   * needs: CRIU's lazy-pages daemon cannot serve pages from a parent image); 'parent': the files are a parent image
-   * the pagemaps point into (PE_PARENT), used when a process's layout no longer fits its mappings.
+   * 'self': each process's page file became its own pages-N.img, cut down to the pages CRIU dumped (what a lazy
+   * restore needs: CRIU's lazy-pages daemon cannot serve pages from a parent image); 'parent': the files are a parent
+   * image the pagemaps point into (PE_PARENT), used when the files cannot be cut (tmpfs) or the layout is unusual.
    */
   layout: 'self' | 'parent';
   /** Why 'self' was not possible (null when it was). */
@@ -343,9 +330,6 @@ export function rebuildFromFiles(
 
 type Unpacked = ReturnType<typeof unpack>;
 
-/** vma_entry.status of the vsyscall, vDSO and vvar areas: the kernel's, never restored from pages. */
-const VMA_SPECIAL_AREAS = (1 << 2) | (1 << 3) | (1 << 12);
-
 /** The layout regions of each process, in layout order (= their order in the process's page file). */
 function regionsByPid(layout: Layout): Map<number, { vaddr: bigint; nrPages: number }[]> {
   const m = new Map<number, { vaddr: bigint; nrPages: number }[]>();
@@ -358,22 +342,22 @@ function regionsByPid(layout: Layout): Map<number, { vaddr: bigint; nrPages: num
 }
 
 /**
- * Per process (index into processes): the stretches of its page file that stay (inside a private mapping of the
- * dump, ascending) with their addresses, and the byte ranges of the file to cut out (no longer mapped, or shared).
+ * Per process (index into processes): the stretches of its page file that stay, with their addresses (exactly the
+ * pages CRIU dumped, in file order), and the byte ranges of the file to cut out (everything else).
  */
 type SelfPlan = Map<
   number,
   {
     keep: { vaddr: bigint; nrPages: number; offset: number }[];
     drop: { offset: number; length: number }[];
-    zero: { offset: number; length: number }[];
   }
 >;
 
 /**
- * Plans the 'self' layout: which parts of each page file stay, which are cut out, and which are zeroed (pages of
- * private anonymous mappings that CRIU did not dump: not populated at the source, though the live rounds may have
- * seen older contents there). Returns why the layout is impossible instead, when it is.
+ * Plans the 'self' layout: each page file keeps exactly the pages CRIU dumped, so the image says what CRIU's own dump
+ * would have said. Pages of the live layout that CRIU did not dump are cut: never populated (restore maps zeros),
+ * unmodified pages of private file mappings (restore maps the file: zeros or stale bytes from the store would be
+ * wrong), or no longer mapped. Returns why the layout is impossible instead, when it is.
  */
 function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number }[]): SelfPlan | string {
   const regions = regionsByPid(layout);
@@ -382,16 +366,12 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
     const pid = u.pidOf.get(task.id);
     const k = pid === undefined ? -1 : processes.findIndex((p) => p.pid === pid);
     if (k < 0) continue;
-    const vmas = readVmas(u.images, task.id)
-      .filter((v) => v.flags & MAP_PRIVATE && !(v.status & VMA_SPECIAL_AREAS))
-      .sort((a, b) => (a.start < b.start ? -1 : 1));
     const dumped: { vaddr: bigint; nrPages: number }[] = [];
     for (const [hex, nrPages, flags] of task.runs)
       if (flags & PE_PRESENT) dumped.push({ vaddr: BigInt(`0x${hex}`), nrPages });
     const p = {
       keep: [] as { vaddr: bigint; nrPages: number; offset: number }[],
       drop: [] as { offset: number; length: number }[],
-      zero: [] as { offset: number; length: number }[],
     };
     let end = 0n;
     let offset = 0;
@@ -401,19 +381,13 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
       end = stop;
       const off = (a: bigint) => offset + Number(a - r.vaddr);
       let at = r.vaddr;
-      for (const v of vmas) {
-        if (v.end <= at) continue;
-        if (v.start >= stop) break;
-        if (v.start > at) p.drop.push({ offset: off(at), length: Number(v.start - at) });
-        const from = v.start > at ? v.start : at;
-        const to = v.end < stop ? v.end : stop;
-        p.keep.push({ vaddr: from, nrPages: Number(to - from) / PAGE_SIZE, offset: off(from) });
-        if (isPrivateAnonymous(v))
-          for (const h of holes({ vaddr: from, nrPages: Number(to - from) / PAGE_SIZE }, dumped))
-            p.zero.push({ offset: off(h.from), length: Number(h.to - h.from) });
-        at = to;
+      for (const h of holes(r, dumped)) {
+        if (h.from > at)
+          p.keep.push({ vaddr: at, nrPages: Number(h.from - at) / PAGE_SIZE, offset: off(at) });
+        p.drop.push({ offset: off(h.from), length: Number(h.to - h.from) });
+        at = h.to;
       }
-      if (at < stop) p.drop.push({ offset: off(at), length: Number(stop - at) });
+      if (at < stop) p.keep.push({ vaddr: at, nrPages: Number(stop - at) / PAGE_SIZE, offset: off(at) });
       offset += r.nrPages * PAGE_SIZE;
     }
     plan.set(k, p);
@@ -422,51 +396,36 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
 }
 
 /**
- * Zeroes and cuts each page file as planned (fallocate --collapse-range, last range first so that offsets hold).
- * Returns why not when the file system cannot cut (tmpfs): the files are then untouched but for zeroed pages, which
- * the parent layout never reads.
+ * Cuts each page file as planned, last range first so that offsets hold: `fallocate --collapse-range`, or a truncate
+ * for a range that reaches the end of the file (collapsing one is not allowed). One shell runs every cut. Returns
+ * why not when the file system cannot cut (tmpfs) and nothing was cut yet; throws when a later cut fails.
  */
 function collapse(plan: SelfPlan, processes: readonly { path: string }[]): string | null {
-  const zero = Buffer.alloc(1 << 20);
-  for (const [k, p] of plan) {
-    const fd = openSync(processes[k].path, 'r+');
-    try {
-      for (const z of p.zero)
-        for (let done = 0; done < z.length;) {
-          const n = Math.min(z.length - done, zero.length);
-          writeSync(fd, zero, 0, n, z.offset + done);
-          done += n;
-        }
-    } finally {
-      closeSync(fd);
-    }
-  }
-  let first = true;
+  const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
+  const lines: string[] = [];
   for (const [k, p] of plan) {
     let size = statSync(processes[k].path).size;
     for (const d of [...p.drop].sort((a, b) => b.offset - a.offset)) {
       if (d.offset + d.length >= size) {
-        // A stretch at the end is cut by truncating (collapsing a range that reaches the end is not allowed).
-        truncateSync(processes[k].path, d.offset);
+        lines.push(`truncate -s ${d.offset} ${q(processes[k].path)}`);
         size = d.offset;
-        first = false;
-        continue;
+      } else {
+        lines.push(
+          `fallocate --collapse-range --offset ${d.offset} --length ${d.length} ${q(processes[k].path)}`,
+        );
+        size -= d.length;
       }
-      size -= d.length;
-      const r = spawnSync(
-        'fallocate',
-        ['--collapse-range', '--offset', String(d.offset), '--length', String(d.length), processes[k].path],
-        { encoding: 'utf8' },
-      );
-      if (r.status !== 0) {
-        const msg = `cannot cut unmapped pages out of ${processes[k].path}: ${(r.stderr || r.error?.message || '').trim()}`;
-        if (first) return msg;
-        throw new Error(msg);
-      }
-      first = false;
+      lines.push('n=$((n + 1))');
     }
   }
-  return null;
+  if (!lines.length) return null;
+  // Stops at the first failure and says how many cuts were made before it.
+  const script = `set -e\nn=0\ntrap 'echo "after $n cut(s)" >&2' EXIT\n${lines.join('\n')}\ntrap - EXIT\n`;
+  const r = spawnSync('/bin/sh', ['-c', script], { encoding: 'utf8' });
+  if (r.status === 0) return null;
+  const msg = `cannot cut pages CRIU did not dump out of the page files: ${(r.stderr || r.error?.message || '').trim()}`;
+  if (/after 0 cut/.test(r.stderr ?? '')) return msg;
+  throw new Error(msg);
 }
 
 /**
