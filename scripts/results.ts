@@ -75,6 +75,7 @@ deterministic).
 
 ${summaryTable(replay.summary, 'markdown')}`;
 
-// The live-migration section comes from `npm run bench:live -- --results docs/results.md` (test hosts, root): kept.
-writeFileSync(out, doc + '\n' + keptSection(out, LIVE_SECTION));
+// Kept as they are: the live-migration section (`npm run bench:live -- --results docs/results.md`, test hosts,
+// root) and the predictive strategies' section (`npm run experiments`, minutes of emulator runs).
+writeFileSync(out, doc + '\n' + keptSection(out, LIVE_SECTION) + keptSection(out, 'experiments'));
 console.log(`wrote ${out} (${runs.length} runs, ${wall.toFixed(0)} s)`);

@@ -3,6 +3,7 @@ import { exitCodeOf } from '../util/errors.ts';
 import { agentCommand } from './agent.ts';
 import { containerCommands } from './container.ts';
 import { pkiCommand } from './pki.ts';
+import { predictEvalCommand, trainCommand } from './predict.ts';
 import { sendMemoryCommand } from './send.ts';
 import { simulateCommand } from './simulate.ts';
 import { testbedCommand } from './testbed.ts';
@@ -25,6 +26,8 @@ program.addCommand(agentCommand());
 program.addCommand(traceCommand());
 program.addCommand(sendMemoryCommand());
 program.addCommand(testbedCommand());
+program.addCommand(trainCommand());
+program.addCommand(predictEvalCommand());
 for (const c of containerCommands()) program.addCommand(c.exitOverride());
 
 try {

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { CODEC_NAMES } from '../codec/index.ts';
+import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
 import { parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
@@ -151,8 +151,7 @@ export function migrateCommand(): Command {
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
-      if (!CODEC_NAMES.includes(f.codec))
-        throw new UsageError(`--codec ${f.codec}: accepted: ${CODEC_NAMES.join(', ')}`);
+      codecChain(f.codec); // a usage error (exit 2) naming the codec or option when it is wrong
       needRoot('migrate');
       const netns = `precog-${from}`;
       if (process.env.PRECOG_IN_NETNS !== netns) {

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { CODEC_NAMES } from '../codec/index.ts';
+import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { parseWorkload } from '../memory/workloads.ts';
 import { parseStrategy } from '../policy/index.ts';
 import { summaryTable } from '../report/summary.ts';
@@ -61,9 +61,7 @@ export function experimentFromFlags(f: SimulateFlags): Experiment {
   // Parse everything up front so that a typo fails before a long sweep starts.
   lists.strategy.forEach(parseStrategy);
   lists.workload.forEach((w) => parseWorkload(w, memories[0]));
-  if (!CODEC_NAMES.includes(f.codec)) {
-    throw new UsageError(`unknown codec "${f.codec}"; accepted: ${CODEC_NAMES.join(', ')}`);
-  }
+  if (f.codec !== 'auto') codecChain(f.codec);
   const seed = parseCount(f.seed, '--seed', 0);
   const repeat = parseCount(f.repeat, '--repeat', 1);
   const latency = parseDuration(f.latency, '--latency');
@@ -107,7 +105,11 @@ export function simulateCommand(): Command {
       'strategies, comma-separated, e.g. precopy:rule=qemu,iterpredict,hybrid:rounds=2',
       'precopy,iterpredict,cold,postcopy,hybrid',
     )
-    .option('--codec <name>', `page codec chain: ${CODEC_NAMES.join(', ')}`, 'zero')
+    .option(
+      '--codec <name>',
+      `page codec chain: auto (the strategy's own: xor-lz4 for mbdpc, else zero), ${CODEC_NAMES.join(', ')}`,
+      'auto',
+    )
     .option('--batch <size>', 'page bytes per frame', '64KiB')
     .option('--state-size <size>', 'non-memory state sent at the switchover', '256KiB')
     .option('--restore-cost <duration>', 'time the destination needs to resume once it has all state', '0s')

@@ -107,11 +107,13 @@ export class MigrationDestination {
         this.expect('receiving', 'postcopy');
         const store = this.store!;
         const postcopy = this.state === 'postcopy';
-        readBatch(frame.payload, store.layout.pageCount, (id, decodeInto) => {
+        readBatch(frame.payload, store.layout.pageCount, (id, decodeInto, delta) => {
+          const base = delta ? store.base(id) : undefined;
           const page = store.backing.slot(id);
-          decodeInto(page);
+          decodeInto(page, base);
           store.backing.settle(id);
           store.present.set(id);
+          store.received.set(id);
           store.arrival[id] = at;
           if (postcopy) {
             this.env.verifyPage?.(id, page);

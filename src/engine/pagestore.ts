@@ -118,12 +118,27 @@ export class PageStore {
   readonly present: Bitmap;
   /** Arrival time of each page (Infinity while it is missing). */
   readonly arrival: Float64Array;
+  /** Pages that arrived at least once (invalidate() keeps them): their bytes are the base of delta records. */
+  readonly received: Bitmap;
+  private baseCopy: Buffer | null = null;
 
   constructor(layout: Layout, backing?: PageBacking) {
     this.layout = layout;
     this.backing = backing ?? new MemoryBacking(layout);
     this.present = new Bitmap(layout.pageCount);
     this.arrival = new Float64Array(layout.pageCount).fill(Infinity);
+    this.received = new Bitmap(layout.pageCount);
+  }
+
+  /**
+   * A copy of page `id` as held here, the base a delta record decodes against (valid until the next call), or
+   * undefined when the page never arrived. A copy, because the slot the page decodes into may share its memory.
+   */
+  base(id: number): Buffer | undefined {
+    if (!this.received.get(id)) return undefined;
+    this.baseCopy ??= Buffer.allocUnsafeSlow(this.layout.pageSize);
+    this.backing.read(id).copy(this.baseCopy);
+    return this.baseCopy;
   }
 
   /** The whole image, for stores held in memory (the emulator's); null for file-backed stores. */

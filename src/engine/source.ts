@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { Bitmap } from '../util/bitmap.ts';
 import { BatchWriter } from '../codec/batch.ts';
 import type { Codec } from '../codec/index.ts';
-import type { Strategy, RoundSummary, Decision } from '../policy/index.ts';
+import type { Strategy, RoundSummary, Decision, Lookahead, PageSelector } from '../policy/index.ts';
+import type { RoundObservation } from '../predict/types.ts';
 import { median, quantile, type Phase, type RoundRecord, type RunMetrics } from '../report/metrics.ts';
 import { FrameType, jsonFrame, decodeFrame, parseJson, encodeFrame } from '../transport/frame.ts';
 import { bitmapToBase64 } from './destination.ts';
@@ -25,6 +26,13 @@ export interface SourceOptions {
   onDecision?: (d: Decision, round: number) => void;
   /** Told to the destination in HELLO (see HelloMessage.purpose). */
   purpose?: HelloMessage['purpose'];
+  /**
+   * What the source can tell about a live round beyond its dirty pages (accessed pages, system features), read
+   * right after each round's dirty pages (given with the round's seconds) for the strategy's page selector.
+   */
+  observation?: (dirty: Bitmap, seconds: number) => Omit<RoundObservation, 'round' | 'dirty'>;
+  /** The workload's future, for strategies that need it (the oracle; emulator only). */
+  lookahead?: Lookahead;
 }
 
 /** Bytes of state per STATE frame (below the frame limit). */
@@ -62,7 +70,9 @@ export class MigrationSource {
     this.sentOnce = new Bitmap(this.pageCount);
     const perBatch = Math.max(1, Math.floor(options.batchBytes / this.pageSize));
     this.scratch = Buffer.allocUnsafe(perBatch * this.pageSize);
-    this.writer = new BatchWriter(options.codec, this.pageSize, options.batchBytes + perBatch * 16);
+    this.writer = new BatchWriter(options.codec, this.pageSize, options.batchBytes + perBatch * 16, {
+      link,
+    });
   }
 
   private get perBatch(): number {
@@ -71,6 +81,12 @@ export class MigrationSource {
 
   async run(): Promise<RunMetrics> {
     const clock = this.link.clock;
+    // Made before anything is sent: a strategy that cannot run here (the oracle outside the emulator) fails first.
+    const selector: PageSelector | undefined = this.strategy.selector?.({
+      pageCount: this.pageCount,
+      pageSize: this.pageSize,
+      ...(this.o.lookahead ? { lookahead: this.o.lookahead } : {}),
+    });
     const migrationId = this.o.migrationId ?? randomUUID();
     const t0 = clock.now();
     let frozenAt = -1;
@@ -93,21 +109,46 @@ export class MigrationSource {
       let liveTime = 0;
       let decision: Decision;
       for (;;) {
+        const round = history.length + 1;
+        const linkRate = liveTime > 0 ? liveBytes / liveTime : 0;
+        // A predictive strategy's selector names the pending pages to hold back; its forecast may decide the stop.
+        let held: Bitmap | null = null;
+        let forecast: readonly number[] | undefined;
+        if (selector) {
+          const at = {
+            round,
+            pageSize: this.pageSize,
+            linkRate,
+            lastDuration: history.at(-1)?.duration ?? 0,
+          };
+          held = selector.hold(pending, at).clone().and(pending);
+          forecast = selector.forecast?.(pending, held, at);
+        }
+        const heldPages = held ? held.count() : 0;
         decision = this.strategy.decide({
-          round: history.length + 1,
+          round,
           history,
           pageSize: this.pageSize,
           totalPages: this.pageCount,
           pendingPages: pending.count(),
           bytesSent: this.link.bytesSent,
-          linkRate: liveTime > 0 ? liveBytes / liveTime : 0,
+          linkRate,
+          ...(held ? { heldPages } : {}),
+          ...(forecast ? { forecast } : {}),
         });
-        this.o.onDecision?.(decision, history.length + 1);
+        this.o.onDecision?.(decision, round);
         if (decision.stop) break;
-        const round = history.length + 1;
-        const ids = pending.toArray();
-        pending.clearAll();
+        let ids: Uint32Array;
+        if (held) {
+          ids = pending.andNot(held).toArray();
+          pending.clearAll();
+          pending.or(held); // held pages stay pending: offered again next round, or sent at the stop
+        } else {
+          ids = pending.toArray();
+          pending.clearAll();
+        }
         const rec = await this.sendPages(ids, round, 'live');
+        rec.pagesSkipped = heldPages;
         await this.link.send(jsonFrame(FrameType.RoundEnd, { round, pages: ids.length }));
         const dirty = await this.mem.collectDirty();
         pending.or(dirty);
@@ -122,7 +163,9 @@ export class MigrationSource {
           pagesSent: rec.pagesSent,
           bytes: rec.bytes,
           dirtyPages: rec.dirtyPages,
+          ...(held ? { pagesHeld: heldPages } : {}),
         });
+        selector?.observe({ ...this.o.observation?.(dirty, rec.duration), round, dirty });
         this.o.onRound?.(rec);
       }
 

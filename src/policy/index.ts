@@ -1,11 +1,23 @@
 import { UsageError } from '../util/errors.ts';
-import { checkEmpty, parseSpec, take } from '../util/spec.ts';
+import { checkEmpty, parseSpec, take, type Spec } from '../util/spec.ts';
 import { parseCount, parseDuration } from '../util/units.ts';
 import { cold, hybrid, postcopy, precopy, PRECOPY_DEFAULTS } from './classic.ts';
 import { ITERPREDICT_DEFAULTS, iterpredict } from './iterpredict.ts';
+import { SKIP_DEFAULTS, skipStrategy, U2C_DEFAULTS, u2cStrategy } from './predictive.ts';
+import { checkPredictor, predictorFactory } from './predictors.ts';
 import type { Strategy } from './types.ts';
 
-export type { Strategy, Decision, DecisionInput, RoundSummary, Switchover } from './types.ts';
+export type {
+  Strategy,
+  Decision,
+  DecisionInput,
+  RoundSummary,
+  Switchover,
+  Lookahead,
+  PageSelector,
+  SelectorEnv,
+  SelectorRound,
+} from './types.ts';
 
 const positiveNumber = (v: string, what: string): number => {
   const n = Number(v);
@@ -13,11 +25,57 @@ const positiveNumber = (v: string, what: string): number => {
   return n;
 };
 
+const fraction = (v: string, what: string): number => {
+  const n = Number(v);
+  if (!(v.trim() !== '' && n >= 0 && n <= 1)) throw new UsageError(`${what} "${v}" must be between 0 and 1`);
+  return n;
+};
+
+const probability = (v: string, what: string): number => {
+  const n = Number(v);
+  if (!(n > 0 && n <= 1)) throw new UsageError(`${what} "${v}" must be a probability in (0, 1]`);
+  return n;
+};
+
+const SKIP_PARAMS = ['threshold', 'trust', 'min-pages', 'max-rounds', 'max-factor'];
+
+/**
+ * The parameters a predictive strategy does not know go to its predictor ("mbdp:model=FILE" gives the forest its
+ * model, "markov:prior=2" the Markov chain its prior); they are checked now, by building the predictor once.
+ */
+function predictorSpec(s: Spec, strategy: string, predictor: string, own: readonly string[]): string {
+  const rest = [...s.params].map(([k, v]) => `:${k}=${v}`).join('');
+  s.params.clear();
+  const spec = predictor + rest;
+  checkPredictor(spec, strategy, own);
+  return spec;
+}
+
+/** A skip-until-clean strategy over the named predictor (markov, pr, mbdp, mbdpc, oracle). */
+function skip(name: string, predictor: string, extra: { codec?: string; oracle?: boolean } = {}) {
+  return {
+    params: SKIP_PARAMS,
+    build: (s: Spec) => {
+      const options = {
+        threshold: take(s, 'threshold', probability, SKIP_DEFAULTS.threshold),
+        // The oracle's holds need no proving: it knows.
+        trust: take(s, 'trust', fraction, extra.oracle ? 0 : SKIP_DEFAULTS.trust),
+        minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), SKIP_DEFAULTS.minPages),
+        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), SKIP_DEFAULTS.maxRounds),
+        maxFactor: take(s, 'max-factor', positiveNumber, SKIP_DEFAULTS.maxFactor),
+      };
+      const spec = predictorSpec(s, name, predictor, SKIP_PARAMS);
+      return skipStrategy(name, predictorFactory(spec), options, {
+        ...(extra.codec ? { codec: extra.codec } : {}),
+        refineWindow: extra.oracle ?? false,
+        predictor: spec,
+      });
+    },
+  };
+}
+
 /** Strategy builders by name, with the parameters each accepts. One registration line per strategy. */
-const STRATEGIES: Record<
-  string,
-  { params: string[]; build: (spec: ReturnType<typeof parseSpec>) => Strategy }
-> = {
+const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Strategy }> = {
   cold: { params: [], build: () => cold() },
   postcopy: { params: [], build: () => postcopy() },
   hybrid: {
@@ -49,6 +107,26 @@ const STRATEGIES: Record<
         maxFactor: take(s, 'max-factor', positiveNumber, ITERPREDICT_DEFAULTS.maxFactor),
       }),
   },
+  markov: skip('markov', 'markov'),
+  pr: skip('pr', 'pr'),
+  mbdp: skip('mbdp', 'forest'),
+  mbdpc: skip('mbdpc', 'forest', { codec: 'xor-lz4' }),
+  u2c: {
+    params: ['k', ...SKIP_PARAMS],
+    build: (s) => {
+      const options = {
+        k: take(s, 'k', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.k),
+        threshold: take(s, 'threshold', probability, U2C_DEFAULTS.threshold),
+        trust: take(s, 'trust', fraction, U2C_DEFAULTS.trust),
+        minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), U2C_DEFAULTS.minPages),
+        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.maxRounds),
+        maxFactor: take(s, 'max-factor', positiveNumber, U2C_DEFAULTS.maxFactor),
+      };
+      const spec = predictorSpec(s, 'u2c', 'u2c', ['k', ...SKIP_PARAMS]);
+      return u2cStrategy(predictorFactory(spec), options, spec);
+    },
+  },
+  oracle: skip('oracle', 'oracle', { oracle: true }),
 };
 
 export const STRATEGY_NAMES = Object.keys(STRATEGIES);

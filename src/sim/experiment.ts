@@ -1,4 +1,4 @@
-import { median } from '../report/metrics.ts';
+import { median, type Phase, type RoundRecord, type RunMetrics } from '../report/metrics.ts';
 import { simulate, type Scenario, type SimResult } from './run.ts';
 
 /** A grid of scenarios: every combination of the listed values, each repeated over seeds. */
@@ -17,6 +17,8 @@ export interface Summary {
   memoryBytes: number;
   bandwidth: number;
   strategy: string;
+  /** The codec chain the runs used. */
+  codec: string;
   runs: number;
   /** Runs whose stop rule converged, of those where it applies (null: not an iterative strategy). */
   converged: { yes: number; of: number } | null;
@@ -26,6 +28,12 @@ export interface Summary {
   preparationTime: number;
   resumeTime: number;
   bytesTotal: number;
+  /** Wire bytes per live round (their mean within a run), and of the stop-and-copy. */
+  bytesPerRound: number;
+  bytesStop: number;
+  /** Pages sent again after an earlier send, and page-rounds held back by a predictive strategy. */
+  pagesResent: number;
+  pagesHeld: number;
   faults: number | null;
   faultLatencyMedian: number | null;
   degradedTime: number | null;
@@ -61,7 +69,7 @@ export function summarize(runs: readonly SimResult[]): Summary[] {
   const groups = new Map<string, SimResult[]>();
   for (const r of runs) {
     const s = r.scenario;
-    const key = JSON.stringify([s.workload, s.memoryBytes, s.bandwidth, s.strategy]);
+    const key = JSON.stringify([s.workload, s.memoryBytes, s.bandwidth, s.strategy, r.codec]);
     const g = groups.get(key);
     if (g) g.push(r);
     else groups.set(key, [r]);
@@ -77,6 +85,7 @@ export function summarize(runs: readonly SimResult[]): Summary[] {
       memoryBytes: g[0].metrics.memoryBytes,
       bandwidth: s.bandwidth,
       strategy: g[0].metrics.strategy,
+      codec: g[0].codec,
       runs: g.length,
       converged: iterative.length
         ? { yes: iterative.filter((x) => x.converged).length, of: iterative.length }
@@ -87,10 +96,23 @@ export function summarize(runs: readonly SimResult[]): Summary[] {
       preparationTime: median(m.map((x) => x.preparationTime)),
       resumeTime: median(m.map((x) => x.resumeTime)),
       bytesTotal: median(m.map((x) => x.bytesTotal)),
+      bytesPerRound: median(m.map(perLiveRound)),
+      bytesStop: median(m.map((x) => sumOf(x, 'stop', (r) => r.bytes))),
+      pagesResent: median(m.map((x) => x.rounds.reduce((a, r) => a + r.pagesResent, 0))),
+      pagesHeld: median(m.map((x) => sumOf(x, 'live', (r) => r.pagesSkipped))),
       faults: pc.length ? median(pc.map((p) => p.faults)) : null,
       faultLatencyMedian: lat.length ? median(lat) : null,
       degradedTime: pc.length ? median(pc.map((p) => p.degradedTime)) : null,
       stopReasons: [...new Set(m.map((x) => x.stopReason))],
     };
   });
+}
+
+function sumOf(m: RunMetrics, phase: Phase, f: (r: RoundRecord) => number): number {
+  return m.rounds.reduce((a, r) => a + (r.phase === phase ? f(r) : 0), 0);
+}
+
+/** Mean wire bytes of a run's live rounds (0 without live rounds). */
+function perLiveRound(m: RunMetrics): number {
+  return m.liveRounds === 0 ? 0 : sumOf(m, 'live', (r) => r.bytes) / m.liveRounds;
 }

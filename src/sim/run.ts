@@ -10,9 +10,11 @@ import { MigrationSource } from '../engine/source.ts';
 import { ContentPool } from '../memory/content.ts';
 import { EmulatedMemory, ResumedProcess } from '../memory/emulated.ts';
 import { parseWorkload } from '../memory/workloads.ts';
-import { parseStrategy } from '../policy/index.ts';
+import { parseStrategy, type Strategy } from '../policy/index.ts';
 import type { RunMetrics } from '../report/metrics.ts';
 import { EmulatedLink, type FrameHandler } from '../transport/emulated.ts';
+import { emulatedSystemFeatures } from '../predict/features.ts';
+import { AccessRecorder, WorkloadLookahead } from './lookahead.ts';
 
 /** Everything that defines one emulated migration. Same scenario, same seed: the same run, bit for bit. */
 export interface Scenario {
@@ -24,6 +26,7 @@ export interface Scenario {
   latency: number;
   frameOverhead: number;
   strategy: string;
+  /** A codec chain (codecChain), or 'auto': the strategy's own (xor-lz4 for mbdpc), else zero. */
   codec: string;
   batchBytes: number;
   stateBytes: number;
@@ -38,7 +41,7 @@ export const SCENARIO_DEFAULTS: Scenario = {
   latency: 0.0005,
   frameOverhead: 64,
   strategy: 'precopy',
-  codec: 'zero',
+  codec: 'auto',
   batchBytes: 64 * 1024,
   stateBytes: 256 * 1024,
   restoreCost: 0,
@@ -49,6 +52,8 @@ export interface SimResult {
   scenario: Scenario;
   /** The workload and strategy with every parameter spelled out. */
   workloadSpec: string;
+  /** The codec chain used (the strategy's own when the scenario says auto). */
+  codec: string;
   metrics: RunMetrics;
   /** Pages compared byte for byte against the source's stop-time memory (every page, at least once). */
   pagesVerified: number;
@@ -63,18 +68,24 @@ export interface SimHooks {
   corrupt?: (store: PageStore) => void;
   /** Called with each page arriving after a post-copy switchover, before it is checked. */
   corruptArrival?: (page: number, bytes: Buffer) => void;
+  /** A strategy object to run instead of the scenario's spec (tests: strategies over hand-made predictors). */
+  strategy?: Strategy;
 }
 
 /** Runs one migration in the emulator and checks the destination's memory against the source's. */
 export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimResult> {
   const started = performance.now();
   const plan = parseWorkload(s.workload, s.memoryBytes);
-  const strategy = parseStrategy(s.strategy);
-  const codec = codecChain(s.codec);
+  const strategy = hooks.strategy ?? parseStrategy(s.strategy);
+  const codecName = s.codec === 'auto' ? (strategy.codec ?? 'zero') : s.codec;
+  const codec = codecChain(codecName);
   const layout = plan.layout;
   const pool = new ContentPool(deriveSeed(s.seed, 'content'), layout.pageSize);
   const clock = new VirtualClock();
-  const workload = plan.create(pool, deriveSeed(s.seed, 'workload'));
+  const workloadSeed = deriveSeed(s.seed, 'workload');
+  // Every access is recorded, for predictors that read accessed bits; a clone from the same seed is the oracle's.
+  const workload = new AccessRecorder(plan.create(pool, workloadSeed), layout.pageCount);
+  const lookahead = new WorkloadLookahead(plan, workloadSeed, clock, s.bandwidth / 8);
   const memoryBytes = layout.pageCount * layout.pageSize;
   const sourceBytes = takeBuffer(memoryBytes);
   const owned = [sourceBytes];
@@ -147,6 +158,11 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
       batchBytes: s.batchBytes,
       stateBytes: s.stateBytes,
       migrationId: `sim-${s.seed}`,
+      observation: (dirty, seconds) => ({
+        accessed: workload.take(),
+        system: emulatedSystemFeatures(dirty.count(), layout.pageCount, seconds),
+      }),
+      lookahead,
     });
     const metrics = await source.run();
     const pagesVerified = verified.count();
@@ -158,6 +174,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
     return {
       scenario: s,
       workloadSpec: plan.spec,
+      codec: codecName,
       metrics,
       pagesVerified,
       wallTime: (performance.now() - started) / 1000,
