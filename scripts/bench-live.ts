@@ -79,7 +79,7 @@ if (flags.help) {
   --out FILE             also write the markdown report to FILE
   --json FILE            write every run (live and emulated) as JSON
   --results FILE         rewrite the live-migration section of FILE (docs/results.md) with the report
-  --from-json FILE       no live runs: the report from the runs a --json FILE saved (e.g. of an interrupted run)
+  --from-json FILE,...   no live runs: the report from the runs --json FILEs saved (e.g. of an interrupted run)
   --interval MS          probe interval (default 2)
   --settle S             seconds between starting memchange and migrating (default 3)
   --probe-port P         memchange's UDP probe port (default 7001)
@@ -382,7 +382,8 @@ console.log(
 
 // --from-json: the report again from runs saved by an earlier (possibly interrupted) run, with the emulator.
 if (flags['from-json'])
-  liveRuns.push(...(JSON.parse(readFileSync(flags['from-json'], 'utf8')) as { live: LiveRun[] }).live);
+  for (const file of flags['from-json'].split(','))
+    liveRuns.push(...(JSON.parse(readFileSync(file, 'utf8')) as { live: LiveRun[] }).live);
 else
   try {
     for (const link of links) {

@@ -88,6 +88,19 @@ async function waitSession(state: TestbedState, host: string): Promise<void> {
   await sleep(500);
 }
 
+/** The PID of a process on this machine whose command line (NUL-separated) matches, or 0. */
+function processMatching(re: RegExp): number {
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (re.test(readFileSync(`/proc/${e}/cmdline`, 'latin1'))) return Number(e);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return 0;
+}
+
 /** Host b's side of the link at 40 Mbit/s (a 64 MiB migration takes about 15 s); undone by fastLinkFromB. */
 function slowLinkFromB(): void {
   const tbf = ['tbf', 'rate', '40mbit', 'burst', '32kbit', 'latency', '50ms'];
@@ -162,6 +175,9 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.ok(Number(report.pagesUnchanged) > 10_000, `pages already at b: ${report.pagesUnchanged}`);
     assert.ok(Number(report.pagesFinal) < 5_000, `pages sent stopped: ${report.pagesFinal}`);
     assert.ok(Number(report.downtimeMs) < Number(report.totalMs));
+    // Restored lazily: most pages were copied in by criu lazy-pages after the container ran (checked below).
+    assert.equal(report.restoreMode, 'lazy');
+    assert.ok(Number(report.lazyPages) > 10_000, `pages copied in lazily: ${report.lazyPages}`);
     const c = find('mc')!;
     assert.equal(c.host, 'b');
     assert.deepEqual(hostsOf('mc', state), ['b'], 'the source is removed');
@@ -346,6 +362,27 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.equal(find('mc')!.status, 'running');
     for (let i = 0; i < 50 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
     assert.deepEqual(agentLeftovers(state, 'a'), []);
+  });
+
+  test('the lazy copy-in fails (its daemon stops): the restored copy is removed, the source thaws and goes on', async () => {
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a'], { PRECOG_LAZY_TIMEOUT_MS: '3000' });
+    // The daemon lives from just before criu restore until the last page is in: stop it as soon as it shows.
+    let daemon = 0;
+    for (let i = 0; i < 6000 && !daemon; i++) {
+      daemon = processMatching(/^criu\0lazy-pages\0/);
+      if (!daemon) await sleep(5);
+    }
+    assert.ok(daemon, 'the lazy-pages daemon was seen');
+    process.kill(daemon, 'SIGSTOP');
+    const r = await m.done;
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /lazy-pages did not copy every page in/);
+    assert.match(r.stderr, /source keeps running on b/);
+    assert.equal(existsSync(`/proc/${daemon}`), false, 'the stopped daemon went with the removed copy');
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.deepEqual(hostsOf('mc', state), ['b'], 'only the source is left');
   });
 
   test('the destination agent dies mid-migration: the source goes on', async () => {

@@ -173,8 +173,11 @@ export interface LazyResult {
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
-/** Longest a lazy restore may take to copy every page in before it counts as failed. */
-const LAZY_TIMEOUT_MS = 10 * 60_000;
+/**
+ * Longest a lazy restore may take to copy every page in before it counts as failed (env PRECOG_LAZY_TIMEOUT_MS,
+ * default 10 minutes).
+ */
+const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000;
 
 export function validateName(name: string): string {
   if (!NAME_RE.test(name))
@@ -462,11 +465,13 @@ export class NamespaceRuntime implements ContainerRuntime {
 
   private async watchLazy(wd: string, mark: LazyMarkResult, running: number): Promise<LazyResult> {
     const rcFile = join(wd, 'lazy-pages.rc');
-    const deadline = performance.now() + LAZY_TIMEOUT_MS;
+    const limit = lazyTimeoutMs();
+    const deadline = performance.now() + limit;
     while (!existsSync(rcFile)) {
       if (performance.now() > deadline)
         throw new Error(
-          `criu lazy-pages did not finish within ${LAZY_TIMEOUT_MS / 1000} s (log: ${wd}/images)`,
+          `criu lazy-pages did not copy every page in within ${limit / 1000} s ` +
+            `(PRECOG_LAZY_TIMEOUT_MS; log: ${wd}/images/lazy-pages.log)`,
         );
       await sleep(10);
     }
@@ -1112,7 +1117,11 @@ export class NamespaceRuntime implements ContainerRuntime {
           const there = this.locate(restored.name);
           if (there && there.host.name === dest.name)
             await this.cleanup(there, this.read(there)).catch(() => {});
-          throw err;
+          throw new Error(
+            `${(err as Error).message}\nthe restored copy on ${dest.name} is removed; ` +
+              `the source keeps running on ${at.host.name}`,
+            { cause: err },
+          );
         } finally {
           this.lazy.delete(restored.name);
         }

@@ -40,8 +40,14 @@ export function inHost(state: TestbedState, host: string, argv: string[]): Promi
 }
 
 /** Starts bin/precog without waiting (for things to do while it runs); `done` resolves when it exits. */
-export function precogAsync(args: string[]): { pid: number; done: Promise<Ran> } {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function precogAsync(
+  args: string[],
+  env: Record<string, string> = {},
+): { pid: number; done: Promise<Ran> } {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
