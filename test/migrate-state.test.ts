@@ -5,7 +5,20 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { PE_PARENT, PE_PRESENT, pagemapFlags, readPagemap, readPages } from '../src/criu/pages.ts';
+import type { Message } from '../src/criu/codec.ts';
+import { writeImage } from '../src/criu/images.ts';
+import {
+  MAP_ANONYMOUS,
+  MAP_PRIVATE,
+  PE_PARENT,
+  PE_PRESENT,
+  VMA_ANON_PRIVATE,
+  pagemapFlags,
+  readPagemap,
+  readPages,
+} from '../src/criu/pages.ts';
+
+const VMA_FILE_PRIVATE = 1 << 6;
 import { ProcessFilesBacking } from '../src/engine/pagestore.ts';
 import {
   encodeDstId,
@@ -155,9 +168,10 @@ describe('migration state and the destination rebuild', () => {
     );
   });
 
-  test('self layout: each page file becomes its pages image, cut down to the pages CRIU dumped', () => {
-    // Task 1 (machine pid 900): live regions 0x10000 (4 pages) and 0x40000 (2 pages). At the dump, 0x13000 and
-    // 0x41000 are no longer mapped (one cut from the middle of the file, one from its end), 0x11000 was never populated (CRIU skips it), and 0x90000 is a mapping made after the start.
+  test('self layout: each page file becomes its pages image; undumped pages zeroed (anonymous) or cut', () => {
+    // Task 1 (machine pid 900): live regions 0x10000 (4 pages) and 0x40000 (2 pages). At the dump, 0x11000 was
+    // never populated (CRIU skips it), 0x13000 is an unmodified page of a private file mapping (CRIU skips it too),
+    // 0x40000 is no longer mapped (cut from the middle of the file), and 0x90000 is a mapping made after the start.
     const layout: Layout = {
       pageSize: PAGE,
       pageCount: 6,
@@ -170,7 +184,7 @@ describe('migration state and the destination rebuild', () => {
     const dumped = new Map<bigint, Buffer>([
       [0x10000n, page(100)],
       [0x12000n, page(222)],
-      [0x40000n, page(104)],
+      [0x41000n, page(104)],
       [0x90000n, page(777)],
     ]);
     const session = new PageServerSession({ have: () => false, keepOnlyChanged: true });
@@ -189,6 +203,39 @@ describe('migration state and the destination rebuild', () => {
     const upper = join(dir, 'self-src-upper');
     mkdirSync(images);
     mkdirSync(upper);
+    // The dump's mappings: anonymous 0x10000-0x13000, an unmodified page of a private file mapping at 0x13000,
+    // anonymous 0x41000 and 0x90000; 0x40000 is no longer mapped.
+    const vma = (start: bigint, end: bigint, file = false) => ({
+      start,
+      end,
+      pgoff: 0n,
+      shmid: 0n,
+      prot: 3,
+      flags: file ? MAP_PRIVATE : MAP_PRIVATE | MAP_ANONYMOUS,
+      status: (file ? VMA_FILE_PRIVATE : VMA_ANON_PRIVATE) | 1,
+      fd: file ? 3n : -1n,
+    });
+    const mm = {
+      mm_start_code: 0n,
+      mm_end_code: 0n,
+      mm_start_data: 0n,
+      mm_end_data: 0n,
+      mm_start_stack: 0n,
+      mm_start_brk: 0n,
+      mm_brk: 0n,
+      mm_arg_start: 0n,
+      mm_arg_end: 0n,
+      mm_env_start: 0n,
+      mm_env_end: 0n,
+      exe_file_id: 1,
+      vmas: [
+        vma(0x10000n, 0x13000n),
+        vma(0x13000n, 0x14000n, true),
+        vma(0x41000n, 0x42000n),
+        vma(0x90000n, 0x91000n),
+      ],
+    };
+    writeFileSync(join(images, 'mm-1.img'), writeImage('MM', [mm as unknown as Message]));
     const blob = encodeState({
       container: { name: 'c1' },
       pids: [[1, 900]],
@@ -198,13 +245,13 @@ describe('migration state and the destination rebuild', () => {
       upperDir: upper,
     });
     // The destination's file for the process: what the live rounds and the final copy left there. 0x11000 holds
-    // stale bytes (an older mapping the live rounds saw), 0x41000 the contents of the mapping since removed.
+    // stale bytes (an older mapping the live rounds saw), 0x40000 the contents of the mapping since removed.
     const out = join(dir, 'rebuilt-self');
     mkdirSync(join(out, 'images', PARENT_DIR), { recursive: true });
     const files = new ProcessFilesBacking(layout, (k) =>
       join(out, 'images', PARENT_DIR, `pages-${k + 1}.img`),
     );
-    const held = [page(100), page(55), page(222), page(103), page(104), page(66)];
+    const held = [page(100), page(55), page(222), page(103), page(66), page(104)];
     held.forEach((b, g) => {
       b.copy(files.slot(g));
       files.settle();
@@ -222,20 +269,19 @@ describe('migration state and the destination rebuild', () => {
       pagemapFlags(e),
     ]);
     assert.deepEqual(map, [
-      [0x10000n, 1, PE_PRESENT],
-      [0x12000n, 1, PE_PRESENT],
-      [0x40000n, 1, PE_PRESENT],
+      [0x10000n, 4, PE_PRESENT],
+      [0x41000n, 1, PE_PRESENT],
       [0x90000n, 1, PE_PARENT],
     ]);
     const got = pagesWithParent(join(out, 'images'), 1);
     for (const [v, bytes] of dumped) assert.ok(got.get(v)!.equals(bytes), `page 0x${v.toString(16)}`);
-    assert.equal(
-      got.has(0x11000n),
-      false,
-      'a page CRIU did not dump is not in the image (restore maps zeros)',
+    assert.ok(
+      got.get(0x11000n)!.equals(Buffer.alloc(PAGE)),
+      'an anonymous page CRIU did not dump reads as zeros',
     );
-    assert.equal(got.has(0x13000n) || got.has(0x41000n), false, 'the unmapped pages are cut out');
-    assert.equal(statSync(join(out, 'images', 'pages-1.img')).size, 3 * PAGE, 'the file, cut, is the image');
+    assert.ok(got.get(0x13000n)!.equals(page(103)), 'an unmodified file page is kept as the source read it');
+    assert.equal(got.has(0x40000n), false, 'an unmapped page is cut');
+    assert.equal(statSync(join(out, 'images', 'pages-1.img')).size, 5 * PAGE, 'the file, cut, is the image');
   });
 
   test('a page neither in the store nor in the state, and malformed blobs, are refused with what is wrong', () => {

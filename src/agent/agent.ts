@@ -192,7 +192,7 @@ export class Agent {
         const what = `migration ${id}'s state`;
         const out = join(dir, COMMITTED_FILES.checkpoint);
         store.backing.flush();
-        const r: RebuildResult & { layout?: string; why?: string | null } =
+        const r: RebuildResult & { layout?: string; why?: string | null; cuts?: number; cutMs?: number } =
           store.backing instanceof ProcessFilesBacking
             ? rebuildFromFiles(blob, store.layout, store.backing.processes, out, what)
             : rebuildCheckpoint(
@@ -211,6 +211,7 @@ export class Agent {
             fromStore: r.fromStore,
             fromState: r.fromState,
             layout: r.layout ?? 'copied',
+            ...(r.cuts !== undefined ? { cuts: r.cuts, cutMs: Math.round(r.cutMs!) } : {}),
             ...(r.why ? { why: r.why } : {}),
             ms: Math.round(performance.now() - t0),
           },

@@ -20,6 +20,7 @@ interface MigrateFlags {
   linkTimeout: string;
   work?: string;
   restore?: string;
+  dumpVia: string;
   json?: boolean;
   progress?: boolean;
 }
@@ -135,6 +136,11 @@ export function migrateCommand(): Command {
       'lazy: run as soon as the state is back, pages copied in from local images by criu lazy-pages; ' +
         'full: copy every page before running (default: lazy, full for cold)',
     )
+    .option(
+      '--dump-via <how>',
+      'images: local criu dump, pages compared as read back (default); page-server: streamed to precog',
+      'images',
+    )
     .option('--work <dir>', 'work directory on this machine (default: /var/lib/precog/migrations/ID)')
     .option('--json', 'print the report as JSON')
     .option('--no-progress', 'no progress line on a terminal')
@@ -149,6 +155,8 @@ export function migrateCommand(): Command {
         );
       if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
+      if (f.dumpVia !== 'images' && f.dumpVia !== 'page-server')
+        throw new UsageError(`--dump-via ${f.dumpVia}: accepted: images, page-server`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
       codecChain(f.codec); // a usage error (exit 2) naming the codec or option when it is wrong
@@ -184,6 +192,7 @@ export function migrateCommand(): Command {
           batchBytes,
           linkTimeoutMs,
           ...(f.restore ? { restore: f.restore as 'lazy' | 'full' } : {}),
+          dumpVia: f.dumpVia as 'images' | 'page-server',
           workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
           onRound: (rec) => progress.round(rec),
           onDecision: (d, round) => progress.decision(d, round),

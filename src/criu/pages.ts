@@ -122,7 +122,7 @@ export function pagemapFlags(e: PagemapEntry): number {
   return flags;
 }
 
-export function pagemapFile(dir: string, id: number | bigint): string {
+export function pagemapFile(dir: string, id: number | bigint | string): string {
   return join(dir, `pagemap-${id}.img`);
 }
 
@@ -131,7 +131,7 @@ export function pagesFile(dir: string, pagesId: number): string {
 }
 
 /** Reads pagemap-<id>.img and checks what CRIU relies on: a head, then entries in ascending, disjoint order. */
-export function readPagemap(dir: string, id: number | bigint): Pagemap {
+export function readPagemap(dir: string, id: number | bigint | string): Pagemap {
   const file = pagemapFile(dir, id);
   const image = readImage(file);
   if (image.magic !== 'PAGEMAP')

@@ -646,7 +646,13 @@ function sortRuns(kind: PagemapKind, id: number, runs: ReceivedRun[]): ReceivedR
 }
 
 /** Splits runs into pages and classifies them with `have` (every page is changed without it). */
-function classify(kind: PagemapKind, id: number, runs: ReceivedRun[], have?: HavePredicate): ReceivedMemory {
+/** A task's or segment's runs as ReceivedMemory: sorted, checked, pages counted (exported for local dumps). */
+export function classify(
+  kind: PagemapKind,
+  id: number,
+  runs: ReceivedRun[],
+  have?: HavePredicate,
+): ReceivedMemory {
   const sorted = sortRuns(kind, id, runs);
   const pages: ReceivedPage[] = [];
   const changed: ReceivedPage[] = [];

@@ -126,6 +126,7 @@ export class MigrationDestination {
       }
       case FrameType.RoundEnd:
         this.expect('receiving');
+        this.store?.backing.writeBack?.();
         return [];
       case FrameType.State:
         this.expect('receiving');

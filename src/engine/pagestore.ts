@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import { Bitmap } from '../util/bitmap.ts';
 import type { Layout } from './types.ts';
 
@@ -13,6 +13,11 @@ export interface PageBacking {
   readRun(first: number, count: number): Buffer;
   /** Writes out whatever settle() buffered (called after every batch). */
   flush(): void;
+  /**
+   * Starts writing the file's data back to disk in the background (after each round), so that work at the commit
+   * (cutting a file, which first writes back what is dirty after the cut) finds little to do. Optional.
+   */
+  writeBack?(): void;
   /** The whole image in memory, when it is in memory. */
   readonly image: Buffer | null;
   close(): void;
@@ -81,6 +86,12 @@ export class FileBacking implements PageBacking {
     if (this.count === 0) return;
     writeSync(this.fd, this.run, 0, this.count * this.size, this.first * this.size);
     this.count = 0;
+  }
+
+  writeBack(): void {
+    this.flush();
+    // Fire and forget: an error (e.g. the file closed meanwhile) only means nothing was written back early.
+    fdatasync(this.fd, () => {});
   }
 
   read(id: number): Buffer {
@@ -222,6 +233,10 @@ export class ProcessFilesBacking implements PageBacking {
 
   flush(): void {
     for (const f of this.files) f.flush();
+  }
+
+  writeBack(): void {
+    for (const f of this.files) f.writeBack();
   }
 
   read(id: number): Buffer {

@@ -3,6 +3,7 @@ import { existsSync, statSync } from 'node:fs';
 import { COMMITTED_FILES } from '../agent/agent.ts';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
+import { receiveFromImages } from '../criu/localdump.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
@@ -42,6 +43,12 @@ export interface LiveMigrationOptions {
    * criu restore copy every page first. Default: lazy, except full for cold (the classic dump/copy/restore).
    */
   restore?: 'lazy' | 'full';
+  /**
+   * Where CRIU's dump goes at the stop: 'images' (default) writes a local dump and compares its pages as they are
+   * read back; 'page-server' streams them to precog's page server, which compares them as they arrive (no disk
+   * space for a full dump, but slower here: docs/migration.md).
+   */
+  dumpVia?: 'images' | 'page-server';
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
 }
@@ -129,6 +136,14 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         tree,
         async () => {
           o.onPhase?.('dump');
+          if ((o.dumpVia ?? 'images') === 'images') {
+            // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
+            await checkpoint(srcDir);
+            received = receiveFromImages(join(srcDir, 'images'), (...a) => mem.holds(...a));
+            marks.dumped = performance.now();
+            o.onPhase?.('final');
+            return received;
+          }
           const server = await PageServer.listen({
             host: '127.0.0.1',
             have: (...a) => mem.holds(...a),

@@ -131,9 +131,21 @@ export class ContainerMemory implements MemorySource {
         } else extras.push({ id: m.id, vaddr: p.vaddr, bytes: p.bytes });
       }
     }
-    // Pages never sent that CRIU did not dump either (never touched, or unmapped since): the restore will not
-    // read them, but the destination's store is complete only with every page of the layout. Zeros do.
-    for (let g = 0; g < this.layout.pageCount; g++) if (!this.sent.get(g) && !dirty.get(g)) dirty.set(g);
+    // Pages never sent that CRIU did not dump either (never touched, unmodified pages of private file mappings,
+    // unmapped since): the destination's store is complete only with every page of the layout, and its image may
+    // keep them (src/migrate/state.ts, the 'self' layout), so they go as they read now (frozen; zeros if unmapped).
+    const missing: number[] = [];
+    for (let g = 0; g < this.layout.pageCount; g++)
+      if (!this.sent.get(g) && !dirty.get(g)) {
+        dirty.set(g);
+        missing.push(g);
+      }
+    for (let i = 0; i < missing.length; i += 256) {
+      const ids = missing.slice(i, i + 256);
+      const buf = Buffer.allocUnsafe(ids.length * PAGE_SIZE);
+      await this.tree.readPages(ids, buf);
+      ids.forEach((g, k) => data.set(g, buf.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)));
+    }
     this.unchanged = dump.counts.unchanged;
     this.final = { dirty, data, extras };
   }

@@ -1,8 +1,20 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import {
   encodePagemap,
+  isPrivateAnonymous,
+  MAP_PRIVATE,
+  readVmas,
   PE_PARENT,
   PE_PRESENT,
   writePagemap,
@@ -308,6 +320,9 @@ export interface FilesRebuildResult extends RebuildResult {
   layout: 'self' | 'parent';
   /** Why 'self' was not possible (null when it was). */
   why: string | null;
+  /** Stretches cut out of the page files, and the time that took. */
+  cuts: number;
+  cutMs: number;
 }
 
 /**
@@ -323,12 +338,18 @@ export function rebuildFromFiles(
 ): FilesRebuildResult {
   const u = unpack(blob, layout, outDir, what);
   const plan = planSelf(u, layout, processes);
+  const t0 = performance.now();
   const why = typeof plan === 'string' ? plan : collapse(plan, processes);
-  if (why) return { ...onParent(u, layout, processes, what), layout: 'parent', why };
-  return { ...onSelf(u, layout, processes, plan as SelfPlan, what), layout: 'self', why: null };
+  const cuts = typeof plan === 'string' ? 0 : [...plan.values()].reduce((a, p) => a + p.drop.length, 0);
+  const cut = { cuts: why ? 0 : cuts, cutMs: performance.now() - t0 };
+  if (why) return { ...onParent(u, layout, processes, what), layout: 'parent', why, ...cut };
+  return { ...onSelf(u, layout, processes, plan as SelfPlan, what), layout: 'self', why: null, ...cut };
 }
 
 type Unpacked = ReturnType<typeof unpack>;
+
+/** vma_entry.status of the vsyscall, vDSO and vvar areas: the kernel's, never restored from pages. */
+const VMA_SPECIAL_AREAS = (1 << 2) | (1 << 3) | (1 << 12);
 
 /** The layout regions of each process, in layout order (= their order in the process's page file). */
 function regionsByPid(layout: Layout): Map<number, { vaddr: bigint; nrPages: number }[]> {
@@ -342,22 +363,24 @@ function regionsByPid(layout: Layout): Map<number, { vaddr: bigint; nrPages: num
 }
 
 /**
- * Per process (index into processes): the stretches of its page file that stay, with their addresses (exactly the
- * pages CRIU dumped, in file order), and the byte ranges of the file to cut out (everything else).
+ * Per process (index into processes): the stretches of its page file that stay, with their addresses, the byte
+ * ranges to zero, and those to cut out.
  */
 type SelfPlan = Map<
   number,
   {
     keep: { vaddr: bigint; nrPages: number; offset: number }[];
+    zero: { offset: number; length: number }[];
     drop: { offset: number; length: number }[];
   }
 >;
 
 /**
- * Plans the 'self' layout: each page file keeps exactly the pages CRIU dumped, so the image says what CRIU's own dump
- * would have said. Pages of the live layout that CRIU did not dump are cut: never populated (restore maps zeros),
- * unmodified pages of private file mappings (restore maps the file: zeros or stale bytes from the store would be
- * wrong), or no longer mapped. Returns why the layout is impossible instead, when it is.
+ * Plans the 'self' layout from what CRIU dumped. A page of the live layout that CRIU did not dump is kept when it
+ * is in a private mapping: zeroed in a private anonymous one (never populated: what restore would map), as the store
+ * holds it in a private file mapping (an unmodified page: the file's contents, as the source read them through
+ * /proc; restored as a private copy of the same bytes). It is cut out otherwise (no longer mapped, or shared): a cut
+ * costs tens of ms on a large file, a zeroed page a write. Returns why the layout is impossible instead, when it is.
  */
 function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number }[]): SelfPlan | string {
   const regions = regionsByPid(layout);
@@ -366,12 +389,27 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
     const pid = u.pidOf.get(task.id);
     const k = pid === undefined ? -1 : processes.findIndex((p) => p.pid === pid);
     if (k < 0) continue;
+    const vmas = readVmas(u.images, task.id)
+      .filter((v) => v.flags & MAP_PRIVATE && !(v.status & VMA_SPECIAL_AREAS))
+      .sort((a, b) => (a.start < b.start ? -1 : 1));
     const dumped: { vaddr: bigint; nrPages: number }[] = [];
     for (const [hex, nrPages, flags] of task.runs)
       if (flags & PE_PRESENT) dumped.push({ vaddr: BigInt(`0x${hex}`), nrPages });
     const p = {
       keep: [] as { vaddr: bigint; nrPages: number; offset: number }[],
+      zero: [] as { offset: number; length: number }[],
       drop: [] as { offset: number; length: number }[],
+    };
+    const keep = (vaddr: bigint, to: bigint, offset: number) => {
+      const last = p.keep[p.keep.length - 1];
+      const n = Number(to - vaddr) / PAGE_SIZE;
+      if (
+        last &&
+        last.vaddr + BigInt(last.nrPages * PAGE_SIZE) === vaddr &&
+        last.offset + last.nrPages * PAGE_SIZE === offset
+      )
+        last.nrPages += n;
+      else p.keep.push({ vaddr, nrPages: n, offset });
     };
     let end = 0n;
     let offset = 0;
@@ -379,15 +417,28 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
       if (r.vaddr < end) return `task ${task.id}: live regions out of address order`;
       const stop = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
       end = stop;
+      // File offsets before any cut: collapse() cuts from the end, so each stays valid while it runs.
       const off = (a: bigint) => offset + Number(a - r.vaddr);
       let at = r.vaddr;
       for (const h of holes(r, dumped)) {
-        if (h.from > at)
-          p.keep.push({ vaddr: at, nrPages: Number(h.from - at) / PAGE_SIZE, offset: off(at) });
-        p.drop.push({ offset: off(h.from), length: Number(h.to - h.from) });
+        if (h.from > at) keep(at, h.from, off(at));
+        // Within the hole: stretches of private anonymous mappings zeroed and kept, of private file mappings kept
+        // as the store has them (the file's contents, read through /proc), the rest (unmapped, shared) cut.
+        let x = h.from;
+        for (const v of vmas) {
+          if (v.end <= x) continue;
+          if (v.start >= h.to) break;
+          if (v.start > x) p.drop.push({ offset: off(x), length: Number(v.start - x) });
+          const from = v.start > x ? v.start : x;
+          const to = v.end < h.to ? v.end : h.to;
+          if (isPrivateAnonymous(v)) p.zero.push({ offset: off(from), length: Number(to - from) });
+          keep(from, to, off(from));
+          x = to;
+        }
+        if (x < h.to) p.drop.push({ offset: off(x), length: Number(h.to - x) });
         at = h.to;
       }
-      if (at < stop) p.keep.push({ vaddr: at, nrPages: Number(stop - at) / PAGE_SIZE, offset: off(at) });
+      if (at < stop) keep(at, stop, off(at));
       offset += r.nrPages * PAGE_SIZE;
     }
     plan.set(k, p);
@@ -401,6 +452,21 @@ function planSelf(u: Unpacked, layout: Layout, processes: readonly { pid: number
  * why not when the file system cannot cut (tmpfs) and nothing was cut yet; throws when a later cut fails.
  */
 function collapse(plan: SelfPlan, processes: readonly { path: string }[]): string | null {
+  const zeros = Buffer.alloc(1 << 20);
+  for (const [k, p] of plan) {
+    if (!p.zero.length) continue;
+    const fd = openSync(processes[k].path, 'r+');
+    try {
+      for (const z of p.zero)
+        for (let done = 0; done < z.length;) {
+          const n = Math.min(z.length - done, zeros.length);
+          writeSync(fd, zeros, 0, n, z.offset + done);
+          done += n;
+        }
+    } finally {
+      closeSync(fd);
+    }
+  }
   const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
   const lines: string[] = [];
   for (const [k, p] of plan) {
