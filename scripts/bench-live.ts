@@ -79,7 +79,8 @@ if (flags.help) {
   --out FILE             also write the markdown report to FILE
   --json FILE            write every run (live and emulated) as JSON
   --results FILE         rewrite the live-migration section of FILE (docs/results.md) with the report
-  --from-json FILE,...   no live runs: the report from the runs --json FILEs saved (e.g. of an interrupted run)
+  --from-json FILE,...   no live runs: the report from the runs --json FILEs saved (e.g. of an interrupted run);
+                         a cell's runs come from the last file that has it
   --interval MS          probe interval (default 2)
   --settle S             seconds between starting memchange and migrating (default 3)
   --probe-port P         memchange's UDP probe port (default 7001)
@@ -381,10 +382,18 @@ console.log(
 );
 
 // --from-json: the report again from runs saved by an earlier (possibly interrupted) run, with the emulator.
-if (flags['from-json'])
-  for (const file of flags['from-json'].split(','))
-    liveRuns.push(...(JSON.parse(readFileSync(file, 'utf8')) as { live: LiveRun[] }).live);
-else
+if (flags['from-json']) {
+  // Several files: a cell's runs come from the last file that has that cell (newer runs replace older ones).
+  const cellKey = (r: LiveRun) => `${r.link} ${r.sizeMiB} ${r.rate} ${r.strategy}`;
+  const byCell = new Map<string, LiveRun[]>();
+  for (const file of flags['from-json'].split(',')) {
+    const fresh = new Map<string, LiveRun[]>();
+    for (const r of (JSON.parse(readFileSync(file, 'utf8')) as { live: LiveRun[] }).live)
+      fresh.set(cellKey(r), [...(fresh.get(cellKey(r)) ?? []), r]);
+    for (const [k, runs] of fresh) byCell.set(k, runs);
+  }
+  for (const runs of byCell.values()) liveRuns.push(...runs);
+} else
   try {
     for (const link of links) {
       await waitForFreeTestbed();
@@ -571,7 +580,8 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   if (steps.length) {
     out.push('', `## Where precog's downtime goes (medians, ms)`, '');
     out.push(
-      "dump: `criu dump` streaming the memory through precog's page server, which compares every page; changed " +
+      "dump: `criu dump` (to local images read back, or streamed to precog's page server in runs saved before " +
+        'that became the default) and the comparison of every dumped page with what was sent; changed ' +
         "pages: on the link; state: images and layer on the link plus the agent's commit; restore: `criu restore` " +
         'with the container around it; lazy copy-in: after the container runs, until `criu lazy-pages` has copied ' +
         'the last page in from the local images (not downtime).',

@@ -128,7 +128,11 @@ export function migrateCommand(): Command {
       'cold, precopy, precopy:qemu, iterpredict, ... (see docs/emulator.md)',
       'precopy',
     )
-    .option('--codec <name>', `page codec chain: ${CODEC_NAMES.join(', ')}`, 'zero')
+    .option(
+      '--codec <name>',
+      `page codec chain: auto (the strategy's own: xor-lz4 for mbdpc, else zero), ${CODEC_NAMES.join(', ')}`,
+      'auto',
+    )
     .option('--batch <size>', 'page bytes per frame', '1MiB')
     .option('--link-timeout <duration>', 'a link that carries nothing this long has failed', '30s')
     .option(
@@ -159,7 +163,7 @@ export function migrateCommand(): Command {
         throw new UsageError(`--dump-via ${f.dumpVia}: accepted: images, page-server`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
-      codecChain(f.codec); // a usage error (exit 2) naming the codec or option when it is wrong
+      if (f.codec !== 'auto') codecChain(f.codec); // a usage error (exit 2) naming the codec when it is wrong
       needRoot('migrate');
       const netns = `precog-${from}`;
       if (process.env.PRECOG_IN_NETNS !== netns) {

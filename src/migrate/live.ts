@@ -172,7 +172,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       if (o.signal?.aborted) onAbort();
       try {
         const metrics = await new MigrationSource(mem, link, o.strategy, {
-          codec: codecChain(o.codec ?? 'zero'),
+          codec: codecChain(!o.codec || o.codec === 'auto' ? (o.strategy.codec ?? 'zero') : o.codec),
           batchBytes: o.batchBytes ?? 1 << 20,
           stateBytes: 0,
           migrationId,
