@@ -163,7 +163,12 @@ export function migrateCommand(): Command {
         throw new UsageError(`--dump-via ${f.dumpVia}: accepted: images, page-server`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
-      if (f.codec !== 'auto') codecChain(f.codec); // a usage error (exit 2) naming the codec when it is wrong
+      if (f.codec !== 'auto')
+        try {
+          codecChain(f.codec);
+        } catch (err) {
+          throw new UsageError(`--codec ${f.codec}: ${(err as Error).message}`);
+        }
       needRoot('migrate');
       const netns = `precog-${from}`;
       if (process.env.PRECOG_IN_NETNS !== netns) {

@@ -1122,11 +1122,19 @@ export class NamespaceRuntime implements ContainerRuntime {
         this.checkpoint(name, dir, { ...opts, keepFrozen: true }),
       );
       const t1 = performance.now();
-      restored = await this.restore(result.dir, dest.name, {
-        replacingOn: at.host.name,
-        move: result.move,
-        lazy: result.lazy,
-      });
+      try {
+        restored = await this.restore(result.dir, dest.name, {
+          replacingOn: at.host.name,
+          move: result.move,
+          lazy: result.lazy,
+        });
+      } catch (err) {
+        // restore() removed what it made; the source thaws below.
+        throw Object.assign(
+          new Error(`${(err as Error).message}\nthe source keeps running on ${at.host.name}`, { cause: err }),
+          { exitCode: (err as { exitCode?: number }).exitCode },
+        );
+      }
       runningAt = performance.now();
       restoreMs = runningAt - t1;
       const pending = this.lazyDone(restored.name);
