@@ -15,20 +15,11 @@
  *   npm run bench:predict -- --rounds 21 --predictors markov,forest --pages 262144 --json
  */
 import { loadavg } from 'node:os';
-import { ContentPool } from '../src/memory/content.ts';
-import { loadTrace } from '../src/memory/trace.ts';
-import { parseWorkload } from '../src/memory/workloads.ts';
-import { traceBitmaps, traceLookahead } from '../src/predict/evaluate.ts';
+import { traceLookahead } from '../src/predict/evaluate.ts';
 import { createPredictor, parsePredictorList } from '../src/predict/index.ts';
 import { renderTable } from '../src/report/table.ts';
-import { Bitmap } from '../src/util/bitmap.ts';
-import { Prng } from '../src/util/prng.ts';
+import { benchScenarios, flag, median } from './scenarios.ts';
 import { parseCount } from '../src/util/units.ts';
-
-function flag(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
 
 const PAGES = parseCount(flag('--pages', '262144'), '--pages', 1024);
 const TIMED = parseCount(flag('--rounds', '15'), '--rounds', 1);
@@ -38,54 +29,7 @@ const json = process.argv.includes('--json');
 const TARGET_MS = 50;
 const ROUNDS = WARM + TIMED + 1;
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-function tiledTrace(path: string): Bitmap[] {
-  const t = traceBitmaps(loadTrace(new URL(path, import.meta.url).pathname));
-  return Array.from({ length: ROUNDS }, (_, r) => {
-    const src = t[r % t.length];
-    const b = new Bitmap(PAGES);
-    for (let p = 0; p < PAGES; p++) if (src.get(p % src.size)) b.set(p);
-    return b;
-  });
-}
-
-/** Runs an emulator workload over PAGES pages, collecting the pages it writes in each `seconds` of its clock. */
-function workloadRounds(spec: string, seconds: number): Bitmap[] {
-  const plan = parseWorkload(spec, PAGES * 4096);
-  const pool = new ContentPool(1, 4096);
-  const w = plan.create(pool, 1);
-  // Only the pages the workload writes are touched, so the GiB is not all committed.
-  const mem = Buffer.allocUnsafeSlow(PAGES * 4096);
-  return Array.from({ length: ROUNDS }, (_, r) => {
-    const b = new Bitmap(PAGES);
-    while (w.time <= (r + 1) * seconds) {
-      if (w.write) b.set(w.page);
-      w.apply(mem);
-    }
-    return b;
-  });
-}
-
-function uniform(p: number): Bitmap[] {
-  const prng = new Prng(7);
-  return Array.from({ length: ROUNDS }, () => {
-    const b = new Bitmap(PAGES);
-    for (let i = 0; i < PAGES; i++) if (prng.next() < p) b.set(i);
-    return b;
-  });
-}
-
-const scenarios: [string, () => Bitmap[]][] = [
-  ['redis', () => tiledTrace('../traces/redis-benchmark.trace.gz')],
-  ['hotspot', () => workloadRounds('memchange:high:pattern=hotspot', 2)],
-  ['hotcold', () => workloadRounds('hotcold:rate=11MB/s:skew=1', 2)],
-  ['uniform-10%', () => uniform(0.1)],
-];
+const scenarios = benchScenarios(PAGES, ROUNDS);
 
 interface Row {
   predictor: string;
