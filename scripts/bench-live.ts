@@ -38,7 +38,7 @@ import { readState, testbedStatus, type TestbedState } from '../src/runtime/test
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
 import { parseBandwidth } from '../src/util/units.ts';
 import { requireRootOrExit } from './testbed-run.ts';
-import { LIVE_SECTION, replaceSection } from './sections.ts';
+import { KEPT_SECTIONS, LIVE_SECTION, replaceSection } from './sections.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
 const MiB = 2 ** 20;
@@ -50,6 +50,8 @@ const { values: flags } = parseArgs({
     rates: { type: 'string' },
     links: { type: 'string' },
     strategies: { type: 'string', default: 'cold,precopy,iterpredict' },
+    workloads: { type: 'string', default: 'memchange' },
+    section: { type: 'string', default: LIVE_SECTION },
     runs: { type: 'string' },
     pattern: { type: 'string', default: 'sequential' },
     quick: { type: 'boolean', default: false },
@@ -74,11 +76,15 @@ if (flags.help) {
   --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline);
                          S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
-  --pattern P            memchange pattern: sequential, random, hotspot (default sequential)
+  --workloads W,...      memchange (a buffer of SIZE MiB rewritten at RATE MB/s) and/or redis (redis-server with
+                         SIZE MiB of values, rewritten at RATE MB/s by a client in the container, checked whole
+                         after the move; workloads/redisload.py) (default memchange)
+  --pattern P            memchange pattern: sequential, random, hotspot (default sequential; redis: random)
   --quick                64 MiB, 5 MB/s, 1gbit, 1 run (flags given explicitly still win)
   --out FILE             also write the markdown report to FILE
   --json FILE            write every run (live and emulated) as JSON
   --results FILE         rewrite the live-migration section of FILE (docs/results.md) with the report
+  --section NAME         the section of --results to rewrite (default ${LIVE_SECTION})
   --from-json FILE,...   no live runs: the report from the runs --json FILEs saved (e.g. of an interrupted run);
                          a cell's runs come from the last file that has it
   --interval MS          probe interval (default 2)
@@ -113,6 +119,11 @@ const sizes = numbers(flags.sizes ?? (quick ? '64' : '256,1024'), '--sizes');
 const rates = numbers(flags.rates ?? (quick ? '5' : '5,50'), '--rates');
 const links = list(flags.links ?? (quick ? '1gbit' : '100mbit,1gbit'), '--links');
 const strategies = list(flags.strategies!, '--strategies');
+const workloads = list(flags.workloads!, '--workloads');
+for (const w of workloads)
+  if (!['memchange', 'redis'].includes(w)) usage(`--workloads: "${w}" is not memchange or redis`);
+if (!KEPT_SECTIONS.includes(flags.section!))
+  usage(`--section ${flags.section}: one of ${KEPT_SECTIONS.join(', ')} (scripts/sections.ts)`);
 const runs = numbers(flags.runs ?? (quick ? '1' : '3'), '--runs')[0];
 const pattern = flags.pattern!;
 const intervalMs = Number(flags.interval);
@@ -190,6 +201,8 @@ interface MigrateReport {
 }
 
 interface LiveRun {
+  /** Absent in runs saved before redis was added: memchange. */
+  workload?: string;
   link: string;
   sizeMiB: number;
   rate: number;
@@ -200,7 +213,12 @@ interface LiveRun {
   error?: string;
   report?: MigrateReport;
   probe?: Omit<ProbeResult, 'samples'> & { answers: number };
+  /** redis: the client's check of every key after the move ("verify ok KEYS REQUESTS FAILED"). */
+  verify?: string;
+  /** redis: requests that failed during the run, as the client counted them. */
+  failedRequests?: number;
 }
+const workloadOf = (r: { workload?: string }) => r.workload ?? 'memchange';
 
 interface EmulatedRun {
   link: string;
@@ -208,7 +226,8 @@ interface EmulatedRun {
   rate: number;
   strategy: string;
   memoryBytes: number;
-  workload: string;
+  /** The emulator's workload (memchange with the live run's buffer, rate and pattern). */
+  spec: string;
   ok: boolean;
   error?: string;
   downtimeMs?: number;
@@ -268,26 +287,20 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
 
 let serial = 0;
 
-async function liveRun(
-  state: TestbedState,
-  link: string,
-  sizeMiB: number,
-  rate: number,
-  strategy: string,
-  run: number,
-): Promise<LiveRun> {
-  const name = `bench${process.pid % 1000}-${++serial}`;
-  const limitMiB = Math.ceil(sizeMiB * 1.25 + 64);
-  const base: LiveRun = { link, sizeMiB, rate, strategy, run, container: name, ok: false };
-  mustPrecog(
-    'run',
-    '--host',
-    'a',
-    '--name',
-    name,
-    '--memory',
-    `${limitMiB}M`,
-    '--',
+/** The container's command for a workload of SIZE MiB rewritten at RATE MB/s. */
+function workloadCommand(workload: string, sizeMiB: number, rate: number): string[] {
+  if (workload === 'redis')
+    return [
+      'python3',
+      '/opt/precog/workloads/redisload.py',
+      '--size',
+      String(sizeMiB),
+      '--rate',
+      String(rate),
+      '--probe-port',
+      String(probePort),
+    ];
+  return [
     'python3',
     '/opt/precog/workloads/memchange.py',
     '--size',
@@ -298,6 +311,40 @@ async function liveRun(
     pattern,
     '--probe-port',
     String(probePort),
+  ];
+}
+
+/** Asks redisload.py in HOST (over the host's loopback) a question of its probe port: "verify" or "stats". */
+function askWorkload(host: string, question: string): string {
+  const py =
+    'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(60);' +
+    `s.sendto(sys.argv[1].encode(),("127.0.0.1",${probePort}));print(s.recv(512).decode().strip())`;
+  return mustPrecog('testbed', 'exec', host, '--', 'python3', '-c', py, question).trim();
+}
+
+async function liveRun(
+  state: TestbedState,
+  workload: string,
+  link: string,
+  sizeMiB: number,
+  rate: number,
+  strategy: string,
+  run: number,
+): Promise<LiveRun> {
+  const name = `bench${process.pid % 1000}-${++serial}`;
+  // redis keeps each value with ~100 bytes of its own, and its allocator's slack
+  const limitMiB = Math.ceil(workload === 'redis' ? sizeMiB * 1.6 + 128 : sizeMiB * 1.25 + 64);
+  const base: LiveRun = { workload, link, sizeMiB, rate, strategy, run, container: name, ok: false };
+  mustPrecog(
+    'run',
+    '--host',
+    'a',
+    '--name',
+    name,
+    '--memory',
+    `${limitMiB}M`,
+    '--',
+    ...workloadCommand(workload, sizeMiB, rate),
   );
   started.add(name);
   try {
@@ -339,6 +386,14 @@ async function liveRun(
       throw new Error(
         `the state did not go on: ${JSON.stringify(result.lastBefore)} then ${JSON.stringify(result.firstAfter)}`,
       );
+    if (workload === 'redis') {
+      // Every key read back in b and compared with what the client wrote; the client's count of failed requests.
+      base.verify = askWorkload('b', 'verify');
+      const m = /^verify ok \d+ \d+ (\d+)$/.exec(base.verify);
+      if (!m) throw new Error(`redis data after the move: ${base.verify}`);
+      base.failedRequests = Number(m[1]);
+      if (base.failedRequests > 0) throw new Error(`the client saw ${base.failedRequests} failed request(s)`);
+    }
     base.ok = true;
   } catch (err) {
     base.error = (err as Error).message;
@@ -384,7 +439,7 @@ console.log(
 // --from-json: the report again from runs saved by an earlier (possibly interrupted) run, with the emulator.
 if (flags['from-json']) {
   // Several files: a cell's runs come from the last file that has that cell (newer runs replace older ones).
-  const cellKey = (r: LiveRun) => `${r.link} ${r.sizeMiB} ${r.rate} ${r.strategy}`;
+  const cellKey = (r: LiveRun) => `${workloadOf(r)} ${r.link} ${r.sizeMiB} ${r.rate} ${r.strategy}`;
   const byCell = new Map<string, LiveRun[]>();
   for (const file of flags['from-json'].split(',')) {
     const fresh = new Map<string, LiveRun[]>();
@@ -406,23 +461,24 @@ if (flags['from-json']) {
       if (!state.probe) throw new Error('the testbed has no probe namespace');
       console.log(`\ntestbed up, link ${state.rate ?? 'unlimited'}`);
       try {
-        for (const sizeMiB of sizes)
-          for (const rate of rates)
-            for (let run = 1; run <= runs; run++)
-              for (const strategy of strategies) {
-                const r = await liveRun(state, link, sizeMiB, rate, strategy, run);
-                liveRuns.push(r);
-                const p = r.probe;
-                console.log(
-                  `${link} ${sizeMiB} MiB ${rate} MB/s ${strategy} run ${run}: ` +
-                    (r.ok
-                      ? `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
-                        `${p?.firstAfter?.host}:${p?.firstAfter?.value}), precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
-                        `total ${fmt((r.report?.totalMs ?? NaN) / 1000, 1)} s, ${fmt((r.report?.bytesTotal ?? NaN) / 1e6, 1)} MB, ` +
-                        `${r.report?.liveRounds} live round(s)`
-                      : `FAILED: ${r.error}`),
-                );
-              }
+        for (const workload of workloads)
+          for (const sizeMiB of sizes)
+            for (const rate of rates)
+              for (let run = 1; run <= runs; run++)
+                for (const strategy of strategies) {
+                  const r = await liveRun(state, workload, link, sizeMiB, rate, strategy, run);
+                  liveRuns.push(r);
+                  const p = r.probe;
+                  console.log(
+                    `${workload} ${link} ${sizeMiB} MiB ${rate} MB/s ${strategy} run ${run}: ` +
+                      (r.ok
+                        ? `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
+                          `${p?.firstAfter?.host}:${p?.firstAfter?.value}), precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
+                          `total ${fmt((r.report?.totalMs ?? NaN) / 1000, 1)} s, ${fmt((r.report?.bytesTotal ?? NaN) / 1e6, 1)} MB, ` +
+                          `${r.report?.liveRounds} live round(s)${r.verify ? `; ${r.verify}` : ''}`
+                        : `FAILED: ${r.error}`),
+                  );
+                }
       } finally {
         await cleanup();
       }
@@ -438,18 +494,25 @@ async function runEmulator(): Promise<EmulatedRun[]> {
     for (const sizeMiB of sizes)
       for (const rate of rates)
         for (const strategy of strategies) {
+          if (!workloads.includes('memchange')) continue; // the emulator has no model of redis
           const live = liveRuns.filter(
-            (r) => r.ok && r.link === link && r.sizeMiB === sizeMiB && r.rate === rate && r.report,
+            (r) =>
+              r.ok &&
+              workloadOf(r) === 'memchange' &&
+              r.link === link &&
+              r.sizeMiB === sizeMiB &&
+              r.rate === rate &&
+              r.report,
           );
           const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;
           // memchange.py's hot spot: the first 10 % of the buffer gets 90 % of the writes (its defaults).
           const hot = pattern === 'hotspot' ? ':hot=0.1:hotshare=0.9' : '';
-          const workload = `memchange:rate=${rate}MB/s:buffer=${sizeMiB}MiB:pattern=${pattern}:touch=8${hot}`;
-          const e: EmulatedRun = { link, sizeMiB, rate, strategy, memoryBytes, workload, ok: false };
+          const spec = `memchange:rate=${rate}MB/s:buffer=${sizeMiB}MiB:pattern=${pattern}:touch=8${hot}`;
+          const e: EmulatedRun = { link, sizeMiB, rate, strategy, memoryBytes, spec, ok: false };
           try {
             const r = await simulate({
               ...SCENARIO_DEFAULTS,
-              workload,
+              workload: spec,
               memoryBytes: Math.ceil(memoryBytes / 4096) * 4096,
               bandwidth: parseBandwidth(link, '--links'),
               strategy: strategy.split('+')[0],
@@ -478,61 +541,82 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   out.push(
     `# Live migration: ${runs} run(s) per cell, medians${partial ? ` (${partial})` : ''}`,
     '',
-    `memchange (${pattern}) in host a, migrated to b with \`precog migrate --json\`; downtime measured by the probe ` +
+    `${workloads.map((w) => (w === 'redis' ? 'redis (redis-server and its client, workloads/redisload.py)' : `memchange (${pattern})`)).join(' and ')} ` +
+      `in host a, migrated to b with \`precog migrate --json\`; downtime measured by the probe ` +
       `(UDP every ${intervalMs} ms from the probe namespace, longest silence, state continued) and by precog ` +
       `(source frozen -> running on b). Bytes: on the a->b link (precog's report). Emulated: src/sim/run.ts with ` +
       `the same buffer, rate, pattern and link rate, the memory precog reported, defaults otherwise; ` +
-      `ratios are live / emulated.`,
+      `ratios are live / emulated (memchange only: the emulator has no model of redis). redis: a run counts only when ` +
+      `the client saw no failed request and every key read back in b equals what it wrote.`,
     '',
   );
   const rows: string[][] = [];
-  const cellsFor = (link: string, sizeMiB: number, rate: number, strategy: string) =>
+  // A cell: one workload, link, size and rate (the rows of every table); the strategies are its columns or rows.
+  interface Cell {
+    workload: string;
+    link: string;
+    sizeMiB: number;
+    rate: number;
+  }
+  const cells: Cell[] = [];
+  for (const link of links)
+    for (const workload of workloads)
+      for (const sizeMiB of sizes) for (const rate of rates) cells.push({ workload, link, sizeMiB, rate });
+  const cellsFor = (c: Cell, strategy: string) =>
     liveRuns.filter(
-      (r) => r.link === link && r.sizeMiB === sizeMiB && r.rate === rate && r.strategy === strategy,
+      (r) =>
+        workloadOf(r) === c.workload &&
+        r.link === c.link &&
+        r.sizeMiB === c.sizeMiB &&
+        r.rate === c.rate &&
+        r.strategy === strategy,
     );
-  const downtimeOf = (link: string, sizeMiB: number, rate: number, strategy: string) =>
+  const downtimeOf = (c: Cell, strategy: string) =>
     med(
-      cellsFor(link, sizeMiB, rate, strategy)
+      cellsFor(c, strategy)
         .filter((r) => r.ok)
         .map((r) => r.probe?.downtimeMs),
     );
-  for (const link of links)
-    for (const sizeMiB of sizes)
-      for (const rate of rates)
-        for (const strategy of strategies) {
-          const cells = cellsFor(link, sizeMiB, rate, strategy);
-          const ok = cells.filter((r) => r.ok);
-          const probeDown = med(ok.map((r) => r.probe?.downtimeMs));
-          const precogDown = med(ok.map((r) => r.report?.downtimeMs));
-          const total = med(ok.map((r) => r.report?.totalMs));
-          const bytes = med(ok.map((r) => r.report?.bytesTotal));
-          const rounds = med(ok.map((r) => r.report?.liveRounds));
-          const e = emulated.find(
-            (x) =>
-              x.link === link && x.sizeMiB === sizeMiB && x.rate === rate && x.strategy === strategy && x.ok,
-          );
-          rows.push([
-            `${sizeMiB} MiB`,
-            `${rate} MB/s`,
-            link,
-            strategy,
-            `${ok.length}/${cells.length}`,
-            fmt(probeDown),
-            fmt(precogDown),
-            fmt(total === undefined ? undefined : total / 1000, 2),
-            fmt(bytes === undefined ? undefined : bytes / 1e6, 1),
-            fmt(rounds),
-            fmt(e?.downtimeMs),
-            fmt(e?.totalMs === undefined ? undefined : e.totalMs / 1000, 2),
-            fmt(e?.bytesTotal === undefined ? undefined : e.bytesTotal / 1e6, 1),
-            ratio(probeDown, e?.downtimeMs),
-            ratio(total, e?.totalMs),
-            ratio(bytes, e?.bytesTotal),
-          ]);
-        }
+  const cellHead = (c: Cell) => [c.workload, `${c.sizeMiB} MiB`, `${c.rate} MB/s`, c.link];
+  for (const c of cells)
+    for (const strategy of strategies) {
+      const cells = cellsFor(c, strategy);
+      const ok = cells.filter((r) => r.ok);
+      const probeDown = med(ok.map((r) => r.probe?.downtimeMs));
+      const precogDown = med(ok.map((r) => r.report?.downtimeMs));
+      const total = med(ok.map((r) => r.report?.totalMs));
+      const bytes = med(ok.map((r) => r.report?.bytesTotal));
+      const rounds = med(ok.map((r) => r.report?.liveRounds));
+      const e = emulated.find(
+        (x) =>
+          c.workload === 'memchange' &&
+          x.link === c.link &&
+          x.sizeMiB === c.sizeMiB &&
+          x.rate === c.rate &&
+          x.strategy === strategy &&
+          x.ok,
+      );
+      rows.push([
+        ...cellHead(c),
+        strategy,
+        `${ok.length}/${cells.length}`,
+        fmt(probeDown),
+        fmt(precogDown),
+        fmt(total === undefined ? undefined : total / 1000, 2),
+        fmt(bytes === undefined ? undefined : bytes / 1e6, 1),
+        fmt(rounds),
+        fmt(e?.downtimeMs),
+        fmt(e?.totalMs === undefined ? undefined : e.totalMs / 1000, 2),
+        fmt(e?.bytesTotal === undefined ? undefined : e.bytesTotal / 1e6, 1),
+        ratio(probeDown, e?.downtimeMs),
+        ratio(total, e?.totalMs),
+        ratio(bytes, e?.bytesTotal),
+      ]);
+    }
   out.push(
     table(
       [
+        'workload',
         'size',
         'dirty rate',
         'link',
@@ -556,27 +640,23 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
 
   // Where precog's downtime goes, step by step (docs/migration.md, "The report").
   const steps: string[][] = [];
-  for (const link of links)
-    for (const sizeMiB of sizes)
-      for (const rate of rates)
-        for (const strategy of strategies) {
-          const ok = cellsFor(link, sizeMiB, rate, strategy).filter((r) => r.ok && r.report);
-          if (!ok.length) continue;
-          const m = (f: (x: MigrateReport) => number | null | undefined) =>
-            med(ok.map((r) => f(r.report!) ?? undefined));
-          steps.push([
-            `${sizeMiB} MiB`,
-            `${rate} MB/s`,
-            link,
-            strategy,
-            ok[0].report!.restoreMode ?? 'full',
-            fmt(m((x) => x.dumpMs)),
-            fmt(m((x) => x.finalPagesMs)),
-            fmt(m((x) => x.stateMs)),
-            fmt(m((x) => x.restoreMs)),
-            fmt(m((x) => x.lazyMs)),
-          ]);
-        }
+  for (const c of cells)
+    for (const strategy of strategies) {
+      const ok = cellsFor(c, strategy).filter((r) => r.ok && r.report);
+      if (!ok.length) continue;
+      const m = (f: (x: MigrateReport) => number | null | undefined) =>
+        med(ok.map((r) => f(r.report!) ?? undefined));
+      steps.push([
+        ...cellHead(c),
+        strategy,
+        ok[0].report!.restoreMode ?? 'full',
+        fmt(m((x) => x.dumpMs)),
+        fmt(m((x) => x.finalPagesMs)),
+        fmt(m((x) => x.stateMs)),
+        fmt(m((x) => x.restoreMs)),
+        fmt(m((x) => x.lazyMs)),
+      ]);
+    }
   if (steps.length) {
     out.push('', `## Where precog's downtime goes (medians, ms)`, '');
     out.push(
@@ -590,6 +670,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     out.push(
       table(
         [
+          'workload',
           'size',
           'dirty rate',
           'link',
@@ -610,21 +691,13 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     const others = strategies.filter((s) => s !== BASELINE);
     out.push('', `## Downtime of cold / downtime of each strategy (probe, medians; higher is better)`, '');
     const ratioRows: string[][] = [];
-    for (const link of links)
-      for (const sizeMiB of sizes)
-        for (const rate of rates) {
-          const cold = downtimeOf(link, sizeMiB, rate, BASELINE);
-          ratioRows.push([
-            `${sizeMiB} MiB`,
-            `${rate} MB/s`,
-            link,
-            fmt(cold),
-            ...others.map((s) => ratio(cold, downtimeOf(link, sizeMiB, rate, s))),
-          ]);
-        }
+    for (const c of cells) {
+      const cold = downtimeOf(c, BASELINE);
+      ratioRows.push([...cellHead(c), fmt(cold), ...others.map((s) => ratio(cold, downtimeOf(c, s)))]);
+    }
     out.push(
       table(
-        ['size', 'dirty rate', 'link', 'cold downtime (ms)', ...others.map((s) => `cold/${s}`)],
+        ['workload', 'size', 'dirty rate', 'link', 'cold downtime (ms)', ...others.map((s) => `cold/${s}`)],
         ratioRows,
       ),
     );
@@ -634,12 +707,14 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       `## Goal: downtime at most 1/${1 / GOAL.fraction} of cold's for ${GOAL.sizeMiB} MiB at ${GOAL.rate} MB/s`,
       '',
     );
-    if (!sizes.includes(GOAL.sizeMiB)) out.push(`not measured in this run (no ${GOAL.sizeMiB} MiB size)`);
+    if (!sizes.includes(GOAL.sizeMiB) || !workloads.includes('memchange'))
+      out.push(`not measured in this run (no ${GOAL.sizeMiB} MiB size)`);
     else
       for (const link of links) {
-        const cold = downtimeOf(link, GOAL.sizeMiB, GOAL.rate, BASELINE);
+        const goal: Cell = { workload: 'memchange', link, sizeMiB: GOAL.sizeMiB, rate: GOAL.rate };
+        const cold = downtimeOf(goal, BASELINE);
         for (const s of others) {
-          const d = downtimeOf(link, GOAL.sizeMiB, GOAL.rate, s);
+          const d = downtimeOf(goal, s);
           const verdict =
             cold === undefined || d === undefined
               ? 'not measured'
@@ -658,7 +733,9 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   if (failures.length + emuFailures.length > 0) {
     out.push('', '## Failures', '');
     for (const r of failures)
-      out.push(`- live ${r.link} ${r.sizeMiB} MiB ${r.rate} MB/s ${r.strategy} run ${r.run}: ${r.error}`);
+      out.push(
+        `- live ${workloadOf(r)} ${r.link} ${r.sizeMiB} MiB ${r.rate} MB/s ${r.strategy} run ${r.run}: ${r.error}`,
+      );
     for (const e of emuFailures)
       out.push(`- emulated ${e.link} ${e.sizeMiB} MiB ${e.rate} MB/s ${e.strategy}: ${e.error}`);
   }
@@ -680,7 +757,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     const command = `sudo npm run bench:live -- ${process.argv.slice(2).join(' ')}`;
     replaceSection(
       flags.results,
-      LIVE_SECTION,
+      flags.section!,
       `Generated by \`${command}\`.\n\n${report.replace(/^# /m, '## ')}`,
     );
     console.log(`the live section of ${flags.results} rewritten`);

@@ -5,7 +5,7 @@
  *   npm run results -- --quick   # 1 seed, 256 MiB and 512 MiB only: a smoke run
  */
 import { writeFileSync } from 'node:fs';
-import { keptSection, LIVE_SECTION } from './sections.ts';
+import { KEPT_SECTIONS, keptSection } from './sections.ts';
 import os from 'node:os';
 import { runExperiment, type Experiment } from '../src/sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../src/sim/run.ts';
@@ -77,5 +77,5 @@ ${summaryTable(replay.summary, 'markdown')}`;
 
 // Kept as they are: the live-migration section (`npm run bench:live -- --results docs/results.md`, test hosts,
 // root) and the predictive strategies' section (`npm run experiments`, minutes of emulator runs).
-writeFileSync(out, doc + '\n' + keptSection(out, LIVE_SECTION) + keptSection(out, 'experiments'));
+writeFileSync(out, doc + '\n' + KEPT_SECTIONS.map((name) => keptSection(out, name)).join(''));
 console.log(`wrote ${out} (${runs.length} runs, ${wall.toFixed(0)} s)`);
