@@ -20,40 +20,18 @@ import argparse
 import mmap
 import random
 import select
-import socket
 import struct
 import sys
 import time
 
-
-def open_probe(port: int):
-    """A non-blocking UDP socket on 0.0.0.0:port, or None for port 0."""
-    if port <= 0:
-        return None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.setblocking(False)
-    return sock
+from udpprobe import open_probe, serve
 
 
 def answer(sock, value: int) -> None:
     """Answers every datagram queued on the probe socket with the current value."""
-    if sock is None:
-        return
     reply = f"{value}\n".encode()
-    while True:
-        try:
-            _, addr = sock.recvfrom(512)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            # e.g. ECONNREFUSED queued by an ICMP error: nothing to answer, keep draining
-            continue
-        try:
-            sock.sendto(reply, addr)
-        except OSError:
-            pass
+    serve(sock, lambda _question: reply)
+
 
 PAGE = 4096
 

@@ -32,15 +32,7 @@ import subprocess
 import sys
 import time
 
-
-def open_probe(port: int):
-    if port <= 0:
-        return None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.setblocking(False)
-    return sock
+from udpprobe import open_probe, serve
 
 
 def value_of(key: int, version: int, size: int) -> bytes:
@@ -200,30 +192,18 @@ def main() -> None:
             return f"verify bad {bad} first=k:{first}\n".encode()
         return f"verify ok {keys} {acked} {failed}\n".encode()
 
+    def reply_to(question: bytes) -> bytes:
+        if question == b"verify":
+            try:
+                return verify()
+            except Exception as e:  # noqa: BLE001 - the check's own failure is the answer
+                return f"verify error {e}\n".encode()
+        if question == b"stats":
+            return f"stats {acked} {failed} {reconnects}\n".encode()
+        return f"{acked}\n".encode()
+
     def answer() -> None:
-        if probe is None:
-            return
-        while True:
-            try:
-                msg, addr = probe.recvfrom(512)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            word = msg.strip()
-            if word == b"verify":
-                try:
-                    reply = verify()
-                except Exception as e:  # noqa: BLE001 - the check's own failure is the answer
-                    reply = f"verify error {e}\n".encode()
-            elif word == b"stats":
-                reply = f"stats {acked} {failed} {reconnects}\n".encode()
-            else:
-                reply = f"{acked}\n".encode()
-            try:
-                probe.sendto(reply, addr)
-            except OSError:
-                pass
+        serve(probe, reply_to)
 
     rng = random.Random(args.seed)
     hot = max(1, int(keys * args.hot_fraction))
