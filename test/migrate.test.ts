@@ -119,8 +119,12 @@ describe('migrate flags', () => {
   test('bad flags are usage errors (exit 2) naming the flag', () => {
     const cases: [string[], RegExp][] = [
       [
-        ['migrate', 'x', '--from', 'a', '--to', 'b', '--strategy', 'postcopy'],
-        /post-copy of real containers/,
+        ['migrate', 'x', '--from', 'a', '--to', 'b', '--strategy', 'postcopy', '--restore', 'full'],
+        /--restore full/,
+      ],
+      [
+        ['migrate', 'x', '--from', 'a', '--to', 'b', '--strategy', 'hybrid', '--dump-via', 'page-server'],
+        /--dump-via/,
       ],
       [['migrate', 'x', '--from', 'a', '--to', 'a'], /both a/],
       [['migrate', 'x', '--from', 'a', '--to', 'q'], /host/],
@@ -208,6 +212,50 @@ describe('live migration of containers with CRIU', { skip }, () => {
       const s = await waitChecks('mc', before.checks);
       assert.ok(s.ok && s.checks > before.checks, `${strategy}: ${s.line}`);
       assert.equal(find('mc')!.host, to);
+    }
+  });
+
+  test('postcopy b -> a and hybrid a -> b: the container runs before its pages arrive; every page arrives intact', async () => {
+    // mc is on b after the cold move above.
+    for (const [from, to, strategy] of [
+      ['b', 'a', 'postcopy'],
+      ['a', 'b', 'hybrid'],
+    ]) {
+      const before = memcheck('mc');
+      const r = must(
+        cli('migrate', 'mc', '--from', from, '--to', to, '--strategy', strategy, '--json'),
+        strategy,
+      );
+      const report = JSON.parse(r.stdout) as {
+        downtimeMs: number;
+        totalMs: number;
+        liveRounds: number;
+        pagesFinal: number;
+        postcopy: {
+          pages: number;
+          faults: number;
+          faultLatencyMedianMs: number | null;
+          degradedMs: number;
+        } | null;
+      };
+      process.stdout.write(
+        `# ${strategy}: downtime ${Math.round(report.downtimeMs)} ms, total ${Math.round(report.totalMs)} ms, ` +
+          `post-copy ${JSON.stringify(report.postcopy)}\n`,
+      );
+      assert.ok(report.postcopy, 'a post-copy report');
+      // The memory (64 MiB, 16k pages) came after the switchover, through the lazy page server; only the pages
+      // criu restore copies itself went before it.
+      if (strategy === 'postcopy') {
+        assert.equal(report.liveRounds, 0);
+        assert.ok(report.postcopy.pages > 10_000, `pages after the switchover: ${report.postcopy.pages}`);
+        assert.ok(report.pagesFinal < 2_000, `pages sent before the switchover: ${report.pagesFinal}`);
+      } else assert.ok(report.liveRounds >= 1, 'hybrid: pre-copy rounds first');
+      assert.ok(report.postcopy.degradedMs > 0 && report.downtimeMs < report.totalMs);
+      const s = await waitChecks('mc', before.checks);
+      assert.ok(s.ok && s.checks > before.checks, `${strategy}: ${s.line}`);
+      assert.ok(s.rewrites > before.rewrites, `${strategy}: rewrites went on`);
+      assert.deepEqual(hostsOf('mc', state), [to], 'the source is removed once every page is in');
+      assert.deepEqual(agentLeftovers(state, to), [], 'the agent keeps nothing afterwards');
     }
   });
 
@@ -339,6 +387,58 @@ describe('live migration of containers with CRIU', { skip }, () => {
     // Once the link is back, the source's close reaches the destination, which drops what it had.
     for (let i = 0; i < 100 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
     assert.deepEqual(agentLeftovers(state, 'a'), []);
+  });
+
+  test('link lost during post-copy: reported, the copy at the destination stops, the source keeps every page', async () => {
+    // mc is on b. The link is slowed so that post-copy is still pushing when it goes down.
+    slowLinkFromB();
+    const m = precogAsync([
+      'migrate',
+      'mc',
+      '--from',
+      'b',
+      '--to',
+      'a',
+      '--strategy',
+      'postcopy',
+      '--link-timeout',
+      '3s',
+    ]);
+    let r: Ran;
+    try {
+      // Down once the container runs at a (the switchover is done, pages are still coming).
+      for (let i = 0; i < 300 && !ps().some((c) => c.name === 'mc' && c.host === 'a'); i++) await sleep(100);
+      assert.ok(
+        ps().some((c) => c.name === 'mc' && c.host === 'a'),
+        'the container was restored at a',
+      );
+      must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'down'), 'link down');
+      r = await m.done;
+    } finally {
+      must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'up'), 'link up');
+      fastLinkFromB();
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /post-copy failed after the container resumed on a/);
+    assert.match(r.stderr, /cannot continue anywhere/);
+    assert.match(r.stderr, /the source on b stays frozen with every page \(its dump: ([^)]+)\)/);
+    const kept = /its dump: ([^)]+)\)/.exec(r.stderr)![1];
+    assert.ok(existsSync(join(kept, 'images', 'pstree.img')), `the source's dump is kept in ${kept}`);
+    const copies = ps().filter((c) => c.name === 'mc');
+    assert.deepEqual(
+      copies.map((c) => `${c.host}:${c.status}`).sort(),
+      ['a:frozen', 'b:frozen'],
+      'both copies are stopped, none runs on',
+    );
+    // The frozen source still holds its memory: memcheck's pages are all there (the process exists, frozen).
+    const src = copies.find((c) => c.host === 'b')!;
+    assert.ok(existsSync(`/proc/${src.machinePid!.pid}`), 'the source process is kept');
+    // Leave a clean testbed for the next tests: both copies go, and a fresh mc runs on b.
+    must(cli('stop', 'mc'), 'stop the copy at a');
+    must(cli('stop', 'mc'), 'stop the source at b');
+    spawnSync('rm', ['-rf', kept]);
+    startMemcheck('mc', 'b', 64);
+    await waitReady('mc');
   });
 
   test('SIGTERM to precog migrate mid-migration: it stops, the source goes on, the destination keeps nothing', async () => {

@@ -26,7 +26,15 @@ import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
 import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
-import { PARENT_DIR, rebuildCheckpoint, rebuildFromFiles, type RebuildResult } from '../migrate/state.ts';
+import {
+  PARENT_DIR,
+  rebuildCheckpoint,
+  rebuildForPostcopy,
+  rebuildFromFiles,
+  type RebuildResult,
+} from '../migrate/state.ts';
+import { ContainerPostcopy, isPostcopySpec } from './postcopy.ts';
+import { ProtocolError } from '../util/errors.ts';
 
 export interface AgentOptions {
   listen: Endpoint;
@@ -124,6 +132,9 @@ export class Agent {
     const reader = new FrameReader();
     const dirOf = (id: string): string => join(this.o.stateDir, id);
     let held: Buffer | null = null;
+    // A container's post-copy: the lazy page server, started with the migration, used from the switchover on.
+    let postcopy: ContainerPostcopy | null = null;
+    let postcopyFailed: Error | null = null;
     const release = (): void => {
       if (held) releaseBuffer(held);
       held = null;
@@ -143,6 +154,14 @@ export class Agent {
           },
           'migration started',
         );
+        if (hello.purpose === 'criu-images' && isPostcopySpec(hello.strategy))
+          ContainerPostcopy.prepare(log).then(
+            (p) => {
+              if (socket.destroyed) p.close();
+              else postcopy = p;
+            },
+            (err: Error) => (postcopyFailed = err),
+          );
         if (hello.purpose === 'criu-images') {
           // A container: one file per process, written as pages arrive; at commit they are the parent image of the
           // final dump as they stand (the commit then writes no page of memory).
@@ -162,6 +181,46 @@ export class Agent {
       },
       commit: (store, id) => {
         persist(store, id);
+      },
+      resume: (store) => {
+        // A container's post-copy switchover: the checkpoint for `criu restore --lazy-pages`, then the lazy page
+        // server answers from the store and asks the source for what is missing.
+        if (!postcopy)
+          throw new ProtocolError(
+            `post-copy switchover, but the lazy page server is not running${postcopyFailed ? `: ${postcopyFailed.message}` : ''}`,
+          );
+        const id = dest.migrationId;
+        const dir = dirOf(id);
+        const statePart = join(dir, `${COMMITTED_FILES.state}.part`);
+        if (!existsSync(statePart))
+          throw new Error(
+            `migration ${id} of a container switched over without its state (CRIU images, layer)`,
+          );
+        const t0 = performance.now();
+        store.backing.flush();
+        const r = rebuildForPostcopy(
+          readFileSync(statePart),
+          store.layout,
+          (g) => store.present.get(g),
+          (first, count) => store.backing.readRun(first, count),
+          join(dir, COMMITTED_FILES.checkpoint),
+          `migration ${id}'s state`,
+        );
+        writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
+        renameSync(statePart, join(dir, COMMITTED_FILES.state));
+        writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
+        postcopy.attach(store, r, (frame) => socket.write(frame));
+        log.info(
+          {
+            pages: r.pages,
+            eager: r.eagerPages,
+            lazy: r.lazyPages,
+            missing: store.missing(),
+            ms: Math.round(performance.now() - t0),
+          },
+          'post-copy switchover: checkpoint written, serving lazy pages',
+        );
+        return postcopy;
       },
       discard: (id) => {
         release();
@@ -246,6 +305,10 @@ export class Agent {
     socket.on('error', (e) => log.warn({ reason: e.message }, 'connection error'));
     socket.on('close', () => {
       this.sockets.delete(socket);
+      // The lazy-pages daemon may still be copying pages in when the source goes: it is served until it closes
+      // (after a lost link, its requests for pages that never came wait: the container stalls, it does not run on
+      // with pages missing). A server nobody connected to is closed now.
+      postcopy?.release();
       if (!dest.committed) dest.abandon();
       if (reader.pending > 0 && !refused)
         log.warn({ bytes: reader.pending }, 'connection closed inside a frame');

@@ -105,9 +105,15 @@ function summary(r: LiveMigrationReport): string {
     `${r.container}: migrated ${r.from} -> ${r.to} (${r.strategy}) in ${ms(r.totalMs)}; ` +
     `downtime ${ms(r.downtimeMs)} (dump ${ms(r.dumpMs)}, changed pages ${ms(r.finalPagesMs)}, ` +
     `state + commit ${ms(r.stateMs)}, restore ${ms(r.restoreMs)}${r.restoreMode === 'lazy' ? ' lazy' : ''}); ` +
-    (r.lazyMs !== null
-      ? `${r.lazyPages} pages copied in lazily within ${ms(r.lazyMs)} of running (source removed then); `
-      : '') +
+    (r.postcopy
+      ? `post-copy: ${r.postcopy.pages} pages after the switchover, ${r.postcopy.faults} remote fault(s)` +
+        (r.postcopy.faultLatencyMedianMs !== null
+          ? ` (latency median ${r.postcopy.faultLatencyMedianMs.toFixed(1)} ms, p99 ${r.postcopy.faultLatencyP99Ms!.toFixed(1)} ms)`
+          : '') +
+        `, degraded for ${ms(r.postcopy.degradedMs)}; `
+      : r.lazyMs !== null
+        ? `${r.lazyPages} pages copied in lazily within ${ms(r.lazyMs)} of running (source removed then); `
+        : '') +
     `${r.liveRounds} live round(s), ${formatBytes(r.bytesTotal)} on the link for ${formatBytes(r.memoryBytes)} of memory; ` +
     `stopped: ${r.pagesFinal} pages sent, ${r.pagesUnchanged} already there, state ${formatBytes(r.stateBytes)}; ` +
     `pid ${r.pid} on ${r.to}`
@@ -125,7 +131,7 @@ export function migrateCommand(): Command {
     .requiredOption('--to <host>', 'destination host')
     .option(
       '-s, --strategy <spec>',
-      'cold, precopy, precopy:qemu, iterpredict, ... (see docs/emulator.md)',
+      'cold, precopy, precopy:qemu, iterpredict, markov, pr, mbdp, mbdpc, u2c, postcopy, hybrid (docs/strategies.md)',
       'precopy',
     )
     .option(
@@ -153,12 +159,17 @@ export function migrateCommand(): Command {
       const to = parseHost(f.to).name;
       if (from === to) throw new UsageError(`--from and --to are both ${from}; give two different hosts`);
       const strategy = parseStrategy(f.strategy);
-      if (strategy.name === 'postcopy' || strategy.name === 'hybrid')
-        throw new UsageError(
-          `--strategy ${strategy.name}: post-copy of real containers is not built yet; use cold, precopy or iterpredict`,
-        );
       if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
+      const postcopy = strategy.name === 'postcopy' || strategy.name === 'hybrid';
+      if (postcopy && f.restore === 'full')
+        throw new UsageError(
+          `--restore full: ${strategy.name} restores lazily (its pages arrive after the switchover); leave --restore out`,
+        );
+      if (postcopy && f.dumpVia === 'page-server')
+        throw new UsageError(
+          `--dump-via page-server: ${strategy.name} needs the local dump (its pagemaps say which pages restore eagerly); leave --dump-via out`,
+        );
       if (f.dumpVia !== 'images' && f.dumpVia !== 'page-server')
         throw new UsageError(`--dump-via ${f.dumpVia}: accepted: images, page-server`);
       const batchBytes = parseSize(f.batch, '--batch');

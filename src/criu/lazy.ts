@@ -60,20 +60,27 @@ function stackPointers(dir: string, threads: readonly number[]): bigint[] | null
   return out;
 }
 
+/** A task's pagemap entries as markLazy would write them. */
+export interface LazyPlan {
+  pid: number;
+  pagesId: number;
+  format: 'compat' | 'nr_pages64';
+  entries: Entry[];
+}
+
 /**
- * Adds PE_LAZY to the pagemap entries of every task in DIR where CRIU allows it, splitting entries at the pages that
- * must stay eager. The pages files are untouched (splitting an entry keeps its pages in order). Throws an InputError
- * when the images cannot be read; returns null (and changes nothing) for architectures whose registers precog does
- * not model, where the stack pages cannot be told.
+ * The pagemap entries of every task in DIR with PE_LAZY added where CRIU allows it (entries split at the pages that
+ * must stay eager), and the counts; nothing is written. Null for architectures whose registers precog does not
+ * model, where the stack pages cannot be told. Throws an InputError when the images cannot be read.
  */
-export function markLazy(dir: string): LazyMarkResult | null {
+export function planLazy(dir: string): { plans: LazyPlan[]; result: LazyMarkResult } | null {
   const pstree = readImage(join(dir, 'pstree.img'));
   const tasks = pstree.entries.map((e) => {
     const pid = Number(e.pid);
     const threads = ((e.threads as number[] | undefined) ?? [pid]).map(Number);
     return { pid, threads };
   });
-  const plans: { pid: number; pagesId: number; format: 'compat' | 'nr_pages64'; entries: Entry[] }[] = [];
+  const plans: LazyPlan[] = [];
   const result: LazyMarkResult = { lazyPages: 0, eagerPages: 0 };
   for (const t of tasks) {
     const sps = stackPointers(dir, t.threads);
@@ -96,12 +103,43 @@ export function markLazy(dir: string): LazyMarkResult | null {
     }
     plans.push({ pid: t.pid, pagesId: map.pagesId, format: map.format, entries });
   }
-  // Written only once every task could be planned: a failure leaves the images as they were.
-  for (const p of plans) writePagemapEntries(dir, p.pid, p.entries, { pagesId: p.pagesId, format: p.format });
-  return result;
+  return { plans, result };
 }
 
-interface Entry {
+/**
+ * Adds PE_LAZY to the pagemap entries of every task in DIR where CRIU allows it (planLazy). The pages files are
+ * untouched (splitting an entry keeps its pages in order). Throws an InputError when the images cannot be read;
+ * returns null (and changes nothing) where the stack pages cannot be told.
+ */
+export function markLazy(dir: string): LazyMarkResult | null {
+  const planned = planLazy(dir);
+  if (!planned) return null;
+  // Written only once every task could be planned: a failure leaves the images as they were.
+  for (const p of planned.plans)
+    writePagemapEntries(dir, p.pid, p.entries, { pagesId: p.pagesId, format: p.format });
+  return planned.result;
+}
+
+/**
+ * The pages a lazy restore of DIR restores eagerly (their data must be in the images when criu restore runs): per
+ * task (its PID in the dump), the runs with data of this image that markLazy leaves without PE_LAZY. Null where the
+ * stack pages cannot be told (then every page is eager).
+ */
+export function eagerRuns(dir: string): Map<number, { vaddr: bigint; nrPages: number }[]> | null {
+  const planned = planLazy(dir);
+  if (!planned) return null;
+  const out = new Map<number, { vaddr: bigint; nrPages: number }[]>();
+  for (const p of planned.plans)
+    out.set(
+      p.pid,
+      p.entries
+        .filter((e) => e.flags & PE_PRESENT && !(e.flags & (PE_LAZY | PE_PARENT)))
+        .map((e) => ({ vaddr: e.vaddr, nrPages: e.nrPages })),
+    );
+  return out;
+}
+
+export interface Entry {
   vaddr: bigint;
   nrPages: number;
   flags: number;

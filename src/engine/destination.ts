@@ -19,6 +19,10 @@ export interface ResumedWorkload {
   arrived(page: number, at: number): void;
   readonly faults: number;
   readonly faultLatencies: number[];
+  /** What the RESUMED reply carries besides the time (a container's post-copy: where its pages are served). */
+  readonly resumed?: Partial<ResumedMessage>;
+  /** Pages the resumed workload asked for in all (faults are those of them that were not here yet). */
+  readonly pagesRequested?: number;
 }
 
 /** What the destination half needs from its host: restore cost, integrity checks, a way to resume the workload. */
@@ -158,7 +162,7 @@ export class MigrationDestination {
         this.process = this.env.resume?.(store, this.resumedAt) ?? null;
         this.handedOver = true;
         this.state = 'postcopy';
-        const reply: ResumedMessage = { resumedAt: this.resumedAt };
+        const reply: ResumedMessage = { ...this.process?.resumed, resumedAt: this.resumedAt };
         return [{ frame: jsonFrame(FrameType.Resumed, reply), at: this.resumedAt }];
       }
       case FrameType.PostcopyDone: {
@@ -172,6 +176,7 @@ export class MigrationDestination {
           lastArrival: this.lastArrival,
           faults: this.process?.faults ?? 0,
           faultLatencies: this.process?.faultLatencies ?? [],
+          ...(this.process?.pagesRequested !== undefined ? { requested: this.process.pagesRequested } : {}),
         };
         return [{ frame: jsonFrame(FrameType.DoneAck, ack), at }];
       }

@@ -23,6 +23,11 @@ export interface CommitMessage {
 export interface ResumedMessage {
   /** Destination clock time at which the workload runs again. */
   resumedAt: number;
+  /**
+   * Post-copy of a container: where the destination agent serves the pages to `criu lazy-pages` (its loopback, in
+   * the destination host), asking the source for those that have not arrived.
+   */
+  pageServer?: { host: string; port: number };
 }
 
 export interface SwitchoverMessage {
@@ -34,4 +39,6 @@ export interface DoneAck {
   lastArrival: number;
   faults: number;
   faultLatencies: number[];
+  /** Post-copy of a container: pages the lazy-pages daemon asked for, and how many of those were not here yet. */
+  requested?: number;
 }

@@ -33,6 +33,13 @@ export interface SourceOptions {
   observation?: (dirty: Bitmap, seconds: number) => Omit<RoundObservation, 'round' | 'dirty'>;
   /** The workload's future, for strategies that need it (the oracle; emulator only). */
   lookahead?: Lookahead;
+  /**
+   * Post-copy: the pending pages the destination needs before it can resume (a live container: those CRIU restores
+   * eagerly), sent with the source stopped, before the switchover. Default: none.
+   */
+  beforeSwitchover?: (pending: Bitmap) => Bitmap;
+  /** Post-copy: called with the destination's RESUMED reply, before the remaining pages are pushed. */
+  onSwitchover?: (resumed: ResumedMessage) => void;
 }
 
 /** Bytes of state per STATE frame (below the frame limit). */
@@ -210,15 +217,25 @@ export class MigrationSource {
       }
 
       // Post-copy switchover: the destination resumes now and fetches what it lacks.
+      const first = this.o.beforeSwitchover?.(pending);
+      let stopRec: RoundRecord | undefined;
+      if (first) {
+        first.and(pending);
+        stopRec = await this.sendPages(first.toArray(), history.length + 1, 'stop');
+        pending.andNot(first);
+      }
       await this.sendState();
       const switchSent = clock.now();
       const reply = await this.link.request(
         jsonFrame(FrameType.Switchover, { missing: bitmapToBase64(pending) }),
         FrameType.Resumed,
       );
+      if (stopRec) this.finishRecord(stopRec);
       committed = true;
-      const { resumedAt } = parseJson<ResumedMessage>(decodeFrame(reply));
-      const rec = await this.pushPostcopy(pending, history.length + 1);
+      const resumed = parseJson<ResumedMessage>(decodeFrame(reply));
+      const { resumedAt } = resumed;
+      this.o.onSwitchover?.(resumed);
+      const rec = await this.pushPostcopy(pending, history.length + 1 + (stopRec ? 1 : 0));
       this.finishRecord(rec);
       const doneFrame = await this.link.request(jsonFrame(FrameType.PostcopyDone, {}), FrameType.DoneAck);
       const done = parseJson<DoneAck>(decodeFrame(doneFrame));

@@ -16,6 +16,10 @@ import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { ContainerMemory } from './memory.ts';
+import { eagerRuns } from '../criu/lazy.ts';
+import type { ResumedMessage } from '../engine/messages.ts';
+import { PAGE_SIZE } from '../engine/types.ts';
+import { Bitmap } from '../util/bitmap.ts';
 import { encodeState } from './state.ts';
 
 export interface LiveMigrationOptions {
@@ -79,6 +83,18 @@ export interface LiveMigrationReport {
    */
   lazyPages: number | null;
   lazyMs: number | null;
+  /**
+   * Post-copy (postcopy, hybrid): pages left to the destination at the switchover, requests of the lazy-pages daemon
+   * that had to wait for pages from the source (remote faults) and their latency (ms), and the degraded time: from
+   * the container running at the destination until its last page was in. Null otherwise.
+   */
+  postcopy: {
+    pages: number;
+    faults: number;
+    faultLatencyMedianMs: number | null;
+    faultLatencyP99Ms: number | null;
+    degradedMs: number;
+  } | null;
   /** Bytes on the link to the destination agent (frames, TLS excluded). */
   bytesTotal: number;
   stateBytes: number;
@@ -109,6 +125,26 @@ function agentCommitDir(state: TestbedState, host: string, id: string): string {
  *
  * Runs in the source host's network namespace (the CLI enters it), so that the link is the hosts' own.
  */
+const ms = (seconds: number | null | undefined): number | null =>
+  seconds === null || seconds === undefined || !Number.isFinite(seconds) ? null : seconds * 1000;
+
+/** The layout pages of the pending set that a lazy restore of the dump in DIR copies eagerly (eagerRuns). */
+function eagerPagesOf(dir: string, mem: ContainerMemory, size: number): Bitmap {
+  const runs = eagerRuns(dir);
+  if (!runs)
+    throw new UsageError(
+      'post-copy needs a lazy restore, and precog cannot tell the stack pages of this architecture',
+    );
+  const out = new Bitmap(size);
+  for (const [task, list] of runs)
+    for (const r of list)
+      for (let k = 0; k < r.nrPages; k++) {
+        const g = mem.pageOf(task, r.vaddr + BigInt(k * PAGE_SIZE));
+        if (g >= 0) out.set(g); // pages outside the layout travel with the state
+      }
+  return out;
+}
+
 export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigrationReport> {
   const t0 = performance.now();
   const rt = new NamespaceRuntime();
@@ -119,9 +155,24 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   const migrationId = `${o.name}-${randomUUID().slice(0, 8)}`;
   const identity = loadIdentity(PKI_DIR, o.from);
   let report:
-    | Omit<LiveMigrationReport, 'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid' | 'lazyPages' | 'lazyMs'>
+    | Omit<
+        LiveMigrationReport,
+        'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid' | 'lazyPages' | 'lazyMs' | 'postcopy'
+      >
     | undefined;
+  const postcopy = o.strategy.name === 'postcopy' || o.strategy.name === 'hybrid';
+  if (postcopy && o.restore === 'full')
+    throw new UsageError(
+      `--restore full: ${o.strategy.name} restores lazily (its pages come after the switchover)`,
+    );
+  if (postcopy && o.dumpVia === 'page-server')
+    throw new UsageError(
+      `--dump-via page-server: ${o.strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly)`,
+    );
   const restoreMode = o.restore ?? (o.strategy.name === 'cold' ? 'full' : 'lazy');
+  /** Post-copy that failed after the container resumed at the destination: the source's dump is kept. */
+  let keepWork = false;
+  let postcopyReport = null as LiveMigrationReport['postcopy'];
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */
   const marks = { dumped: 0, pagesSent: 0, committed: 0 };
@@ -170,34 +221,11 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       const onAbort = () => link.abort(new Error(`interrupted (${String(o.signal?.reason ?? 'signal')})`));
       o.signal?.addEventListener('abort', onAbort, { once: true });
       if (o.signal?.aborted) onAbort();
-      try {
-        const metrics = await new MigrationSource(mem, link, o.strategy, {
-          codec: codecChain(!o.codec || o.codec === 'auto' ? (o.strategy.codec ?? 'zero') : o.codec),
-          batchBytes: o.batchBytes ?? 1 << 20,
-          stateBytes: 0,
-          migrationId,
-          purpose: 'criu-images',
-          onRound: o.onRound,
-          onDecision: o.onDecision,
-          state: () => {
-            marks.pagesSent = performance.now();
-            const pids: [number, number][] = [];
-            for (const id of received!.tasks.keys()) {
-              const pid = mem.machinePid(id);
-              if (pid !== undefined) pids.push([id, pid]);
-            }
-            return encodeState({
-              container: info,
-              pids,
-              dump: received!,
-              extras: mem.extras,
-              imagesDir: join(srcDir, 'images'),
-              upperDir: join(srcDir, 'upper'),
-            });
-          },
-        }).run();
+      let switched!: (r: ResumedMessage) => void;
+      const switchover = new Promise<ResumedMessage>((resolve) => (switched = resolve));
+      const finish = (metrics: RunMetrics) => {
         frozenAt = mem.freezeStartedAt;
-        marks.committed = performance.now();
+        marks.committed ||= performance.now();
         report = {
           container: o.name,
           from: o.from,
@@ -217,22 +245,110 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           pagesExtra: mem.extras.length,
           metrics,
         };
-      } finally {
+        if (metrics.postcopy)
+          postcopyReport = {
+            pages: metrics.rounds.filter((r) => r.phase === 'postcopy').reduce((a, r) => a + r.pagesSent, 0),
+            faults: metrics.postcopy.faults,
+            faultLatencyMedianMs: ms(metrics.postcopy.faultLatencyMedian),
+            faultLatencyP99Ms: ms(metrics.postcopy.faultLatencyP99),
+            degradedMs: 0, // set from the restore's end below
+          };
+      };
+      const engine = new MigrationSource(mem, link, o.strategy, {
+        codec: codecChain(!o.codec || o.codec === 'auto' ? (o.strategy.codec ?? 'zero') : o.codec),
+        batchBytes: o.batchBytes ?? 1 << 20,
+        stateBytes: 0,
+        migrationId,
+        purpose: 'criu-images',
+        onRound: o.onRound,
+        onDecision: o.onDecision,
+        state: () => {
+          marks.pagesSent = performance.now();
+          const pids: [number, number][] = [];
+          for (const id of received!.tasks.keys()) {
+            const pid = mem.machinePid(id);
+            if (pid !== undefined) pids.push([id, pid]);
+          }
+          return encodeState({
+            container: info,
+            pids,
+            dump: received!,
+            extras: mem.extras,
+            imagesDir: join(srcDir, 'images'),
+            upperDir: join(srcDir, 'upper'),
+          });
+        },
+        // Post-copy: the pages criu restore copies itself (not left to the lazy-pages daemon) go before the switch.
+        beforeSwitchover: (pending) => eagerPagesOf(join(srcDir, 'images'), mem, pending.size),
+        onSwitchover: (r) => {
+          marks.committed = performance.now();
+          switched(r);
+        },
+      });
+      const closeAll = () => {
         o.signal?.removeEventListener('abort', onAbort);
         link.close();
         mem.close();
+      };
+      const running = engine.run();
+      let metrics: RunMetrics | undefined;
+      try {
+        const first = await Promise.race([running, switchover]);
+        if ('resumedAt' in first) {
+          // Post-copy: the destination has the state and serves the pages; the push goes on while it restores.
+          if (!first.pageServer)
+            throw new Error(
+              'the destination agent switched over without a lazy page server (an older agent?)',
+            );
+          o.onPhase?.('restore');
+          if (!existsSync(join(commitDir, COMMITTED_FILES.done)))
+            throw new Error(`the destination agent switched over but ${commitDir} holds no checkpoint`);
+          const done = running.then(
+            (m) => {
+              finish(m);
+              closeAll();
+            },
+            (err: Error) => {
+              keepWork = true;
+              closeAll();
+              throw err;
+            },
+          );
+          return {
+            dir: join(commitDir, COMMITTED_FILES.checkpoint),
+            detail: null,
+            move: true,
+            lazy: true,
+            postcopy: {
+              pageServer: first.pageServer,
+              done,
+              abort: (err: Error) => link.abort(err),
+              keptAt: srcDir,
+            },
+          };
+        }
+        metrics = first;
+      } catch (err) {
+        closeAll();
+        throw err;
       }
+      finish(metrics);
+      closeAll();
       o.onPhase?.('restore');
       if (!existsSync(join(commitDir, COMMITTED_FILES.done)))
         throw new Error(`the destination agent confirmed but ${commitDir} holds no committed migration`);
-      report.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
+      report!.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
       const rebuilt = join(commitDir, COMMITTED_FILES.checkpoint);
       return { dir: rebuilt, detail: null, move: true, lazy: restoreMode === 'lazy' };
     });
     const end = performance.now();
     o.onPhase?.('done');
+    if (postcopyReport) postcopyReport.degradedMs = end - moved.runningAt;
+    if (report!.stateBytes === 0 && existsSync(join(commitDir, COMMITTED_FILES.state)))
+      report!.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
     return {
       ...report!,
+      postcopy: postcopyReport,
       totalMs: end - t0,
       downtimeMs: moved.runningAt - frozenAt,
       restoreMs: moved.restoreMs,
@@ -244,6 +360,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     // A committed copy was consumed by the restore (or is useless after a failed one): the agent is done with it.
     // An uncommitted one is the agent's to discard (its session may still be open: not touched from here).
     if (existsSync(join(commitDir, COMMITTED_FILES.done))) await removeTree(commitDir).catch(() => {});
-    if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
+    if (!process.env.PRECOG_KEEP_FAILED && !keepWork) await removeTree(o.workDir).catch(() => {});
   }
 }

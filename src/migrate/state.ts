@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import {
   closeSync,
+  ftruncateSync,
   mkdirSync,
   openSync,
   renameSync,
@@ -15,12 +16,14 @@ import {
   isPrivateAnonymous,
   MAP_PRIVATE,
   readVmas,
+  PE_LAZY,
   PE_PARENT,
   PE_PRESENT,
   writePagemap,
   writePagemapEntries,
   type PageRun,
 } from '../criu/pages.ts';
+import { planLazy } from '../criu/lazy.ts';
 import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
 import type { Layout } from '../engine/types.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
@@ -644,4 +647,117 @@ function onParent(
   symlinkSync(PARENT_DIR, join(u.images, PARENT_LINK));
   writeTasks(u, what, out, (at, _g, n) => ({ vaddr: at, nrPages: n, flags: PE_PARENT }));
   return out;
+}
+
+/** Where the pages of a post-copy restore come from: the store (layout page g) or the state (extras). */
+export interface PostcopyPages {
+  /**
+   * The page run of task `task` (as the dump names it) at vaddr: `first` layout page and how many follow in the same
+   * region, or the pages the state carries from vaddr on (consecutive); null when neither holds vaddr.
+   */
+  lookup(task: number, vaddr: bigint): { first: number; left: number } | { extras: Buffer[] } | null;
+  /** Pages restored eagerly (they must be in the store before the restore), and lazily. */
+  eagerPages: number;
+  lazyPages: number;
+}
+
+/**
+ * The checkpoint for a post-copy restore (`criu restore --lazy-pages` with `criu lazy-pages --page-server`): every
+ * pagemap as CRIU dumped it; each task's pages image is a sparse file of the right size in which only the pages
+ * restored eagerly are written (from the store, which must hold them, or from the state); the others are served to
+ * the lazy-pages daemon, from the store as they arrive (src/criu/lazyserver.ts). `isPresent(g)` says whether the
+ * store holds layout page g; `read(g, n)` reads n of them.
+ */
+export function rebuildForPostcopy(
+  blob: Buffer,
+  layout: Layout,
+  isPresent: (g: number) => boolean,
+  read: (first: number, count: number) => Buffer,
+  outDir: string,
+  what = 'state',
+): RebuildResult & PostcopyPages {
+  const u = unpack(blob, layout, outDir, what);
+  const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
+  let pagesId = 1;
+  const sizes = new Map<number, { id: number; pages: number }>();
+  for (const task of u.header.tasks) {
+    const entries = task.runs.map(([hex, nrPages, flags]) => ({ vaddr: BigInt(`0x${hex}`), nrPages, flags }));
+    const pages = entries.reduce((a, e) => a + (e.flags & PE_PRESENT ? e.nrPages : 0), 0);
+    const id = pagesId++;
+    sizes.set(task.id, { id, pages });
+    writePagemapEntries(u.images, task.id, entries, { pagesId: id });
+    out.pages += pages;
+  }
+  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  const planned = planLazy(u.images);
+  const lookup = (task: number, vaddr: bigint) => {
+    const extra = u.extrasOf.get(task);
+    if (extra?.has(vaddr)) {
+      const pages: Buffer[] = [];
+      for (let at = vaddr; extra.has(at); at += BigInt(PAGE_SIZE)) pages.push(extra.get(at)!);
+      return { extras: pages };
+    }
+    const pid = u.pidOf.get(task);
+    if (pid === undefined) return null;
+    const r = u.index.runAt(pid, vaddr);
+    return r.first < 0 ? null : r;
+  };
+  let eagerPages = 0;
+  for (const task of u.header.tasks) {
+    const { id, pages } = sizes.get(task.id)!;
+    const file = join(u.images, `pages-${id}.img`);
+    const fd = openSync(file, 'w', 0o600);
+    try {
+      ftruncateSync(fd, pages * PAGE_SIZE);
+      // The eager runs: those markLazy will leave without PE_LAZY (all of them where it cannot tell).
+      const plan = planned?.plans.find((p) => p.pid === task.id);
+      const eager = (
+        plan?.entries ??
+        task.runs.map(([hex, nrPages, flags]) => ({ vaddr: BigInt(`0x${hex}`), nrPages, flags }))
+      ).filter((e) => e.flags & PE_PRESENT && !(e.flags & (PE_LAZY | PE_PARENT)));
+      // File offset of each page: its index among the PE_PRESENT pages of the task's pagemap, in order.
+      const present = task.runs
+        .filter(([, , flags]) => flags & PE_PRESENT)
+        .map(([hex, nrPages]) => ({ vaddr: BigInt(`0x${hex}`), nrPages }));
+      const offsetOf = (at: bigint): number => {
+        let before = 0;
+        for (const r of present) {
+          const end = r.vaddr + BigInt(r.nrPages * PAGE_SIZE);
+          if (at >= r.vaddr && at < end)
+            return (before + Number((at - r.vaddr) / BigInt(PAGE_SIZE))) * PAGE_SIZE;
+          before += r.nrPages;
+        }
+        throw new InputError(`${what}: page 0x${at.toString(16)} of task ${task.id} is not in its pagemap`);
+      };
+      for (const e of eager)
+        for (let k = 0; k < e.nrPages;) {
+          const at = e.vaddr + BigInt(k * PAGE_SIZE);
+          const where = lookup(task.id, at);
+          if (!where)
+            throw new InputError(
+              `${what}: page 0x${at.toString(16)} of task ${task.id} is neither in the page store nor in the state`,
+            );
+          let data: Buffer;
+          if ('extras' in where) {
+            data = Buffer.concat(where.extras.slice(0, e.nrPages - k));
+            out.fromState += data.length / PAGE_SIZE;
+          } else {
+            const n = Math.min(e.nrPages - k, where.left);
+            for (let i = 0; i < n; i++)
+              if (!isPresent(where.first + i))
+                throw new InputError(
+                  `${what}: page 0x${(at + BigInt(i * PAGE_SIZE)).toString(16)} of task ${task.id} is restored eagerly but has not arrived`,
+                );
+            data = read(where.first, n);
+            out.fromStore += n;
+          }
+          writeSync(fd, data, 0, data.length, offsetOf(at));
+          k += data.length / PAGE_SIZE;
+          eagerPages += data.length / PAGE_SIZE;
+        }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return { ...out, lookup, eagerPages, lazyPages: planned ? planned.result.lazyPages : 0 };
 }

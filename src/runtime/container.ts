@@ -161,6 +161,23 @@ export interface RestoreOptions {
    * when every page is in place.
    */
   lazy?: boolean;
+  /**
+   * Post-copy: `criu lazy-pages` asks this page server (in the destination host's network) for the pages instead of
+   * reading them from the local images (src/criu/lazyserver.ts). Implies lazy.
+   */
+  lazyPageServer?: { host: string; port: number };
+}
+
+/** What a post-copy transfer hands to migrate(): it is still pushing pages when the restore starts. */
+export interface PostcopyTransfer {
+  /** Where the destination serves the pages to `criu lazy-pages` (RestoreOptions.lazyPageServer). */
+  pageServer: { host: string; port: number };
+  /** Settles when every page has been pushed and the destination confirmed it has them all. */
+  done: Promise<unknown>;
+  /** Stops the push (the restore failed: the source will thaw). */
+  abort(err: Error): void;
+  /** Where the source's dump is kept should the post-copy fail. */
+  keptAt?: string;
 }
 
 /** The end of a lazy restore's page copying (RestoreOptions.lazy). */
@@ -320,14 +337,17 @@ pivot_root . oldroot
 cd /
 umount -l /oldroot
 if [ -n "${'$'}{PRECOG_LAZY_PAGES:-}" ]; then
-	# criu lazy-pages serves the restore's page faults from the images; its exit status lands in lazy-pages.rc.
+	# criu lazy-pages serves the restore's page faults from the images, or (post-copy, PRECOG_LAZY_PS=ADDR:PORT)
+	# from the page server there; its exit status lands in lazy-pages.rc.
 	/bin/bash -c '
 for fd in /proc/self/fd/*; do
 	n=${'$'}{fd##*/}
 	if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
 done 2>/dev/null
-criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 </dev/null >/dev/null 2>&1
-echo $? >"$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" </dev/null >/dev/null 2>&1 &
+ps=
+if [ -n "$2" ]; then ps="--page-server --address ${'$'}{2%:*} --port ${'$'}{2##*:}"; fi
+criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 $ps </dev/null >/dev/null 2>&1
+echo $? >"$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
 	i=0
 	while [ ! -S "$PRECOG_LAZY_PAGES/lazy-pages.socket" ]; do
 		i=$((i + 1))
@@ -1002,7 +1022,12 @@ export class NamespaceRuntime implements ContainerRuntime {
       } else if (memoryBytes !== null && cg.mem) {
         writeFileSync(join(cg.mem, 'memory.max'), String(memoryBytes));
       }
-      const lazyMark = opts.lazy ? markLazy(join(wd, 'images')) : null;
+      const lazyMark = opts.lazy || opts.lazyPageServer ? markLazy(join(wd, 'images')) : null;
+      if (opts.lazyPageServer && !lazyMark)
+        throw new UsageError(
+          'post-copy needs a lazy restore, and precog cannot tell the stack pages of this architecture (x86_64 only)',
+        );
+      const ps = opts.lazyPageServer;
       writeFileSync(join(wd, 'restore-root.sh'), RESTORE_ROOT_SCRIPT);
       // CriuRunner runs `<criu> restore -o LOG -v4 ARGS`: <criu> is this wrapper, with the paths baked in.
       const wrapper = join(wd, 'criu-in-host');
@@ -1011,6 +1036,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         wrapper,
         `#!/bin/sh\n# criu restore for container ${name} in host ${host.name} (precog)\n` +
           (lazyMark ? `PRECOG_LAZY_PAGES=${q(join(wd, 'images'))}\nexport PRECOG_LAZY_PAGES\n` : '') +
+          (ps ? `PRECOG_LAZY_PS=${q(`${ps.host}:${ps.port}`)}\nexport PRECOG_LAZY_PS\n` : '') +
           `exec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
           [
             String(host.init!.pid),
@@ -1097,7 +1123,7 @@ export class NamespaceRuntime implements ContainerRuntime {
     transfer: (
       info: ContainerInfo,
       checkpoint: (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>,
-    ) => Promise<{ dir: string; detail: T; move?: boolean; lazy?: boolean }>,
+    ) => Promise<{ dir: string; detail: T; move?: boolean; lazy?: boolean; postcopy?: PostcopyTransfer }>,
   ): Promise<{
     info: ContainerInfo;
     restoreMs: number;
@@ -1112,7 +1138,9 @@ export class NamespaceRuntime implements ContainerRuntime {
     if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${dest.name}`);
     if (info.status !== 'running')
       throw new UsageError(`container ${name} is ${info.status}; only a running container can be migrated`);
-    let result: { dir: string; detail: T; move?: boolean; lazy?: boolean };
+    let result: { dir: string; detail: T; move?: boolean; lazy?: boolean; postcopy?: PostcopyTransfer };
+    /** Post-copy: once the restored copy has run, the source is no longer a consistent fallback. */
+    let resumedThere = false;
     let restored: ContainerInfo;
     let restoreMs = 0;
     let runningAt = 0;
@@ -1127,9 +1155,11 @@ export class NamespaceRuntime implements ContainerRuntime {
           replacingOn: at.host.name,
           move: result.move,
           lazy: result.lazy,
+          ...(result.postcopy ? { lazyPageServer: result.postcopy.pageServer } : {}),
         });
       } catch (err) {
-        // restore() removed what it made; the source thaws below.
+        // restore() removed what it made; the source thaws below (post-copy: the push stops first).
+        result.postcopy?.abort(err as Error);
         throw Object.assign(
           new Error(`${(err as Error).message}\nthe source keeps running on ${at.host.name}`, { cause: err }),
           { exitCode: (err as { exitCode?: number }).exitCode },
@@ -1137,6 +1167,38 @@ export class NamespaceRuntime implements ContainerRuntime {
       }
       runningAt = performance.now();
       restoreMs = runningAt - t1;
+      if (result.postcopy) {
+        resumedThere = true;
+        try {
+          // Every page pushed and acknowledged, and the daemon done copying them in.
+          const pushed = result.postcopy.done;
+          const [lz] = await Promise.all([this.lazyDone(restored.name), pushed]);
+          lazy = (lz as LazyResult | undefined) ?? null;
+        } catch (err) {
+          // The restored copy ran and cannot get its missing pages: it stops here (frozen, not killed), and the
+          // source stays frozen with every page; neither may run on by itself.
+          const there: Located = {
+            state: at.state,
+            host: dest,
+            dir: NamespaceRuntime.dirOn(dest, restored.name),
+          };
+          if (existsSync(join(there.dir, 'state.json')))
+            await this.setFrozen(restored.name, true, there).catch(() => {});
+          throw Object.assign(
+            new Error(
+              `post-copy failed after the container resumed on ${dest.name}: ${(err as Error).message}\n` +
+                `the container cannot continue anywhere: the copy on ${dest.name} is frozen (pages are missing), ` +
+                `the source on ${at.host.name} stays frozen with every page${result.postcopy.keptAt ? ` (its dump: ${result.postcopy.keptAt})` : ''}`,
+              { cause: err },
+            ),
+            { exitCode: 1 },
+          );
+        } finally {
+          this.lazy.delete(restored.name);
+        }
+        await this.cleanup(at, this.read(at));
+        return { info: restored, restoreMs, runningAt, detail: result.detail, lazy };
+      }
       const pending = this.lazyDone(restored.name);
       if (pending) {
         // The restored container runs, but depends on the images until every page is in: the source stays
@@ -1157,7 +1219,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         }
       }
     } catch (err) {
-      if (this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
+      if (!resumedThere && this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
       throw err;
     }
     await this.cleanup(at, this.read(at));

@@ -1,0 +1,182 @@
+// CRIU's page server, serving side for post-copy (src/criu/lazyserver.ts): a client that talks like
+// `criu lazy-pages --page-server` (GET headers in CRIU 4.2's 32-byte layout or 4.1's 24-byte one, replies read in
+// order, CLOSE and its status) gets exactly the pages its source holds, in the order it asked, even when the source
+// answers out of order or with fewer pages; bad requests reset the connection with an error naming the offset; a
+// second daemon is refused. The round trip against real CRIU is in test/migrate.test.ts (post-copy).
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { describe, test } from 'node:test';
+import { LazyPageServer, LazyServeSession } from '../src/criu/lazyserver.ts';
+import {
+  encodeIov,
+  psCmd,
+  PS_IOV_ADD_F,
+  PS_IOV_CLOSE,
+  PS_IOV_GET,
+  PS_IOV_ADD,
+} from '../src/criu/pageserver.ts';
+import { PAGE_SIZE, PE_PRESENT } from '../src/criu/pages.ts';
+
+/** The page of task pid at vaddr as the test's source holds it: recognisable bytes. */
+function pageOf(pid: number, vaddr: bigint): Buffer {
+  const b = Buffer.alloc(PAGE_SIZE);
+  for (let i = 0; i < PAGE_SIZE; i += 16) {
+    b.writeUInt32LE(pid, i);
+    b.writeBigUInt64LE(vaddr, i + 4);
+    b.writeUInt32LE(i, i + 12);
+  }
+  return b;
+}
+
+function get(pid: number, vaddr: bigint, nrPages: number, layout: 24 | 32 = 32): Buffer {
+  return encodeIov({ cmd: PS_IOV_GET, nrPages, vaddr, dstId: BigInt(pid) }, layout);
+}
+
+/** Reads exactly n bytes from the socket. */
+function reader(sock: Socket) {
+  let buf = Buffer.alloc(0);
+  let want: { n: number; resolve: (b: Buffer) => void } | null = null;
+  let ended: Error | null = null;
+  const pump = () => {
+    if (want && buf.length >= want.n) {
+      const out = buf.subarray(0, want.n);
+      buf = buf.subarray(want.n);
+      const w = want;
+      want = null;
+      w.resolve(out);
+    }
+  };
+  sock.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    pump();
+  });
+  const fail = (e: Error) => (ended = e);
+  sock.on('error', fail);
+  sock.on('close', () => fail(new Error('closed')));
+  return {
+    read: (n: number) =>
+      new Promise<Buffer>((resolve, reject) => {
+        if (ended && buf.length < n) return reject(ended);
+        want = { n, resolve };
+        pump();
+        sock.once('close', () => want && reject(new Error(`closed with ${buf.length} of ${n} bytes`)));
+      }),
+  };
+}
+
+async function daemon(port: number): Promise<{ sock: Socket; read: (n: number) => Promise<Buffer> }> {
+  const sock = connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+  return { sock, ...reader(sock) };
+}
+
+describe('lazy page server (post-copy, serving side)', () => {
+  test('answers GETs in order with the source’s pages, fewer when the source has fewer, then CLOSE', async () => {
+    const asked: string[] = [];
+    const server = await LazyPageServer.listen({
+      source: async (pid, vaddr, nr) => {
+        asked.push(`${pid}:${vaddr.toString(16)}:${nr}`);
+        // The first request is answered last: replies must still go out in request order.
+        if (vaddr === 0x10000n) await new Promise((r) => setTimeout(r, 50));
+        const n = vaddr === 0x40000n ? 1 : nr; // a source that holds only one page there
+        return Buffer.concat(Array.from({ length: n }, (_, k) => pageOf(pid, vaddr + BigInt(k * PAGE_SIZE))));
+      },
+    });
+    const d = await daemon(server.port);
+    d.sock.write(Buffer.concat([get(7, 0x10000n, 2), get(8, 0x20000n, 1), get(7, 0x40000n, 3)]));
+    const expect = [
+      { pid: 7, vaddr: 0x10000n, n: 2 },
+      { pid: 8, vaddr: 0x20000n, n: 1 },
+      { pid: 7, vaddr: 0x40000n, n: 1 },
+    ];
+    for (const e of expect) {
+      const head = await d.read(32);
+      assert.equal(
+        head.readUInt32LE(0),
+        psCmd(PS_IOV_ADD_F, PE_PRESENT),
+        'reply command: ADD_F with PE_PRESENT',
+      );
+      assert.equal(Number(head.readBigUInt64LE(8)), e.n, 'pages in the reply');
+      assert.equal(head.readBigUInt64LE(16), e.vaddr, 'reply in request order');
+      assert.equal(head.readBigUInt64LE(24), BigInt(e.pid));
+      const data = await d.read(e.n * PAGE_SIZE);
+      for (let k = 0; k < e.n; k++)
+        assert.ok(
+          data
+            .subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)
+            .equals(pageOf(e.pid, e.vaddr + BigInt(k * PAGE_SIZE))),
+        );
+    }
+    d.sock.write(encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32));
+    assert.equal((await d.read(4)).readInt32LE(0), 0, 'CLOSE answered with status 0');
+    const stats = await server.done;
+    assert.deepEqual([stats.requests, stats.pages, stats.layout], [3, 4, 32]);
+    assert.deepEqual(asked, ['7:10000:2', '8:20000:1', '7:40000:3']);
+    assert.equal(stats.latenciesMs.length, 3);
+    server.close();
+  });
+
+  test('reads CRIU 4.1’s 24-byte headers, fed byte by byte', async () => {
+    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d = await daemon(server.port);
+    const req = get(3, 0x7000n, 1, 24);
+    for (const b of req) d.sock.write(Buffer.from([b]));
+    const head = await d.read(24);
+    assert.equal(head.readUInt32LE(4), 1);
+    assert.equal(head.readBigUInt64LE(8), 0x7000n);
+    assert.ok((await d.read(PAGE_SIZE)).equals(pageOf(3, 0x7000n)));
+    d.sock.write(encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 24));
+    assert.equal((await d.read(4)).readInt32LE(0), 0);
+    assert.equal((await server.done).layout, 24);
+  });
+
+  test('a second daemon is refused; the first is served', async () => {
+    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const first = await daemon(server.port);
+    const second = connect(server.port, '127.0.0.1');
+    const refused = await new Promise<boolean>((resolve) => {
+      second.on('error', () => resolve(true));
+      second.on('close', () => resolve(true));
+      second.on('data', () => resolve(false));
+    });
+    assert.ok(refused, 'the second connection is closed');
+    first.sock.write(get(1, 0x1000n, 1));
+    await first.read(32 + PAGE_SIZE);
+    first.sock.end(encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32));
+    await server.done;
+  });
+
+  test('bad requests end the session with an error naming the offset', async () => {
+    const cases: [Buffer, RegExp][] = [
+      [encodeIov({ cmd: PS_IOV_ADD, nrPages: 1, vaddr: 0x1000n, dstId: 0x101n }, 32), /only GET and CLOSE/],
+      [get(1, 0x1001n, 1), /unaligned/],
+      [get(1, 0x1000n, 0, 32), /GET of 0 pages/],
+      [Buffer.concat([get(1, 0x1000n, 1), get(0, 0x2000n, 1)]), /at offset 32: GET for task 0/],
+    ];
+    for (const [bytes, re] of cases) {
+      const s = new LazyServeSession();
+      assert.throws(() => s.push(bytes), re);
+    }
+    // Over TCP: the connection is reset and done rejects with the reason.
+    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d = await daemon(server.port);
+    d.sock.on('error', () => {});
+    d.sock.write(cases[0][0]);
+    await assert.rejects(server.done, /only GET and CLOSE/);
+    // A source that cannot answer fails the session too (the daemon must not get made-up pages).
+    const failing = await LazyPageServer.listen({
+      source: () => {
+        throw new Error('link to the source lost');
+      },
+    });
+    const d2 = await daemon(failing.port);
+    d2.sock.on('error', () => {});
+    d2.sock.write(get(1, 0x1000n, 1));
+    await assert.rejects(failing.done, /link to the source lost/);
+    // A daemon that goes away without CLOSE.
+    const quiet = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d3 = await daemon(quiet.port);
+    d3.sock.destroy();
+    await assert.rejects(quiet.done, /without CLOSE/);
+  });
+});
