@@ -198,6 +198,14 @@ interface MigrateReport {
   /** Absent in runs saved before the lazy restore (they were full restores). */
   restoreMode?: 'lazy' | 'full';
   lazyMs?: number | null;
+  /** Post-copy (postcopy, hybrid); absent in runs saved before it existed. */
+  postcopy?: {
+    pages: number;
+    faults: number;
+    faultLatencyMedianMs: number | null;
+    faultLatencyP99Ms: number | null;
+    degradedMs: number;
+  } | null;
 }
 
 interface LiveRun {
@@ -726,6 +734,58 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
           );
         }
       }
+  }
+
+  // Post-copy: what the container went through after it resumed at the destination.
+  const pc: string[][] = [];
+  for (const c of cells)
+    for (const strategy of strategies) {
+      const ok = cellsFor(c, strategy).filter((r) => r.ok && r.report?.postcopy);
+      if (!ok.length) continue;
+      const m = (f: (x: NonNullable<MigrateReport['postcopy']>) => number | null | undefined) =>
+        med(ok.map((r) => f(r.report!.postcopy!) ?? undefined));
+      pc.push([
+        ...cellHead(c),
+        strategy,
+        fmt(m((x) => x.pages)),
+        fmt(m((x) => x.faults)),
+        fmt(
+          m((x) => x.faultLatencyMedianMs),
+          1,
+        ),
+        fmt(
+          m((x) => x.faultLatencyP99Ms),
+          1,
+        ),
+        fmt(m((x) => x.degradedMs)),
+      ]);
+    }
+  if (pc.length) {
+    out.push('', `## Post-copy after the switchover (medians)`, '');
+    out.push(
+      'pages: sent after the container resumed at the destination; remote faults: requests of `criu lazy-pages` ' +
+        "that had to wait for pages from the source (the rest were served from the destination agent's store, " +
+        'already pushed); latency: from such a request to its pages arriving (ms); degraded: from the container ' +
+        'running at the destination until its last page was in (ms).',
+      '',
+    );
+    out.push(
+      table(
+        [
+          'workload',
+          'size',
+          'dirty rate',
+          'link',
+          'strategy',
+          'pages',
+          'remote faults',
+          'fault latency median',
+          'p99',
+          'degraded (ms)',
+        ],
+        pc,
+      ),
+    );
   }
 
   const failures = liveRuns.filter((r) => !r.ok);

@@ -19,7 +19,7 @@ const MiB = 2 ** 20;
 const classic: Experiment = {
   base: SCENARIO_DEFAULTS,
   workloads: ['memchange:low', 'memchange:high'],
-  strategies: ['precopy', 'iterpredict', 'cold', 'postcopy', 'hybrid'],
+  strategies: ['precopy', 'iterpredict', 'cold', 'postcopy', 'hybrid:rounds=1'],
   memories: (quick ? [256, 512] : [256, 512, 1024, 2048]).map((m) => m * MiB),
   bandwidths: [100e6],
   seeds: quick ? [1] : [1, 2, 3],

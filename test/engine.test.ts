@@ -140,11 +140,22 @@ test('post-copy sends every page exactly once, faults pages in on demand, and re
   assert.ok(m.postcopy!.degradedTime > 0.9 * ((16 * MiB * 8) / 10e6));
   const stateTime = (SCENARIO_DEFAULTS.stateBytes * 8) / 10e6;
   assert.ok(m.downtime < stateTime + 0.01, 'post-copy downtime is the non-memory state alone');
-  const h = await simulate(small({ workload: 'memchange:rate=0.5MB/s:pattern=random', strategy: 'hybrid' }));
+  const h = await simulate(
+    small({ workload: 'memchange:rate=0.5MB/s:pattern=random', strategy: 'hybrid:rounds=1' }),
+  );
   assert.equal(
     h.metrics.pagesSent,
     4096 + h.metrics.rounds[0].dirtyPages!,
     'only pages dirtied after round 1 go again',
+  );
+  // The default hybrid: rounds chosen by prediction; a page goes again only when it was dirtied after its send.
+  const a = await simulate(small({ workload: 'memchange:rate=0.5MB/s:pattern=random', strategy: 'hybrid' }));
+  const live = a.metrics.rounds.filter((r) => r.phase === 'live');
+  assert.ok(live.length >= 1, 'at least one pre-copy round');
+  assert.ok(a.metrics.postcopy, 'then post-copy');
+  assert.ok(
+    a.metrics.pagesSent <= 4096 + live.reduce((x, r) => x + r.dirtyPages!, 0),
+    `pages sent ${a.metrics.pagesSent}: never a page the destination holds unchanged`,
   );
 });
 
@@ -175,4 +186,52 @@ test('a failure before the destination confirms leaves the source running', asyn
   mem.collectDirty();
   clock.advance(1);
   assert.ok(mem.collectDirty().count() > 100);
+});
+
+test('post-copy: pages the destination needs to resume go before the switchover, the rest after, each once', async () => {
+  const clock = new VirtualClock();
+  const plan = parseWorkload('idle', 4 * MiB);
+  const pool = new ContentPool(1, 4096);
+  const mem = new EmulatedMemory(plan.layout, pool, plan.create(pool, 2), clock, 0, 3);
+  const arrivedBefore: number[] = [];
+  const dest = new MigrationDestination({
+    restoreCost: 0,
+    resume: (store) => {
+      for (let g = 0; g < store.layout.pageCount; g++) if (store.present.get(g)) arrivedBefore.push(g);
+      return {
+        runUntil: () => [],
+        arrived: () => {},
+        faults: 0,
+        faultLatencies: [],
+        resumed: { pageServer: { host: '127.0.0.1', port: 4242 } },
+      };
+    },
+  });
+  const link = new EmulatedLink(clock, { bandwidth: 100e6, latency: 0, frameOverhead: 0 }, dest);
+  const first = [3, 4, 5, 700];
+  let told: unknown;
+  const source = new MigrationSource(mem, link, parseStrategy('postcopy'), {
+    codec: codecChain('zero'),
+    batchBytes: 65536,
+    stateBytes: 1024,
+    beforeSwitchover: (pending) => {
+      const b = pending.clone();
+      b.clearAll();
+      for (const g of first) b.set(g);
+      return b;
+    },
+    onSwitchover: (r) => (told = r),
+  });
+  const m = await source.run();
+  assert.deepEqual(arrivedBefore, first, 'exactly those pages were at the destination when it resumed');
+  assert.deepEqual(told, {
+    pageServer: { host: '127.0.0.1', port: 4242 },
+    resumedAt: (told as { resumedAt: number }).resumedAt,
+  });
+  const stop = m.rounds.filter((r) => r.phase === 'stop');
+  const post = m.rounds.filter((r) => r.phase === 'postcopy');
+  assert.equal(stop.length, 1);
+  assert.equal(stop[0].pagesSent, first.length);
+  assert.equal(post[0].pagesSent, 1024 - first.length, 'the rest after the switchover');
+  assert.equal(m.pagesSent, 1024, 'every page once');
 });

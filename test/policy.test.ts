@@ -44,7 +44,21 @@ test('hybrid runs the configured pre-copy rounds, then post-copy', () => {
   assert.equal(h.decide(input([round(1, 500)], 500)).stop, false);
   const d = h.decide(input([round(1, 500), round(2, 400)], 400));
   assert.equal(d.stop && d.switchover, 'postcopy');
-  assert.equal(parseStrategy('hybrid').decide(input([round(1, 5)], 5)).stop, true, 'default is one round');
+  assert.equal(parseStrategy('hybrid:rounds=1').decide(input([round(1, 5)], 5)).stop, true, 'one round');
+});
+
+test('hybrid (rounds=auto, the default): pre-copy while the predicted pending set shrinks, then post-copy', () => {
+  const h = parseStrategy('hybrid');
+  assert.match(h.spec, /^hybrid:rounds=auto:k=1:/);
+  const history = [round(1, 5000)];
+  const on = h.decide(input(history, 3000, { forecast: [2000] }));
+  assert.equal(on.stop, false, 'predicted to shrink: another round');
+  const d = h.decide(input(history, 3000, { forecast: [3500] }));
+  assert.equal(d.stop, true, 'predicted to grow: stop');
+  assert.equal(d.stop && d.switchover, 'postcopy', 'and switch over to post-copy');
+  assert.match(d.stop ? d.reason : '', /predicted minimum now.*post-copy for the rest/);
+  assert.equal(parseStrategy('hybrid:rounds=2').spec, 'hybrid:rounds=2');
+  assert.throws(() => parseStrategy('hybrid:rounds=never'), /rounds/);
 });
 
 test('precopy (xen) always sends round 1, then stops below 50 pages as converged', () => {

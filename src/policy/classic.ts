@@ -39,6 +39,24 @@ export function hybrid(opts: HybridOptions = { rounds: 1 }): Strategy {
   };
 }
 
+/**
+ * Hybrid with its pre-copy rounds chosen by a predictive strategy (`hybrid:rounds=auto`, the default): the base
+ * strategy's rounds (held pages, predicted stop), and at its stop a post-copy switchover instead of stop-and-copy.
+ */
+export function predictedHybrid(base: Strategy): Strategy {
+  return {
+    ...base,
+    name: 'hybrid',
+    spec: `hybrid:rounds=auto${base.spec.replace(/^[a-z0-9]+/, '')}`,
+    codec: base.codec,
+    decide(input: DecisionInput): Decision {
+      const d = base.decide(input);
+      if (!d.stop) return d;
+      return { ...d, switchover: 'postcopy', reason: `${d.reason}; post-copy for the rest` };
+    },
+  };
+}
+
 export interface PrecopyOptions {
   /** 'xen': stop on rounds, data or pages left; 'qemu': stop when what is left fits the downtime limit. */
   rule: 'xen' | 'qemu';

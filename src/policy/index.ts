@@ -1,7 +1,7 @@
 import { UsageError } from '../util/errors.ts';
 import { checkEmpty, parseSpec, take, type Spec } from '../util/spec.ts';
 import { parseCount, parseDuration } from '../util/units.ts';
-import { cold, hybrid, postcopy, precopy, PRECOPY_DEFAULTS } from './classic.ts';
+import { cold, hybrid, postcopy, precopy, predictedHybrid, PRECOPY_DEFAULTS } from './classic.ts';
 import { ITERPREDICT_DEFAULTS, iterpredict } from './iterpredict.ts';
 import { SKIP_DEFAULTS, skipStrategy, U2C_DEFAULTS, u2cStrategy } from './predictive.ts';
 import { checkPredictor, predictorFactory } from './predictors.ts';
@@ -79,8 +79,27 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
   cold: { params: [], build: () => cold() },
   postcopy: { params: [], build: () => postcopy() },
   hybrid: {
-    params: ['rounds'],
-    build: (s) => hybrid({ rounds: take(s, 'rounds', (v, w) => parseCount(v, w, 1), 1) }),
+    params: ['rounds', ...SKIP_PARAMS],
+    build: (s) => {
+      const rounds = take(
+        s,
+        'rounds',
+        (v, w) => (v === 'auto' ? 'auto' : parseCount(v, w, 1)),
+        'auto' as const,
+      );
+      if (rounds !== 'auto') return hybrid({ rounds });
+      // auto: u2c's rounds with a horizon of one round, until the predicted pending set stops shrinking.
+      const options = {
+        k: 1,
+        threshold: take(s, 'threshold', probability, U2C_DEFAULTS.threshold),
+        trust: take(s, 'trust', fraction, U2C_DEFAULTS.trust),
+        minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), U2C_DEFAULTS.minPages),
+        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.maxRounds),
+        maxFactor: take(s, 'max-factor', positiveNumber, U2C_DEFAULTS.maxFactor),
+      };
+      const spec = predictorSpec(s, 'hybrid', 'u2c', ['rounds', ...SKIP_PARAMS]);
+      return predictedHybrid(u2cStrategy(predictorFactory(spec), options, spec));
+    },
   },
   precopy: {
     params: ['rule', 'max-rounds', 'max-factor', 'min-pages', 'downtime'],
