@@ -5,8 +5,15 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 export const LIVE_SECTION = 'bench:live';
 /** The live runs of the predictive strategies (issue 5), memchange and redis. */
 export const LIVE_PREDICTIVE_SECTION = 'bench:live:predictive';
+/** The live runs of post-copy and hybrid next to cold, pre-copy and the best predictive strategy (issue 6). */
+export const LIVE_POSTCOPY_SECTION = 'bench:live:postcopy';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
-export const KEPT_SECTIONS: readonly string[] = [LIVE_SECTION, 'experiments', LIVE_PREDICTIVE_SECTION];
+export const KEPT_SECTIONS: readonly string[] = [
+  LIVE_SECTION,
+  'experiments',
+  LIVE_PREDICTIVE_SECTION,
+  LIVE_POSTCOPY_SECTION,
+];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;
 
