@@ -291,6 +291,9 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         mem.close();
       };
       const running = engine.run();
+      running.catch(() => {}); // observed below (the race, or done); never an unhandled rejection
+      /** Post-copy: the push was stopped because the restore failed (the source thaws; its dump is not needed). */
+      let aborted = false;
       let metrics: RunMetrics | undefined;
       try {
         const first = await Promise.race([running, switchover]);
@@ -309,11 +312,13 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               closeAll();
             },
             (err: Error) => {
-              keepWork = true;
+              // After the restore ran, the source's dump is the only complete copy of the memory: kept.
+              if (!aborted) keepWork = true;
               closeAll();
               throw err;
             },
           );
+          done.catch(() => {}); // awaited by the runtime after the restore; not if the restore failed
           return {
             dir: join(commitDir, COMMITTED_FILES.checkpoint),
             detail: null,
@@ -322,7 +327,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             postcopy: {
               pageServer: first.pageServer,
               done,
-              abort: (err: Error) => link.abort(err),
+              abort: (err: Error) => {
+                aborted = true;
+                link.abort(err);
+              },
               keptAt: srcDir,
             },
           };
