@@ -421,9 +421,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.equal(r.code, 1, r.stderr + r.stdout);
     assert.match(r.stderr, /post-copy failed after the container resumed on a/);
     assert.match(r.stderr, /cannot continue anywhere/);
-    assert.match(r.stderr, /the source on b stays frozen with every page \(its dump: ([^)]+)\)/);
-    const kept = /its dump: ([^)]+)\)/.exec(r.stderr)![1];
-    assert.ok(existsSync(join(kept, 'images', 'pstree.img')), `the source's dump is kept in ${kept}`);
+    assert.match(r.stderr, /the source on b stays frozen with every page in its memory/);
     const copies = ps().filter((c) => c.name === 'mc');
     assert.deepEqual(
       copies.map((c) => `${c.host}:${c.status}`).sort(),
@@ -436,7 +434,6 @@ describe('live migration of containers with CRIU', { skip }, () => {
     // Leave a clean testbed for the next tests: both copies go, and a fresh mc runs on b.
     must(cli('stop', 'mc'), 'stop the copy at a');
     must(cli('stop', 'mc'), 'stop the source at b');
-    spawnSync('rm', ['-rf', kept]);
     startMemcheck('mc', 'b', 64);
     await waitReady('mc');
   });

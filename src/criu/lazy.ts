@@ -73,7 +73,11 @@ export interface LazyPlan {
  * must stay eager), and the counts; nothing is written. Null for architectures whose registers precog does not
  * model, where the stack pages cannot be told. Throws an InputError when the images cannot be read.
  */
-export function planLazy(dir: string): { plans: LazyPlan[]; result: LazyMarkResult } | null {
+export function planLazy(
+  dir: string,
+  /** A task's pagemap entries when DIR has no pagemap images (a dump read back and removed: its runs). */
+  entriesOf?: (pid: number) => readonly Entry[],
+): { plans: LazyPlan[]; result: LazyMarkResult } | null {
   const pstree = readImage(join(dir, 'pstree.img'));
   const tasks = pstree.entries.map((e) => {
     const pid = Number(e.pid);
@@ -95,8 +99,13 @@ export function planLazy(dir: string): { plans: LazyPlan[]; result: LazyMarkResu
     const vmas = readVmas(dir, t.pid)
       .filter(canBeLazy)
       .sort((a, b) => (a.start < b.start ? -1 : 1));
-    const map = readPagemap(dir, t.pid);
     const entries: Entry[] = [];
+    if (entriesOf) {
+      for (const e of entriesOf(t.pid)) splitEntry(e.vaddr, e.nrPages, e.flags, vmas, guard, entries, result);
+      plans.push({ pid: t.pid, pagesId: 0, format: 'nr_pages64', entries });
+      continue;
+    }
+    const map = readPagemap(dir, t.pid);
     for (const e of map.entries) {
       const flags = e.flags ?? (e.in_parent ? PE_PARENT : PE_PRESENT);
       splitEntry(e.vaddr, e.nr_pages, flags, vmas, guard, entries, result);
@@ -125,8 +134,11 @@ export function markLazy(dir: string): LazyMarkResult | null {
  * task (its PID in the dump), the runs with data of this image that markLazy leaves without PE_LAZY. Null where the
  * stack pages cannot be told (then every page is eager).
  */
-export function eagerRuns(dir: string): Map<number, { vaddr: bigint; nrPages: number }[]> | null {
-  const planned = planLazy(dir);
+export function eagerRuns(
+  dir: string,
+  entriesOf?: (pid: number) => readonly Entry[],
+): Map<number, { vaddr: bigint; nrPages: number }[]> | null {
+  const planned = planLazy(dir, entriesOf);
   if (!planned) return null;
   const out = new Map<number, { vaddr: bigint; nrPages: number }[]>();
   for (const p of planned.plans)

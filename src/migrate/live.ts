@@ -129,8 +129,9 @@ const ms = (seconds: number | null | undefined): number | null =>
   seconds === null || seconds === undefined || !Number.isFinite(seconds) ? null : seconds * 1000;
 
 /** The layout pages of the pending set that a lazy restore of the dump in DIR copies eagerly (eagerRuns). */
-function eagerPagesOf(dir: string, mem: ContainerMemory, size: number): Bitmap {
-  const runs = eagerRuns(dir);
+function eagerPagesOf(dir: string, dump: ReceivedDump, mem: ContainerMemory, size: number): Bitmap {
+  // The dump's pagemap images are gone once read back (src/criu/localdump.ts): its runs stand in for them.
+  const runs = eagerRuns(dir, (pid) => dump.tasks.get(pid)?.runs ?? []);
   if (!runs)
     throw new UsageError(
       'post-copy needs a lazy restore, and precog cannot tell the stack pages of this architecture',
@@ -279,7 +280,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           });
         },
         // Post-copy: the pages criu restore copies itself (not left to the lazy-pages daemon) go before the switch.
-        beforeSwitchover: (pending) => eagerPagesOf(join(srcDir, 'images'), mem, pending.size),
+        beforeSwitchover: (pending) => eagerPagesOf(join(srcDir, 'images'), received!, mem, pending.size),
         onSwitchover: (r) => {
           marks.committed = performance.now();
           switched(r);
@@ -312,7 +313,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               closeAll();
             },
             (err: Error) => {
-              // After the restore ran, the source's dump is the only complete copy of the memory: kept.
+              // Kept for a look (CRIU's logs, the images) when the restored copy had run.
               if (!aborted) keepWork = true;
               closeAll();
               throw err;
@@ -331,7 +332,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                 aborted = true;
                 link.abort(err);
               },
-              keptAt: srcDir,
             },
           };
         }

@@ -176,8 +176,6 @@ export interface PostcopyTransfer {
   done: Promise<unknown>;
   /** Stops the push (the restore failed: the source will thaw). */
   abort(err: Error): void;
-  /** Where the source's dump is kept should the post-copy fail. */
-  keptAt?: string;
 }
 
 /** The end of a lazy restore's page copying (RestoreOptions.lazy). */
@@ -1188,7 +1186,7 @@ export class NamespaceRuntime implements ContainerRuntime {
             new Error(
               `post-copy failed after the container resumed on ${dest.name}: ${(err as Error).message}\n` +
                 `the container cannot continue anywhere: the copy on ${dest.name} is frozen (pages are missing), ` +
-                `the source on ${at.host.name} stays frozen with every page${result.postcopy.keptAt ? ` (its dump: ${result.postcopy.keptAt})` : ''}`,
+                `the source on ${at.host.name} stays frozen with every page in its memory`,
               { cause: err },
             ),
             { exitCode: 1 },
