@@ -569,7 +569,16 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   const cells: Cell[] = [];
   for (const link of links)
     for (const workload of workloads)
-      for (const sizeMiB of sizes) for (const rate of rates) cells.push({ workload, link, sizeMiB, rate });
+      for (const sizeMiB of sizes)
+        for (const rate of rates)
+          // Cells no run was made for (a report merged from runs of different grids) are left out.
+          if (
+            liveRuns.some(
+              (r) =>
+                workloadOf(r) === workload && r.link === link && r.sizeMiB === sizeMiB && r.rate === rate,
+            )
+          )
+            cells.push({ workload, link, sizeMiB, rate });
   const cellsFor = (c: Cell, strategy: string) =>
     liveRuns.filter(
       (r) =>
