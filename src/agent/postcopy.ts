@@ -145,5 +145,12 @@ export class ContainerPostcopy implements ResumedWorkload {
   close(): void {
     this.server.close();
     this.waiting.clear();
+    // The store's page files (the migration's directory is removed by the source once the container runs).
+    try {
+      this.store?.backing.close();
+    } catch {
+      // already closed
+    }
+    this.store = null;
   }
 }

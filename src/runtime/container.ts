@@ -488,6 +488,8 @@ export class NamespaceRuntime implements ContainerRuntime {
   readonly kind = 'namespaces';
   /** Lazy restores whose pages are still being copied in, by container name. */
   private readonly lazy = new Map<string, Promise<LazyResult>>();
+  /** Stops watching a lazy restore (its migration failed otherwise; the watch would keep the process alive). */
+  private readonly lazyCancel = new Map<string, () => void>();
 
   /**
    * After a lazy restore: resolves when the lazy-pages daemon has put every page in place (the images are then
@@ -497,11 +499,19 @@ export class NamespaceRuntime implements ContainerRuntime {
     return this.lazy.get(name);
   }
 
-  private async watchLazy(wd: string, mark: LazyMarkResult, running: number): Promise<LazyResult> {
+  private async watchLazy(
+    name: string,
+    wd: string,
+    mark: LazyMarkResult,
+    running: number,
+  ): Promise<LazyResult> {
     const rcFile = join(wd, 'lazy-pages.rc');
     const limit = lazyTimeoutMs();
     const deadline = performance.now() + limit;
+    let cancelled = false;
+    this.lazyCancel.set(name, () => (cancelled = true));
     while (!existsSync(rcFile)) {
+      if (cancelled) throw new Error('no longer watched');
       if (performance.now() > deadline)
         throw new Error(
           `criu lazy-pages did not copy every page in within ${limit / 1000} s ` +
@@ -1066,8 +1076,11 @@ export class NamespaceRuntime implements ContainerRuntime {
       info.machinePid = machinePid;
       info.status = 'running';
       this.write(at, info);
-      if (lazyMark) this.lazy.set(name, this.watchLazy(wd, lazyMark, running));
-      else await removeTree(join(wd, 'images')).catch(() => {});
+      if (lazyMark) {
+        const watch = this.watchLazy(name, wd, lazyMark, running);
+        watch.catch(() => {}); // awaited through lazyDone(); a cancelled watch rejects unobserved
+        this.lazy.set(name, watch);
+      } else await removeTree(join(wd, 'images')).catch(() => {});
       return this.read(at);
     } catch (err) {
       try {
@@ -1192,6 +1205,8 @@ export class NamespaceRuntime implements ContainerRuntime {
             { exitCode: 1 },
           );
         } finally {
+          this.lazyCancel.get(restored.name)?.();
+          this.lazyCancel.delete(restored.name);
           this.lazy.delete(restored.name);
         }
         await this.cleanup(at, this.read(at));
