@@ -117,19 +117,23 @@ export class ContainerPostcopy implements ResumedWorkload {
   }
 
   /**
-   * The source's session ended. A server nobody connected to closes now. One the daemon uses is kept until the
+   * The source's session ended. Before the switchover the server closes now. After it, the server is kept until the
    * daemon closes it: all pages here, it copies the rest in; pages missing (the link was lost), its requests for them
    * wait (the container stalls, it does not run on with pages it lacks) until the lazy timeout (env
    * PRECOG_LAZY_TIMEOUT_MS, default 10 minutes) closes it.
    */
   release(): void {
-    if (!this.server.connected) {
+    if (!this.pages) {
+      // No switchover: no daemon will come.
       this.close();
       return;
     }
+    // After the switchover the daemon may not have connected yet (the push can end before the restore does).
     const timer = setTimeout(
       () => {
-        this.log.warn('post-copy: pages still missing after the lazy timeout; closing the lazy page server');
+        this.log.warn(
+          'post-copy: the lazy-pages daemon did not finish within the lazy timeout; closing its server',
+        );
         this.close();
       },
       Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000,

@@ -54,8 +54,7 @@ export interface LazyGet {
 }
 
 /**
- * The protocol without I/O: feed it bytes, get the requests. A GET's header says its layout: the 32-byte one has
- * 4 bytes of padding after cmd (zero) where the 24-byte one has nr_pages (never zero in a GET).
+ * The protocol without I/O: feed it bytes, get the requests. The first GET tells the header layout (see push).
  */
 export class LazyServeSession {
   private buf: Buffer = Buffer.alloc(0);
@@ -90,7 +89,11 @@ export class LazyServeSession {
         throw this.error(
           `${commandName(cmd)} (0x${cmd.toString(16)}): only GET and CLOSE are served (this is the lazy-pages side)`,
         );
-      if (this.layout === null) this.layout = this.buf.readUInt32LE(4) === 0 ? 32 : 24;
+      // The layout from the u64 at offset 8: nr_pages in CRIU 4.2's (small), vaddr in 4.1's (a user address, far
+      // above any GET's page count). Not the padding after cmd: CRIU leaves it uninitialised.
+      if (this.layout === null && this.buf.length >= 16)
+        this.layout = this.buf.readBigUInt64LE(8) <= BigInt(MAX_GET_PAGES) ? 32 : 24;
+      if (this.layout === null) break;
       if (this.buf.length < this.layout) break;
       const get =
         this.layout === 24

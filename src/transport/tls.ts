@@ -77,7 +77,9 @@ export class SocketLink implements Link {
     }
     socket.on('data', (chunk: Buffer) => {
       try {
-        this.inbox.push(...this.reader.push(chunk));
+        // Copied: the reader's frames are views into its buffer, valid only until its next push, and the inbox
+        // may hold several (a destination's FAULT frames during post-copy) until the engine reads them.
+        for (const f of this.reader.push(chunk)) this.inbox.push(Buffer.from(f));
       } catch (e) {
         this.fail(e as Error);
         socket.destroy();
