@@ -74,7 +74,8 @@ if (flags.help) {
   --rates MBPS,...       dirty rates in MB/s (default 5,50; --quick: 5)
   --links RATE,...       testbed link rates (default 100mbit,1gbit; --quick: 1gbit)
   --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline);
-                         S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold)
+                         S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold),
+                         S@CODEC its --codec (e.g. precopy@xor-lz4: compression without prediction)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
   --workloads W,...      memchange (a buffer of SIZE MiB rewritten at RATE MB/s) and/or redis (redis-server with
                          SIZE MiB of values, rewritten at RATE MB/s by a client in the container, checked whole
@@ -295,6 +296,23 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
 
 let serial = 0;
 
+/** A --strategies entry: STRATEGY[+lazy|+full][@CODEC] (restore mode and page codec of precog migrate). */
+function parseCell(entry: string): { strategy: string; restore?: string; codec?: string } {
+  const [head, codec] = entry.split('@');
+  const [strategy, restore] = head.split('+');
+  return { strategy, ...(restore ? { restore } : {}), ...(codec ? { codec } : {}) };
+}
+
+function migrateArgs(entry: string): string[] {
+  const c = parseCell(entry);
+  return [
+    '--strategy',
+    c.strategy,
+    ...(c.restore ? ['--restore', c.restore] : []),
+    ...(c.codec ? ['--codec', c.codec] : []),
+  ];
+}
+
 /** The container's command for a workload of SIZE MiB rewritten at RATE MB/s. */
 function workloadCommand(workload: string, sizeMiB: number, rate: number): string[] {
   if (workload === 'redis')
@@ -367,9 +385,7 @@ async function liveRun(
       'a',
       '--to',
       'b',
-      '--strategy',
-      strategy.split('+')[0],
-      ...(strategy.includes('+') ? ['--restore', strategy.split('+')[1]] : []),
+      ...migrateArgs(strategy),
       '--json',
       '--no-progress',
     );
@@ -523,7 +539,8 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               workload: spec,
               memoryBytes: Math.ceil(memoryBytes / 4096) * 4096,
               bandwidth: parseBandwidth(link, '--links'),
-              strategy: strategy.split('+')[0],
+              strategy: parseCell(strategy).strategy,
+              ...(parseCell(strategy).codec ? { codec: parseCell(strategy).codec } : {}),
               seed: 1,
             });
             Object.assign(e, {
