@@ -615,6 +615,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   for (const c of cells)
     for (const strategy of strategies) {
       const cells = cellsFor(c, strategy);
+      if (!cells.length && (flags['from-json'] || liveRuns.length)) continue; // not run for this cell
       const ok = cells.filter((r) => r.ok);
       const probeDown = med(ok.map((r) => r.probe?.downtimeMs));
       const precogDown = med(ok.map((r) => r.report?.downtimeMs));
