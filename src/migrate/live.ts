@@ -171,8 +171,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       `--dump-via page-server: ${o.strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly)`,
     );
   const restoreMode = o.restore ?? (o.strategy.name === 'cold' ? 'full' : 'lazy');
-  /** Post-copy that failed after the container resumed at the destination: the source's dump is kept. */
-  let keepWork = false;
   let postcopyReport = null as LiveMigrationReport['postcopy'];
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */
@@ -293,8 +291,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       };
       const running = engine.run();
       running.catch(() => {}); // observed below (the race, or done); never an unhandled rejection
-      /** Post-copy: the push was stopped because the restore failed (the source thaws; its dump is not needed). */
-      let aborted = false;
       let metrics: RunMetrics | undefined;
       try {
         const first = await Promise.race([running, switchover]);
@@ -313,8 +309,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               closeAll();
             },
             (err: Error) => {
-              // Kept for a look (CRIU's logs, the images) when the restored copy had run.
-              if (!aborted) keepWork = true;
               closeAll();
               throw err;
             },
@@ -328,10 +322,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             postcopy: {
               pageServer: first.pageServer,
               done,
-              abort: (err: Error) => {
-                aborted = true;
-                link.abort(err);
-              },
+              abort: (err: Error) => link.abort(err),
             },
           };
         }
@@ -368,6 +359,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     // A committed copy was consumed by the restore (or is useless after a failed one): the agent is done with it.
     // An uncommitted one is the agent's to discard (its session may still be open: not touched from here).
     if (existsSync(join(commitDir, COMMITTED_FILES.done))) await removeTree(commitDir).catch(() => {});
-    if (!process.env.PRECOG_KEEP_FAILED && !keepWork) await removeTree(o.workDir).catch(() => {});
+    if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
   }
 }
