@@ -575,10 +575,16 @@ export class NamespaceRuntime implements ContainerRuntime {
   private locate(name: string): Located | undefined {
     const state = this.testbed();
     for (const host of state.hosts) {
-      const dir = NamespaceRuntime.dirOn(host, name);
-      if (existsSync(join(dir, 'state.json'))) return { state, host, dir };
+      const at = this.locateOn(host, name, state);
+      if (at) return at;
     }
     return undefined;
+  }
+
+  /** The container NAME on HOST (during a migration the name exists on both hosts: locate() finds the first). */
+  private locateOn(host: HostState, name: string, state = this.testbed()): Located | undefined {
+    const dir = NamespaceRuntime.dirOn(host, name);
+    return existsSync(join(dir, 'state.json')) ? { state, host, dir } : undefined;
   }
 
   private must(name: string): Located {
@@ -1188,13 +1194,8 @@ export class NamespaceRuntime implements ContainerRuntime {
         } catch (err) {
           // The restored copy ran and cannot get its missing pages: it stops here (frozen, not killed), and the
           // source stays frozen with every page; neither may run on by itself.
-          const there: Located = {
-            state: at.state,
-            host: dest,
-            dir: NamespaceRuntime.dirOn(dest, restored.name),
-          };
-          if (existsSync(join(there.dir, 'state.json')))
-            await this.setFrozen(restored.name, true, there).catch(() => {});
+          const there = this.locateOn(dest, restored.name, at.state);
+          if (there) await this.setFrozen(restored.name, true, there).catch(() => {});
           throw Object.assign(
             new Error(
               `post-copy failed after the container resumed on ${dest.name}: ${(err as Error).message}\n` +
@@ -1219,9 +1220,8 @@ export class NamespaceRuntime implements ContainerRuntime {
         try {
           lazy = await pending;
         } catch (err) {
-          const there = this.locate(restored.name);
-          if (there && there.host.name === dest.name)
-            await this.cleanup(there, this.read(there)).catch(() => {});
+          const there = this.locateOn(dest, restored.name, at.state);
+          if (there) await this.cleanup(there, this.read(there)).catch(() => {});
           throw new Error(
             `${(err as Error).message}\nthe restored copy on ${dest.name} is removed; ` +
               `the source keeps running on ${at.host.name}`,
