@@ -74,6 +74,18 @@ function skip(name: string, predictor: string, extra: { codec?: string; oracle?:
   };
 }
 
+/** u2c's options from a spec (the hybrid's predicted rounds use them too, with a horizon k of one round). */
+function u2cOptions(s: Spec, k: number) {
+  return {
+    k,
+    threshold: take(s, 'threshold', probability, U2C_DEFAULTS.threshold),
+    trust: take(s, 'trust', fraction, U2C_DEFAULTS.trust),
+    minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), U2C_DEFAULTS.minPages),
+    maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.maxRounds),
+    maxFactor: take(s, 'max-factor', positiveNumber, U2C_DEFAULTS.maxFactor),
+  };
+}
+
 /** Strategy builders by name, with the parameters each accepts. One registration line per strategy. */
 const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Strategy }> = {
   cold: { params: [], build: () => cold() },
@@ -89,14 +101,7 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
       );
       if (rounds !== 'auto') return hybrid({ rounds });
       // auto: u2c's rounds with a horizon of one round, until the predicted pending set stops shrinking.
-      const options = {
-        k: 1,
-        threshold: take(s, 'threshold', probability, U2C_DEFAULTS.threshold),
-        trust: take(s, 'trust', fraction, U2C_DEFAULTS.trust),
-        minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), U2C_DEFAULTS.minPages),
-        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.maxRounds),
-        maxFactor: take(s, 'max-factor', positiveNumber, U2C_DEFAULTS.maxFactor),
-      };
+      const options = u2cOptions(s, 1);
       const spec = predictorSpec(s, 'hybrid', 'u2c', ['rounds', ...SKIP_PARAMS]);
       return predictedHybrid(u2cStrategy(predictorFactory(spec), options, spec));
     },
@@ -133,14 +138,10 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
   u2c: {
     params: ['k', ...SKIP_PARAMS],
     build: (s) => {
-      const options = {
-        k: take(s, 'k', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.k),
-        threshold: take(s, 'threshold', probability, U2C_DEFAULTS.threshold),
-        trust: take(s, 'trust', fraction, U2C_DEFAULTS.trust),
-        minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), U2C_DEFAULTS.minPages),
-        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.maxRounds),
-        maxFactor: take(s, 'max-factor', positiveNumber, U2C_DEFAULTS.maxFactor),
-      };
+      const options = u2cOptions(
+        s,
+        take(s, 'k', (v, w) => parseCount(v, w, 1), U2C_DEFAULTS.k),
+      );
       const spec = predictorSpec(s, 'u2c', 'u2c', ['k', ...SKIP_PARAMS]);
       return u2cStrategy(predictorFactory(spec), options, spec);
     },
