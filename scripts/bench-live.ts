@@ -32,6 +32,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { LiveMigrationReport } from '../src/migrate/live.ts';
 import { median } from '../src/report/metrics.ts';
 import { probeNow, startProbe, type Probe, type ProbeResult } from '../src/runtime/probe.ts';
 import { readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
@@ -200,13 +201,7 @@ interface MigrateReport {
   restoreMode?: 'lazy' | 'full';
   lazyMs?: number | null;
   /** Post-copy (postcopy, hybrid); absent in runs saved before it existed. */
-  postcopy?: {
-    pages: number;
-    faults: number;
-    faultLatencyMedianMs: number | null;
-    faultLatencyP99Ms: number | null;
-    degradedMs: number;
-  } | null;
+  postcopy?: LiveMigrationReport['postcopy'];
 }
 
 interface LiveRun {
@@ -612,6 +607,8 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
         .map((r) => r.probe?.downtimeMs),
     );
   const cellHead = (c: Cell) => [c.workload, `${c.sizeMiB} MiB`, `${c.rate} MB/s`, c.link];
+  /** The columns cellHead fills, first in every table. */
+  const CELL_HEAD = ['workload', 'size', 'dirty rate', 'link'];
   for (const c of cells)
     for (const strategy of strategies) {
       const cells = cellsFor(c, strategy);
@@ -651,10 +648,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   out.push(
     table(
       [
-        'workload',
-        'size',
-        'dirty rate',
-        'link',
+        ...CELL_HEAD,
         'strategy',
         'ok runs',
         'downtime, probe (ms)',
@@ -704,19 +698,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     );
     out.push(
       table(
-        [
-          'workload',
-          'size',
-          'dirty rate',
-          'link',
-          'strategy',
-          'restore',
-          'dump',
-          'changed pages',
-          'state',
-          'restore',
-          'lazy copy-in',
-        ],
+        [...CELL_HEAD, 'strategy', 'restore', 'dump', 'changed pages', 'state', 'restore', 'lazy copy-in'],
         steps,
       ),
     );
@@ -730,12 +712,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       const cold = downtimeOf(c, BASELINE);
       ratioRows.push([...cellHead(c), fmt(cold), ...others.map((s) => ratio(cold, downtimeOf(c, s)))]);
     }
-    out.push(
-      table(
-        ['workload', 'size', 'dirty rate', 'link', 'cold downtime (ms)', ...others.map((s) => `cold/${s}`)],
-        ratioRows,
-      ),
-    );
+    out.push(table([...CELL_HEAD, 'cold downtime (ms)', ...others.map((s) => `cold/${s}`)], ratioRows));
 
     out.push(
       '',
@@ -798,18 +775,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     );
     out.push(
       table(
-        [
-          'workload',
-          'size',
-          'dirty rate',
-          'link',
-          'strategy',
-          'pages',
-          'remote faults',
-          'fault latency median',
-          'p99',
-          'degraded (ms)',
-        ],
+        [...CELL_HEAD, 'strategy', 'pages', 'remote faults', 'fault latency median', 'p99', 'degraded (ms)'],
         pc,
       ),
     );
