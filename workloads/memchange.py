@@ -19,12 +19,11 @@ even at high rates; every queued datagram is answered.
 import argparse
 import mmap
 import random
-import select
 import struct
 import sys
 import time
 
-from udpprobe import open_probe, serve
+from udpprobe import Pacer, open_probe, serve
 
 
 def answer(sock, value: int) -> None:
@@ -65,7 +64,7 @@ def main() -> None:
     cursor = 0
     tag = 1
     start = time.monotonic()
-    pace_start, pace_written = start, 0
+    pacer = Pacer(pages_per_s)
     last_status = start
     last_print = start
     while True:
@@ -83,21 +82,8 @@ def main() -> None:
             pack(buf, p * PAGE + 8, written)
             written += 1
         answer(probe, written)
+        pacer.wait(written, probe, lambda: answer(probe, written))
         now = time.monotonic()
-        if pages_per_s != float("inf"):
-            due = pace_start + (written - pace_written) / pages_per_s
-            if now - due > 1.0:
-                # More than a second behind: the process was paused (frozen, checkpointed, migrated). Keep the set
-                # rate from now on instead of catching up in a burst.
-                pace_start, pace_written, due = now, written, now
-            while due > now:
-                if probe is None:
-                    time.sleep(due - now)
-                else:
-                    ready, _, _ = select.select([probe], [], [], due - now)
-                    if ready:
-                        answer(probe, written)
-                now = time.monotonic()
         if now - last_status >= 1.0:
             last_status = now
             mbps = written * PAGE / 1e6 / (now - start)

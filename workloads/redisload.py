@@ -26,13 +26,12 @@ import argparse
 import array
 import os
 import random
-import select
 import socket
 import subprocess
 import sys
 import time
 
-from udpprobe import open_probe, serve
+from udpprobe import Pacer, open_probe, serve
 
 
 def value_of(key: int, version: int, size: int) -> bytes:
@@ -210,7 +209,7 @@ def main() -> None:
     per_s = args.rate * 1e6 / vsize if args.rate > 0 else float("inf")
     batch = max(1, int(per_s / 1000)) if per_s != float("inf") else 100
     start_t = time.monotonic()
-    pace_start, pace_done = start_t, 0
+    pacer = Pacer(per_s)
     last_print = start_t
     while True:
         if args.pattern == "random":
@@ -239,20 +238,8 @@ def main() -> None:
             else:
                 acked += 1
         answer()
+        pacer.wait(acked + failed, probe, answer)
         now = time.monotonic()
-        if per_s != float("inf"):
-            due = pace_start + (acked + failed - pace_done) / per_s
-            if now - due > 1.0:
-                # paused (frozen, checkpointed, migrated): keep the rate from now on instead of catching up
-                pace_start, pace_done, due = now, acked + failed, now
-            while due > now:
-                if probe is None:
-                    time.sleep(due - now)
-                else:
-                    ready, _, _ = select.select([probe], [], [], due - now)
-                    if ready:
-                        answer()
-                now = time.monotonic()
         if now - last_print >= 5.0:
             last_print = now
             print(f"redisload: {acked} requests, {failed} failed, "
