@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { defaultRuntime, type ContainerInfo } from '../runtime/container.ts';
-import { parseHost, requireRoot } from '../runtime/testbed.ts';
+import { parseHost, parseServiceAddress, requireRoot } from '../runtime/testbed.ts';
 import { UsageError } from '../util/errors.ts';
 import { parseSize } from '../util/units.ts';
 import { migrateCommand } from './migrate.ts';
@@ -47,28 +47,40 @@ export function containerCommands(): Command[] {
     .description(
       'start a container in a test host (own PID, mount, UTS, IPC namespaces; overlay root; cgroup)',
     )
-    .usage('--host <host> --name <name> [--memory <size>] -- <command> [args...]')
+    .usage('--host <host> --name <name> [--memory <size>] [--ip <address>] -- <command> [args...]')
     .requiredOption('--host <host>', 'test host: a or b')
     .requiredOption('--name <name>', 'container name (unique across the hosts)')
     .option('--memory <size>', 'memory limit, e.g. 512M, 1GiB (cgroup memory controller)')
+    .option(
+      '--ip <address>',
+      "own network namespace with this address on the testbed's service LAN (10.213.80.1-253); it moves with the container",
+    )
     .argument('<command...>', 'the command (after --); it runs as PID 1 of the container')
     .passThroughOptions()
-    .action(async (command: string[], flags: { host: string; name: string; memory?: string }) => {
-      parseHost(flags.host);
-      const argv = command[0] === '--' ? command.slice(1) : command;
-      if (argv.length === 0) throw new UsageError('nothing to run: give a command after --');
-      const memoryBytes = flags.memory ? parseSize(flags.memory, '--memory') : null;
-      if (memoryBytes !== null && memoryBytes < 4 * 1048576)
-        throw new UsageError(`--memory ${flags.memory} is too small (at least 4MiB)`);
-      needRoot('run');
-      const c = await defaultRuntime().run({
-        name: flags.name,
-        host: flags.host,
-        command: argv,
-        memoryBytes,
-      });
-      say(`${c.name}: running on host ${c.host}, pid ${c.pid} (in the host), logs: precog logs ${c.name}`);
-    });
+    .action(
+      async (command: string[], flags: { host: string; name: string; memory?: string; ip?: string }) => {
+        parseHost(flags.host);
+        const address = flags.ip !== undefined ? parseServiceAddress(flags.ip) : undefined;
+        const argv = command[0] === '--' ? command.slice(1) : command;
+        if (argv.length === 0) throw new UsageError('nothing to run: give a command after --');
+        const memoryBytes = flags.memory ? parseSize(flags.memory, '--memory') : null;
+        if (memoryBytes !== null && memoryBytes < 4 * 1048576)
+          throw new UsageError(`--memory ${flags.memory} is too small (at least 4MiB)`);
+        needRoot('run');
+        const c = await defaultRuntime().run({
+          name: flags.name,
+          host: flags.host,
+          command: argv,
+          memoryBytes,
+          address,
+        });
+        say(
+          `${c.name}: running on host ${c.host}, pid ${c.pid} (in the host)` +
+            (c.network ? `, address ${c.network.address}` : '') +
+            `, logs: precog logs ${c.name}`,
+        );
+      },
+    );
 
   const ps = new Command('ps')
     .description('list the containers of the test hosts')

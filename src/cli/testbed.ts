@@ -53,6 +53,11 @@ export function formatStatus(s: TestbedStatus): string {
       .join(', ');
     out.push('', `probe:   netns ${s.probe.netns}${s.probe.netnsExists ? '' : ' (missing)'}; reaches ${to}`);
   }
+  if (s.service)
+    out.push(
+      `service: netns ${s.service.netns}${s.service.netnsExists ? '' : ' (missing)'}; LAN ${s.service.subnet}, ` +
+        `client at ${s.service.client} (containers: precog run --ip)`,
+    );
   if (s.leftovers.length > 0)
     out.push('', `leftovers (removed by "precog testbed down"): ${s.leftovers.join(', ')}`);
   if (s.state === 'degraded')
@@ -102,6 +107,11 @@ export function testbedCommand(): Command {
           `probe: netns ${state.probe.netns}, reaches ${Object.entries(state.probe.addresses)
             .map(([host, addr]) => `${host} at ${addr}`)
             .join(', ')} (own links, no rate limit)`,
+        );
+      if (state.service)
+        say(
+          `service LAN: ${state.service.subnet} on bridge ${state.service.bridge} (netns ${state.service.netns}, ` +
+            `client ${state.service.client}), joined to ${state.service.hostBridge} in each host`,
         );
       say(
         `testbed up in ${seconds.toFixed(1)}s; try: precog testbed exec ${state.hosts[0].name} -- ping -c1 ${state.hosts[1].address}`,

@@ -39,10 +39,22 @@ import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
 import {
+  announceNetwork,
+  attachNetwork,
+  dumpNetworkArgs,
+  lockNetwork,
+  removeHostLink,
+  restoreNetworkArgs,
+  serviceNetworkFor,
+  unlockNetwork,
+  type ContainerNetwork,
+} from './svcnet.ts';
+import {
   cgroup2Root,
   HOSTS,
   isAlive,
   parseHost,
+  parseServiceAddress,
   procStart,
   readState,
   REPO_DIR,
@@ -73,6 +85,11 @@ export interface ContainerSpec {
   memoryBytes?: number | null;
   /** Extra environment (PATH, HOME, LANG are set). */
   env?: Record<string, string>;
+  /**
+   * An address on the testbed's service LAN (10.213.80.1-253): the container gets a network namespace of its own
+   * with this address (svcnet.ts). Without it, the container uses its host's network namespace.
+   */
+  address?: string;
 }
 
 export interface ContainerInfo {
@@ -92,6 +109,8 @@ export interface ContainerInfo {
   dir: string;
   /** cgroup directories (on the machine) the container's processes are in. */
   cgroups: string[];
+  /** Its own network on the service LAN (absent or null: the host's network namespace). */
+  network?: ContainerNetwork | null;
 }
 
 export interface StopOptions {
@@ -222,6 +241,15 @@ shift 3
 while read -r key machine host rest; do
 	if [ "$key" = NSpid: ]; then echo "$machine $host" >"$dir/pids"; fi
 done </proc/self/status
+# A container with its own network namespace waits here until precog has given it its address (svcnet.ts).
+if [ -e "$dir/net-wait" ]; then
+	i=0
+	while [ ! -e "$dir/net-ready" ]; do
+		i=$((i + 1))
+		if [ $i -ge 1500 ]; then echo "precog: the network was not set up within 15 s" >&2; exit 1; fi
+		sleep 0.01
+	done
+fi
 root=$dir/root
 mount --make-rprivate /
 mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$dir/upper,workdir=$dir/work" "$root"
@@ -266,18 +294,21 @@ exec /usr/bin/setsid /usr/bin/env -i "PATH=${CONTAINER_PATH}" HOME=/root LANG=C.
 
 /**
  * Runs on the machine, detached: joins the container's cgroups, enters the host's network and PID namespaces and
- * starts INIT_SCRIPT as PID 1 of new mount, PID, UTS and IPC namespaces. Arguments: init pid of the host, the
- * cgroup.procs files (":"-separated, or "-"), then INIT_SCRIPT's arguments.
+ * starts INIT_SCRIPT as PID 1 of new mount, PID, UTS and IPC namespaces (and network, when the 4th argument is
+ * "net"). Arguments: init pid of the host, the cgroup.procs files (":"-separated, or "-"), the init script, "net"
+ * or "-", then INIT_SCRIPT's arguments.
  */
 export const LAUNCH_SCRIPT = String.raw`set -eu
-hostpid=$1 procs=$2 init=$3
-shift 3
+hostpid=$1 procs=$2 init=$3 net=$4
+shift 4
+netns=
+if [ "$net" = net ]; then netns=--net; fi
 if [ "$procs" != - ]; then
 	old_ifs=$IFS IFS=:
 	for f in $procs; do echo $$ >"$f"; done
 	IFS=$old_ifs
 fi
-exec nsenter -t "$hostpid" -n -p -- unshare --mount --propagation private --uts --ipc --pid --fork -- \
+exec nsenter -t "$hostpid" -n -p -- unshare --mount --propagation private --uts --ipc --pid $netns --fork -- \
 	/bin/sh "$init" "$@"
 `;
 
@@ -630,9 +661,20 @@ export class NamespaceRuntime implements ContainerRuntime {
           `remove it with "precog stop ${spec.name}" or choose another name`,
       );
     }
+    let network: ContainerNetwork | null = null;
+    if (spec.address !== undefined) {
+      const address = parseServiceAddress(spec.address);
+      const holder = (await this.list()).find((c) => c.network?.address === address);
+      if (holder)
+        throw new UsageError(
+          `address ${address} is taken by container ${holder.name} on host ${holder.host}; choose another --ip`,
+        );
+      network = serviceNetworkFor(state, address);
+    }
     const dir = NamespaceRuntime.dirOn(host, spec.name);
     await removeTree(dir);
     for (const d of ['upper', 'work', 'root']) mkdirSync(join(dir, d), { recursive: true });
+    if (network) writeFileSync(join(dir, 'net-wait'), '');
     // The workloads go into the writable layer: the container is self-contained (no bind mount from outside,
     // which CRIU could not resolve) and carries them along when it migrates.
     cpSync(join(REPO_DIR, 'workloads'), join(dir, 'upper', WORKLOADS_DIR), { recursive: true });
@@ -677,6 +719,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       status: 'created',
       dir: join(CONTAINERS_DIR, spec.name),
       cgroups: [...new Set([cg.v2, memoryBytes !== null ? cg.mem : null].filter((c): c is string => !!c))],
+      network,
     };
     const at: Located = { state, host, dir };
     this.write(at, info);
@@ -698,6 +741,7 @@ export class NamespaceRuntime implements ContainerRuntime {
           String(host.init!.pid),
           procs.length > 0 ? procs.join(':') : '-',
           join(dir, 'init.sh'),
+          network ? 'net' : '-',
           dir,
           state.rootfs,
           spec.name,
@@ -713,7 +757,23 @@ export class NamespaceRuntime implements ContainerRuntime {
     child.on('exit', () => (exited = true));
     const pidsFile = join(dir, 'pids');
     const startedFile = join(dir, 'started');
-    await waitUntil(() => exited || existsSync(startedFile), 15_000);
+    let netError: unknown;
+    if (network) {
+      // The init waits for its network before it builds its root (INIT_SCRIPT): give it the veth pair and address.
+      await waitUntil(() => exited || existsSync(pidsFile), 15_000);
+      const first = existsSync(pidsFile)
+        ? Number(readFileSync(pidsFile, 'utf8').trim().split(/\s+/)[0] || 0)
+        : 0;
+      try {
+        if (!first) throw new Error('the container did not start');
+        await removeHostLink(host, network);
+        await attachNetwork(host, first, network);
+        writeFileSync(join(dir, 'net-ready'), '');
+      } catch (err) {
+        netError = err;
+      }
+    }
+    if (!netError) await waitUntil(() => exited || existsSync(startedFile), 15_000);
     let pids: number[] = [];
     try {
       pids = readFileSync(pidsFile, 'utf8').trim().split(/\s+/).map(Number);
@@ -721,8 +781,11 @@ export class NamespaceRuntime implements ContainerRuntime {
       // never got that far
     }
     const ref = pids[0] ? procStart(pids[0]) : undefined;
-    if (!existsSync(startedFile) || ref === undefined) {
-      const why = tail(launchLog, 4) || tail(join(dir, 'upper', CONTAINER_LOG), 4);
+    if (netError || !existsSync(startedFile) || ref === undefined) {
+      const why =
+        (netError ? `its network: ${(netError as Error).message}` : '') ||
+        tail(launchLog, 4) ||
+        tail(join(dir, 'upper', CONTAINER_LOG), 4);
       if (!process.env.PRECOG_KEEP_FAILED) await this.cleanup(at, info);
       throw new Error(`container ${spec.name} did not start${why ? `: ${why}` : ''}`);
     }
@@ -807,6 +870,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       }
     }
     await waitUntil(() => !isAlive(info.machinePid), 3000);
+    if (info.network) await removeHostLink(at.host, info.network);
     for (const dir of [cg.v2, cg.mem]) {
       if (!dir) continue;
       await waitUntil(() => cgroupPids(dir).length === 0, 3000);
@@ -880,6 +944,9 @@ export class NamespaceRuntime implements ContainerRuntime {
     const dumpedFile = criu.onMachine(criu.path('dumped'));
     const goFile = criu.onMachine(criu.path('go'));
     const v2 = this.cgroupsFor(at.host, name).v2;
+    // A move locks the container's network first, and keeps it locked after the dump (svcnet.ts, lockNetwork).
+    const locked = !!(opts.keepFrozen && info.network);
+    if (locked) await lockNetwork(at.host, info.network!);
     let settled = false;
     const dumping = criu
       .dump({
@@ -887,7 +954,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         images: criu.path('images'),
         leaveRunning: true,
         pageServer: opts.pageServer,
-        extra: ['--action-script', hook],
+        extra: ['--action-script', hook, ...dumpNetworkArgs(info.network)],
       })
       .finally(() => (settled = true));
     dumping.catch(() => {});
@@ -924,6 +991,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       if (froze) await this.freeze(name);
     } catch (err) {
       if (froze) await this.thaw(name).catch(() => {});
+      if (locked) await unlockNetwork(at.host, info.network!).catch(() => {});
       await removeTree(criu.onMachine(criu.dir)).catch(() => {});
       throw copyError ?? err;
     }
@@ -984,6 +1052,17 @@ export class NamespaceRuntime implements ContainerRuntime {
           `stop it or restore with --name NEW`,
       );
     }
+    if (saved.network) {
+      const holder = (await this.list()).find(
+        (c) =>
+          c.network?.address === saved.network!.address && !(c.name === name && c.host === opts.replacingOn),
+      );
+      if (holder)
+        throw new UsageError(
+          `the checkpoint's address ${saved.network.address} is taken by container ${holder.name} on host ` +
+            `${holder.host}; stop it first (two containers cannot answer at one address)`,
+        );
+    }
     const cdir = NamespaceRuntime.dirOn(host, name);
     if (existsSync(cdir))
       throw new UsageError(`a container named "${name}" already exists on host ${host.name}`);
@@ -1042,6 +1121,8 @@ export class NamespaceRuntime implements ContainerRuntime {
           'post-copy needs a lazy restore, and precog cannot tell the stack pages of this architecture (x86_64 only)',
         );
       const ps = opts.lazyPageServer;
+      // CRIU makes the outer end of the veth pair here under its old name: a leftover of that name goes first.
+      if (saved.network) await removeHostLink(host, saved.network);
       writeFileSync(join(wd, 'restore-root.sh'), RESTORE_ROOT_SCRIPT);
       // CriuRunner runs `<criu> restore -o LOG -v4 ARGS`: <criu> is this wrapper, with the paths baked in.
       const wrapper = join(wd, 'criu-in-host');
@@ -1072,7 +1153,13 @@ export class NamespaceRuntime implements ContainerRuntime {
       await criu.restore({
         images: join(wd, 'images'),
         pidfile,
-        extra: ['--root', '/ctr', '--manage-cgroups=ignore', ...(lazyMark ? ['--lazy-pages'] : [])],
+        extra: [
+          '--root',
+          '/ctr',
+          '--manage-cgroups=ignore',
+          ...restoreNetworkArgs(saved.network),
+          ...(lazyMark ? ['--lazy-pages'] : []),
+        ],
       });
       const running = performance.now();
       const hostPid = Number(readFileSync(pidfile, 'utf8').trim());
@@ -1082,6 +1169,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       info.machinePid = machinePid;
       info.status = 'running';
       this.write(at, info);
+      if (saved.network) await announceNetwork(host, machinePid.pid, saved.network);
       if (lazyMark) {
         const watch = this.watchLazy(name, wd, lazyMark, running);
         watch.catch(() => {}); // awaited through lazyDone(); a cancelled watch rejects unobserved
@@ -1232,7 +1320,11 @@ export class NamespaceRuntime implements ContainerRuntime {
         }
       }
     } catch (err) {
-      if (!resumedThere && this.read(at).status === 'frozen') await this.setFrozen(name, false, at);
+      if (!resumedThere && this.read(at).status === 'frozen') {
+        await this.setFrozen(name, false, at);
+        // Its address answers from here again (the network was locked for the move).
+        if (info.network) await unlockNetwork(at.host, info.network).catch(() => {});
+      }
       throw err;
     }
     await this.cleanup(at, this.read(at));

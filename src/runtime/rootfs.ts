@@ -27,6 +27,7 @@ export const ROOTFS_PACKAGES: readonly string[] = [
   'iproute2',
   'iptables',
   'iputils-ping',
+  'iputils-arping',
   'procps',
   'nodejs',
   'python3',
@@ -43,6 +44,7 @@ export const ROOTFS_REQUIRED_FILES: readonly string[] = [
   'usr/sbin/iptables',
   'usr/bin/ps',
   'usr/bin/ping',
+  'usr/bin/arping',
   'usr/bin/redis-server',
 ];
 /** v2: CRIU comes from ROOTFS_CRIU_SUITE (v1 trees have trixie's 4.1.1 and are rebuilt). */

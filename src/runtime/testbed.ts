@@ -130,6 +130,51 @@ export const PROBE = {
   ] as readonly ProbeLink[],
 } as const;
 
+/**
+ * The service network (issue 6): a LAN the test hosts share, for containers with a network namespace and an
+ * address of their own. A fourth namespace, precog-lan, holds the LAN's bridge (lan0) and the client's address on
+ * it; each host has a bridge (svc0) whose uplink is a veth pair to lan0. A container started with an address gets a
+ * veth pair whose outer end is a port of its host's svc0, so it is reachable from the client wherever it runs: when
+ * it migrates, its address (and MAC) move with it and a gratuitous ARP tells the bridges where it is now. No
+ * host has an address on this network, nothing on it is rate-limited, and it never carries migration traffic.
+ */
+export const SERVICE_NET = {
+  netns: `${NAME_PREFIX}lan`,
+  bridge: 'lan0',
+  subnet: '10.213.80.0/24',
+  prefixLength: 24,
+  /** The client's address (on lan0, in precog-lan). */
+  client: '10.213.80.254',
+  /** The bridge in each host, and the host end of its uplink to lan0. */
+  hostBridge: 'svc0',
+  hostUplink: 'svc-up',
+} as const;
+
+export interface ServiceNetState {
+  netns: string;
+  bridge: string;
+  subnet: string;
+  prefixLength: number;
+  client: string;
+  hostBridge: string;
+  hostUplink: string;
+}
+
+/** A container address on the service network: 10.213.80.1 .. 10.213.80.253. */
+export function parseServiceAddress(text: string): string {
+  const m = /^10\.213\.80\.(\d{1,3})$/.exec(text.trim());
+  const last = m ? Number(m[1]) : NaN;
+  if (!m || last < 1 || last > 253 || String(last) !== m[1])
+    throw new UsageError(
+      `--ip ${text}: a container address must be on precog's service network, 10.213.80.1 to 10.213.80.253 ` +
+        `(10.213.80.254 is the client's)`,
+    );
+  return `10.213.80.${last}`;
+}
+
+/** The host-side name of a container's veth pair: "vc" + the last byte of its address (unique on the LAN). */
+export const serviceHostIface = (address: string): string => `vc${address.split('.')[3]}`;
+
 export interface ProbeState {
   netns: string;
   /** Host name -> the host-side address the probe sends to. */
@@ -170,6 +215,8 @@ export interface TestbedState {
   hosts: HostState[];
   /** The probe namespace and the addresses it reaches the hosts at (absent in states of older versions). */
   probe?: ProbeState | null;
+  /** The service network (absent in states of older versions). */
+  service?: ServiceNetState | null;
 }
 
 /** One-line refusal for commands that change the machine. */
@@ -484,6 +531,7 @@ export async function testbedUp(opts: UpOptions): Promise<UpResult> {
         addresses: Object.fromEntries(PROBE.links.map((l) => [l.host, l.hostAddress])),
         links: PROBE.links.map((l) => ({ ...l })),
       },
+      service: { ...SERVICE_NET },
     };
     writeState(state);
     try {
@@ -530,6 +578,44 @@ async function createNetwork(state: TestbedState): Promise<void> {
     if (state.rateBits !== null) await mustRun('tc', tbfArgs(h.netns, h.iface, state.rateBits));
   }
   if (state.probe) await createProbeNetwork(state, state.probe);
+  if (state.service) await createServiceNetwork(state, state.service);
+}
+
+/** The LAN namespace with its bridge and the client's address, and each host's bridge with its uplink to it. */
+async function createServiceNetwork(state: TestbedState, net: ServiceNetState): Promise<void> {
+  await mustRun('ip', ['netns', 'add', net.netns]);
+  await mustRun('ip', ['-n', net.netns, 'link', 'set', 'lo', 'up']);
+  await mustRun('ip', ['-n', net.netns, 'link', 'add', net.bridge, 'type', 'bridge']);
+  await mustRun('ip', [
+    '-n',
+    net.netns,
+    'addr',
+    'add',
+    `${net.client}/${net.prefixLength}`,
+    'dev',
+    net.bridge,
+  ]);
+  await mustRun('ip', ['-n', net.netns, 'link', 'set', net.bridge, 'up']);
+  for (const h of state.hosts) {
+    const lanPort = `up-${h.name}`;
+    await mustRun('ip', ['-n', h.netns, 'link', 'add', net.hostBridge, 'type', 'bridge']);
+    await mustRun('ip', [
+      'link',
+      'add',
+      net.hostUplink,
+      'netns',
+      h.netns,
+      'type',
+      'veth',
+      'peer',
+      lanPort,
+      'netns',
+      net.netns,
+    ]);
+    await mustRun('ip', ['-n', h.netns, 'link', 'set', net.hostUplink, 'master', net.hostBridge, 'up']);
+    await mustRun('ip', ['-n', h.netns, 'link', 'set', net.hostBridge, 'up']);
+    await mustRun('ip', ['-n', net.netns, 'link', 'set', lanPort, 'master', net.bridge, 'up']);
+  }
 }
 
 /** The probe namespace and its two side links (one per host, own subnets, never rate-limited). */
@@ -862,6 +948,8 @@ export interface TestbedStatus {
   hosts: HostStatus[];
   /** The probe namespace (null when the state has none). */
   probe: ProbeStatus | null;
+  /** The service network: its namespace, subnet and client address (null when the state has none). */
+  service: { netns: string; netnsExists: boolean; subnet: string; client: string } | null;
   /** Things named precog-* that no recorded host accounts for (removed by `down`). */
   leftovers: string[];
 }
@@ -891,7 +979,19 @@ export async function testbedStatus(): Promise<TestbedStatus> {
         addresses: { ...state.probe.addresses },
       }
     : null;
-  const known = new Set([...hosts.map((h) => h.netns), ...(probe ? [probe.netns] : [])]);
+  const service = state?.service
+    ? {
+        netns: state.service.netns,
+        netnsExists: netns.includes(state.service.netns),
+        subnet: state.service.subnet,
+        client: state.service.client,
+      }
+    : null;
+  const known = new Set([
+    ...hosts.map((h) => h.netns),
+    ...(probe ? [probe.netns] : []),
+    ...(service ? [service.netns] : []),
+  ]);
   const leftovers = [
     ...netns.filter((n) => !known.has(n)).map((n) => `netns ${n}`),
     ...links.map((l) => `link ${l}`),
@@ -902,7 +1002,8 @@ export async function testbedStatus(): Promise<TestbedStatus> {
     !!state?.complete &&
     hosts.length > 0 &&
     hosts.every((h) => h.alive && h.netnsExists) &&
-    (probe === null || probe.netnsExists);
+    (probe === null || probe.netnsExists) &&
+    (service === null || service.netnsExists);
   return {
     schema: TESTBED_STATUS_SCHEMA,
     state: up ? 'up' : state || leftovers.length > 0 ? 'degraded' : 'down',
@@ -920,6 +1021,7 @@ export async function testbedStatus(): Promise<TestbedStatus> {
     },
     hosts,
     probe,
+    service,
     leftovers,
   };
 }
