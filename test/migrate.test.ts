@@ -6,9 +6,10 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { AGENT, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
-import { CONTAINERS_DIR } from '../src/runtime/container.ts';
+import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
 import { must, precog, precogAsync, type Ran } from './support/cli.ts';
 import { ps, find, inContainer } from './support/containers.ts';
+import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
@@ -109,6 +110,19 @@ function slowLinkFromB(): void {
 
 function fastLinkFromB(): void {
   cli('testbed', 'exec', 'b', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+}
+
+/** `redis-cli client list` inside a container (its mount and network namespaces). */
+function redisClients(c: ContainerInfo): string {
+  const r = spawnSync(
+    'nsenter',
+    ['-t', String(c.machinePid!.pid), '-m', '-n', '--', 'redis-cli', 'client', 'list'],
+    {
+      encoding: 'utf8',
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
 }
 
 function hostsOf(name: string, state: TestbedState): string[] {
@@ -296,6 +310,147 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.equal(redis('b', '10.213.77.2', 'dbsize'), '101');
     assert.equal(redis('b', '10.213.77.2', 'lrange', 'list', '0', '-1'), 'x\ny\nz');
     must(cli('stop', 'redis'), 'stop redis');
+  });
+
+  test('a service with its own address: the address and an established TCP connection move with it', async () => {
+    // redis in its own network namespace at 10.213.80.21 on the service LAN; one client in the LAN's namespace keeps
+    // a single TCP connection and increments a counter back to back while the container moves a -> b (pre-copy)
+    // and b -> a (post-copy).
+    const address = '10.213.80.21';
+    must(
+      cli(
+        'run',
+        '--host',
+        'a',
+        '--name',
+        'svc',
+        '--ip',
+        address,
+        '--',
+        'redis-server',
+        '--save',
+        '',
+        '--protected-mode',
+        'no',
+      ),
+      'run svc',
+    );
+    let client: ServiceClient | undefined;
+    for (let i = 0; i < 50 && !client; i++) {
+      client = await startServiceClient(state, { address, port: 6379 }).catch(() => undefined);
+      if (!client) await sleep(100);
+    }
+    assert.ok(client, `no redis answers at ${address}:6379 from the LAN`);
+    const lanPortOf = (mac: string): string => {
+      const fdb = spawnSync('ip', ['netns', 'exec', 'precog-lan', 'bridge', 'fdb', 'show', 'br', 'lan0'], {
+        encoding: 'utf8',
+      }).stdout;
+      return (
+        fdb
+          .split('\n')
+          .find((l) => l.startsWith(mac + ' '))
+          ?.split(' ')[2] ?? '(not learned)'
+      );
+    };
+    const macOf = (name: string): string => {
+      const out = spawnSync(
+        'nsenter',
+        [`--net=/proc/${find(name)!.machinePid!.pid}/ns/net`, 'ip', '-o', 'link', 'show', 'eth0'],
+        {
+          encoding: 'utf8',
+        },
+      ).stdout;
+      return /link\/ether (\S+)/.exec(out)?.[1] ?? '';
+    };
+    const mac = macOf('svc');
+    assert.match(mac, /^[0-9a-f:]{17}$/);
+    try {
+      for (const [from, to, strategy] of [
+        ['a', 'b', 'precopy'],
+        ['b', 'a', 'postcopy'],
+      ]) {
+        const n0 = client.replies();
+        await sleep(500);
+        assert.ok(client.replies() > n0, `the client gets answers on ${from} before the move`);
+        const r = await precogAsync(['migrate', 'svc', '--from', from, '--to', to, '--strategy', strategy])
+          .done;
+        assert.equal(r.code, 0, r.stderr);
+        const c = find('svc')!;
+        assert.equal(c.host, to);
+        assert.equal(c.network?.address, address);
+        assert.equal(macOf('svc'), mac, 'the MAC moved with the address');
+        // The gratuitous ARP told the LAN's bridge where the address is now.
+        assert.equal(lanPortOf(mac), `up-${to}`);
+        // Nothing of the container's network is left on the source host.
+        const left = spawnSync('ip', ['-n', `precog-${from}`, 'link', 'show', c.network!.hostIface]);
+        assert.notEqual(left.status, 0, `${c.network!.hostIface} is gone from ${from}`);
+        const n1 = client.replies();
+        await sleep(500);
+        assert.ok(client.replies() > n1, `the client gets answers from ${to} after the move`);
+        // The server side holds the same connection: redis on the destination lists the client's port.
+        const clients = redisClients(c);
+        assert.match(clients, new RegExp(`addr=10\\.213\\.80\\.254:\\d+ `));
+      }
+      // Still the client's first connection, on the container's second host.
+      const port = client.port;
+      assert.match(
+        redisClients(find('svc')!),
+        new RegExp(`addr=10\\.213\\.80\\.254:${port} `),
+        'the same connection',
+      );
+    } finally {
+      const r = await client.stop();
+      process.stdout.write(
+        `# service client: ${r.replies} requests, ${r.failed} failed, ${r.connections} connection(s), ` +
+          `longest pause ${r.maxPauseMs.toFixed(0)} ms\n`,
+      );
+      assert.deepEqual(r.errors, []);
+      assert.equal(r.failed, 0);
+      assert.equal(r.connections, 1, 'one TCP connection the whole time');
+      assert.equal(r.firstPort, r.lastPort);
+      assert.ok(r.sequential, 'every reply is the previous one + 1: nothing lost, nothing applied twice');
+      assert.equal(r.last - r.first + 1, r.replies);
+    }
+  });
+
+  test('a service move that fails after its network was locked: the source answers again, the connection lives', async () => {
+    // Cold: the dump (and the lock) comes first, then host b's agent runs out of disk space.
+    const address = '10.213.80.21';
+    const client = await startServiceClient(state, { address, port: 6379 });
+    must(
+      cli(
+        'testbed',
+        'exec',
+        'b',
+        '--',
+        'mount',
+        '-t',
+        'tmpfs',
+        '-o',
+        'size=1m',
+        'precog-test-full',
+        AGENT.stateDir,
+      ),
+      'mount tmpfs',
+    );
+    try {
+      await sleep(300);
+      const r = await precogAsync(['migrate', 'svc', '--from', 'a', '--to', 'b', '--strategy', 'cold']).done;
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /source keeps running/);
+      const n = client.replies();
+      await sleep(500);
+      assert.ok(client.replies() > n, 'the client gets answers from a again');
+      assert.equal(find('svc')!.host, 'a');
+    } finally {
+      cli('testbed', 'exec', 'b', '--', 'umount', AGENT.stateDir);
+      const r = await client.stop();
+      process.stdout.write(`# after the failed move: longest pause ${r.maxPauseMs.toFixed(0)} ms\n`);
+      assert.equal(r.failed, 0);
+      assert.equal(r.connections, 1);
+      assert.ok(r.sequential);
+    }
+    must(cli('stop', 'svc'), 'stop svc');
   });
 
   test('a CRIU error (an established TCP connection to outside) leaves the source running', async () => {

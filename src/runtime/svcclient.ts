@@ -48,6 +48,8 @@ export interface ServiceClientResult {
 
 export interface ServiceClient {
   readonly pid: number | undefined;
+  /** The local port of its (first) connection. */
+  readonly port: number;
   /** Replies so far (from the progress lines the client prints every 100 ms). */
   replies(): number;
   stop(): Promise<ServiceClientResult>;
@@ -145,6 +147,7 @@ export async function startServiceClient(
   let err = '';
   let replies = 0;
   let result: ServiceClientResult | null = null;
+  let port = 0;
   let readyResolve: () => void = () => {};
   const ready = new Promise<void>((res) => (readyResolve = res));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
@@ -154,8 +157,10 @@ export async function startServiceClient(
     while ((i = out.indexOf('\n')) >= 0) {
       const line = out.slice(0, i);
       out = out.slice(i + 1);
-      if (line.startsWith('ready ')) readyResolve();
-      else if (line.startsWith('n ')) replies = Number(line.slice(2));
+      if (line.startsWith('ready ')) {
+        port = Number(line.slice(6));
+        readyResolve();
+      } else if (line.startsWith('n ')) replies = Number(line.slice(2));
       else if (line.startsWith('result ')) result = JSON.parse(line.slice(7)) as ServiceClientResult;
     }
   });
@@ -171,6 +176,7 @@ export async function startServiceClient(
   }
   return {
     pid: child.pid,
+    port,
     replies: () => replies,
     async stop() {
       child.stdin.end();
