@@ -35,6 +35,11 @@ import { parseArgs } from 'node:util';
 import type { LiveMigrationReport } from '../src/migrate/live.ts';
 import { median } from '../src/report/metrics.ts';
 import { probeNow, startProbe, type Probe, type ProbeResult } from '../src/runtime/probe.ts';
+import {
+  startServiceClient,
+  type ServiceClient,
+  type ServiceClientResult,
+} from '../src/runtime/svcclient.ts';
 import { readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
 import { parseBandwidth } from '../src/util/units.ts';
@@ -42,6 +47,9 @@ import { requireRootOrExit } from './testbed-run.ts';
 import { KEPT_SECTIONS, LIVE_SECTION, replaceSection } from './sections.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
+/** redis-lan's address on the testbed's service LAN (one container at a time). */
+const SERVICE_ADDRESS = '10.213.80.50';
+const isRedis = (w: string) => w === 'redis' || w === 'redis-lan';
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -80,7 +88,9 @@ if (flags.help) {
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
   --workloads W,...      memchange (a buffer of SIZE MiB rewritten at RATE MB/s) and/or redis (redis-server with
                          SIZE MiB of values, rewritten at RATE MB/s by a client in the container, checked whole
-                         after the move; workloads/redisload.py) (default memchange)
+                         after the move; workloads/redisload.py), and/or redis-lan (the same in a network namespace
+                         of its own at ${SERVICE_ADDRESS}, with a client on the service LAN keeping one TCP
+                         connection and sending INCR back to back: its longest pause is the downtime) (default memchange)
   --pattern P            memchange pattern: sequential, random, hotspot (default sequential; redis: random)
   --quick                64 MiB, 5 MB/s, 1gbit, 1 run (flags given explicitly still win)
   --out FILE             also write the markdown report to FILE
@@ -123,7 +133,8 @@ const links = list(flags.links ?? (quick ? '1gbit' : '100mbit,1gbit'), '--links'
 const strategies = list(flags.strategies!, '--strategies');
 const workloads = list(flags.workloads!, '--workloads');
 for (const w of workloads)
-  if (!['memchange', 'redis'].includes(w)) usage(`--workloads: "${w}" is not memchange or redis`);
+  if (!['memchange', 'redis', 'redis-lan'].includes(w))
+    usage(`--workloads: "${w}" is not memchange, redis or redis-lan`);
 if (!KEPT_SECTIONS.includes(flags.section!))
   usage(`--section ${flags.section}: one of ${KEPT_SECTIONS.join(', ')} (scripts/sections.ts)`);
 const runs = numbers(flags.runs ?? (quick ? '1' : '3'), '--runs')[0];
@@ -221,8 +232,12 @@ interface LiveRun {
   verify?: string;
   /** redis: requests that failed during the run, as the client counted them. */
   failedRequests?: number;
+  /** redis-lan: what the client on the service LAN saw. */
+  client?: ServiceClientResult;
 }
 const workloadOf = (r: { workload?: string }) => r.workload ?? 'memchange';
+/** The downtime seen from outside: the probe's longest silence, or (redis-lan) the LAN client's longest pause. */
+const outsideDowntime = (r: LiveRun): number | undefined => r.probe?.downtimeMs ?? r.client?.maxPauseMs;
 
 interface EmulatedRun {
   link: string;
@@ -245,6 +260,7 @@ interface EmulatedRun {
 
 let ourTestbed = false;
 let activeProbe: Probe | undefined;
+let activeClient: ServiceClient | undefined;
 const started = new Set<string>();
 
 async function waitForFreeTestbed(): Promise<void> {
@@ -269,6 +285,7 @@ function stopContainers(): void {
 
 async function cleanup(): Promise<void> {
   if (activeProbe) await activeProbe.stop().catch(() => {});
+  if (activeClient) await activeClient.stop().catch(() => {});
   activeProbe = undefined;
   stopContainers();
   if (ourTestbed) {
@@ -310,7 +327,7 @@ function migrateArgs(entry: string): string[] {
 
 /** The container's command for a workload of SIZE MiB rewritten at RATE MB/s. */
 function workloadCommand(workload: string, sizeMiB: number, rate: number): string[] {
-  if (workload === 'redis')
+  if (isRedis(workload))
     return [
       'python3',
       '/opt/precog/workloads/redisload.py',
@@ -320,6 +337,7 @@ function workloadCommand(workload: string, sizeMiB: number, rate: number): strin
       String(rate),
       '--probe-port',
       String(probePort),
+      ...(workload === 'redis-lan' ? ['--tcp-port', '6379'] : []),
     ];
   return [
     'python3',
@@ -335,12 +353,28 @@ function workloadCommand(workload: string, sizeMiB: number, rate: number): strin
   ];
 }
 
-/** Asks redisload.py in HOST (over the host's loopback) a question of its probe port: "verify" or "stats". */
-function askWorkload(host: string, question: string): string {
+/**
+ * Asks redisload.py in container NAME a question of its probe port ("verify" or "stats"), over the loopback of
+ * the container's network namespace (its host's, or its own).
+ */
+function askWorkload(name: string, question: string): string {
   const py =
     'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(60);' +
     `s.sendto(sys.argv[1].encode(),("127.0.0.1",${probePort}));print(s.recv(512).decode().strip())`;
-  return mustPrecog('testbed', 'exec', host, '--', 'python3', '-c', py, question).trim();
+  const c = (
+    JSON.parse(mustPrecog('ps', '--json')) as { name: string; machinePid: { pid: number } | null }[]
+  ).find((x) => x.name === name);
+  if (!c?.machinePid) throw new Error(`container ${name} is not running`);
+  const r = spawnSync(
+    'nsenter',
+    ['-t', String(c.machinePid.pid), '-m', '-n', '--', 'python3', '-c', py, question],
+    {
+      encoding: 'utf8',
+      timeout: 120_000,
+    },
+  );
+  if (r.status !== 0) throw new Error(`asking ${name} "${question}" failed: ${r.stderr.trim()}`);
+  return r.stdout.trim();
 }
 
 async function liveRun(
@@ -354,7 +388,7 @@ async function liveRun(
 ): Promise<LiveRun> {
   const name = `bench${process.pid % 1000}-${++serial}`;
   // redis keeps each value with ~100 bytes of its own, and its allocator's slack
-  const limitMiB = Math.ceil(workload === 'redis' ? sizeMiB * 1.6 + 128 : sizeMiB * 1.25 + 64);
+  const limitMiB = Math.ceil(isRedis(workload) ? sizeMiB * 1.6 + 128 : sizeMiB * 1.25 + 64);
   const base: LiveRun = { workload, link, sizeMiB, rate, strategy, run, container: name, ok: false };
   mustPrecog(
     'run',
@@ -364,10 +398,12 @@ async function liveRun(
     name,
     '--memory',
     `${limitMiB}M`,
+    ...(workload === 'redis-lan' ? ['--ip', SERVICE_ADDRESS] : []),
     '--',
     ...workloadCommand(workload, sizeMiB, rate),
   );
   started.add(name);
+  if (workload === 'redis-lan') return lanRun(state, base, name);
   try {
     const probe = await startProbe(state, { port: probePort, intervalMs, awaitReplyMs: 60_000 });
     activeProbe = probe;
@@ -405,20 +441,82 @@ async function liveRun(
       throw new Error(
         `the state did not go on: ${JSON.stringify(result.lastBefore)} then ${JSON.stringify(result.firstAfter)}`,
       );
-    if (workload === 'redis') {
-      // Every key read back in b and compared with what the client wrote; the client's count of failed requests.
-      base.verify = askWorkload('b', 'verify');
-      const m = /^verify ok \d+ \d+ (\d+)$/.exec(base.verify);
-      if (!m) throw new Error(`redis data after the move: ${base.verify}`);
-      base.failedRequests = Number(m[1]);
-      if (base.failedRequests > 0) throw new Error(`the client saw ${base.failedRequests} failed request(s)`);
-    }
+    if (workload === 'redis') verifyRedis(base, name);
     base.ok = true;
   } catch (err) {
     base.error = (err as Error).message;
   } finally {
     if (activeProbe) await activeProbe.stop().catch(() => {});
     activeProbe = undefined;
+    precogSync('stop', name);
+    started.delete(name);
+  }
+  return base;
+}
+
+/** Every key read back in b and compared with what the in-container client wrote; its count of failed requests. */
+function verifyRedis(base: LiveRun, name: string): void {
+  base.verify = askWorkload(name, 'verify');
+  const m = /^verify ok \d+ \d+ (\d+)$/.exec(base.verify);
+  if (!m) throw new Error(`redis data after the move: ${base.verify}`);
+  base.failedRequests = Number(m[1]);
+  if (base.failedRequests > 0) throw new Error(`the client saw ${base.failedRequests} failed request(s)`);
+}
+
+/**
+ * redis-lan: no UDP probe (the container's own network namespace is not on the probe's links); the client on the
+ * service LAN is the user: one TCP connection, INCR back to back, from before the move until b has answered it.
+ */
+async function lanRun(state: TestbedState, base: LiveRun, name: string): Promise<LiveRun> {
+  let client: ServiceClient | undefined;
+  try {
+    // redisload answers its probe port once the fill is done: wait for that (inside the container), then connect.
+    for (let i = 0; ; i++) {
+      try {
+        askWorkload(name, 'stats');
+        break;
+      } catch (err) {
+        if (i > 600) throw err;
+        await sleep(100);
+      }
+    }
+    client = await startServiceClient(state, { address: SERVICE_ADDRESS, port: 6379 });
+    activeClient = client;
+    await sleep(settleMs);
+    const m = await precogAsync(
+      'migrate',
+      name,
+      '--from',
+      'a',
+      '--to',
+      'b',
+      ...migrateArgs(base.strategy),
+      '--json',
+      '--no-progress',
+    );
+    const n = client.replies();
+    for (let i = 0; i < 50 && client.replies() <= n + 10; i++) await sleep(100);
+    await sleep(200);
+    const r = await client.stop();
+    activeClient = undefined;
+    base.client = r;
+    if (m.code !== 0)
+      throw new Error(
+        `migrate failed (exit ${m.code}): ${m.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+      );
+    base.report = JSON.parse(m.stdout) as MigrateReport;
+    if (r.failed > 0 || r.connections !== 1 || !r.sequential)
+      throw new Error(
+        `the LAN client saw ${r.failed} failed request(s), ${r.connections} connection(s), ` +
+          `${r.sequential ? 'sequential' : 'NOT sequential'} replies: ${r.errors.join('; ')}`,
+      );
+    verifyRedis(base, name);
+    base.ok = true;
+  } catch (err) {
+    base.error = (err as Error).message;
+  } finally {
+    if (activeClient) await activeClient.stop().catch(() => {});
+    activeClient = undefined;
     precogSync('stop', name);
     started.delete(name);
   }
@@ -561,13 +659,15 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   out.push(
     `# Live migration: ${runs} run(s) per cell, medians${partial ? ` (${partial})` : ''}`,
     '',
-    `${workloads.map((w) => (w === 'redis' ? 'redis (redis-server and its client, workloads/redisload.py)' : `memchange (${pattern})`)).join(' and ')} ` +
+    `${workloads.map((w) => (w === 'redis' ? 'redis (redis-server and its client, workloads/redisload.py)' : w === 'redis-lan' ? `redis-lan (the same with its own address, ${SERVICE_ADDRESS}, and a second client on the service LAN)` : `memchange (${pattern})`)).join(' and ')} ` +
       `in host a, migrated to b with \`precog migrate --json\`; downtime measured by the probe ` +
       `(UDP every ${intervalMs} ms from the probe namespace, longest silence, state continued) and by precog ` +
       `(source frozen -> running on b). Bytes: on the a->b link (precog's report). Emulated: src/sim/run.ts with ` +
       `the same buffer, rate, pattern and link rate, the memory precog reported, defaults otherwise; ` +
       `ratios are live / emulated (memchange only: the emulator has no model of redis). redis: a run counts only when ` +
-      `the client saw no failed request and every key read back in b equals what it wrote.`,
+      `the client saw no failed request and every key read back in b equals what it wrote. redis-lan: the downtime ` +
+      `"probe" column is the LAN client's longest pause between two replies (one TCP connection, INCR back to back), ` +
+      `and a run counts only when that connection lasted, no request failed and every reply was the last + 1.`,
     '',
   );
   const rows: string[][] = [];
@@ -604,7 +704,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     med(
       cellsFor(c, strategy)
         .filter((r) => r.ok)
-        .map((r) => r.probe?.downtimeMs),
+        .map(outsideDowntime),
     );
   const cellHead = (c: Cell) => [c.workload, `${c.sizeMiB} MiB`, `${c.rate} MB/s`, c.link];
   /** The columns cellHead fills, first in every table. */
@@ -614,7 +714,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       const cells = cellsFor(c, strategy);
       if (!cells.length && (flags['from-json'] || liveRuns.length)) continue; // not run for this cell
       const ok = cells.filter((r) => r.ok);
-      const probeDown = med(ok.map((r) => r.probe?.downtimeMs));
+      const probeDown = med(ok.map(outsideDowntime));
       const precogDown = med(ok.map((r) => r.report?.downtimeMs));
       const total = med(ok.map((r) => r.report?.totalMs));
       const bytes = med(ok.map((r) => r.report?.bytesTotal));
@@ -777,6 +877,52 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       table(
         [...CELL_HEAD, 'strategy', 'pages', 'remote faults', 'fault latency median', 'p99', 'degraded (ms)'],
         pc,
+      ),
+    );
+  }
+
+  // The service on its own address: what its client on the LAN went through.
+  const svc: string[][] = [];
+  for (const c of cells)
+    for (const strategy of strategies) {
+      const all = cellsFor(c, strategy).filter((r) => r.client);
+      if (!all.length) continue;
+      const ok = all.filter((r) => r.ok);
+      svc.push([
+        ...cellHead(c),
+        strategy,
+        `${ok.length}/${all.length}`,
+        fmt(med(ok.map((r) => r.client!.maxPauseMs))),
+        fmt(med(ok.map((r) => r.report?.downtimeMs))),
+        fmt(med(all.map((r) => r.client!.replies))),
+        String(all.reduce((n, r) => n + r.client!.failed, 0)),
+        String(Math.max(...all.map((r) => r.client!.connections))),
+        all.every((r) => r.verify?.startsWith('verify ok')) ? 'intact' : 'NOT checked or bad',
+      ]);
+    }
+  if (svc.length) {
+    out.push('', `## A service on its own address: its client on the LAN (medians; failed: all runs)`, '');
+    out.push(
+      `redis at ${SERVICE_ADDRESS} in a network namespace of its own, on the testbed's service LAN; the client in ` +
+        'the LAN namespace keeps one TCP connection and sends INCR back to back, from before the move until host ' +
+        'b has answered it. Longest pause: between two replies. Connections: the most any run opened (1: it lasted). ' +
+        "Data: every key read back in b equals what redisload's own client wrote.",
+      '',
+    );
+    out.push(
+      table(
+        [
+          ...CELL_HEAD,
+          'strategy',
+          'ok runs',
+          'longest pause (ms)',
+          'downtime, precog (ms)',
+          'requests',
+          'failed',
+          'connections',
+          'data',
+        ],
+        svc,
       ),
     );
   }

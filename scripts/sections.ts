@@ -7,12 +7,15 @@ export const LIVE_SECTION = 'bench:live';
 export const LIVE_PREDICTIVE_SECTION = 'bench:live:predictive';
 /** The live runs of post-copy and hybrid next to cold, pre-copy and the best predictive strategy (issue 6). */
 export const LIVE_POSTCOPY_SECTION = 'bench:live:postcopy';
+/** A service on its own address (redis-lan) under a client on the service LAN, every strategy (issue 6). */
+export const LIVE_SERVICE_SECTION = 'bench:live:service';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
   'experiments',
   LIVE_PREDICTIVE_SECTION,
   LIVE_POSTCOPY_SECTION,
+  LIVE_SERVICE_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;

@@ -2,9 +2,10 @@
 """precog redisload: redis-server with SIZE MiB of data, rewritten by a client at RATE MB/s (the redis workload).
 
     redisload.py --size MIB [--rate MBPS] [--value-size 1000] [--pattern random|hotspot] [--hot-fraction 0.1]
-                 [--hot-share 0.9] [--seed N] [--socket /tmp/redis.sock] [--probe-port 7001]
+                 [--hot-share 0.9] [--seed N] [--socket /tmp/redis.sock] [--probe-port 7001] [--tcp-port 0]
 
-Starts Debian's redis-server as its child, listening on a unix socket only (no TCP port: the whole service, server
+Starts Debian's redis-server as its child, listening on a unix socket (and, with --tcp-port, on TCP for clients
+outside the container: bench:live's redis-lan workload); by default on the unix socket only (no TCP port: the whole service, server
 and client, is one process tree that CRIU dumps with its socket queues), fills it with SIZE MiB of values (keys
 k:0 .. k:N-1, N = SIZE MiB / (value size + 100)), then keeps SETting keys at RATE MB/s of values (0: as fast as it
 can), random keys or a hot spot, pipelined in batches of 1 ms worth of requests.
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--socket", default="/tmp/redis.sock")
     ap.add_argument("--probe-port", type=int, default=7001)
+    ap.add_argument("--tcp-port", type=int, default=0,
+                    help="also serve TCP clients on this port, all addresses (0: unix socket only)")
     args = ap.parse_args()
 
     try:
@@ -148,7 +151,7 @@ def main() -> None:
     except FileNotFoundError:
         pass
     server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", args.socket, "--unixsocketperm", "700", "--save", "",
+        ["redis-server", "--port", str(args.tcp_port), "--bind", "0.0.0.0", "--unixsocket", args.socket, "--unixsocketperm", "700", "--save", "",
          "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
         stdin=subprocess.DEVNULL,
     )

@@ -768,6 +768,8 @@ export class NamespaceRuntime implements ContainerRuntime {
         if (!first) throw new Error('the container did not start');
         await removeHostLink(host, network);
         await attachNetwork(host, first, network);
+        // A new MAC for the address: tell the LAN (its neighbours may still hold an earlier container's).
+        await announceNetwork(host, first, network);
         writeFileSync(join(dir, 'net-ready'), '');
       } catch (err) {
         netError = err;
