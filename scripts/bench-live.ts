@@ -589,8 +589,12 @@ if (flags['from-json']) {
                   console.log(
                     `${workload} ${link} ${sizeMiB} MiB ${rate} MB/s ${strategy} run ${run}: ` +
                       (r.ok
-                        ? `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
-                          `${p?.firstAfter?.host}:${p?.firstAfter?.value}), precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
+                        ? (r.client
+                            ? `LAN client: longest pause ${fmt(r.client.maxPauseMs)} ms, ${r.client.failed} failed, ` +
+                              `${r.client.connections} connection(s)`
+                            : `probe downtime ${fmt(p?.downtimeMs)} ms (${p?.lastBefore?.host}:${p?.lastBefore?.value} -> ` +
+                              `${p?.firstAfter?.host}:${p?.firstAfter?.value})`) +
+                          `, precog downtime ${fmt(r.report?.downtimeMs)} ms, ` +
                           `total ${fmt((r.report?.totalMs ?? NaN) / 1000, 1)} s, ${fmt((r.report?.bytesTotal ?? NaN) / 1e6, 1)} MB, ` +
                           `${r.report?.liveRounds} live round(s)${r.verify ? `; ${r.verify}` : ''}`
                         : `FAILED: ${r.error}`),
