@@ -78,6 +78,13 @@ export class Agent {
   private readonly o: AgentOptions;
   private server: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
+  /**
+   * Container post-copies after their switchover, by migration id, with the session that feeds them (null once it
+   * is gone): kept (lazy page server, store, waiting requests) until the daemon is done or the lazy timeout closes
+   * them, so that a source whose link was lost can take them up again (HELLO of purpose 'postcopy-resume'). A
+   * new session takes over from an old one that has not noticed yet that its link is dead.
+   */
+  private readonly postcopies = new Map<string, { p: ContainerPostcopy; socket: net.Socket | null }>();
 
   constructor(options: AgentOptions) {
     this.o = options;
@@ -210,6 +217,13 @@ export class Agent {
         renameSync(statePart, join(dir, COMMITTED_FILES.state));
         writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
         postcopy.attach(store, r, (frame) => socket.write(frame));
+        const p = postcopy;
+        this.postcopies.set(id, { p, socket });
+        // Its files go when it closes (the daemon is done, or the lazy timeout).
+        p.onClose = () => {
+          if (this.postcopies.get(id)?.p === p) this.postcopies.delete(id);
+          rmSync(dir, { recursive: true, force: true });
+        };
         log.info(
           {
             pages: r.pages,
@@ -221,6 +235,27 @@ export class Agent {
           'post-copy switchover: checkpoint written, serving lazy pages',
         );
         return postcopy;
+      },
+      adopt: (id) => {
+        const entry = this.postcopies.get(id);
+        const p = entry?.p;
+        const store = p?.pageStore;
+        if (!entry || !p || !store)
+          throw new ProtocolError(
+            `no post-copy of migration ${id} is waiting here: it finished, its lazy timeout ` +
+              `(PRECOG_LAZY_TIMEOUT_MS) ran out, or it never switched over`,
+          );
+        if (entry.socket && entry.socket !== socket) {
+          log.warn('post-copy taken over from a session that had not noticed its link was lost');
+          entry.socket.destroy();
+        }
+        entry.socket = socket;
+        postcopy = p;
+        log = log.child({ migration: id });
+        log.info({ missing: p.missing() }, 'post-copy taken up again by its source');
+        // After the replies to this HELLO have been written: the faults still waiting are asked again.
+        setImmediate(() => p.reattach((frame) => socket.write(frame)));
+        return { store, process: p };
       },
       discard: (id) => {
         release();
@@ -308,6 +343,15 @@ export class Agent {
       // The lazy-pages daemon may still be copying pages in when the source goes: it is served until it closes
       // (after a lost link, its requests for pages that never came wait: the container stalls, it does not run on
       // with pages missing). A server nobody connected to is closed now.
+      const entry = this.postcopies.get(dest.migrationId);
+      if (entry?.socket === socket) {
+        entry.socket = null;
+        if (entry.p.missing() > 0)
+          log.warn(
+            { missing: entry.p.missing() },
+            'post-copy source lost with pages missing: kept for "precog migrate --resume" until the lazy timeout',
+          );
+      }
       postcopy?.release();
       if (!dest.committed) dest.abandon();
       if (reader.pending > 0 && !refused)

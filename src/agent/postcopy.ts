@@ -67,6 +67,33 @@ export class ContainerPostcopy implements ResumedWorkload {
     this.sendFault = write;
   }
 
+  /** The migration's page store, from the switchover until close(). */
+  get pageStore(): PageStore | null {
+    return this.store;
+  }
+
+  /** Pages still missing here after the switchover (0 before it). */
+  missing(): number {
+    return this.store && this.pages ? this.store.missing() : 0;
+  }
+
+  /**
+   * A new session of the source took this post-copy up again (its first was lost): FAULT frames go there now, and
+   * the requests that were waiting when the link died are asked again.
+   */
+  reattach(write: (frame: Buffer) => void): void {
+    this.sendFault = write;
+    const ids = [...this.waiting.keys()];
+    if (ids.length === 0) return;
+    const buf = Buffer.allocUnsafe(ids.length * 4);
+    ids.forEach((g, k) => buf.writeUInt32LE(g, k * 4));
+    write(encodeFrame(FrameType.Fault, buf));
+    this.log.info({ pages: ids.length }, 'post-copy taken up again: outstanding faults asked again');
+  }
+
+  /** Called once when the server closes (the daemon is done, or the lazy timeout). */
+  onClose: (() => void) | null = null;
+
   get resumed(): Partial<ResumedMessage> {
     return { pageServer: { host: this.server.host, port: this.server.port } };
   }
@@ -119,9 +146,12 @@ export class ContainerPostcopy implements ResumedWorkload {
   /**
    * The source's session ended. Before the switchover the server closes now. After it, the server is kept until the
    * daemon closes it: all pages here, it copies the rest in; pages missing (the link was lost), its requests for them
-   * wait (the container stalls, it does not run on with pages it lacks) until the lazy timeout (env
-   * PRECOG_LAZY_TIMEOUT_MS, default 10 minutes) closes it.
+   * wait (the container stalls, it does not run on with pages it lacks) until the source takes the post-copy up
+   * again (`precog migrate --resume`: reattach()) or the lazy timeout (env PRECOG_LAZY_TIMEOUT_MS, default 10
+   * minutes) closes it. Called again by a resumed session that ends: the timer restarts.
    */
+  private timer: NodeJS.Timeout | null = null;
+
   release(): void {
     if (!this.pages) {
       // No switchover: no daemon will come.
@@ -129,6 +159,7 @@ export class ContainerPostcopy implements ResumedWorkload {
       return;
     }
     // After the switchover the daemon may not have connected yet (the push can end before the restore does).
+    if (this.timer) clearTimeout(this.timer);
     const timer = setTimeout(
       () => {
         this.log.warn(
@@ -139,6 +170,7 @@ export class ContainerPostcopy implements ResumedWorkload {
       Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000,
     );
     timer.unref();
+    this.timer = timer;
     const end = () => {
       clearTimeout(timer);
       this.close();
@@ -149,6 +181,9 @@ export class ContainerPostcopy implements ResumedWorkload {
   close(): void {
     this.server.close();
     this.waiting.clear();
+    const cb = this.onClose;
+    this.onClose = null;
+    cb?.();
     // The store's page files (the migration's directory is removed by the source once the container runs).
     try {
       this.store?.backing.close();

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
+import { resumePostcopy } from '../migrate/resume.ts';
 import { parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
 import { defaultRuntime } from '../runtime/container.ts';
@@ -23,6 +24,7 @@ interface MigrateFlags {
   dumpVia: string;
   json?: boolean;
   progress?: boolean;
+  resume?: boolean;
 }
 
 /**
@@ -120,6 +122,25 @@ function summary(r: LiveMigrationReport): string {
   );
 }
 
+async function resumeAction(name: string, from: string, to: string, f: MigrateFlags): Promise<void> {
+  const batchBytes = parseSize(f.batch, '--batch');
+  const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
+  needRoot('migrate');
+  const netns = `precog-${from}`;
+  if (process.env.PRECOG_IN_NETNS !== netns) {
+    process.exitCode = await reexecIn(netns);
+    return;
+  }
+  const r = await resumePostcopy({ name, from, to, batchBytes, linkTimeoutMs });
+  if (f.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+  else
+    process.stdout.write(
+      `${name}: post-copy ${r.migrationId} taken up again, ${r.from} -> ${r.to}: ${r.pagesMissing} missing page(s) ` +
+        `sent (${r.pagesFaulted} asked for by waiting requests) in ${Math.round(r.pushMs)} ms; the copy on ${r.to} ` +
+        `runs on (pages copied in within ${Math.round(r.lazyMs)} ms); source removed; pid ${r.pid} on ${r.to}\n`,
+    );
+}
+
 export function migrateCommand(): Command {
   return new Command('migrate')
     .description(
@@ -154,10 +175,16 @@ export function migrateCommand(): Command {
     .option('--work <dir>', 'work directory on this machine (default: /var/lib/precog/migrations/ID)')
     .option('--json', 'print the report as JSON')
     .option('--no-progress', 'no progress line on a terminal')
+    .option(
+      '--resume',
+      'take up a post-copy whose link was lost after the switchover: send the destination the pages it still lacks ' +
+        'from the frozen source, then let the copy there run on',
+    )
     .action(async (name: string, f: MigrateFlags) => {
       const from = parseHost(f.from).name;
       const to = parseHost(f.to).name;
       if (from === to) throw new UsageError(`--from and --to are both ${from}; give two different hosts`);
+      if (f.resume) return resumeAction(name, from, to, f);
       const strategy = parseStrategy(f.strategy);
       if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);

@@ -43,6 +43,11 @@ export interface DestinationEnvironment {
   commit?(store: PageStore, migrationId: string): void;
   /** Called when the migration is abandoned (abort frame or a lost source) to remove what it kept. */
   discard?(migrationId: string): void;
+  /**
+   * A HELLO with purpose 'postcopy-resume': the store and the resumed workload of that migration's post-copy,
+   * kept since its source was lost; throws (a ProtocolError naming the migration) when there is none.
+   */
+  adopt?(migrationId: string): { store: PageStore; process: ResumedWorkload };
 }
 
 type State = 'hello' | 'layout' | 'receiving' | 'resumed' | 'postcopy' | 'done';
@@ -95,6 +100,23 @@ export class MigrationDestination {
         }
         this.migrationId = hello.migrationId;
         this.hello = hello;
+        if (hello.purpose === 'postcopy-resume') {
+          if (!this.env.adopt)
+            throw new ProtocolError('this destination cannot take up a post-copy again (postcopy-resume)');
+          const { store, process } = this.env.adopt(hello.migrationId);
+          this.store = store;
+          this.process = process;
+          this.handedOver = true;
+          this.state = 'postcopy';
+          const missing = new Bitmap(store.layout.pageCount);
+          for (let g = 0; g < store.layout.pageCount; g++) if (!store.present.get(g)) missing.set(g);
+          const sw: SwitchoverMessage = { missing: bitmapToBase64(missing) };
+          return [
+            { frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at },
+            { frame: jsonFrame(FrameType.Layout, store.layout), at },
+            { frame: jsonFrame(FrameType.Switchover, sw), at },
+          ];
+        }
         this.state = 'layout';
         return [{ frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at }];
       }

@@ -7,8 +7,11 @@ export interface HelloMessage {
   /**
    * What the destination will make of the pages: 'criu-images' (a container: pages are kept in one file per
    * process, which becomes the parent image of the final dump at commit). Absent: plain memory.
+   * 'postcopy-resume': the source takes up the post-copy of `migrationId` again after its session was lost (the
+   * destination answers HELLO_ACK, its LAYOUT and a SWITCHOVER naming the pages it still lacks, then any
+   * outstanding FAULT; the source pushes those pages and ends with POSTCOPY_DONE).
    */
-  purpose?: 'criu-images';
+  purpose?: 'criu-images' | 'postcopy-resume';
 }
 
 export interface RoundEndMessage {

@@ -320,6 +320,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             move: true,
             lazy: true,
             postcopy: {
+              migrationId,
               pageServer: first.pageServer,
               done,
               abort: (err: Error) => link.abort(err),

@@ -189,6 +189,8 @@ export interface RestoreOptions {
 
 /** What a post-copy transfer hands to migrate(): it is still pushing pages when the restore starts. */
 export interface PostcopyTransfer {
+  /** The migration's id at the destination agent (what `precog migrate --resume` names after a lost link). */
+  migrationId: string;
   /** Where the destination serves the pages to `criu lazy-pages` (RestoreOptions.lazyPageServer). */
   pageServer: { host: string; port: number };
   /** Settles when every page has been pushed and the destination confirmed it has them all. */
@@ -196,6 +198,20 @@ export interface PostcopyTransfer {
   /** Stops the push (the restore failed: the source will thaw). */
   abort(err: Error): void;
 }
+
+/**
+ * A post-copy interrupted after the switchover (its link lost): written as postcopy.json into the source
+ * container's directory, where the source waits frozen with every page, for `precog migrate --resume`.
+ */
+export interface PostcopyPending {
+  migrationId: string;
+  from: string;
+  to: string;
+  failedAt: string;
+  reason: string;
+}
+
+export const POSTCOPY_PENDING_FILE = 'postcopy.json';
 
 /** The end of a lazy restore's page copying (RestoreOptions.lazy). */
 export interface LazyResult {
@@ -1286,11 +1302,21 @@ export class NamespaceRuntime implements ContainerRuntime {
           // source stays frozen with every page; neither may run on by itself.
           const there = this.locateOn(dest, restored.name, at.state);
           if (there) await this.setFrozen(restored.name, true, there).catch(() => {});
+          const pending: PostcopyPending = {
+            migrationId: result.postcopy.migrationId,
+            from: at.host.name,
+            to: dest.name,
+            failedAt: new Date().toISOString(),
+            reason: (err as Error).message,
+          };
+          writeFileSync(join(at.dir, POSTCOPY_PENDING_FILE), JSON.stringify(pending, null, 2) + '\n');
           throw Object.assign(
             new Error(
               `post-copy failed after the container resumed on ${dest.name}: ${(err as Error).message}\n` +
                 `the container cannot continue anywhere: the copy on ${dest.name} is frozen (pages are missing), ` +
-                `the source on ${at.host.name} stays frozen with every page in its memory`,
+                `the source on ${at.host.name} stays frozen with every page in its memory\n` +
+                `once the link is back, take it up again within the lazy timeout (${lazyTimeoutMs() / 60_000} min) with: ` +
+                `precog migrate ${name} --from ${at.host.name} --to ${dest.name} --resume`,
               { cause: err },
             ),
             { exitCode: 1 },
@@ -1331,6 +1357,56 @@ export class NamespaceRuntime implements ContainerRuntime {
     }
     await this.cleanup(at, this.read(at));
     return { info: restored, restoreMs, runningAt, detail: result.detail, lazy };
+  }
+
+  /**
+   * Takes up a post-copy interrupted after the switchover (`precog migrate --resume`, src/migrate/resume.ts): the
+   * source waits frozen on `from` with its postcopy.json, the copy on `to` waits frozen. `push` sends the
+   * destination every page it still lacks (from the frozen source); then the copy thaws, the lazy-pages daemon
+   * copies the pages in, and only then is the source removed. If anything fails both stay frozen, as before.
+   */
+  async resumePostcopy<T>(
+    name: string,
+    from: string,
+    to: string,
+    push: (source: ContainerInfo, pending: PostcopyPending) => Promise<T>,
+  ): Promise<{ info: ContainerInfo; detail: T; lazyMs: number; pending: PostcopyPending }> {
+    const state = this.testbed();
+    const src = this.locateOn(this.hostState(state, from), name, state);
+    const file = src ? join(src.dir, POSTCOPY_PENDING_FILE) : '';
+    if (!src || !existsSync(file))
+      throw new UsageError(
+        `container ${name} on host ${from} has no interrupted post-copy to take up (--resume continues a post-copy ` +
+          `whose link was lost after the container resumed at the destination)`,
+      );
+    const pending = JSON.parse(readFileSync(file, 'utf8')) as PostcopyPending;
+    if (pending.to !== to)
+      throw new UsageError(`the interrupted post-copy of ${name} went to host ${pending.to}, not ${to}`);
+    const there = this.locateOn(this.hostState(state, to), name, state);
+    if (!there)
+      throw new Error(
+        `the copy of ${name} on host ${to} is gone, so the post-copy cannot be taken up; the source on ${from} is ` +
+          `still frozen with its state as dumped (thawing it loses what the copy did after the switchover)`,
+      );
+    const source = this.read(src);
+    const detail = await push(source, pending);
+    // Every page is at the destination: the copy runs on, its daemon copies the rest in.
+    const wd = join(there.dir, 'checkpoint');
+    const rcFile = join(wd, 'lazy-pages.rc');
+    const t0 = performance.now();
+    await this.setFrozen(name, false, there);
+    const limit = lazyTimeoutMs();
+    if (!(await waitUntil(() => existsSync(rcFile), limit, 10)))
+      throw new Error(`criu lazy-pages did not finish within ${limit / 1000} s after the resume (${wd})`);
+    const rc = readFileSync(rcFile, 'utf8').trim();
+    if (rc !== '0')
+      throw new Error(
+        `criu lazy-pages failed after the resume (exit ${rc}; log: ${wd}/images/lazy-pages.log)`,
+      );
+    const lazyMs = performance.now() - t0;
+    await removeTree(join(wd, 'images')).catch(() => {});
+    await this.cleanup(src, source);
+    return { info: this.read(there), detail, lazyMs, pending };
   }
 
   freeze(name: string): Promise<void> {

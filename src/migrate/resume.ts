@@ -1,0 +1,224 @@
+/**
+ * `precog migrate NAME --from A --to B --resume`: takes up a post-copy whose link was lost after the switchover.
+ *
+ * When the link dies during post-copy, the container has already run at B and cannot go back to A (A's copy is
+ * older); it cannot run on at B either (pages are missing). `precog migrate` then freezes the copy at B, keeps the
+ * source frozen at A with every page in its memory, and records the migration id in the source's directory
+ * (NamespaceRuntime.migrate). B's agent keeps the post-copy (its lazy page server, page store and the requests
+ * that were waiting) until the lazy timeout (PRECOG_LAZY_TIMEOUT_MS, default 10 minutes).
+ *
+ * The resume connects to B's agent again over mutual TLS with a HELLO of purpose 'postcopy-resume'; B answers with
+ * the migration's layout and the pages it still lacks, and asks again for the pages its waiting requests need.
+ * The pages are read from the frozen source (/proc/PID/mem, the layout's own processes and addresses: frozen
+ * since the dump, they hold exactly what was dumped), faulted ones first, then POSTCOPY_DONE; on B's DONE_ACK the
+ * copy at B thaws, the lazy-pages daemon finishes copying the pages in, and only then is the source removed.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { BatchWriter } from '../codec/batch.ts';
+import { codecChain } from '../codec/index.ts';
+import type { DoneAck, HelloMessage, SwitchoverMessage } from '../engine/messages.ts';
+import { PAGE_SIZE, type Layout } from '../engine/types.ts';
+import { NamespaceRuntime, type ContainerInfo, type PostcopyPending } from '../runtime/container.ts';
+import { AGENT, PKI_DIR, readState } from '../runtime/testbed.ts';
+import { decodeFrame, FrameType, jsonFrame, parseJson, PROTOCOL_VERSION } from '../transport/frame.ts';
+import { loadIdentity } from '../transport/pki.ts';
+import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
+import { Bitmap } from '../util/bitmap.ts';
+import { ProtocolError, UsageError } from '../util/errors.ts';
+
+export interface ResumeOptions {
+  name: string;
+  from: string;
+  to: string;
+  linkTimeoutMs?: number;
+  batchBytes?: number;
+}
+
+export interface ResumeReport {
+  container: string;
+  from: string;
+  to: string;
+  migrationId: string;
+  /** Pages the destination still lacked, and of those, pages its waiting requests asked for (sent first). */
+  pagesMissing: number;
+  pagesFaulted: number;
+  bytesSent: number;
+  /** From the start of the resume to the destination holding every page. */
+  pushMs: number;
+  /** From the copy at the destination thawing to `criu lazy-pages` done. */
+  lazyMs: number;
+  totalMs: number;
+  pid: number | null;
+}
+
+/** Reads pages of a layout from its processes' memory (zeros where a page is no longer mapped). */
+class LayoutReader {
+  private readonly starts: number[] = [];
+  private readonly fds = new Map<number, number>();
+  constructor(private readonly layout: Layout) {
+    let at = 0;
+    for (const r of layout.regions) {
+      this.starts.push(at);
+      at += r.pages;
+    }
+  }
+
+  private region(id: number): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.starts[mid] <= id) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  read(id: number, out: Buffer): void {
+    const k = this.region(id);
+    const r = this.layout.regions[k];
+    if (r.pid === undefined) throw new Error(`the layout's region ${r.start} names no process`);
+    let fd = this.fds.get(r.pid);
+    if (fd === undefined) {
+      try {
+        fd = openSync(`/proc/${r.pid}/mem`, 'r');
+      } catch (err) {
+        throw new Error(
+          `the source process ${r.pid} is gone (${(err as Error).message}): its pages cannot be sent`,
+        );
+      }
+      this.fds.set(r.pid, fd);
+    }
+    const addr =
+      BigInt(r.start.startsWith('0x') ? r.start : `0x${r.start}`) + BigInt((id - this.starts[k]) * PAGE_SIZE);
+    try {
+      const n = readSync(fd, out, 0, PAGE_SIZE, addr);
+      if (n < PAGE_SIZE) out.fill(0, n);
+    } catch {
+      out.fill(0); // unmapped since the layout was taken: the destination's image holds zeros there too
+    }
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+}
+
+export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
+  const t0 = performance.now();
+  const state = readState();
+  if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
+  const dest = state.hosts.find((h) => h.name === o.to);
+  if (!dest) throw new UsageError(`no test host ${o.to}`);
+  const rt = new NamespaceRuntime();
+  let pushMs = 0;
+  let counts = { missing: 0, faulted: 0, bytes: 0 };
+  const done = await rt.resumePostcopy(
+    o.name,
+    o.from,
+    o.to,
+    async (source: ContainerInfo, pending: PostcopyPending) => {
+      const link = await connectTls(
+        { host: dest.address, port: AGENT.port },
+        loadIdentity(PKI_DIR, o.from),
+        o.to,
+        {
+          idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+        },
+      );
+      let reader: LayoutReader | null = null;
+      try {
+        const hello: HelloMessage = {
+          version: PROTOCOL_VERSION,
+          migrationId: pending.migrationId,
+          strategy: 'postcopy',
+          purpose: 'postcopy-resume',
+        };
+        const swFrame = decodeFrame(
+          await link.request(jsonFrame(FrameType.Hello, hello), FrameType.Switchover),
+        );
+        let layout: Layout | null = null;
+        const urgent: number[] = [];
+        const takeFaults = (frames: Buffer[]) => {
+          for (const raw of frames) {
+            const f = decodeFrame(raw);
+            if (f.type === FrameType.Layout) layout = parseJson<Layout>(f);
+            else if (f.type === FrameType.Fault)
+              for (let at = 0; at + 4 <= f.payload.length; at += 4) urgent.push(f.payload.readUInt32LE(at));
+          }
+        };
+        takeFaults(link.receive());
+        if (!layout) throw new ProtocolError('the destination took the post-copy up but sent no LAYOUT');
+        const lay: Layout = layout;
+        const sw = parseJson<SwitchoverMessage>(swFrame);
+        const words = new Uint32Array((lay.pageCount + 31) >>> 5);
+        const bytes = Buffer.from(sw.missing, 'base64');
+        if (bytes.length !== words.byteLength)
+          throw new ProtocolError(`SWITCHOVER bitmap of ${bytes.length} bytes, expected ${words.byteLength}`);
+        new Uint8Array(words.buffer).set(bytes);
+        const missing = new Bitmap(lay.pageCount, words);
+        const order = missing.toArray();
+        counts.missing = order.length;
+        if (source.machinePid === null) throw new Error(`the source of ${o.name} has no process`);
+        reader = new LayoutReader(lay);
+        const per = Math.max(1, Math.floor((o.batchBytes ?? 1 << 20) / PAGE_SIZE));
+        const writer = new BatchWriter(codecChain('zero'), PAGE_SIZE, per * (PAGE_SIZE + 16));
+        const sent = new Bitmap(lay.pageCount);
+        const page = Buffer.alloc(PAGE_SIZE);
+        let cursor = 0;
+        let left = order.length;
+        const faulted = new Set<number>();
+        while (left > 0) {
+          takeFaults(link.receive());
+          let n = 0;
+          // Pages a waiting request needs travel alone, ahead of the rest.
+          while (n < per && urgent.length > 0) {
+            const id = urgent.shift()!;
+            if (id >= lay.pageCount || !missing.get(id) || sent.get(id)) continue;
+            sent.set(id);
+            faulted.add(id);
+            reader.read(id, page);
+            writer.add(id, page);
+            n++;
+          }
+          if (n === 0)
+            for (; n < per && cursor < order.length; cursor++) {
+              const id = order[cursor];
+              if (sent.get(id)) continue;
+              sent.set(id);
+              reader.read(id, page);
+              writer.add(id, page);
+              n++;
+            }
+          if (n === 0) break;
+          const { frame } = writer.seal(1);
+          await link.send(frame);
+          left -= n;
+        }
+        const ack = parseJson<DoneAck>(
+          decodeFrame(await link.request(jsonFrame(FrameType.PostcopyDone, {}), FrameType.DoneAck)),
+        );
+        counts = { ...counts, faulted: faulted.size, bytes: link.bytesSent };
+        pushMs = performance.now() - t0;
+        return ack;
+      } finally {
+        reader?.close();
+        link.close();
+      }
+    },
+  );
+  return {
+    container: o.name,
+    from: o.from,
+    to: o.to,
+    migrationId: done.pending.migrationId,
+    pagesMissing: counts.missing,
+    pagesFaulted: counts.faulted,
+    bytesSent: counts.bytes,
+    pushMs,
+    lazyMs: done.lazyMs,
+    totalMs: performance.now() - t0,
+    pid: done.info.pid,
+  };
+}
