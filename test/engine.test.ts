@@ -10,8 +10,11 @@ import { parseWorkload } from '../src/memory/workloads.ts';
 import { parseStrategy } from '../src/policy/index.ts';
 import { codecChain } from '../src/codec/index.ts';
 import { EmulatedLink } from '../src/transport/emulated.ts';
-import { FrameType } from '../src/transport/frame.ts';
-import { InvariantError } from '../src/util/errors.ts';
+import { decodeFrame, FrameType, jsonFrame, parseJson, PROTOCOL_VERSION } from '../src/transport/frame.ts';
+import { InvariantError, ProtocolError } from '../src/util/errors.ts';
+import { PageStore } from '../src/engine/pagestore.ts';
+import { Bitmap } from '../src/util/bitmap.ts';
+import { BatchWriter } from '../src/codec/batch.ts';
 
 // A gzipped copy of ../shared/data/npb-cg-B-dirty.json (see test/data/README.md).
 const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
@@ -234,4 +237,54 @@ test('post-copy: pages the destination needs to resume go before the switchover,
   assert.equal(stop[0].pagesSent, first.length);
   assert.equal(post[0].pagesSent, 1024 - first.length, 'the rest after the switchover');
   assert.equal(m.pagesSent, 1024, 'every page once');
+});
+
+test('post-copy resume: a new session gets the layout and the missing pages, fills them, and is acknowledged', () => {
+  const layout = { pageSize: 4096, pageCount: 40, regions: [{ start: '0x10000', pages: 40, pid: 7 }] };
+  const store = new PageStore(layout);
+  for (let g = 0; g < 40; g++) if (g % 4 !== 0) store.present.set(g); // 0, 4, 8, ... missing
+  const arrived: number[] = [];
+  const process = {
+    runUntil: () => [],
+    arrived: (g: number) => arrived.push(g),
+    faults: 1,
+    faultLatencies: [0.2],
+  };
+  const hello = (purpose: string, id = 'mc-1') =>
+    jsonFrame(FrameType.Hello, { version: PROTOCOL_VERSION, migrationId: id, strategy: 'postcopy', purpose });
+  // No such post-copy kept: refused, naming the migration.
+  const none = new MigrationDestination({
+    restoreCost: 0,
+    adopt: (id) => {
+      throw new ProtocolError(`no post-copy of migration ${id} is waiting here`);
+    },
+  });
+  assert.throws(() => none.handle(hello('postcopy-resume', 'other-2'), 0), /migration other-2 is waiting/);
+  // A destination without the feature refuses too.
+  assert.throws(
+    () => new MigrationDestination({ restoreCost: 0 }).handle(hello('postcopy-resume'), 0),
+    /cannot take up/,
+  );
+
+  const dest = new MigrationDestination({ restoreCost: 0, adopt: () => ({ store, process }) });
+  const replies = dest.handle(hello('postcopy-resume'), 0).map((r) => decodeFrame(r.frame));
+  assert.deepEqual(
+    replies.map((f) => f.type),
+    [FrameType.HelloAck, FrameType.Layout, FrameType.Switchover],
+  );
+  assert.deepEqual(parseJson(replies[1]), layout);
+  const sw = parseJson<{ missing: string }>(replies[2]);
+  const words = new Uint32Array(new Uint8Array(Buffer.from(sw.missing, 'base64')).buffer);
+  const missing = new Bitmap(40, words).toArray();
+  assert.deepEqual([...missing], [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]);
+  // Done too early: refused.
+  assert.throws(() => dest.handle(jsonFrame(FrameType.PostcopyDone, {}), 1), /10 pages never received/);
+  const writer = new BatchWriter(codecChain('zero'), 4096, 1 << 20);
+  for (const g of missing) writer.add(g, Buffer.alloc(4096, g));
+  dest.handle(writer.seal(1).frame, 1);
+  assert.deepEqual(arrived, [...missing]);
+  assert.equal(Buffer.from(store.backing.readRun(8, 1))[0], 8);
+  const ack = dest.handle(jsonFrame(FrameType.PostcopyDone, {}), 2).map((r) => decodeFrame(r.frame));
+  assert.equal(ack[0].type, FrameType.DoneAck);
+  assert.equal(parseJson<{ faults: number }>(ack[0]).faults, 1);
 });
