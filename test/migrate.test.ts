@@ -610,6 +610,8 @@ describe('live migration of containers with CRIU', { skip }, () => {
     const again = cli('migrate', 'mc', '--from', 'b', '--to', 'a', '--resume');
     assert.equal(again.code, 2, again.stderr);
     assert.match(again.stderr, /no interrupted post-copy|no container/);
+    // a's agent served the resumed session and is still up (the next tests migrate to it).
+    must(cli('testbed', 'exec', 'a', '--', 'pgrep', '-f', 'precog agent'), "a's agent is alive");
     // Leave the testbed as the next tests expect it: mc on b.
     must(cli('migrate', 'mc', '--from', 'a', '--to', 'b'), 'migrate mc back to b');
     await waitReady('mc');

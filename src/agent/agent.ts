@@ -222,7 +222,14 @@ export class Agent {
         // Its files go when it closes (the daemon is done, or the lazy timeout).
         p.onClose = () => {
           if (this.postcopies.get(id)?.p === p) this.postcopies.delete(id);
-          rmSync(dir, { recursive: true, force: true });
+          // Also removed by the source's side once the move is done (the same directory seen through the host's
+          // overlay: ESTALE here then); a failure is logged, never fatal to the agent.
+          try {
+            rmSync(dir, { recursive: true, force: true });
+          } catch (e) {
+            if (existsSync(dir))
+              log.warn({ dir, reason: (e as Error).message }, 'post-copy done; could not remove its files');
+          }
         };
         log.info(
           {
