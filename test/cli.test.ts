@@ -93,3 +93,40 @@ test('simulate prints a comparison table and writes the documented JSON', () => 
     assert.ok(key in run.metrics.rounds[0], key);
   }
 });
+
+test('trace:FILE is short for trace:file=FILE', () => {
+  const file = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
+  const short = precog(
+    'simulate',
+    '--workload',
+    `trace:${file}`,
+    '--bandwidth',
+    '1Gbit',
+    '--strategy',
+    'cold',
+    '--json',
+    join(dir, 's.json'),
+  );
+  const long = precog(
+    'simulate',
+    '--workload',
+    `trace:file=${file}`,
+    '--bandwidth',
+    '1Gbit',
+    '--strategy',
+    'cold',
+    '--json',
+    join(dir, 'l.json'),
+  );
+  assert.equal(short.status, 0, short.stderr);
+  assert.equal(long.status, 0, long.stderr);
+  const runs = (f: string) =>
+    (
+      JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
+        runs: { metrics: { downtime: number; bytesTotal: number } }[];
+      }
+    ).runs.map((r) => [r.metrics.downtime, r.metrics.bytesTotal]);
+  assert.equal(runs('s.json').length, 1);
+  assert.ok(runs('s.json')[0][1] > 100e6, "the trace's 114 MiB went over the link");
+  assert.deepEqual(runs('s.json'), runs('l.json'));
+});

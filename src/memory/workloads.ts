@@ -194,9 +194,11 @@ export const WORKLOAD_NAMES = Object.keys(WORKLOADS);
 
 /**
  * Parses a workload spec: "idle", "memchange:high", "memchange:rate=5MB/s:pattern=random:buffer=256MiB",
- * "hotcold:skew=1.2", "trace:file=PATH". memoryBytes sizes the emulated memory (a trace brings its own).
+ * "hotcold:skew=1.2", "trace:file=PATH" (or "trace:PATH"). memoryBytes sizes the emulated memory (a trace brings its own).
  */
 export function parseWorkload(text: string, memoryBytes: number, pageSize = 4096): WorkloadPlan {
+  // "trace:FILE" is short for "trace:file=FILE" (the first parameter of a trace is its file).
+  if (/^trace:(?![a-z]+=)/.test(text)) text = `trace:file=${text.slice(6)}`;
   const spec = parseSpec(text, 'workload');
   const entry = WORKLOADS[spec.name];
   if (!entry) throw new UsageError(`unknown workload "${spec.name}"; accepted: ${WORKLOAD_NAMES.join(', ')}`);

@@ -61,7 +61,8 @@ export function parseBandwidth(text: string, what = 'bandwidth'): number {
   if (mult === undefined)
     throw new UsageError(`${what} "${text}" has an unknown unit "${unit}"; accepted: ${accepted}`);
   const bits = n * mult;
-  if (!(bits > 0)) throw new UsageError(`${what} "${text}" must be greater than zero`);
+  if (!(bits > 0))
+    throw new UsageError(`${what} "${text}" must be greater than zero; accepted: ${accepted}, e.g. 100Mbit`);
   return bits;
 }
 
