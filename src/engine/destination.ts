@@ -177,7 +177,7 @@ export class MigrationDestination {
         this.expect('receiving');
         const store = this.store!;
         const msg = parseJson<SwitchoverMessage>(frame);
-        const stale = new Bitmap(store.layout.pageCount, bitmapWords(msg.missing, store.layout.pageCount));
+        const stale = bitmapFromBase64(msg.missing, store.layout.pageCount);
         store.invalidate(stale);
         this.env.verifyPages?.(store, store.present);
         this.resumedAt = at + this.env.restoreCost;
@@ -243,12 +243,13 @@ export function bitmapToBase64(b: Bitmap): string {
   return Buffer.from(b.words.buffer, b.words.byteOffset, b.words.byteLength).toString('base64');
 }
 
-function bitmapWords(base64: string, size: number): Uint32Array {
+/** The bitmap bitmapToBase64 encoded, for `size` pages; a payload of another length is refused. */
+export function bitmapFromBase64(base64: string, size: number): Bitmap {
   const bytes = Buffer.from(base64, 'base64');
   const words = new Uint32Array((size + 31) >>> 5);
   if (bytes.length !== words.byteLength) {
     throw new ProtocolError(`SWITCHOVER bitmap of ${bytes.length} bytes, expected ${words.byteLength}`);
   }
   new Uint8Array(words.buffer).set(bytes);
-  return words;
+  return new Bitmap(size, words);
 }

@@ -34,6 +34,7 @@ import {
   threadsOf,
   type MapsEntry,
 } from './procfs.ts';
+import { lastAtOrBelow } from '../util/search.ts';
 
 export interface LiveOptions {
   /** Dirty tracking: soft-dirty when the kernel tracks it (auto), or forced. Default auto. */
@@ -416,14 +417,7 @@ export class LiveProcessMemory implements MemorySource {
   }
 
   private regionOf(page: number): number {
-    let lo = 0;
-    let hi = this.regionFirst.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (this.regionFirst[mid] <= page) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
+    return lastAtOrBelow(this.regionFirst, page);
   }
 
   private regionAt(addr: number): number {

@@ -24,6 +24,8 @@ import { decodeFrame, FrameType, jsonFrame, parseJson, PROTOCOL_VERSION } from '
 import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
 import { Bitmap } from '../util/bitmap.ts';
+import { lastAtOrBelow } from '../util/search.ts';
+import { bitmapFromBase64 } from '../engine/destination.ts';
 import { ProtocolError, UsageError } from '../util/errors.ts';
 
 export interface ResumeOptions {
@@ -63,19 +65,8 @@ class LayoutReader {
     }
   }
 
-  private region(id: number): number {
-    let lo = 0;
-    let hi = this.starts.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (this.starts[mid] <= id) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
-  }
-
   read(id: number, out: Buffer): void {
-    const k = this.region(id);
+    const k = lastAtOrBelow(this.starts, id);
     const r = this.layout.regions[k];
     if (r.pid === undefined) throw new Error(`the layout's region ${r.start} names no process`);
     let fd = this.fds.get(r.pid);
@@ -152,12 +143,7 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
         if (!layout) throw new ProtocolError('the destination took the post-copy up but sent no LAYOUT');
         const lay: Layout = layout;
         const sw = parseJson<SwitchoverMessage>(swFrame);
-        const words = new Uint32Array((lay.pageCount + 31) >>> 5);
-        const bytes = Buffer.from(sw.missing, 'base64');
-        if (bytes.length !== words.byteLength)
-          throw new ProtocolError(`SWITCHOVER bitmap of ${bytes.length} bytes, expected ${words.byteLength}`);
-        new Uint8Array(words.buffer).set(bytes);
-        const missing = new Bitmap(lay.pageCount, words);
+        const missing = bitmapFromBase64(sw.missing, lay.pageCount);
         const order = missing.toArray();
         counts.missing = order.length;
         if (source.machinePid === null) throw new Error(`the source of ${o.name} has no process`);
