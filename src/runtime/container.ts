@@ -229,6 +229,43 @@ const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
  */
 const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000;
 
+/**
+ * Waits until the `criu lazy-pages` of a lazy restore whose work directory is WD has copied every page in (its exit
+ * status lands in lazy-pages.rc), then removes the images it read; resolves with the milliseconds since `running`.
+ * Rejects with the daemon's error lines when it failed, after the lazy timeout, or once `cancelled()` says so.
+ */
+async function lazyFinished(wd: string, running: number, cancelled = (): boolean => false): Promise<number> {
+  const rcFile = join(wd, 'lazy-pages.rc');
+  const limit = lazyTimeoutMs();
+  const deadline = performance.now() + limit;
+  while (!existsSync(rcFile)) {
+    if (cancelled()) throw new Error('no longer watched');
+    if (performance.now() > deadline)
+      throw new Error(
+        `criu lazy-pages did not copy every page in within ${limit / 1000} s ` +
+          `(PRECOG_LAZY_TIMEOUT_MS; log: ${wd}/images/lazy-pages.log)`,
+      );
+    await sleep(10);
+  }
+  const ms = performance.now() - running;
+  const rc = readFileSync(rcFile, 'utf8').trim();
+  if (rc !== '0') {
+    let lines = '';
+    try {
+      lines = readFileSync(join(wd, 'images', 'lazy-pages.log'), 'utf8')
+        .split('\n')
+        .filter((l) => /Error|error|fail/.test(l))
+        .slice(-8)
+        .join('\n');
+    } catch {
+      // no log
+    }
+    throw new Error(`criu lazy-pages failed (exit ${rc}) while copying pages in:\n${lines}`);
+  }
+  await removeTree(join(wd, 'images')).catch(() => {});
+  return ms;
+}
+
 export function validateName(name: string): string {
   if (!NAME_RE.test(name))
     throw new UsageError(
@@ -552,36 +589,9 @@ export class NamespaceRuntime implements ContainerRuntime {
     mark: LazyMarkResult,
     running: number,
   ): Promise<LazyResult> {
-    const rcFile = join(wd, 'lazy-pages.rc');
-    const limit = lazyTimeoutMs();
-    const deadline = performance.now() + limit;
     let cancelled = false;
     this.lazyCancel.set(name, () => (cancelled = true));
-    while (!existsSync(rcFile)) {
-      if (cancelled) throw new Error('no longer watched');
-      if (performance.now() > deadline)
-        throw new Error(
-          `criu lazy-pages did not copy every page in within ${limit / 1000} s ` +
-            `(PRECOG_LAZY_TIMEOUT_MS; log: ${wd}/images/lazy-pages.log)`,
-        );
-      await sleep(10);
-    }
-    const ms = performance.now() - running;
-    const rc = readFileSync(rcFile, 'utf8').trim();
-    if (rc !== '0') {
-      let lines = '';
-      try {
-        lines = readFileSync(join(wd, 'images', 'lazy-pages.log'), 'utf8')
-          .split('\n')
-          .filter((l) => /Error|error|fail/.test(l))
-          .slice(-8)
-          .join('\n');
-      } catch {
-        // no log
-      }
-      throw new Error(`criu lazy-pages failed (exit ${rc}) while copying pages in:\n${lines}`);
-    }
-    await removeTree(join(wd, 'images')).catch(() => {});
+    const ms = await lazyFinished(wd, running, () => cancelled);
     return { lazyPages: mark.lazyPages, eagerPages: mark.eagerPages, ms };
   }
 
@@ -1391,20 +1401,9 @@ export class NamespaceRuntime implements ContainerRuntime {
     const source = this.read(src);
     const detail = await push(source, pending);
     // Every page is at the destination: the copy runs on, its daemon copies the rest in.
-    const wd = join(there.dir, 'checkpoint');
-    const rcFile = join(wd, 'lazy-pages.rc');
     const t0 = performance.now();
     await this.setFrozen(name, false, there);
-    const limit = lazyTimeoutMs();
-    if (!(await waitUntil(() => existsSync(rcFile), limit, 10)))
-      throw new Error(`criu lazy-pages did not finish within ${limit / 1000} s after the resume (${wd})`);
-    const rc = readFileSync(rcFile, 'utf8').trim();
-    if (rc !== '0')
-      throw new Error(
-        `criu lazy-pages failed after the resume (exit ${rc}; log: ${wd}/images/lazy-pages.log)`,
-      );
-    const lazyMs = performance.now() - t0;
-    await removeTree(join(wd, 'images')).catch(() => {});
+    const lazyMs = await lazyFinished(join(there.dir, 'checkpoint'), t0);
     await this.cleanup(src, source);
     return { info: this.read(there), detail, lazyMs, pending };
   }
