@@ -75,7 +75,7 @@ await withTestbed(() => {
   }
 
   // Byte for byte: b's image against the process, still stopped at a.
-  const dir = join(HOSTS_DIR, 'b', 'upper', AGENT.stateDir, last!.migrationId);
+  const dir = join(HOSTS_DIR, 'b', 'data', 'agent', last!.migrationId);
   const image = readFileSync(join(dir, 'pages.img'));
   const layout = JSON.parse(readFileSync(join(dir, 'layout.json'), 'utf8'));
   const pid = readdirSync('/proc')

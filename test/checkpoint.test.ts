@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
-import { readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { hostPath, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
 import { must, precog, type Ran } from './support/cli.ts';
 import { ps, find, inContainer } from './support/containers.ts';
 
@@ -102,7 +102,7 @@ describe('checkpoint, restore, export and cold migration with CRIU', { skip }, (
     assert.ok(v2 > v1, `and keeps counting: ${v1} then ${v2}`);
     assert.equal(inContainer(c2, 'cat /data/note.txt'), 'written before the checkpoint\n');
     assert.match(must(cli('logs', 'ctr2'), 'logs').stdout, /counter: .*writing \/var\/lib\/counter\/value/);
-    const hostDirB = join(state.hosts[1].dir, 'upper', CONTAINERS_DIR, 'ctr2');
+    const hostDirB = hostPath(state.hosts[1], CONTAINERS_DIR, 'ctr2');
     must(cli('stop', 'ctr2'), 'stop ctr2');
     assert.equal(existsSync(hostDirB), false, 'stop removes the restored container');
     assert.equal(existsSync(`/proc/${c2.machinePid!.pid}`), false, 'and its process');
@@ -129,7 +129,7 @@ describe('checkpoint, restore, export and cold migration with CRIU', { skip }, (
     assert.match(r.stderr, /criu restore failed \(exit code 1\)/);
     assert.match(r.stderr, /errors in the log:\n\s+\(\d+\.\d+\) Error \(/);
     assert.equal(find('broken'), undefined, 'nothing left of the failed restore');
-    assert.equal(existsSync(join(state.hosts[1].dir, 'upper', CONTAINERS_DIR, 'broken')), false);
+    assert.equal(existsSync(hostPath(state.hosts[1], CONTAINERS_DIR, 'broken')), false);
     const c = find('ctr')!;
     assert.equal(c.status, 'running');
     const v = counterOf(c);
@@ -151,7 +151,7 @@ describe('checkpoint, restore, export and cold migration with CRIU', { skip }, (
     assert.equal(c.host, 'b');
     assert.equal(c.status, 'running');
     assert.equal(existsSync(`/proc/${before.machinePid!.pid}`), false, 'the source process is gone');
-    assert.equal(existsSync(join(state.hosts[0].dir, 'upper', CONTAINERS_DIR, 'ctr')), false);
+    assert.equal(existsSync(hostPath(state.hosts[0], CONTAINERS_DIR, 'ctr')), false);
     await sleep(800);
     const v1 = counterOf(c);
     assert.ok(v1 > v0, `counter continues on b: ${v0} before, ${v1} after`);

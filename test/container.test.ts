@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CONTAINERS_DIR, validateName, type ContainerInfo } from '../src/runtime/container.ts';
-import { testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { hostPath, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { ps } from './support/containers.ts';
 import { testbedSkip } from './support/testbed.ts';
@@ -27,7 +27,7 @@ const skip = testbedSkip('containers live in the test hosts');
 
 describe('containers in a test host', { skip }, () => {
   let state: TestbedState;
-  const hostDir = () => join(state.hosts[0].dir, 'upper', CONTAINERS_DIR);
+  const hostDir = () => hostPath(state.hosts[0], CONTAINERS_DIR);
 
   before(async () => {
     state = (await testbedUp({ rate: 'none' })).state;

@@ -64,7 +64,7 @@ import {
   type ReceivedDump,
 } from '../src/criu/pageserver.ts';
 import { CriuError, CriuRunner, relevantLogLines } from '../src/criu/runner.ts';
-import { hostCommand, readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { hostCommand, machineSite, readState, type TestbedState } from '../src/runtime/testbed.ts';
 import { waitForCounter } from './support/counter.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { ProtocolError } from '../src/util/errors.ts';
@@ -672,7 +672,7 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
     const s = readState();
     assert.ok(s?.complete, 'testbed state after up');
     state = s;
-    runner = new CriuRunner({ host: 'a', dir: `${WORK}/migration-1`, state });
+    runner = new CriuRunner({ site: machineSite(state, 'a'), dir: `${WORK}/migration-1` });
   });
   after(() => {
     // Receivers this test started and that are still running (their process groups).
@@ -905,7 +905,7 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
   test('the destination rebuilds the memory from what it held + the forwarded pages; criu restore in b continues', async (t) => {
     assert.ok(finalSummary, 'the final dump ran');
     const finalDir = inA(runner.path('final'));
-    const restore = new CriuRunner({ host: 'b', dir: `${WORK}/migration-1`, state });
+    const restore = new CriuRunner({ site: machineSite(state, 'b'), dir: `${WORK}/migration-1` });
     restore.prepare('images');
     mustInHost('b', `test ! -e /proc/${pid} && mkdir -p ${WORK}/run`);
     const restoreDir = join(rootOf('b'), restore.path('images'));
@@ -953,7 +953,7 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
   });
 
   test('a receiver that refuses the stream fails the dump: CRIU log lines in the error, the process runs on', async (t) => {
-    const m2 = new CriuRunner({ host: 'a', dir: `${WORK}/migration-2`, state });
+    const m2 = new CriuRunner({ site: machineSite(state, 'a'), dir: `${WORK}/migration-2` });
     mustInHost('a', `mkdir -p ${WORK}/run2`);
     const start = mustInHost(
       'a',

@@ -5,7 +5,14 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { AGENT, readState, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import {
+  AGENT,
+  hostPath,
+  readState,
+  testbedDown,
+  testbedUp,
+  type TestbedState,
+} from '../src/runtime/testbed.ts';
 import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
 import { must, precog, precogAsync, type Ran } from './support/cli.ts';
 import { ps, find, inContainer } from './support/containers.ts';
@@ -75,7 +82,10 @@ async function waitReady(name: string): Promise<void> {
 
 /** What the destination agent keeps: must be empty after any failed migration. */
 function agentLeftovers(state: TestbedState, host: string): string[] {
-  const dir = join(state.hosts.find((h) => h.name === host)!.dir, 'upper', AGENT.stateDir);
+  const dir = hostPath(
+    state.hosts.find((h) => h.name === host)!,
+    AGENT.stateDir,
+  );
   return existsSync(dir) ? readdirSync(dir) : [];
 }
 
@@ -126,7 +136,7 @@ function redisClients(c: ContainerInfo): string {
 }
 
 function hostsOf(name: string, state: TestbedState): string[] {
-  return state.hosts.filter((h) => existsSync(join(h.dir, 'upper', CONTAINERS_DIR, name))).map((h) => h.name);
+  return state.hosts.filter((h) => existsSync(hostPath(h, CONTAINERS_DIR, name))).map((h) => h.name);
 }
 
 describe('migrate flags', () => {
@@ -680,7 +690,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     await waitSession(state, 'a');
     // Agent a: found by its command line among the processes of host a's PID namespace.
     const killed = cli('testbed', 'exec', 'a', '--', 'pkill', '-KILL', '-f', 'precog agent');
-    const agentLog = join(state.hosts[0].dir, 'upper', AGENT.log);
+    const agentLog = hostPath(state.hosts[0], AGENT.log);
     assert.equal(
       killed.code,
       0,

@@ -98,7 +98,7 @@ describe('agents in the test hosts', { skip }, () => {
 
   /** b's committed image of migration `id` equals the memory of the (stopped) process at a, read now. */
   function assertCopy(id: string, inner: number): void {
-    const dir = join(HOSTS_DIR, 'b', 'upper', AGENT.stateDir, id);
+    const dir = join(HOSTS_DIR, 'b', 'data', 'agent', id);
     const image = readFileSync(join(dir, 'pages.img'));
     const layout = JSON.parse(readFileSync(join(dir, 'layout.json'), 'utf8'));
     const pid = outerPid(inner, 'python3');

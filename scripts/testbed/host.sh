@@ -44,9 +44,33 @@ mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$dir/upper,workdir=$dir/w
 mkdir -p "$root/opt/precog" "$root/oldroot"
 mount --bind "$repo" "$root/opt/precog"
 mount -o remount,bind,ro "$root/opt/precog"
+# The host's own data disk: /var/lib/precog (containers, agent state, checkpoints) is a real directory of this
+# host (HOSTDIR/data), not part of its overlay root, so that container overlays can take their upper layers from it
+# and the agent can rename its rebuilt checkpoints into containers. Nothing of the other host is mounted here.
+mkdir -p "$dir/data" "$root/var/lib/precog"
+mount --bind "$dir/data" "$root/var/lib/precog"
+# The base image containers are made from, read-only (the lower layer of every container's overlay).
+mkdir -p "$root/var/cache/precog/base"
+mount --bind "$rootfs" "$root/var/cache/precog/base"
+mount -o remount,bind,ro "$root/var/cache/precog/base"
 
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t sysfs -o nosuid,nodev,noexec sysfs "$root/sys"
+# The cgroup hierarchies at the machine's mount points (the hosts have no cgroup namespace: same paths inside and
+# out), so that the host's agent can make, freeze and remove its containers' cgroups.
+if [ -d "$root/sys/fs/cgroup" ]; then
+	mount -t tmpfs -o nosuid,nodev,noexec,mode=755 cgroup "$root/sys/fs/cgroup"
+	awk '$5 ~ "^/sys/fs/cgroup/" { for (i = 7; i <= NF; i++) if ($i == "-") { print $5, $(i + 1), $(i + 3); break } }' \
+		/proc/self/mountinfo | while read -r point fstype opts; do
+		mkdir -p "$root$point"
+		if [ "$fstype" = cgroup2 ]; then
+			mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$root$point"
+		elif [ "$fstype" = cgroup ]; then
+			sub=$(echo "$opts" | tr , '\n' | grep -vE '^(rw|ro|relatime|noatime|nosuid|nodev|noexec|clone_children|xattr)$' | paste -sd, -)
+			mount -t cgroup -o "nosuid,nodev,noexec,$sub" cgroup "$root$point"
+		fi
+	done
+fi
 
 # A fresh /dev with device nodes of its own: bind-mounted host nodes make `criu dump` fail ("Can't lookup mount").
 mount -t tmpfs -o nosuid,mode=755,size=1m tmpfs "$root/dev"

@@ -8,6 +8,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import net from 'node:net';
+import { hostname } from 'node:os';
 import tls from 'node:tls';
 import { join } from 'node:path';
 import { WallClock } from '../engine/clock.ts';
@@ -33,7 +34,10 @@ import {
   rebuildFromFiles,
   type RebuildResult,
 } from '../migrate/state.ts';
-import { ContainerPostcopy, isPostcopySpec } from './postcopy.ts';
+import { ContainerPostcopy } from './postcopy.ts';
+import { ContainerRestorer } from './restore.ts';
+import type { MovableRuntime } from '../runtime/registry.ts';
+import type { ContainerHello } from '../engine/messages.ts';
 import { ProtocolError } from '../util/errors.ts';
 
 export interface AgentOptions {
@@ -46,6 +50,13 @@ export interface AgentOptions {
   log: Logger;
   /** A session with no traffic for this long is dropped (and an unfinished migration discarded). 0: never. */
   idleTimeoutMs?: number;
+  /**
+   * The container runtimes this agent restores with, by name (a container's HELLO names one). Absent: the agent
+   * refuses containers, and takes plain memory migrations only.
+   */
+  runtime?: (name: string) => MovableRuntime;
+  /** This host's name for the runtime (default: the certificate's name). */
+  hostName?: string;
 }
 
 /** The message a source gets for a failure here: a full disk says so, and what to do. */
@@ -84,7 +95,10 @@ export class Agent {
    * them, so that a source whose link was lost can take them up again (HELLO of purpose 'postcopy-resume'). A
    * new session takes over from an old one that has not noticed yet that its link is dead.
    */
-  private readonly postcopies = new Map<string, { p: ContainerPostcopy; socket: net.Socket | null }>();
+  private readonly postcopies = new Map<
+    string,
+    { p: ContainerPostcopy; socket: net.Socket | null; restorer: ContainerRestorer | null }
+  >();
 
   constructor(options: AgentOptions) {
     this.o = options;
@@ -118,6 +132,25 @@ export class Agent {
     return { host: addr.address, port: addr.port };
   }
 
+  /** The restorer for a container's HELLO: refuses at once (before the source stops) what cannot be restored. */
+  private restorerFor(c: ContainerHello | undefined, log: Logger): ContainerRestorer | null {
+    if (!c) return null; // an older source that restores itself: the agent only keeps the checkpoint
+    if (!this.o.runtime)
+      throw new ProtocolError(
+        `this agent restores no containers (it was started without a runtime); start it with --runtime`,
+      );
+    log.info(
+      { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },
+      'container migration',
+    );
+    return new ContainerRestorer(
+      this.o.runtime(c.runtime),
+      c,
+      this.o.hostName ?? this.o.identity?.name ?? hostname(),
+      log,
+    );
+  }
+
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
@@ -142,6 +175,40 @@ export class Agent {
     // A container's post-copy: the lazy page server, started with the migration, used from the switchover on.
     let postcopy: ContainerPostcopy | null = null;
     let postcopyFailed: Error | null = null;
+    // A container this agent restores itself (HELLO's container): after COMMIT or SWITCHOVER.
+    let restorer: ContainerRestorer | null = null;
+    // Replies wait here while the restore runs: RESUMED goes out once the container runs (or an ERROR instead).
+    let gate: Promise<unknown> | null = null;
+    const queued: Buffer[] = [];
+    const send = (frame: Buffer): void => {
+      if (gate) queued.push(frame);
+      else if (!socket.destroyed) socket.write(frame);
+    };
+    /** Holds the replies until `work` settles; `ok` then rewrites them (RESUMED with the restore's report). */
+    const hold = (
+      work: Promise<unknown>,
+      ok: (frames: Buffer[]) => Buffer[],
+      failed: (err: Error) => void,
+    ): void => {
+      const g = work.then(
+        () => {
+          if (gate !== g) return;
+          gate = null;
+          for (const f of ok(queued.splice(0))) send(f);
+        },
+        (err: Error) => {
+          if (gate !== g) return;
+          gate = null;
+          queued.length = 0;
+          const msg = explain(err as NodeJS.ErrnoException, this.o.stateDir);
+          log.warn({ reason: msg }, 'container restore failed');
+          failed(err);
+          refused = true;
+          if (!socket.destroyed) socket.end(encodeFrame(FrameType.Error, Buffer.from(msg)));
+        },
+      );
+      gate = g;
+    };
     const release = (): void => {
       if (held) releaseBuffer(held);
       held = null;
@@ -161,7 +228,8 @@ export class Agent {
           },
           'migration started',
         );
-        if (hello.purpose === 'criu-images' && isPostcopySpec(hello.strategy))
+        if (hello.purpose === 'criu-images') restorer = this.restorerFor(hello.container, log);
+        if (hello.purpose === 'criu-images' && hello.container?.switchover === 'postcopy')
           ContainerPostcopy.prepare(log).then(
             (p) => {
               if (socket.destroyed) p.close();
@@ -187,7 +255,25 @@ export class Agent {
         appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
       },
       commit: (store, id) => {
+        const t0 = performance.now();
         persist(store, id);
+        if (restorer) {
+          // The container runs here before RESUMED goes out (a lazy restore: once every page is in); the source
+          // removes its copy only on RESUMED, and thaws on the ERROR that replaces it when the restore fails.
+          const r = restorer;
+          r.commitMs = performance.now() - t0;
+          // What is left of the migration here (layout, state) goes once the restore is done either way.
+          const restoring = r.restore(join(dirOf(id), COMMITTED_FILES.checkpoint), { lazyWait: true });
+          restoring.then(
+            () => rmSync(dirOf(id), { recursive: true, force: true }),
+            () => rmSync(dirOf(id), { recursive: true, force: true }),
+          );
+          hold(
+            restoring,
+            (frames) => frames.map((f) => r.withReport(f)),
+            () => r.discard(),
+          );
+        }
       },
       resume: (store) => {
         // A container's post-copy switchover: the checkpoint for `criu restore --lazy-pages`, then the lazy page
@@ -216,9 +302,20 @@ export class Agent {
         writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
         renameSync(statePart, join(dir, COMMITTED_FILES.state));
         writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
-        postcopy.attach(store, r, (frame) => socket.write(frame));
+        postcopy.attach(store, r, send);
         const p = postcopy;
-        this.postcopies.set(id, { p, socket });
+        this.postcopies.set(id, { p, socket, restorer });
+        if (restorer) {
+          // criu restore --lazy-pages here, its daemon asking this agent's page server: RESUMED once it runs.
+          const rs = restorer;
+          rs.commitMs = performance.now() - t0;
+          const server = p.resumed.pageServer;
+          hold(
+            rs.restore(join(dir, COMMITTED_FILES.checkpoint), { lazyWait: false, pageServer: server }),
+            (frames) => frames.map((f) => rs.withReport(f)),
+            () => p.close(),
+          );
+        }
         // Its files go when it closes (the daemon is done, or the lazy timeout).
         p.onClose = () => {
           if (this.postcopies.get(id)?.p === p) this.postcopies.delete(id);
@@ -258,10 +355,13 @@ export class Agent {
         }
         entry.socket = socket;
         postcopy = p;
+        restorer = entry.restorer;
+        // The copy was frozen when its source was lost: it runs on now that its pages can come again.
+        restorer?.thaw();
         log = log.child({ migration: id });
         log.info({ missing: p.missing() }, 'post-copy taken up again by its source');
         // After the replies to this HELLO have been written: the faults still waiting are asked again.
-        setImmediate(() => p.reattach((frame) => socket.write(frame)));
+        setImmediate(() => p.reattach(send));
         return { store, process: p };
       },
       discard: (id) => {
@@ -334,7 +434,17 @@ export class Agent {
       if (refused) return;
       try {
         for (const frame of reader.push(chunk)) {
-          for (const reply of dest.handle(frame, clock.now())) socket.write(reply.frame);
+          const replies = dest.handle(frame, clock.now());
+          if (restorer && frame.readUInt8(5) === FrameType.PostcopyDone && replies.length > 0) {
+            // A container's post-copy: DONE_ACK once the lazy-pages daemon has copied every page in.
+            const r = restorer;
+            hold(
+              r.lazyFinished(),
+              (frames) => frames.map((f) => r.withReport(f)),
+              () => r.freeze(),
+            );
+          }
+          for (const reply of replies) send(reply.frame);
         }
       } catch (e) {
         const msg = explain(e as NodeJS.ErrnoException, this.o.stateDir);
@@ -353,6 +463,8 @@ export class Agent {
       const entry = this.postcopies.get(dest.migrationId);
       if (entry?.socket === socket) {
         entry.socket = null;
+        // A copy missing pages must not run on by itself: frozen until its source takes the post-copy up again.
+        if (entry.p.missing() > 0) entry.restorer?.freeze();
         if (entry.p.missing() > 0)
           log.warn(
             { missing: entry.p.missing() },

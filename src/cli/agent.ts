@@ -1,5 +1,7 @@
 import { Command } from 'commander';
 import { Agent } from '../agent/agent.ts';
+import { makeRuntime, type MovableRuntime } from '../runtime/index.ts';
+import { localSite } from '../runtime/site.ts';
 import { loadIdentity } from '../transport/pki.ts';
 import { parseEndpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
@@ -48,7 +50,20 @@ export function agentCommand(): Command {
         }
         identity = loadIdentity(f.pki, f.name);
       }
+      // Containers are restored here, in this host, by the runtime their source names (made on first use).
+      const runtimes = new Map<string, MovableRuntime>();
+      const hostName = f.name ?? identity?.name;
+      const runtime = (name: string): MovableRuntime => {
+        let rt = runtimes.get(name);
+        if (!rt) {
+          rt = makeRuntime(name, localSite(hostName ? { name: hostName } : {}));
+          runtimes.set(name, rt);
+        }
+        return rt;
+      };
       const agent = new Agent({
+        runtime,
+        ...(hostName ? { hostName } : {}),
         listen,
         stateDir: f.stateDir,
         identity,

@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
 import { resumePostcopy } from '../migrate/resume.ts';
-import { parseStrategy, type Decision } from '../policy/index.ts';
+import { isPostcopy, parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
 import { defaultRuntime } from '../runtime/container.ts';
 import { parseHost } from '../runtime/testbed.ts';
@@ -188,7 +188,7 @@ export function migrateCommand(): Command {
       const strategy = parseStrategy(f.strategy);
       if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
-      const postcopy = strategy.name === 'postcopy' || strategy.name === 'hybrid';
+      const postcopy = isPostcopy(strategy);
       if (postcopy && f.restore === 'full')
         throw new UsageError(
           `--restore full: ${strategy.name} restores lazily (its pages arrive after the switchover); leave --restore out`,

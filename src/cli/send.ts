@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { codecChain, CODEC_NAMES } from '../codec/index.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
-import { parseStrategy } from '../policy/index.ts';
+import { isPostcopy, parseStrategy } from '../policy/index.ts';
 import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, parseEndpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
@@ -52,7 +52,7 @@ export function sendMemoryCommand(): Command {
     .action(async (f: SendFlags) => {
       const pid = parseCount(f.pid, '--pid', 1);
       const strategy = parseStrategy(f.strategy);
-      if (strategy.name === 'postcopy' || strategy.name === 'hybrid') {
+      if (isPostcopy(strategy)) {
         throw new UsageError(
           `send-memory has no process at the destination to fault pages in: use a pre-copy strategy or cold`,
         );

@@ -9,17 +9,25 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join, posix } from 'node:path';
-import { hostCommand, readState, type TestbedState } from '../runtime/testbed.ts';
+import { posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 
+/** Where CRIU runs, when not as this process (src/runtime/site.ts has the implementations). */
+export interface CommandSite {
+  readonly name: string;
+  command(argv: readonly string[]): { cmd: string; args: string[]; env: NodeJS.ProcessEnv };
+  /** A path as CRIU sees it -> the same file for this process. */
+  path(inside: string): string;
+}
+
 export interface CriuRunnerOptions {
-  /** Work directory of this migration, as CRIU sees it (inside the host when `host` is set). Logs go here. */
+  /** Work directory of this migration, as CRIU sees it (inside the host when `site` is set). Logs go here. */
   dir: string;
-  /** Test host to run CRIU in ("a", "b"); without it CRIU runs on this machine. */
-  host?: string;
-  /** Testbed state to find the host in (default: the current one). */
-  state?: TestbedState;
+  /**
+   * Where CRIU runs: how to run a command there and reach its files (a test host seen from the machine, for
+   * example). Without it CRIU runs here, as this process.
+   */
+  site?: CommandSite;
   /** CRIU binary (default "criu", from PATH). */
   criu?: string;
   /** Log level -v0..-v4 (default 4: everything; CRIU's logs are the only account of what it did). */
@@ -147,24 +155,18 @@ export class CriuRunner {
   private readonly criu: string;
   private readonly verbosity: number;
   private readonly timeoutMs: number;
-  private readonly state: TestbedState | undefined;
+  private readonly site: CommandSite | undefined;
   private readonly logNames = new Map<string, number>();
 
   constructor(opts: CriuRunnerOptions) {
     if (!posix.isAbsolute(opts.dir))
       throw new UsageError(`CRIU work directory must be absolute: ${opts.dir}`);
     this.dir = posix.normalize(opts.dir).replace(/(.)\/$/, '$1');
-    this.host = opts.host;
+    this.site = opts.site;
+    this.host = opts.site?.name;
     this.criu = opts.criu ?? 'criu';
     this.verbosity = opts.verbosity ?? 4;
     this.timeoutMs = opts.timeoutMs ?? 600_000;
-    if (opts.host) {
-      const state = opts.state ?? readState();
-      if (!state) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
-      if (!state.hosts.some((h) => h.name === opts.host && h.init))
-        throw new UsageError(`test host ${opts.host} is not running`);
-      this.state = state;
-    }
   }
 
   /** A runner whose work directory is `<base>/<migrationId>` (created). */
@@ -182,9 +184,7 @@ export class CriuRunner {
 
   /** A path as CRIU sees it -> the same file as seen from this machine (through the host init's root). */
   onMachine(path: string): string {
-    if (!this.host) return path;
-    const h = this.state?.hosts.find((x) => x.name === this.host);
-    return join(`/proc/${h?.init?.pid}/root`, path);
+    return this.site ? this.site.path(path) : path;
   }
 
   /** A path in the work directory (as CRIU sees it). */
@@ -230,8 +230,8 @@ export class CriuRunner {
     let cmd: string;
     let args: string[];
     let env: NodeJS.ProcessEnv;
-    if (this.host) {
-      const c = hostCommand(this.state as TestbedState, this.host, argv);
+    if (this.site) {
+      const c = this.site.command(argv);
       cmd = c.cmd;
       args = c.args;
       env = c.env;

@@ -12,6 +12,38 @@ export interface HelloMessage {
    * outstanding FAULT; the source pushes those pages and ends with POSTCOPY_DONE).
    */
   purpose?: 'criu-images' | 'postcopy-resume';
+  /** A container (purpose 'criu-images'): how the destination agent restores it once the source hands over. */
+  container?: ContainerHello;
+}
+
+/** What the destination agent needs to restore a container itself after COMMIT or SWITCHOVER. */
+export interface ContainerHello {
+  /** The runtime that restores it at the destination (a registered name: precog, ...). */
+  runtime: string;
+  /** The container's name (the destination refuses at once when it has one of that name). */
+  name: string;
+  /** The source host's name (for messages and logs). */
+  from: string;
+  /** 'postcopy': resume before every page is there (needs a lazy restore); absent: stop-and-copy. */
+  switchover?: 'stop-and-copy' | 'postcopy';
+  /** 'lazy': run once the state is back, pages copied in by criu lazy-pages; 'full': every page first. */
+  restore: 'lazy' | 'full';
+}
+
+/** What the destination agent tells about its restore, with RESUMED (and DONE_ACK for post-copy). */
+export interface RestoreReport {
+  /** PID of the container's init in the destination host. */
+  pid: number | null;
+  /** The restore itself (criu restore and the container around it), ms. */
+  restoreMs: number;
+  /** The agent's commit: rebuilding the image directory from its page store, ms. */
+  commitMs: number;
+  mode: 'lazy' | 'full';
+  /** Lazy restore: pages left to criu lazy-pages, and its time from the container running to the last page in. */
+  lazyPages: number | null;
+  lazyMs: number | null;
+  /** Time from the container running to this message leaving (the source subtracts it to date the resume). */
+  sinceRunningMs: number;
 }
 
 export interface RoundEndMessage {
@@ -31,6 +63,8 @@ export interface ResumedMessage {
    * the destination host), asking the source for those that have not arrived.
    */
   pageServer?: { host: string; port: number };
+  /** A container restored by the destination agent: how it went. */
+  restore?: RestoreReport;
 }
 
 export interface SwitchoverMessage {
@@ -44,4 +78,6 @@ export interface DoneAck {
   faultLatencies: number[];
   /** Post-copy of a container: pages the lazy-pages daemon asked for, and how many of those were not here yet. */
   requested?: number;
+  /** A container's post-copy: the lazy-pages daemon's end (the agent answers once it has copied every page in). */
+  restore?: RestoreReport;
 }

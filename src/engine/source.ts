@@ -26,6 +26,12 @@ export interface SourceOptions {
   onDecision?: (d: Decision, round: number) => void;
   /** Told to the destination in HELLO (see HelloMessage.purpose). */
   purpose?: HelloMessage['purpose'];
+  /** Told to the destination in HELLO: a container it restores itself (see ContainerHello). */
+  container?: HelloMessage['container'];
+  /** Stop-and-copy: called with the destination's RESUMED reply (the destination has taken over). */
+  onResumed?: (resumed: ResumedMessage) => void;
+  /** Post-copy: called with the destination's DONE_ACK. */
+  onDone?: (ack: DoneAck) => void;
   /**
    * What the source can tell about a live round beyond its dirty pages (accessed pages, system features), read
    * right after each round's dirty pages (given with the round's seconds) for the strategy's page selector.
@@ -104,6 +110,7 @@ export class MigrationSource {
         migrationId,
         strategy: this.strategy.spec,
         ...(this.o.purpose ? { purpose: this.o.purpose } : {}),
+        ...(this.o.container ? { container: this.o.container } : {}),
       };
       await this.link.request(jsonFrame(FrameType.Hello, hello), FrameType.HelloAck);
       await this.link.send(jsonFrame(FrameType.Layout, this.mem.layout));
@@ -203,7 +210,9 @@ export class MigrationSource {
           FrameType.Resumed,
         );
         committed = true;
-        const { resumedAt } = parseJson<ResumedMessage>(decodeFrame(reply));
+        const resumed = parseJson<ResumedMessage>(decodeFrame(reply));
+        const { resumedAt } = resumed;
+        this.o.onResumed?.(resumed);
         return {
           ...base,
           totalTime: resumedAt - t0,
@@ -239,6 +248,7 @@ export class MigrationSource {
       this.finishRecord(rec);
       const doneFrame = await this.link.request(jsonFrame(FrameType.PostcopyDone, {}), FrameType.DoneAck);
       const done = parseJson<DoneAck>(decodeFrame(doneFrame));
+      this.o.onDone?.(done);
       const end = Math.max(done.lastArrival, resumedAt);
       return {
         ...base,

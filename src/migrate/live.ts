@@ -1,23 +1,23 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
-import { COMMITTED_FILES } from '../agent/agent.ts';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
 import { receiveFromImages } from '../criu/localdump.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
-import type { Decision, Strategy } from '../policy/index.ts';
+import { isPostcopy, type Decision, type Strategy } from '../policy/index.ts';
 import type { RoundRecord, RunMetrics } from '../report/metrics.ts';
-import { AGENT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
-import { NamespaceRuntime, type ContainerInfo } from '../runtime/container.ts';
+import { AGENT, PKI_DIR, readState } from '../runtime/testbed.ts';
+import { lazyTimeoutMs, type ContainerInfo } from '../runtime/container.ts';
+import { makeRuntime } from '../runtime/index.ts';
+import { moveContainer, type MoveProgress } from './driver.ts';
 import { removeTree } from '../runtime/rootfs.ts';
 import { loadIdentity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { ContainerMemory } from './memory.ts';
 import { eagerRuns } from '../criu/lazy.ts';
-import type { ResumedMessage } from '../engine/messages.ts';
+import type { RestoreReport } from '../engine/messages.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { encodeState } from './state.ts';
@@ -55,6 +55,8 @@ export interface LiveMigrationOptions {
   dumpVia?: 'images' | 'page-server';
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
+  /** The runtime the container belongs to (registered name; default precog). */
+  runtime?: string;
 }
 
 export interface LiveMigrationReport {
@@ -109,12 +111,6 @@ export interface LiveMigrationReport {
   metrics: RunMetrics;
 }
 
-function agentCommitDir(state: TestbedState, host: string, id: string): string {
-  const h = state.hosts.find((x) => x.name === host);
-  if (!h) throw new UsageError(`no test host ${host}`);
-  return join(h.dir, 'upper', AGENT.stateDir, id);
-}
-
 /**
  * Live migration of a container between test hosts over the agents' mutual-TLS link: the engine's live rounds read
  * the container's memory through /proc while it runs; the switchover is `criu dump` with its pages streamed to
@@ -148,7 +144,7 @@ function eagerPagesOf(dir: string, dump: ReceivedDump, mem: ContainerMemory, siz
 
 export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigrationReport> {
   const t0 = performance.now();
-  const rt = new NamespaceRuntime();
+  const rt = makeRuntime(o.runtime ?? 'precog');
   const state = readState();
   if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
   const dest = state.hosts.find((h) => h.name === o.to);
@@ -161,7 +157,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         'restoreMs' | 'downtimeMs' | 'totalMs' | 'pid' | 'lazyPages' | 'lazyMs' | 'postcopy'
       >
     | undefined;
-  const postcopy = o.strategy.name === 'postcopy' || o.strategy.name === 'hybrid';
+  const postcopy = isPostcopy(o.strategy);
   if (postcopy && o.restore === 'full')
     throw new UsageError(
       `--restore full: ${o.strategy.name} restores lazily (its pages come after the switchover)`,
@@ -170,196 +166,168 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     throw new UsageError(
       `--dump-via page-server: ${o.strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly)`,
     );
-  const restoreMode = o.restore ?? (o.strategy.name === 'cold' ? 'full' : 'lazy');
+  const restoreMode = postcopy ? 'lazy' : (o.restore ?? o.strategy.restore ?? 'lazy');
   let postcopyReport = null as LiveMigrationReport['postcopy'];
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */
-  const marks = { dumped: 0, pagesSent: 0, committed: 0 };
-  const commitDir = agentCommitDir(state, o.to, migrationId);
+  const marks = { dumped: 0, pagesSent: 0, committed: 0, running: 0 };
+  /** What the destination agent said of its restore (RESUMED, and DONE_ACK after a post-copy). */
+  let restored: RestoreReport | undefined;
+  let stateBytes = 0;
+  const progress: MoveProgress = { migrationId, resumedThere: false };
   try {
-    const moved = await rt.migrate(o.name, o.to, async (info: ContainerInfo, checkpoint) => {
-      if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
-      const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
-      let received: ReceivedDump | undefined;
-      const srcDir = join(o.workDir, 'source');
-      const mem = new ContainerMemory(
-        tree,
-        async () => {
-          o.onPhase?.('dump');
-          if ((o.dumpVia ?? 'images') === 'images') {
-            // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
-            await checkpoint(srcDir);
-            received = receiveFromImages(join(srcDir, 'images'), (...a) => mem.holds(...a));
-            marks.dumped = performance.now();
+    await moveContainer(
+      { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: lazyTimeoutMs() },
+      progress,
+      async (info: ContainerInfo, checkpoint) => {
+        if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
+        const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
+        let received: ReceivedDump | undefined;
+        const srcDir = join(o.workDir, 'source');
+        const mem = new ContainerMemory(
+          tree,
+          async () => {
+            o.onPhase?.('dump');
+            if ((o.dumpVia ?? 'images') === 'images') {
+              // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
+              await checkpoint(srcDir);
+              received = receiveFromImages(join(srcDir, 'images'), (...a) => mem.holds(...a));
+              marks.dumped = performance.now();
+              o.onPhase?.('final');
+              return received;
+            }
+            const server = await PageServer.listen({
+              host: '127.0.0.1',
+              have: (...a) => mem.holds(...a),
+              keepOnlyChanged: true,
+            });
+            try {
+              await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
+              received = await server.done;
+              marks.dumped = performance.now();
+            } finally {
+              await server.close();
+            }
             o.onPhase?.('final');
             return received;
-          }
-          const server = await PageServer.listen({
-            host: '127.0.0.1',
-            have: (...a) => mem.holds(...a),
-            keepOnlyChanged: true,
-          });
-          try {
-            await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
-            received = await server.done;
-            marks.dumped = performance.now();
-          } finally {
-            await server.close();
-          }
-          o.onPhase?.('final');
-          return received;
-        },
-        async () => {
-          // The runtime thaws a frozen source when the migration fails; nothing else is held here.
-        },
-      );
-      const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
-        idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
-      });
-      // Interrupted before the destination committed: the link breaks, the engine gives up, the source thaws.
-      const onAbort = () => link.abort(new Error(`interrupted (${String(o.signal?.reason ?? 'signal')})`));
-      o.signal?.addEventListener('abort', onAbort, { once: true });
-      if (o.signal?.aborted) onAbort();
-      let switched!: (r: ResumedMessage) => void;
-      const switchover = new Promise<ResumedMessage>((resolve) => (switched = resolve));
-      const finish = (metrics: RunMetrics) => {
-        frozenAt = mem.freezeStartedAt;
-        marks.committed ||= performance.now();
-        report = {
-          container: o.name,
-          from: o.from,
-          to: o.to,
-          strategy: o.strategy.spec,
-          migrationId,
-          restoreMode,
-          dumpMs: marks.dumped - frozenAt,
-          finalPagesMs: marks.pagesSent - marks.dumped,
-          stateMs: marks.committed - marks.pagesSent,
-          bytesTotal: metrics.bytesTotal,
+          },
+          async () => {
+            // The driver thaws a frozen source when the migration fails; nothing else is held here.
+          },
+        );
+        const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
+          idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+        });
+        // Interrupted before the destination committed: the link breaks, the engine gives up, the source thaws.
+        const onAbort = () => link.abort(new Error(`interrupted (${String(o.signal?.reason ?? 'signal')})`));
+        o.signal?.addEventListener('abort', onAbort, { once: true });
+        if (o.signal?.aborted) onAbort();
+        const engine = new MigrationSource(mem, link, o.strategy, {
+          codec: codecChain(!o.codec || o.codec === 'auto' ? (o.strategy.codec ?? 'zero') : o.codec),
+          batchBytes: o.batchBytes ?? 1 << 20,
           stateBytes: 0,
-          liveRounds: metrics.liveRounds,
-          memoryBytes: metrics.memoryBytes,
-          pagesFinal: metrics.rounds.filter((r) => r.phase === 'stop').reduce((a, r) => a + r.pagesSent, 0),
-          pagesUnchanged: mem.unchanged,
-          pagesExtra: mem.extras.length,
-          metrics,
-        };
-        if (metrics.postcopy)
-          postcopyReport = {
-            pages: metrics.rounds.filter((r) => r.phase === 'postcopy').reduce((a, r) => a + r.pagesSent, 0),
-            faults: metrics.postcopy.faults,
-            faultLatencyMedianMs: ms(metrics.postcopy.faultLatencyMedian),
-            faultLatencyP99Ms: ms(metrics.postcopy.faultLatencyP99),
-            degradedMs: 0, // set from the restore's end below
+          migrationId,
+          purpose: 'criu-images',
+          container: {
+            runtime: rt.kind === 'namespaces' ? 'precog' : rt.kind,
+            name: o.name,
+            from: o.from,
+            restore: restoreMode,
+            ...(postcopy ? { switchover: 'postcopy' as const } : {}),
+          },
+          onRound: o.onRound,
+          onDecision: o.onDecision,
+          state: () => {
+            marks.pagesSent = performance.now();
+            const pids: [number, number][] = [];
+            for (const id of received!.tasks.keys()) {
+              const pid = mem.machinePid(id);
+              if (pid !== undefined) pids.push([id, pid]);
+            }
+            const blob = encodeState({
+              container: info,
+              pids,
+              dump: received!,
+              extras: mem.extras,
+              imagesDir: join(srcDir, 'images'),
+              upperDir: join(srcDir, 'upper'),
+            });
+            stateBytes = blob.length;
+            o.onPhase?.('restore');
+            return blob;
+          },
+          // Post-copy: the pages criu restore copies itself (not left to the lazy-pages daemon) go before the switch.
+          beforeSwitchover: (pending) => eagerPagesOf(join(srcDir, 'images'), received!, mem, pending.size),
+          onResumed: (r) => {
+            // The agent answers once the container runs with every page in: it says how long ago it started running.
+            const now = performance.now();
+            restored = r.restore;
+            marks.committed = now;
+            marks.running = now - (r.restore?.sinceRunningMs ?? 0);
+          },
+          onSwitchover: (r) => {
+            // Post-copy: the agent answers once the restored container runs; its pages follow.
+            marks.committed = marks.running = performance.now();
+            restored = r.restore;
+            progress.resumedThere = true;
+          },
+          onDone: (ack) => {
+            if (ack.restore) restored = ack.restore;
+          },
+        });
+        try {
+          const metrics = await engine.run();
+          frozenAt = mem.freezeStartedAt;
+          report = {
+            container: o.name,
+            from: o.from,
+            to: o.to,
+            strategy: o.strategy.spec,
+            migrationId,
+            restoreMode,
+            dumpMs: marks.dumped - frozenAt,
+            finalPagesMs: marks.pagesSent - marks.dumped,
+            // The state on the link and the agent's commit: up to the restore's start (it reports the restore's time).
+            stateMs: marks.running - (restored?.restoreMs ?? 0) - marks.pagesSent,
+            bytesTotal: metrics.bytesTotal,
+            stateBytes,
+            liveRounds: metrics.liveRounds,
+            memoryBytes: metrics.memoryBytes,
+            pagesFinal: metrics.rounds.filter((r) => r.phase === 'stop').reduce((a, r) => a + r.pagesSent, 0),
+            pagesUnchanged: mem.unchanged,
+            pagesExtra: mem.extras.length,
+            metrics,
           };
-      };
-      const engine = new MigrationSource(mem, link, o.strategy, {
-        codec: codecChain(!o.codec || o.codec === 'auto' ? (o.strategy.codec ?? 'zero') : o.codec),
-        batchBytes: o.batchBytes ?? 1 << 20,
-        stateBytes: 0,
-        migrationId,
-        purpose: 'criu-images',
-        onRound: o.onRound,
-        onDecision: o.onDecision,
-        state: () => {
-          marks.pagesSent = performance.now();
-          const pids: [number, number][] = [];
-          for (const id of received!.tasks.keys()) {
-            const pid = mem.machinePid(id);
-            if (pid !== undefined) pids.push([id, pid]);
-          }
-          return encodeState({
-            container: info,
-            pids,
-            dump: received!,
-            extras: mem.extras,
-            imagesDir: join(srcDir, 'images'),
-            upperDir: join(srcDir, 'upper'),
-          });
-        },
-        // Post-copy: the pages criu restore copies itself (not left to the lazy-pages daemon) go before the switch.
-        beforeSwitchover: (pending) => eagerPagesOf(join(srcDir, 'images'), received!, mem, pending.size),
-        onSwitchover: (r) => {
-          marks.committed = performance.now();
-          switched(r);
-        },
-      });
-      const closeAll = () => {
-        o.signal?.removeEventListener('abort', onAbort);
-        link.close();
-        mem.close();
-      };
-      const running = engine.run();
-      running.catch(() => {}); // observed below (the race, or done); never an unhandled rejection
-      let metrics: RunMetrics | undefined;
-      try {
-        const first = await Promise.race([running, switchover]);
-        if ('resumedAt' in first) {
-          // Post-copy: the destination has the state and serves the pages; the push goes on while it restores.
-          if (!first.pageServer)
-            throw new Error(
-              'the destination agent switched over without a lazy page server (an older agent?)',
-            );
-          o.onPhase?.('restore');
-          if (!existsSync(join(commitDir, COMMITTED_FILES.done)))
-            throw new Error(`the destination agent switched over but ${commitDir} holds no checkpoint`);
-          const done = running.then(
-            (m) => {
-              finish(m);
-              closeAll();
-            },
-            (err: Error) => {
-              closeAll();
-              throw err;
-            },
-          );
-          done.catch(() => {}); // awaited by the runtime after the restore; not if the restore failed
-          return {
-            dir: join(commitDir, COMMITTED_FILES.checkpoint),
-            detail: null,
-            move: true,
-            lazy: true,
-            postcopy: {
-              migrationId,
-              pageServer: first.pageServer,
-              done,
-              abort: (err: Error) => link.abort(err),
-            },
-          };
+          if (metrics.postcopy)
+            postcopyReport = {
+              pages: metrics.rounds
+                .filter((r) => r.phase === 'postcopy')
+                .reduce((a, r) => a + r.pagesSent, 0),
+              faults: metrics.postcopy.faults,
+              faultLatencyMedianMs: ms(metrics.postcopy.faultLatencyMedian),
+              faultLatencyP99Ms: ms(metrics.postcopy.faultLatencyP99),
+              degradedMs: performance.now() - marks.running,
+            };
+          return metrics;
+        } finally {
+          o.signal?.removeEventListener('abort', onAbort);
+          link.close();
+          mem.close();
         }
-        metrics = first;
-      } catch (err) {
-        closeAll();
-        throw err;
-      }
-      finish(metrics);
-      closeAll();
-      o.onPhase?.('restore');
-      if (!existsSync(join(commitDir, COMMITTED_FILES.done)))
-        throw new Error(`the destination agent confirmed but ${commitDir} holds no committed migration`);
-      report!.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
-      const rebuilt = join(commitDir, COMMITTED_FILES.checkpoint);
-      return { dir: rebuilt, detail: null, move: true, lazy: restoreMode === 'lazy' };
-    });
-    const end = performance.now();
+      },
+    );
     o.onPhase?.('done');
-    if (postcopyReport) postcopyReport.degradedMs = end - moved.runningAt;
-    if (report!.stateBytes === 0 && existsSync(join(commitDir, COMMITTED_FILES.state)))
-      report!.stateBytes = statSync(join(commitDir, COMMITTED_FILES.state)).size;
     return {
       ...report!,
       postcopy: postcopyReport,
-      totalMs: end - t0,
-      downtimeMs: moved.runningAt - frozenAt,
-      restoreMs: moved.restoreMs,
-      lazyPages: moved.lazy?.lazyPages ?? null,
-      lazyMs: moved.lazy?.ms ?? null,
-      pid: moved.info.pid,
+      totalMs: performance.now() - t0,
+      downtimeMs: marks.running - frozenAt,
+      restoreMs: restored?.restoreMs ?? 0,
+      lazyPages: restored?.lazyPages ?? null,
+      lazyMs: restored?.lazyMs ?? null,
+      pid: restored?.pid ?? null,
     };
   } finally {
-    // A committed copy was consumed by the restore (or is useless after a failed one): the agent is done with it.
-    // An uncommitted one is the agent's to discard (its session may still be open: not touched from here).
-    if (existsSync(join(commitDir, COMMITTED_FILES.done))) await removeTree(commitDir).catch(() => {});
     if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
   }
 }

@@ -4,21 +4,24 @@
  * When the link dies during post-copy, the container has already run at B and cannot go back to A (A's copy is
  * older); it cannot run on at B either (pages are missing). `precog migrate` then freezes the copy at B, keeps the
  * source frozen at A with every page in its memory, and records the migration id in the source's directory
- * (NamespaceRuntime.migrate). B's agent keeps the post-copy (its lazy page server, page store and the requests
+ * (src/migrate/driver.ts). B's agent keeps the post-copy (its lazy page server, page store and the requests
  * that were waiting) until the lazy timeout (PRECOG_LAZY_TIMEOUT_MS, default 10 minutes).
  *
  * The resume connects to B's agent again over mutual TLS with a HELLO of purpose 'postcopy-resume'; B answers with
  * the migration's layout and the pages it still lacks, and asks again for the pages its waiting requests need.
  * The pages are read from the frozen source (/proc/PID/mem, the layout's own processes and addresses: frozen
- * since the dump, they hold exactly what was dumped), faulted ones first, then POSTCOPY_DONE; on B's DONE_ACK the
- * copy at B thaws, the lazy-pages daemon finishes copying the pages in, and only then is the source removed.
+ * since the dump, they hold exactly what was dumped), faulted ones first, then POSTCOPY_DONE. B's agent thaws its
+ * copy once the session is taken up and answers DONE_ACK when the lazy-pages daemon has copied every page in; only
+ * then is the source removed (src/migrate/driver.ts).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { BatchWriter } from '../codec/batch.ts';
 import { codecChain } from '../codec/index.ts';
 import type { DoneAck, HelloMessage, SwitchoverMessage } from '../engine/messages.ts';
 import { PAGE_SIZE, type Layout } from '../engine/types.ts';
-import { NamespaceRuntime, type ContainerInfo, type PostcopyPending } from '../runtime/container.ts';
+import type { ContainerInfo, PostcopyPending } from '../runtime/container.ts';
+import { makeRuntime } from '../runtime/index.ts';
+import { resumeMove } from './driver.ts';
 import { AGENT, PKI_DIR, readState } from '../runtime/testbed.ts';
 import { decodeFrame, FrameType, jsonFrame, parseJson, PROTOCOL_VERSION } from '../transport/frame.ts';
 import { loadIdentity } from '../transport/pki.ts';
@@ -34,6 +37,7 @@ export interface ResumeOptions {
   to: string;
   linkTimeoutMs?: number;
   batchBytes?: number;
+  runtime?: string;
 }
 
 export interface ResumeReport {
@@ -102,13 +106,11 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
   if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
   const dest = state.hosts.find((h) => h.name === o.to);
   if (!dest) throw new UsageError(`no test host ${o.to}`);
-  const rt = new NamespaceRuntime();
+  const rt = makeRuntime(o.runtime ?? 'precog');
   let pushMs = 0;
   let counts = { missing: 0, faulted: 0, bytes: 0 };
-  const done = await rt.resumePostcopy(
-    o.name,
-    o.from,
-    o.to,
+  const done = await resumeMove(
+    { rt, name: o.name, from: o.from, to: o.to },
     async (source: ContainerInfo, pending: PostcopyPending) => {
       const link = await connectTls(
         { host: dest.address, port: AGENT.port },
@@ -203,8 +205,8 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
     pagesFaulted: counts.faulted,
     bytesSent: counts.bytes,
     pushMs,
-    lazyMs: done.lazyMs,
+    lazyMs: done.result.restore?.lazyMs ?? 0,
     totalMs: performance.now() - t0,
-    pid: done.info.pid,
+    pid: done.result.restore?.pid ?? null,
   };
 }

@@ -5,6 +5,7 @@ export function cold(): Strategy {
   return {
     name: 'cold',
     spec: 'cold',
+    restore: 'full',
     decide: () => ({ stop: true, switchover: 'stop-and-copy', converged: null, reason: 'cold migration' }),
   };
 }
@@ -14,6 +15,7 @@ export function postcopy(): Strategy {
   return {
     name: 'postcopy',
     spec: 'postcopy',
+    switchover: 'postcopy',
     decide: () => ({ stop: true, switchover: 'postcopy', converged: null, reason: 'post-copy migration' }),
   };
 }
@@ -27,6 +29,7 @@ export function hybrid(opts: HybridOptions = { rounds: 1 }): Strategy {
   return {
     name: 'hybrid',
     spec: `hybrid:rounds=${opts.rounds}`,
+    switchover: 'postcopy',
     decide(input: DecisionInput): Decision {
       if (input.history.length < opts.rounds) return { stop: false };
       return {
@@ -48,6 +51,7 @@ export function predictedHybrid(base: Strategy): Strategy {
     ...base,
     name: 'hybrid',
     spec: `hybrid:rounds=auto${base.spec.replace(/^[a-z0-9]+/, '')}`,
+    switchover: 'postcopy',
     codec: base.codec,
     decide(input: DecisionInput): Decision {
       const d = base.decide(input);

@@ -18,6 +18,7 @@ export type {
   SelectorEnv,
   SelectorRound,
 } from './types.ts';
+export { isPostcopy } from './types.ts';
 
 const positiveNumber = (v: string, what: string): number => {
   const n = Number(v);

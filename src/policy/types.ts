@@ -64,7 +64,17 @@ export interface Strategy {
   selector?(env: SelectorEnv): PageSelector;
   /** The codec chain the strategy is meant with (e.g. xor-lz4 for mbdpc) when the user names none. */
   readonly codec?: string;
+  /**
+   * How the strategy hands over (absent: stop-and-copy): 'postcopy' resumes at the destination before every page
+   * is there (post-copy, hybrid), which needs a lazy restore and cannot fall back to the source once resumed.
+   */
+  readonly switchover?: Switchover;
+  /** The restore it is meant with when the user names none (cold: 'full', the classic dump/copy/restore). */
+  readonly restore?: 'lazy' | 'full';
 }
+
+/** Whether a strategy ends in a post-copy switchover. */
+export const isPostcopy = (s: Pick<Strategy, 'switchover'>): boolean => s.switchover === 'postcopy';
 
 /** The workload's future, as the emulator knows it (live runs do not). */
 export interface Lookahead {

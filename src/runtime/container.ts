@@ -32,7 +32,7 @@ import {
   renameSync,
   rmSync,
 } from 'node:fs';
-import { dirname, join, posix, resolve } from 'node:path';
+import { basename, dirname, join, posix, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { markLazy, type LazyMarkResult } from '../criu/lazy.ts';
 import { CriuRunner } from '../criu/runner.ts';
@@ -49,24 +49,25 @@ import {
   unlockNetwork,
   type ContainerNetwork,
 } from './svcnet.ts';
+import type { MovableRuntime, PostcopyPending } from './registry.ts';
+import { CHECKPOINTS_DIR, CONTAINERS_DIR, type Site } from './site.ts';
 import {
   cgroup2Root,
   HOSTS,
   isAlive,
+  machineSite,
   parseHost,
   parseServiceAddress,
   procStart,
   readState,
   REPO_DIR,
-  type HostState,
   type ProcRef,
-  type TestbedState,
   waitUntil,
 } from './testbed.ts';
 
 export const CONTAINER_STATE_SCHEMA = 'precog.container/v1';
 /** Where a host keeps its containers (a path inside the host). */
-export const CONTAINERS_DIR = '/var/lib/precog/containers';
+export { CHECKPOINTS_DIR, CONTAINERS_DIR };
 /** The container's stdout and stderr, a path inside the container (so inside its writable layer). */
 export const CONTAINER_LOG = '/var/log/container.log';
 /** Where the workloads of workloads/ are installed in every container (a path inside the container). */
@@ -187,29 +188,7 @@ export interface RestoreOptions {
   lazyPageServer?: { host: string; port: number };
 }
 
-/** What a post-copy transfer hands to migrate(): it is still pushing pages when the restore starts. */
-export interface PostcopyTransfer {
-  /** The migration's id at the destination agent (what `precog migrate --resume` names after a lost link). */
-  migrationId: string;
-  /** Where the destination serves the pages to `criu lazy-pages` (RestoreOptions.lazyPageServer). */
-  pageServer: { host: string; port: number };
-  /** Settles when every page has been pushed and the destination confirmed it has them all. */
-  done: Promise<unknown>;
-  /** Stops the push (the restore failed: the source will thaw). */
-  abort(err: Error): void;
-}
-
-/**
- * A post-copy interrupted after the switchover (its link lost): written as postcopy.json into the source
- * container's directory, where the source waits frozen with every page, for `precog migrate --resume`.
- */
-export interface PostcopyPending {
-  migrationId: string;
-  from: string;
-  to: string;
-  failedAt: string;
-  reason: string;
-}
+export type { PostcopyPending };
 
 export const POSTCOPY_PENDING_FILE = 'postcopy.json';
 
@@ -227,7 +206,7 @@ const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
  * Longest a lazy restore may take to copy every page in before it counts as failed (env PRECOG_LAZY_TIMEOUT_MS,
  * default 10 minutes).
  */
-const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000;
+export const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000;
 
 /**
  * Waits until the `criu lazy-pages` of a lazy restore whose work directory is WD has copied every page in (its exit
@@ -290,9 +269,10 @@ function tail(file: string, lines: number): string {
 export const INIT_SCRIPT = String.raw`set -eu
 dir=$1 rootfs=$2 name=$3
 shift 3
-# NSpid: the PID on the machine, in the host, in the container (the machine's /proc is still mounted here).
-while read -r key machine host rest; do
-	if [ "$key" = NSpid: ]; then echo "$machine $host" >"$dir/pids"; fi
+# NSpid: the PID as the launcher sees it, ..., in the host, in the container (the launcher's /proc is still
+# mounted here): the runtime takes the first and the next to last.
+while read -r key rest; do
+	if [ "$key" = NSpid: ]; then echo "$rest" >"$dir/pids"; fi
 done </proc/self/status
 # A container with its own network namespace waits here until precog has given it its address (svcnet.ts).
 if [ -e "$dir/net-wait" ]; then
@@ -361,7 +341,10 @@ if [ "$procs" != - ]; then
 	for f in $procs; do echo $$ >"$f"; done
 	IFS=$old_ifs
 fi
-exec nsenter -t "$hostpid" -n -p -- unshare --mount --propagation private --uts --ipc --pid $netns --fork -- \
+enter=
+# "-": the launcher is in the host's namespaces already (an agent inside the host).
+if [ "$hostpid" != - ]; then enter="nsenter -t $hostpid -n -p --"; fi
+exec $enter unshare --mount --propagation private --uts --ipc --pid $netns --fork -- \
 	/bin/sh "$init" "$@"
 `;
 
@@ -380,7 +363,9 @@ if [ "$procs" != - ]; then
 	for f in $procs; do echo $$ >"$f"; done
 	IFS=$old_ifs
 fi
-exec nsenter -t "$hostpid" -n -p -- unshare -m --propagation private /bin/sh "$script" "$@"
+enter=
+if [ "$hostpid" != - ]; then enter="nsenter -t $hostpid -n -p --"; fi
+exec $enter unshare -m --propagation private /bin/sh "$script" "$@"
 `;
 
 /**
@@ -509,9 +494,8 @@ function hasTool(name: string): boolean {
 }
 
 interface Located {
-  state: TestbedState;
-  host: HostState;
-  /** The container's directory on the machine. */
+  site: Site;
+  /** The container's directory, for this process. */
   dir: string;
 }
 
@@ -547,16 +531,16 @@ function cgroupPids(dir: string): number[] {
   }
 }
 
-/** Where a host keeps checkpoint work directories while CRIU dumps (a path inside the host). */
-export const CHECKPOINTS_DIR = '/var/lib/precog/checkpoints';
-
-/** The machine's PID of the process that is `hostPid` in a host, among the processes of a cgroup. */
+/**
+ * This process's PID of the process that is `hostPid` in its host, among the processes of a cgroup (the host's PID
+ * is the next to last of NSpid: the last is the PID inside the container's own PID namespace).
+ */
 function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undefined {
   for (const pid of cgroup ? cgroupPids(cgroup) : []) {
     try {
       const m = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
       const ns = m ? m[1].trim().split(/\s+/).map(Number) : [];
-      if (ns[1] === hostPid) {
+      if (ns.length >= 2 && ns[ns.length - 2] === hostPid) {
         const start = procStart(pid);
         if (start !== undefined) return { pid, start };
       }
@@ -568,7 +552,7 @@ function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undef
 }
 
 /** Containers made of namespaces, an overlay and cgroups, in the precog test hosts. */
-export class NamespaceRuntime implements ContainerRuntime {
+export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   readonly kind = 'namespaces';
   /** Lazy restores whose pages are still being copied in, by container name. */
   private readonly lazy = new Map<string, Promise<LazyResult>>();
@@ -595,74 +579,95 @@ export class NamespaceRuntime implements ContainerRuntime {
     return { lazyPages: mark.lazyPages, eagerPages: mark.eagerPages, ms };
   }
 
-  private testbed(): TestbedState {
+  /**
+   * `sites`: the hosts this runtime acts on. Default: the test hosts, seen from the machine (`precog run/ps/stop`);
+   * an agent passes the one host it runs in (localSite()).
+   */
+  constructor(private readonly sitesOf?: () => Site[]) {}
+
+  private sites(): Site[] {
+    if (this.sitesOf) return this.sitesOf();
     const s = readState();
     if (!s || !s.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
-    return s;
+    return s.hosts.filter((h) => isAlive(h.init)).map((h) => machineSite(s, h.name));
   }
 
-  private hostState(state: TestbedState, name: string): HostState {
-    const spec = parseHost(name);
-    const h = state.hosts.find((x) => x.name === spec.name);
-    if (!h || !isAlive(h.init))
+  /** The host NAME (a test host, or the one this runtime runs in). */
+  site(name: string): Site {
+    const all = this.sites();
+    const want = this.sitesOf ? name : parseHost(name).name;
+    const site = all.find((x) => x.name === want);
+    if (!site)
       throw new UsageError(
-        `test host ${spec.name} is not running; start the testbed with "precog testbed up"`,
+        this.sitesOf
+          ? `this runtime acts on host ${all.map((x) => x.name).join(', ')}, not ${name}`
+          : `test host ${want} is not running; start the testbed with "precog testbed up"`,
       );
-    return h;
+    return site;
   }
 
-  /** The container's directory on the machine for a host. */
-  static dirOn(host: HostState, name: string): string {
-    return join(host.dir, 'upper', CONTAINERS_DIR, name);
+  /** The container's directory on a host, for this process. */
+  static dirOn(site: Site, name: string): string {
+    return join(site.containersDir, name);
   }
 
-  private cgroupsFor(host: HostState, name: string): { v2: string | null; mem: string | null } {
-    const parent = host.cgroup ? dirname(host.cgroup) : null;
-    const v2 = parent ? join(parent, `${host.name}-${name}`) : null;
+  private cgroupsFor(site: Site, name: string): { v2: string | null; mem: string | null } {
+    const parent = site.cgroupParent;
+    const v2 = parent ? join(parent, `${site.name}-${name}`) : null;
     const kind = memoryController(parent);
     const mem =
       kind === 'v2'
         ? v2
         : kind === 'v1'
-          ? join(CGROUP_V1_MEMORY, 'precog-testbed', `${host.name}-${name}`)
+          ? join(CGROUP_V1_MEMORY, parent ? basename(parent) : 'precog', `${site.name}-${name}`)
           : null;
     return { v2, mem };
   }
 
-  private locate(name: string): Located | undefined {
-    const state = this.testbed();
-    for (const host of state.hosts) {
-      const at = this.locateOn(host, name, state);
+  private find(name: string): Located | undefined {
+    for (const site of this.sites()) {
+      const at = this.locateOn(site, name);
       if (at) return at;
     }
     return undefined;
   }
 
-  /** The container NAME on HOST (during a migration the name exists on both hosts: locate() finds the first). */
-  private locateOn(host: HostState, name: string, state = this.testbed()): Located | undefined {
-    const dir = NamespaceRuntime.dirOn(host, name);
-    return existsSync(join(dir, 'state.json')) ? { state, host, dir } : undefined;
+  /** The container NAME on a host (during a migration the name exists on both hosts: locate() finds the first). */
+  private locateOn(site: Site, name: string): Located | undefined {
+    const dir = NamespaceRuntime.dirOn(site, name);
+    return existsSync(join(dir, 'state.json')) ? { site, dir } : undefined;
   }
 
   private must(name: string): Located {
     validateName(name);
-    const at = this.locate(name);
+    const at = this.find(name);
     if (!at) throw new UsageError(`no container named "${name}"; "precog ps" lists them`);
     return at;
   }
 
+  /**
+   * The state file with the live status, and `machinePid` as this process sees the container's PID 1: found
+   * again each time from the container's cgroup (the file may have been written in another PID namespace: by the
+   * agent inside the host, or by the machine).
+   */
   private read(at: Located): ContainerInfo {
     const info = JSON.parse(readFileSync(join(at.dir, 'state.json'), 'utf8')) as ContainerInfo;
     if (info.status === 'stopped') return { ...info, pid: null, machinePid: null };
-    if (!isAlive(info.machinePid)) return { ...info, status: info.machinePid ? 'exited' : 'created' };
-    const v2 = this.cgroupsFor(at.host, info.name).v2;
+    const v2 = this.cgroupsFor(at.site, info.name).v2;
+    const ref =
+      v2 && info.pid !== null && existsSync(v2)
+        ? (findMachinePid(v2, info.pid) ?? null)
+        : isAlive(info.machinePid)
+          ? info.machinePid
+          : null;
+    if (!ref) return { ...info, machinePid: null, status: info.pid ? 'exited' : 'created' };
     let frozen = false;
     try {
       frozen = v2 !== null && readFileSync(join(v2, 'cgroup.events'), 'utf8').includes('frozen 1');
     } catch {
       // no cgroup2
     }
-    return { ...info, status: frozen ? 'frozen' : 'running' };
+    return { ...info, machinePid: ref, status: frozen ? 'frozen' : 'running' };
   }
 
   private write(at: Located, info: ContainerInfo): void {
@@ -677,13 +682,12 @@ export class NamespaceRuntime implements ContainerRuntime {
       throw new UsageError(
         'nothing to run: give a command after --, e.g. precog run --host a --name c -- sleep 60',
       );
-    const state = this.testbed();
-    const host = this.hostState(state, spec.host);
-    const existing = this.locate(spec.name);
+    const host = this.site(spec.host);
+    const existing = this.find(spec.name);
     if (existing) {
       const other = this.read(existing);
       throw new UsageError(
-        `a container named "${spec.name}" already exists on host ${existing.host.name} (${other.status}); ` +
+        `a container named "${spec.name}" already exists on host ${existing.site.name} (${other.status}); ` +
           `remove it with "precog stop ${spec.name}" or choose another name`,
       );
     }
@@ -695,7 +699,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         throw new UsageError(
           `address ${address} is taken by container ${holder.name} on host ${holder.host}; choose another --ip`,
         );
-      network = serviceNetworkFor(state, address);
+      network = serviceNetworkFor(host, address);
     }
     const dir = NamespaceRuntime.dirOn(host, spec.name);
     await removeTree(dir);
@@ -747,7 +751,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       cgroups: [...new Set([cg.v2, memoryBytes !== null ? cg.mem : null].filter((c): c is string => !!c))],
       network,
     };
-    const at: Located = { state, host, dir };
+    const at: Located = { site: host, dir };
     this.write(at, info);
 
     const command = spec.env
@@ -764,12 +768,12 @@ export class NamespaceRuntime implements ContainerRuntime {
           '-c',
           LAUNCH_SCRIPT,
           'precog-launch',
-          String(host.init!.pid),
+          host.nsPid !== null ? String(host.nsPid) : '-',
           procs.length > 0 ? procs.join(':') : '-',
           join(dir, 'init.sh'),
           network ? 'net' : '-',
           dir,
-          state.rootfs,
+          host.rootfs,
           spec.name,
           ...command,
         ],
@@ -818,20 +822,24 @@ export class NamespaceRuntime implements ContainerRuntime {
       throw new Error(`container ${spec.name} did not start${why ? `: ${why}` : ''}`);
     }
     info.machinePid = { pid: pids[0], start: ref };
-    info.pid = pids[1];
+    info.pid = pids[pids.length - 2];
     info.status = 'running';
     this.write(at, info);
     return this.read(at);
   }
 
   async list(hostName?: string): Promise<ContainerInfo[]> {
-    const state = readState();
-    if (!state) return [];
-    const only = hostName ? parseHost(hostName).name : undefined;
+    let sites: Site[];
+    try {
+      sites = this.sites();
+    } catch {
+      return []; // no testbed
+    }
+    const only = hostName ? (this.sitesOf ? hostName : parseHost(hostName).name) : undefined;
     const out: ContainerInfo[] = [];
-    for (const host of state.hosts) {
+    for (const host of sites) {
       if (only && host.name !== only) continue;
-      const base = join(host.dir, 'upper', CONTAINERS_DIR);
+      const base = host.containersDir;
       let names: string[] = [];
       try {
         names = readdirSync(base).sort();
@@ -842,7 +850,7 @@ export class NamespaceRuntime implements ContainerRuntime {
         const dir = join(base, name);
         if (!existsSync(join(dir, 'state.json'))) continue;
         try {
-          out.push(this.read({ state, host, dir }));
+          out.push(this.read({ site: host, dir }));
         } catch {
           // a state file being written: skip it this time
         }
@@ -853,14 +861,14 @@ export class NamespaceRuntime implements ContainerRuntime {
 
   async inspect(name: string): Promise<ContainerInfo | undefined> {
     validateName(name);
-    const at = this.locate(name);
+    const at = this.find(name);
     return at ? this.read(at) : undefined;
   }
 
   async stop(name: string, opts: StopOptions = {}): Promise<ContainerInfo> {
     const at = this.must(name);
     const info = this.read(at);
-    const cg = this.cgroupsFor(at.host, name);
+    const cg = this.cgroupsFor(at.site, name);
     // A frozen container cannot act on SIGTERM: thaw it first.
     if (cg.v2 && existsSync(join(cg.v2, 'cgroup.freeze'))) writeFileSync(join(cg.v2, 'cgroup.freeze'), '0');
     if (isAlive(info.machinePid)) {
@@ -879,7 +887,7 @@ export class NamespaceRuntime implements ContainerRuntime {
 
   /** Kills every process of the container (its cgroups and its PID 1), removes the cgroups and the layer. */
   private async cleanup(at: Located, info: ContainerInfo, keepLayer = false): Promise<void> {
-    const cg = this.cgroupsFor(at.host, info.name);
+    const cg = this.cgroupsFor(at.site, info.name);
     if (cg.v2 && existsSync(join(cg.v2, 'cgroup.kill')) && cgroupPids(cg.v2).length > 0)
       writeFileSync(join(cg.v2, 'cgroup.kill'), '1');
     for (const dir of [cg.v2, cg.mem])
@@ -898,7 +906,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       }
     }
     await waitUntil(() => !isAlive(info.machinePid), 3000);
-    if (info.network) await removeHostLink(at.host, info.network);
+    if (info.network) await removeHostLink(at.site, info.network);
     for (const dir of [cg.v2, cg.mem]) {
       if (!dir) continue;
       await waitUntil(() => cgroupPids(dir).length === 0, 3000);
@@ -930,7 +938,7 @@ export class NamespaceRuntime implements ContainerRuntime {
 
   private async setFrozen(name: string, frozen: boolean, located?: Located): Promise<void> {
     const at = located ?? this.must(name);
-    const v2 = this.cgroupsFor(at.host, name).v2;
+    const v2 = this.cgroupsFor(at.site, name).v2;
     if (!v2 || !existsSync(join(v2, 'cgroup.freeze')))
       throw new Error(`container ${name} has no cgroup2 directory to freeze`);
     writeFileSync(join(v2, 'cgroup.freeze'), frozen ? '1' : '0');
@@ -945,8 +953,12 @@ export class NamespaceRuntime implements ContainerRuntime {
    * gets images/, upper/, state.json, checkpoint.json and dump.log. If the dump fails, the container is thawed and
    * keeps running; the CriuError carries CRIU's error lines.
    */
-  async checkpoint(name: string, outDir: string, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
-    const at = this.must(name);
+  async checkpoint(
+    name: string,
+    outDir: string,
+    opts: CheckpointOptions & { host?: string } = {},
+  ): Promise<CheckpointResult> {
+    const at = opts.host === undefined ? this.must(name) : this.mustOn(name, opts.host);
     const info = this.read(at);
     if (info.status !== 'running' || info.pid === null)
       throw new UsageError(
@@ -957,11 +969,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       throw new UsageError(`${out} exists and is not empty; give a new directory to --out`);
     mkdirSync(out, { recursive: true });
     const id = `${name}-${Date.now()}`;
-    const criu = new CriuRunner({
-      host: at.host.name,
-      dir: posix.join(CHECKPOINTS_DIR, id),
-      state: at.state,
-    });
+    const criu = new CriuRunner({ site: at.site, dir: posix.join(CHECKPOINTS_DIR, id) });
     const t0 = performance.now();
     criu.prepare();
     // CRIU stops the tasks itself (ptrace); a container frozen by cgroup2 beforehand never runs CRIU's parasite
@@ -971,10 +979,10 @@ export class NamespaceRuntime implements ContainerRuntime {
     writeFileSync(criu.onMachine(hook), POST_DUMP_SCRIPT, { mode: 0o755 });
     const dumpedFile = criu.onMachine(criu.path('dumped'));
     const goFile = criu.onMachine(criu.path('go'));
-    const v2 = this.cgroupsFor(at.host, name).v2;
+    const v2 = this.cgroupsFor(at.site, name).v2;
     // A move locks the container's network first, and keeps it locked after the dump (svcnet.ts, lockNetwork).
     const locked = !!(opts.keepFrozen && info.network);
-    if (locked) await lockNetwork(at.host, info.network!);
+    if (locked) await lockNetwork(at.site, info.network!);
     let settled = false;
     const dumping = criu
       .dump({
@@ -1010,16 +1018,16 @@ export class NamespaceRuntime implements ContainerRuntime {
       // Renamed from the host's writable layer (the host's own view of it is another mount, so a rename through
       // it would be a copy: seconds per GiB of a full dump); copied when that fails.
       moveTree(
-        [join(at.host.dir, 'upper', criu.path('images')), criu.onMachine(criu.path('images'))],
+        [at.site.fsPath(criu.path('images')), criu.onMachine(criu.path('images'))],
         join(out, 'images'),
         'moving the images',
       );
       copyTree(criu.onMachine(criu.path('dump.log')), join(out, 'dump.log'), 'copying the dump log');
       writeFileSync(join(out, 'state.json'), JSON.stringify(info, null, 2) + '\n');
-      if (froze) await this.freeze(name);
+      if (froze) await this.setFrozen(name, true, at);
     } catch (err) {
-      if (froze) await this.thaw(name).catch(() => {});
-      if (locked) await unlockNetwork(at.host, info.network!).catch(() => {});
+      if (froze) await this.setFrozen(name, false, at).catch(() => {});
+      if (locked) await unlockNetwork(at.site, info.network!).catch(() => {});
       await removeTree(criu.onMachine(criu.dir)).catch(() => {});
       throw copyError ?? err;
     }
@@ -1029,7 +1037,7 @@ export class NamespaceRuntime implements ContainerRuntime {
     const result: CheckpointResult = {
       dir: out,
       name,
-      host: at.host.name,
+      host: at.site.name,
       frozenMs,
       dumpMs,
       imageBytes: duBytes(join(out, 'images')),
@@ -1039,11 +1047,11 @@ export class NamespaceRuntime implements ContainerRuntime {
       schema: CHECKPOINT_SCHEMA,
       created: new Date().toISOString(),
       container: name,
-      host: at.host.name,
+      host: at.site.name,
       pid: info.pid,
       command: info.command,
       memoryBytes: info.memoryBytes,
-      rootfs: at.state.rootfs,
+      rootfs: at.site.rootfs,
       dumpMs,
       frozenMs,
       imageBytes: result.imageBytes,
@@ -1071,12 +1079,11 @@ export class NamespaceRuntime implements ContainerRuntime {
       if (!existsSync(join(src, part)))
         throw new UsageError(`${src} is not a precog checkpoint (no ${part}/)`);
     const name = validateName(opts.name ?? saved.name);
-    const state = this.testbed();
-    const host = this.hostState(state, hostName);
-    const existing = this.locate(name);
-    if (existing && existing.host.name !== opts.replacingOn) {
+    const host = this.site(hostName);
+    const existing = this.find(name);
+    if (existing && existing.site.name !== opts.replacingOn) {
       throw new UsageError(
-        `a container named "${name}" already exists on host ${existing.host.name} (${this.read(existing).status}); ` +
+        `a container named "${name}" already exists on host ${existing.site.name} (${this.read(existing).status}); ` +
           `stop it or restore with --name NEW`,
       );
     }
@@ -1112,7 +1119,7 @@ export class NamespaceRuntime implements ContainerRuntime {
       dir: join(CONTAINERS_DIR, name),
       cgroups: [...new Set([cg.v2, memoryBytes !== null ? cg.mem : null].filter((c): c is string => !!c))],
     };
-    const at: Located = { state, host, dir: cdir };
+    const at: Located = { site: host, dir: cdir };
     this.write(at, info);
     try {
       const take = (from: string, to: string, what: string) => {
@@ -1162,10 +1169,10 @@ export class NamespaceRuntime implements ContainerRuntime {
           (ps ? `PRECOG_LAZY_PS=${q(`${ps.host}:${ps.port}`)}\nexport PRECOG_LAZY_PS\n` : '') +
           `exec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
           [
-            String(host.init!.pid),
+            host.nsPid !== null ? String(host.nsPid) : '-',
             procs.length ? procs.join(':') : '-',
             join(wd, 'restore-root.sh'),
-            state.rootfs,
+            host.rootfs,
             join(cdir, 'upper'),
             join(cdir, 'work'),
             join(cdir, 'root'),
@@ -1244,176 +1251,66 @@ export class NamespaceRuntime implements ContainerRuntime {
     }
   }
 
-  /**
-   * Moves a container to another host. `transfer` gets the container (running) and a `checkpoint` that freezes it
-   * and dumps it (CRIU's pages going wherever its options say), and returns a checkpoint directory as the
-   * destination rebuilt it. The container is restored from that directory in host `to`, and only then is the
-   * source removed. Any failure before the restore has succeeded thaws the source, which keeps running.
-   */
-  async migrate<T>(
-    name: string,
-    to: string,
-    transfer: (
-      info: ContainerInfo,
-      checkpoint: (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>,
-    ) => Promise<{ dir: string; detail: T; move?: boolean; lazy?: boolean; postcopy?: PostcopyTransfer }>,
-  ): Promise<{
-    info: ContainerInfo;
-    restoreMs: number;
-    /** performance.now() when the container ran at the destination. */
-    runningAt: number;
-    detail: T;
-    lazy: LazyResult | null;
-  }> {
-    const at = this.must(name);
-    const info = this.read(at);
-    const dest = this.hostState(at.state, to);
-    if (dest.name === at.host.name) throw new UsageError(`${name} is already on host ${dest.name}`);
-    if (info.status !== 'running')
-      throw new UsageError(`container ${name} is ${info.status}; only a running container can be migrated`);
-    let result: { dir: string; detail: T; move?: boolean; lazy?: boolean; postcopy?: PostcopyTransfer };
-    /** Post-copy: once the restored copy has run, the source is no longer a consistent fallback. */
-    let resumedThere = false;
-    let restored: ContainerInfo;
-    let restoreMs = 0;
-    let runningAt = 0;
-    let lazy: LazyResult | null = null;
+  freeze(name: string, host?: string): Promise<void> {
+    return this.setFrozen(name, true, host === undefined ? undefined : this.mustOn(name, host));
+  }
+
+  thaw(name: string, host?: string): Promise<void> {
+    return this.setFrozen(name, false, host === undefined ? undefined : this.mustOn(name, host));
+  }
+
+  /** The container NAME on HOST; a UsageError naming the containers there when there is none. */
+  private mustOn(name: string, host: string): Located {
+    validateName(name);
+    const site = this.site(host);
+    const at = this.locateOn(site, name);
+    if (at) return at;
+    let there: string[] = [];
     try {
-      result = await transfer(info, (dir, opts = {}) =>
-        this.checkpoint(name, dir, { ...opts, keepFrozen: true }),
+      there = readdirSync(site.containersDir).filter((n) =>
+        existsSync(join(site.containersDir, n, 'state.json')),
       );
-      const t1 = performance.now();
-      try {
-        restored = await this.restore(result.dir, dest.name, {
-          replacingOn: at.host.name,
-          move: result.move,
-          lazy: result.lazy,
-          ...(result.postcopy ? { lazyPageServer: result.postcopy.pageServer } : {}),
-        });
-      } catch (err) {
-        // restore() removed what it made; the source thaws below (post-copy: the push stops first).
-        result.postcopy?.abort(err as Error);
-        throw Object.assign(
-          new Error(`${(err as Error).message}\nthe source keeps running on ${at.host.name}`, { cause: err }),
-          { exitCode: (err as { exitCode?: number }).exitCode },
-        );
-      }
-      runningAt = performance.now();
-      restoreMs = runningAt - t1;
-      if (result.postcopy) {
-        resumedThere = true;
-        try {
-          // Every page pushed and acknowledged, and the daemon done copying them in.
-          const pushed = result.postcopy.done;
-          const [lz] = await Promise.all([this.lazyDone(restored.name), pushed]);
-          lazy = (lz as LazyResult | undefined) ?? null;
-        } catch (err) {
-          // The restored copy ran and cannot get its missing pages: it stops here (frozen, not killed), and the
-          // source stays frozen with every page; neither may run on by itself.
-          const there = this.locateOn(dest, restored.name, at.state);
-          if (there) await this.setFrozen(restored.name, true, there).catch(() => {});
-          const pending: PostcopyPending = {
-            migrationId: result.postcopy.migrationId,
-            from: at.host.name,
-            to: dest.name,
-            failedAt: new Date().toISOString(),
-            reason: (err as Error).message,
-          };
-          writeFileSync(join(at.dir, POSTCOPY_PENDING_FILE), JSON.stringify(pending, null, 2) + '\n');
-          throw Object.assign(
-            new Error(
-              `post-copy failed after the container resumed on ${dest.name}: ${(err as Error).message}\n` +
-                `the container cannot continue anywhere: the copy on ${dest.name} is frozen (pages are missing), ` +
-                `the source on ${at.host.name} stays frozen with every page in its memory\n` +
-                `once the link is back, take it up again within the lazy timeout (${lazyTimeoutMs() / 60_000} min) with: ` +
-                `precog migrate ${name} --from ${at.host.name} --to ${dest.name} --resume`,
-              { cause: err },
-            ),
-            { exitCode: 1 },
-          );
-        } finally {
-          this.lazyCancel.get(restored.name)?.();
-          this.lazyCancel.delete(restored.name);
-          this.lazy.delete(restored.name);
-        }
-        await this.cleanup(at, this.read(at));
-        return { info: restored, restoreMs, runningAt, detail: result.detail, lazy };
-      }
-      const pending = this.lazyDone(restored.name);
-      if (pending) {
-        // The restored container runs, but depends on the images until every page is in: the source stays
-        // (frozen) until then, and takes over again if the copying fails.
-        try {
-          lazy = await pending;
-        } catch (err) {
-          const there = this.locateOn(dest, restored.name, at.state);
-          if (there) await this.cleanup(there, this.read(there)).catch(() => {});
-          throw new Error(
-            `${(err as Error).message}\nthe restored copy on ${dest.name} is removed; ` +
-              `the source keeps running on ${at.host.name}`,
-            { cause: err },
-          );
-        } finally {
-          this.lazy.delete(restored.name);
-        }
-      }
-    } catch (err) {
-      if (!resumedThere && this.read(at).status === 'frozen') {
-        await this.setFrozen(name, false, at);
-        // Its address answers from here again (the network was locked for the move).
-        if (info.network) await unlockNetwork(at.host, info.network).catch(() => {});
-      }
-      throw err;
+    } catch {
+      // none
     }
-    await this.cleanup(at, this.read(at));
-    return { info: restored, restoreMs, runningAt, detail: result.detail, lazy };
+    throw new UsageError(
+      `no container named "${name}" on host ${site.name}; there: ${there.length ? there.join(', ') : 'none'}`,
+    );
   }
 
-  /**
-   * Takes up a post-copy interrupted after the switchover (`precog migrate --resume`, src/migrate/resume.ts): the
-   * source waits frozen on `from` with its postcopy.json, the copy on `to` waits frozen. `push` sends the
-   * destination every page it still lacks (from the frozen source); then the copy thaws, the lazy-pages daemon
-   * copies the pages in, and only then is the source removed. If anything fails both stay frozen, as before.
-   */
-  async resumePostcopy<T>(
-    name: string,
-    from: string,
-    to: string,
-    push: (source: ContainerInfo, pending: PostcopyPending) => Promise<T>,
-  ): Promise<{ info: ContainerInfo; detail: T; lazyMs: number; pending: PostcopyPending }> {
-    const state = this.testbed();
-    const src = this.locateOn(this.hostState(state, from), name, state);
-    const file = src ? join(src.dir, POSTCOPY_PENDING_FILE) : '';
-    if (!src || !existsSync(file))
-      throw new UsageError(
-        `container ${name} on host ${from} has no interrupted post-copy to take up (--resume continues a post-copy ` +
-          `whose link was lost after the container resumed at the destination)`,
-      );
-    const pending = JSON.parse(readFileSync(file, 'utf8')) as PostcopyPending;
-    if (pending.to !== to)
-      throw new UsageError(`the interrupted post-copy of ${name} went to host ${pending.to}, not ${to}`);
-    const there = this.locateOn(this.hostState(state, to), name, state);
-    if (!there)
-      throw new Error(
-        `the copy of ${name} on host ${to} is gone, so the post-copy cannot be taken up; the source on ${from} is ` +
-          `still frozen with its state as dumped (thawing it loses what the copy did after the switchover)`,
-      );
-    const source = this.read(src);
-    const detail = await push(source, pending);
-    // Every page is at the destination: the copy runs on, its daemon copies the rest in.
-    const t0 = performance.now();
-    await this.setFrozen(name, false, there);
-    const lazyMs = await lazyFinished(join(there.dir, 'checkpoint'), t0);
-    await this.cleanup(src, source);
-    return { info: this.read(there), detail, lazyMs, pending };
+  async locate(name: string, host: string): Promise<ContainerInfo> {
+    return this.read(this.mustOn(name, host));
   }
 
-  freeze(name: string): Promise<void> {
-    return this.setFrozen(name, true);
+  async resumeSource(name: string, host: string): Promise<void> {
+    const at = this.mustOn(name, host);
+    const info = this.read(at);
+    if (info.status === 'frozen') await this.setFrozen(name, false, at);
+    // Its address answers from here again (the network was locked for the move).
+    if (info.network) await unlockNetwork(at.site, info.network).catch(() => {});
   }
 
-  thaw(name: string): Promise<void> {
-    return this.setFrozen(name, false);
+  async remove(name: string, host: string): Promise<void> {
+    const at = this.locateOn(this.site(host), name);
+    if (at) await this.cleanup(at, this.read(at));
+  }
+
+  forgetLazy(name: string): void {
+    this.lazyCancel.get(name)?.();
+    this.lazyCancel.delete(name);
+    this.lazy.delete(name);
+  }
+
+  async setPostcopyPending(name: string, host: string, pending: PostcopyPending | null): Promise<void> {
+    const file = join(this.mustOn(name, host).dir, POSTCOPY_PENDING_FILE);
+    if (pending) writeFileSync(file, JSON.stringify(pending, null, 2) + '\n');
+    else rmSync(file, { force: true });
+  }
+
+  async postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined> {
+    const at = this.locateOn(this.site(host), name);
+    if (!at || !existsSync(join(at.dir, POSTCOPY_PENDING_FILE))) return undefined;
+    return JSON.parse(readFileSync(join(at.dir, POSTCOPY_PENDING_FILE), 'utf8')) as PostcopyPending;
   }
 }
 

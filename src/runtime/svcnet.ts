@@ -9,7 +9,11 @@
  * Every function here runs `ip`/`nsenter` on this machine against namespaces precog made; nothing else is touched.
  */
 import { mustRun, runTool } from './rootfs.ts';
-import { serviceHostIface, type HostState, type TestbedState } from './testbed.ts';
+import { ipIn, type Site } from './site.ts';
+import { serviceHostIface } from './testbed.ts';
+
+/** The host a container's network is set up in. */
+type NetSite = Pick<Site, 'netns' | 'nsPid'>;
 
 /** What a container's state records about its network (null or absent: the host's network namespace). */
 export interface ContainerNetwork {
@@ -25,17 +29,18 @@ export interface ContainerNetwork {
 
 export const CONTAINER_IFACE = 'eth0';
 
-export function serviceNetworkFor(state: TestbedState, address: string): ContainerNetwork {
-  if (!state.service)
+export function serviceNetworkFor(site: Pick<Site, 'serviceNet'>, address: string): ContainerNetwork {
+  const service = site.serviceNet;
+  if (!service)
     throw new Error(
       'this testbed has no service network (it was started by an older precog); run "precog testbed down", then "up"',
     );
   return {
     address,
-    prefixLength: state.service.prefixLength,
+    prefixLength: service.prefixLength,
     iface: CONTAINER_IFACE,
     hostIface: serviceHostIface(address),
-    hostBridge: state.service.hostBridge,
+    hostBridge: service.hostBridge,
   };
 }
 
@@ -43,26 +48,23 @@ export function serviceNetworkFor(state: TestbedState, address: string): Contain
  * Gives a container (its process `machinePid`, already in a network namespace of its own) its veth pair and address,
  * and plugs the outer end into the host's bridge.
  */
-export async function attachNetwork(
-  host: HostState,
-  machinePid: number,
-  net: ContainerNetwork,
-): Promise<void> {
+export async function attachNetwork(host: NetSite, machinePid: number, net: ContainerNetwork): Promise<void> {
   const inside = ['nsenter', `--net=/proc/${machinePid}/ns/net`];
-  await mustRun('ip', [
-    '-n',
-    host.netns,
-    'link',
-    'add',
-    net.hostIface,
-    'type',
-    'veth',
-    'peer',
-    'name',
-    net.iface,
-    'netns',
-    String(machinePid),
-  ]);
+  await mustRun(
+    'ip',
+    ipIn(host, [
+      'link',
+      'add',
+      net.hostIface,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      net.iface,
+      'netns',
+      String(machinePid),
+    ]),
+  );
   await mustRun(inside[0], [...inside.slice(1), 'ip', 'link', 'set', 'lo', 'up']);
   await mustRun(inside[0], [
     ...inside.slice(1),
@@ -74,7 +76,7 @@ export async function attachNetwork(
     net.iface,
   ]);
   await mustRun(inside[0], [...inside.slice(1), 'ip', 'link', 'set', net.iface, 'up']);
-  await mustRun('ip', ['-n', host.netns, 'link', 'set', net.hostIface, 'master', net.hostBridge, 'up']);
+  await mustRun('ip', ipIn(host, ['link', 'set', net.hostIface, 'master', net.hostBridge, 'up']));
 }
 
 /**
@@ -85,12 +87,12 @@ export async function attachNetwork(
  * lifted when a dump with -R ends, and the source's kernel must not answer (ACK) a client while the destination
  * restores the same connections.
  */
-export async function lockNetwork(host: HostState, net: ContainerNetwork): Promise<void> {
-  await mustRun('ip', ['-n', host.netns, 'link', 'set', net.hostIface, 'nomaster']);
+export async function lockNetwork(host: NetSite, net: ContainerNetwork): Promise<void> {
+  await mustRun('ip', ipIn(host, ['link', 'set', net.hostIface, 'nomaster']));
 }
 
-export async function unlockNetwork(host: HostState, net: ContainerNetwork): Promise<void> {
-  await mustRun('ip', ['-n', host.netns, 'link', 'set', net.hostIface, 'master', net.hostBridge, 'up']);
+export async function unlockNetwork(host: NetSite, net: ContainerNetwork): Promise<void> {
+  await mustRun('ip', ipIn(host, ['link', 'set', net.hostIface, 'master', net.hostBridge, 'up']));
 }
 
 /**
@@ -99,8 +101,8 @@ export async function unlockNetwork(host: HostState, net: ContainerNetwork): Pro
  * locked link for minutes, and they keep the namespace, its veth and the name vcN alive. Called when a container
  * is removed, and before its address is set up on a host (a leftover of a crash). No error if there is none.
  */
-export async function removeHostLink(host: HostState, net: ContainerNetwork): Promise<void> {
-  await runTool('ip', ['-n', host.netns, 'link', 'del', net.hostIface]);
+export async function removeHostLink(host: NetSite, net: ContainerNetwork): Promise<void> {
+  await runTool('ip', ipIn(host, ['link', 'del', net.hostIface]));
 }
 
 /** CRIU's options for a container with its own network: established TCP connections, and where the veth goes. */
@@ -117,16 +119,13 @@ export const restoreNetworkArgs = (net: ContainerNetwork | null | undefined): st
  * namespace with the host's root.
  */
 export async function announceNetwork(
-  host: HostState,
+  host: NetSite,
   machinePid: number,
   net: ContainerNetwork,
 ): Promise<void> {
-  await mustRun('ip', ['-n', host.netns, 'link', 'set', net.hostIface, 'master', net.hostBridge, 'up']);
+  await mustRun('ip', ipIn(host, ['link', 'set', net.hostIface, 'master', net.hostBridge, 'up']));
   await mustRun('nsenter', [
-    '-t',
-    String(host.init!.pid),
-    '-m',
-    '-r',
+    ...(host.nsPid !== null ? ['-t', String(host.nsPid), '-m', '-r'] : []),
     `--net=/proc/${machinePid}/ns/net`,
     'arping',
     '-U',

@@ -29,10 +29,11 @@ import {
   writeSync,
 } from 'node:fs';
 import { constants } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initPki, issueCert } from '../transport/pki.ts';
 import { UsageError } from '../util/errors.ts';
+import { CONTAINERS_DIR, HOST_DATA_DIR, type Site } from './site.ts';
 import { formatBandwidth, parseBandwidth } from '../util/units.ts';
 import {
   ensureRootfs,
@@ -1112,4 +1113,39 @@ export async function testbedExec(
       resolvePromise(code ?? 128 + (sig ? (constants.signals[sig] ?? 0) : 0));
     });
   });
+}
+
+/**
+ * A path inside a test host -> the same file on the machine: the host's data directory (HOST_DATA_DIR, a real
+ * directory bind-mounted into the host) or its overlay's writable layer.
+ */
+export function hostPath(h: HostState, ...inHost: string[]): string {
+  const path = posix.join(...inHost);
+  const rel = posix.relative(HOST_DATA_DIR, path);
+  if (rel === '' || (!rel.startsWith('..') && !posix.isAbsolute(rel))) return join(h.dir, 'data', rel);
+  return join(h.dir, 'upper', path);
+}
+
+/** A test host as the machine sees it: the runtime's Site for `precog run/ps/stop/checkpoint` of the testbed. */
+export function machineSite(state: TestbedState, hostName: string): Site {
+  const h = state.hosts.find((x) => x.name === parseHost(hostName).name);
+  if (!h || !isAlive(h.init))
+    throw new UsageError(`test host ${hostName} is not running; start the testbed with "precog testbed up"`);
+  return {
+    name: h.name,
+    containersDir: hostPath(h, CONTAINERS_DIR),
+    rootfs: state.rootfs,
+    nsPid: h.init.pid,
+    netns: h.netns,
+    cgroupParent: h.cgroup ? dirname(h.cgroup) : null,
+    serviceNet: state.service
+      ? { prefixLength: state.service.prefixLength, hostBridge: state.service.hostBridge }
+      : null,
+    local: false,
+    command: (argv) => hostCommand(state, h.name, argv),
+    // Through the host's own mount tree: right for every path (its tmpfs /tmp and /run too). hostPath() is the
+    // same file by the machine's mounts, where a rename must not cross mounts.
+    path: (p) => join(`/proc/${h.init!.pid}/root`, p),
+    fsPath: (p) => hostPath(h, p),
+  };
 }

@@ -1,0 +1,11 @@
+/** The runtimes precog ships, registered by name (src/runtime/registry.ts). Import this to have them. */
+import { NamespaceRuntime } from './container.ts';
+import { registerRuntime } from './registry.ts';
+
+registerRuntime(
+  'precog',
+  "precog's own containers (precog run): namespaces, an overlay root and cgroups, checkpointed with CRIU",
+  (site) => new NamespaceRuntime(site ? () => [site] : undefined),
+);
+
+export { makeRuntime, runtimeNames, type MovableRuntime } from './registry.ts';

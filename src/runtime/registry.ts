@@ -1,0 +1,83 @@
+/**
+ * Container runtimes by name, the way strategies are: what `precog migrate --runtime NAME` and an agent restoring a
+ * container look up. A runtime is one file that implements MovableRuntime and one registration line here.
+ */
+import { UsageError } from '../util/errors.ts';
+import type { CheckpointOptions, CheckpointResult, ContainerInfo, LazyResult } from './container.ts';
+import type { Site } from './site.ts';
+
+/** A post-copy interrupted after the switchover, as the source records it (for `precog migrate --resume`). */
+export interface PostcopyPending {
+  migrationId: string;
+  from: string;
+  to: string;
+  failedAt: string;
+  reason: string;
+}
+
+export interface MoveRestoreOptions {
+  /** Let the page files be renamed into the container instead of copied (the directory is the agent's own). */
+  move?: boolean;
+  /** `criu restore --lazy-pages`: pages copied in by `criu lazy-pages` (from the images, or from pageServer). */
+  lazy?: boolean;
+  /** Post-copy: the page server `criu lazy-pages` asks for the pages (the agent's own, on its loopback). */
+  lazyPageServer?: { host: string; port: number };
+}
+
+/**
+ * What a container move needs of a runtime. At the source: locate, dump (freeze and checkpoint, left frozen),
+ * thaw on failure, remove on success. At the destination: restore (lazy or full), watch a lazy restore, remove or
+ * freeze a copy that must not run on. Every method names the host it acts on, since during a move the container
+ * exists on both.
+ */
+export interface MovableRuntime {
+  readonly kind: string;
+  /** The container NAME on HOST, with its status; a UsageError naming the containers there when it is not there. */
+  locate(name: string, host: string): Promise<ContainerInfo>;
+  /**
+   * Freezes and dumps the container into DIR (images/, upper/ = its writable layer, state.json): memory and files
+   * from the same instant. With keepFrozen it stays frozen afterwards, its network locked.
+   */
+  checkpoint(
+    name: string,
+    dir: string,
+    opts?: CheckpointOptions & { host?: string },
+  ): Promise<CheckpointResult>;
+  /** A failed move: the source thaws and takes its network back. */
+  resumeSource(name: string, host: string): Promise<void>;
+  freeze(name: string, host?: string): Promise<void>;
+  thaw(name: string, host?: string): Promise<void>;
+  /** Kills and removes the container on HOST (no grace period: it is a copy that moved, or a failed restore). */
+  remove(name: string, host: string): Promise<void>;
+  /** Restores the checkpoint in DIR as a container on HOST; on failure nothing of it is left there. */
+  restore(dir: string, host: string, opts?: MoveRestoreOptions): Promise<ContainerInfo>;
+  /** After a lazy restore: resolves once every page is in, rejects with the daemon's error; undefined otherwise. */
+  lazyDone(name: string): Promise<LazyResult> | undefined;
+  /** Stops waiting for a lazy restore (its move failed otherwise). */
+  forgetLazy(name: string): void;
+  /** The source's record of a post-copy interrupted after the switchover (null: remove it). */
+  setPostcopyPending(name: string, host: string, pending: PostcopyPending | null): Promise<void>;
+  postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined>;
+}
+
+/** Makes a runtime: for the host this process runs in (`site`, an agent), or for the test hosts seen from outside. */
+export type RuntimeFactory = (site?: Site) => MovableRuntime;
+
+const runtimes = new Map<string, { factory: RuntimeFactory; describe: string }>();
+
+export function registerRuntime(name: string, describe: string, factory: RuntimeFactory): void {
+  runtimes.set(name, { factory, describe });
+}
+
+/** The registered runtimes, for help texts and errors. */
+export function runtimeNames(): string[] {
+  return [...runtimes.keys()];
+}
+
+/** The runtime NAME; a UsageError naming the registered ones when there is none. */
+export function makeRuntime(name: string, site?: Site): MovableRuntime {
+  const r = runtimes.get(name);
+  if (!r)
+    throw new UsageError(`unknown runtime "${name}"; registered: ${runtimeNames().join(', ') || '(none)'}`);
+  return r.factory(site);
+}
