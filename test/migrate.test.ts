@@ -3,7 +3,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   AGENT,
@@ -182,6 +181,31 @@ describe('live migration of containers with CRIU', { skip }, () => {
       for (const c of ps()) cli('stop', c.name);
     } finally {
       await testbedDown();
+    }
+  });
+
+  test("the hosts share nothing but the link: b's agent state is not visible from a", () => {
+    const marker = `only-on-b-${process.pid}`;
+    must(cli('testbed', 'exec', 'b', '--', 'touch', `${AGENT.stateDir}/${marker}`), 'touch in b');
+    try {
+      assert.equal(cli('testbed', 'exec', 'b', '--', 'test', '-e', `${AGENT.stateDir}/${marker}`).code, 0);
+      // Everything host a can see (its own mounts only; the repository stands in for the installed software).
+      const seen = must(
+        cli(
+          'testbed',
+          'exec',
+          'a',
+          '--',
+          'sh',
+          '-c',
+          `find / \\( -path /proc -o -path /sys -o -path /opt/precog \\) -prune -o -name ${marker} -print; ` +
+            `grep -c 'testbed/b' /proc/self/mountinfo || true`,
+        ),
+        'find in a',
+      );
+      assert.equal(seen.stdout.trim(), '0', `host a sees b's files or mounts: ${seen.stdout}`);
+    } finally {
+      cli('testbed', 'exec', 'b', '--', 'rm', '-f', `${AGENT.stateDir}/${marker}`);
     }
   });
 
@@ -655,9 +679,8 @@ describe('live migration of containers with CRIU', { skip }, () => {
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a'], { PRECOG_LAZY_TIMEOUT_MS: '3000' });
     // The daemon lives from just before criu restore until the last page is in: stop it once it listens (the
     // restore hands it the container's userfaultfd there), so that the restore succeeds and the copy-in cannot.
-    const socket = join(
-      state.hosts[0].dir,
-      'upper',
+    const socket = hostPath(
+      state.hosts[0],
       CONTAINERS_DIR,
       'mc',
       'checkpoint',

@@ -37,7 +37,7 @@ import {
 import { ContainerPostcopy } from './postcopy.ts';
 import { ContainerRestorer } from './restore.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
-import type { ContainerHello } from '../engine/messages.ts';
+import { RESTORE_FAILED, type ContainerHello } from '../engine/messages.ts';
 import { ProtocolError } from '../util/errors.ts';
 
 export interface AgentOptions {
@@ -306,14 +306,21 @@ export class Agent {
         const p = postcopy;
         this.postcopies.set(id, { p, socket, restorer });
         if (restorer) {
-          // criu restore --lazy-pages here, its daemon asking this agent's page server: RESUMED once it runs.
+          // criu restore --lazy-pages here, its daemon asking this agent's page server. RESUMED goes out now, so
+          // that the source pushes pages and answers faults while the restore runs (the restorer itself may fault
+          // on a page that is not here yet); the restore's report comes with DONE_ACK. A restore that fails
+          // says so in an ERROR naming RESTORE_FAILED: the container never ran here, so the source may thaw.
           const rs = restorer;
           rs.commitMs = performance.now() - t0;
           const server = p.resumed.pageServer;
-          hold(
-            rs.restore(join(dir, COMMITTED_FILES.checkpoint), { lazyWait: false, pageServer: server }),
-            (frames) => frames.map((f) => rs.withReport(f)),
-            () => p.close(),
+          rs.restore(join(dir, COMMITTED_FILES.checkpoint), { lazyWait: false, pageServer: server }).catch(
+            (err: Error) => {
+              log.warn({ reason: err.message }, 'post-copy restore failed');
+              refused = true;
+              if (!socket.destroyed)
+                socket.end(encodeFrame(FrameType.Error, Buffer.from(`${RESTORE_FAILED}: ${err.message}`)));
+              p.close();
+            },
           );
         }
         // Its files go when it closes (the daemon is done, or the lazy timeout).

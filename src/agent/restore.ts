@@ -10,12 +10,18 @@ import type { ContainerHello, RestoreReport } from '../engine/messages.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import type { Logger } from '../util/log.ts';
 
+interface RestoreHow {
+  lazyWait: boolean;
+  pageServer?: { host: string; port: number };
+}
+
 export class ContainerRestorer {
   /** The agent's commit (rebuilding the image directory), set by the agent before the restore. */
   commitMs = 0;
   private name: string | null = null;
   private runningAt = 0;
   private report: Omit<RestoreReport, 'sinceRunningMs'> | null = null;
+  private restoring: Promise<void> | null = null;
 
   constructor(
     private readonly rt: MovableRuntime,
@@ -30,16 +36,19 @@ export class ContainerRestorer {
    * only once every page is in (pre-copy: the source stays until then). `pageServer`: post-copy, the daemon asks
    * this agent's lazy page server. Rejects with the runtime's error; nothing of the container is left then.
    */
-  async restore(
-    dir: string,
-    o: { lazyWait: boolean; pageServer?: { host: string; port: number } },
-  ): Promise<void> {
+  restore(dir: string, o: RestoreHow): Promise<void> {
+    this.restoring = this.run(dir, o);
+    return this.restoring;
+  }
+
+  private async run(dir: string, o: RestoreHow): Promise<void> {
     const lazy = this.c.restore === 'lazy' || o.pageServer !== undefined;
     const t0 = performance.now();
     const info = await this.rt.restore(dir, this.host, {
       move: true,
       lazy,
       ...(o.pageServer ? { lazyPageServer: o.pageServer } : {}),
+      ...(this.c.lazyTimeoutMs ? { lazyTimeoutMs: this.c.lazyTimeoutMs } : {}),
     });
     this.name = info.name;
     this.runningAt = performance.now();
@@ -68,6 +77,7 @@ export class ContainerRestorer {
 
   /** A lazy restore's copy-in: resolves when the daemon has copied every page in (at once when not lazy). */
   async lazyFinished(): Promise<void> {
+    if (this.restoring && !this.name) await this.restoring.catch(() => {});
     if (!this.name) throw new Error('no container was restored in this migration');
     const done = this.rt.lazyDone(this.name);
     if (!done) return;

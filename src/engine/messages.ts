@@ -28,7 +28,15 @@ export interface ContainerHello {
   switchover?: 'stop-and-copy' | 'postcopy';
   /** 'lazy': run once the state is back, pages copied in by criu lazy-pages; 'full': every page first. */
   restore: 'lazy' | 'full';
+  /** Longest the lazy copy-in may take at the destination (the source waits frozen that long at most), ms. */
+  lazyTimeoutMs?: number;
 }
+
+/**
+ * Starts the ERROR a destination agent sends when a post-copy's restore failed after RESUMED: the container never
+ * ran there, so the source may thaw (any other failure after RESUMED leaves both copies frozen).
+ */
+export const RESTORE_FAILED = 'the container restore failed at the destination (it never ran there)';
 
 /** What the destination agent tells about its restore, with RESUMED (and DONE_ACK for post-copy). */
 export interface RestoreReport {

@@ -11,6 +11,7 @@
 import type { CheckpointOptions, CheckpointResult, ContainerInfo } from '../runtime/container.ts';
 import type { MovableRuntime, PostcopyPending } from '../runtime/registry.ts';
 import { UsageError } from '../util/errors.ts';
+import { RESTORE_FAILED } from '../engine/messages.ts';
 
 /** The dump the transfer asks for at its stop: freezes the container and checkpoints it into DIR, left frozen. */
 export type DumpFn = (dir: string, opts?: CheckpointOptions) => Promise<CheckpointResult>;
@@ -60,7 +61,7 @@ export async function moveContainer<T>(
     );
   } catch (err) {
     const why = (err as Error).message;
-    if (progress.resumedThere) {
+    if (progress.resumedThere && !why.includes(RESTORE_FAILED)) {
       // The copy at the destination ran: the source's memory is older than it, so it must not run on either. It
       // stays frozen with every page, for --resume (the destination agent froze its copy).
       const pending: PostcopyPending = {

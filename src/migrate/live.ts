@@ -233,6 +233,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             name: o.name,
             from: o.from,
             restore: restoreMode,
+            lazyTimeoutMs: lazyTimeoutMs(),
             ...(postcopy ? { switchover: 'postcopy' as const } : {}),
           },
           onRound: o.onRound,
@@ -265,14 +266,17 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             marks.committed = now;
             marks.running = now - (r.restore?.sinceRunningMs ?? 0);
           },
-          onSwitchover: (r) => {
-            // Post-copy: the agent answers once the restored container runs; its pages follow.
+          onSwitchover: () => {
+            // Post-copy: the agent restores now while the pages follow; from here the copy there may run.
             marks.committed = marks.running = performance.now();
-            restored = r.restore;
             progress.resumedThere = true;
           },
           onDone: (ack) => {
-            if (ack.restore) restored = ack.restore;
+            // Once every page is in, the agent says how long ago its copy started running.
+            if (ack.restore) {
+              restored = ack.restore;
+              marks.running = performance.now() - ack.restore.sinceRunningMs;
+            }
           },
         });
         try {

@@ -186,6 +186,8 @@ export interface RestoreOptions {
    * reading them from the local images (src/criu/lazyserver.ts). Implies lazy.
    */
   lazyPageServer?: { host: string; port: number };
+  /** Longest the lazy copy-in may take before it counts as failed (default: PRECOG_LAZY_TIMEOUT_MS or 10 min). */
+  lazyTimeoutMs?: number;
 }
 
 export type { PostcopyPending };
@@ -213,9 +215,13 @@ export const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOU
  * status lands in lazy-pages.rc), then removes the images it read; resolves with the milliseconds since `running`.
  * Rejects with the daemon's error lines when it failed, after the lazy timeout, or once `cancelled()` says so.
  */
-async function lazyFinished(wd: string, running: number, cancelled = (): boolean => false): Promise<number> {
+async function lazyFinished(
+  wd: string,
+  running: number,
+  cancelled = (): boolean => false,
+  limit = lazyTimeoutMs(),
+): Promise<number> {
   const rcFile = join(wd, 'lazy-pages.rc');
-  const limit = lazyTimeoutMs();
   const deadline = performance.now() + limit;
   while (!existsSync(rcFile)) {
     if (cancelled()) throw new Error('no longer watched');
@@ -572,10 +578,11 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     wd: string,
     mark: LazyMarkResult,
     running: number,
+    limitMs?: number,
   ): Promise<LazyResult> {
     let cancelled = false;
     this.lazyCancel.set(name, () => (cancelled = true));
-    const ms = await lazyFinished(wd, running, () => cancelled);
+    const ms = await lazyFinished(wd, running, () => cancelled, limitMs);
     return { lazyPages: mark.lazyPages, eagerPages: mark.eagerPages, ms };
   }
 
@@ -1206,7 +1213,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
       this.write(at, info);
       if (saved.network) await announceNetwork(host, machinePid.pid, saved.network);
       if (lazyMark) {
-        const watch = this.watchLazy(name, wd, lazyMark, running);
+        const watch = this.watchLazy(name, wd, lazyMark, running, opts.lazyTimeoutMs);
         watch.catch(() => {}); // awaited through lazyDone(); a cancelled watch rejects unobserved
         this.lazy.set(name, watch);
       } else await removeTree(join(wd, 'images')).catch(() => {});

@@ -22,6 +22,8 @@ export interface MoveRestoreOptions {
   lazy?: boolean;
   /** Post-copy: the page server `criu lazy-pages` asks for the pages (the agent's own, on its loopback). */
   lazyPageServer?: { host: string; port: number };
+  /** Longest the lazy copy-in may take before it counts as failed. */
+  lazyTimeoutMs?: number;
 }
 
 /**
