@@ -36,7 +36,7 @@ await withTestbed(() => {
     `/opt/precog/bin/precog trace record --pid ${pid} --interval 100ms --duration ${seconds}s --out ${IN_HOST} --json`,
   );
   inA('pkill -x redis-benchmark; redis-cli shutdown nosave >/dev/null 2>&1 || true');
-  const trace = readFileSync(join(HOSTS_DIR, 'a', 'upper', IN_HOST));
+  const trace = readFileSync(join(HOSTS_DIR, 'a', 'data', 'redis.trace'));
   mkdirSync(new URL('../traces', import.meta.url).pathname, { recursive: true });
   writeFileSync(OUT, gzipSync(trace, { level: 9 }));
   console.log(`recorded redis-server (pid ${pid} in host a) for ${seconds} s: ${summary.trim()}`);
