@@ -611,7 +611,12 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.match(r.stderr, /post-copy failed after the container resumed on a/);
     assert.match(r.stderr, /cannot continue anywhere/);
     assert.match(r.stderr, /the source on b stays frozen with every page in its memory/);
-    const copies = ps().filter((c) => c.name === 'mc');
+    // The destination's agent freezes its copy itself once it finds the source lost (within the link timeout).
+    let copies = ps().filter((c) => c.name === 'mc');
+    for (let i = 0; i < 100 && copies.some((c) => c.status !== 'frozen'); i++) {
+      await sleep(100);
+      copies = ps().filter((c) => c.name === 'mc');
+    }
     assert.deepEqual(
       copies.map((c) => `${c.host}:${c.status}`).sort(),
       ['a:frozen', 'b:frozen'],

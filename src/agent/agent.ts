@@ -22,7 +22,7 @@ import {
   type PageStore,
 } from '../engine/pagestore.ts';
 import type { Layout } from '../engine/types.ts';
-import { encodeFrame, FrameType } from '../transport/frame.ts';
+import { decodeFrame, encodeFrame, FrameType, jsonFrame, parseJson } from '../transport/frame.ts';
 import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
 import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
@@ -36,6 +36,7 @@ import {
 } from '../migrate/state.ts';
 import { ContainerPostcopy } from './postcopy.ts';
 import { ContainerRestorer } from './restore.ts';
+import { ControlServer } from './control.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import { RESTORE_FAILED, type ContainerHello } from '../engine/messages.ts';
 import { ProtocolError } from '../util/errors.ts';
@@ -100,8 +101,17 @@ export class Agent {
     { p: ContainerPostcopy; socket: net.Socket | null; restorer: ContainerRestorer | null }
   >();
 
+  private readonly control: ControlServer;
+
   constructor(options: AgentOptions) {
     this.o = options;
+    this.control = new ControlServer({
+      host: options.hostName ?? options.identity?.name ?? hostname(),
+      identity: options.identity,
+      runtime: options.runtime,
+      stateDir: options.stateDir,
+      log: options.log,
+    });
   }
 
   async start(): Promise<Endpoint> {
@@ -161,11 +171,20 @@ export class Agent {
     socket.setNoDelay(true);
     // A source that went silent (cut link, dead host) never closes its side: drop the session after a while.
     const idle = this.o.idleTimeoutMs ?? DEFAULT_SESSION_IDLE_MS;
-    if (idle > 0)
-      socket.setTimeout(idle, () => {
-        log.warn({ seconds: idle / 1000 }, 'no traffic from the source; dropping the session');
-        socket.destroy();
-      });
+    // A container's post-copy with pages missing: the source pushes all the time, so its own link timeout (told
+    // in HELLO) is the limit; the copy here is frozen as soon as the source is found lost.
+    let postcopyIdle = 0;
+    if (idle > 0) socket.setTimeout(idle);
+    socket.on('timeout', () => {
+      // Every page here and the lazy copy-in still running: the source is silent by design, waiting for DONE_ACK.
+      if (postcopy && postcopy.missing() === 0 && gate) {
+        socket.setTimeout(idle);
+        return;
+      }
+      const seconds = (postcopy && postcopyIdle ? postcopyIdle : idle) / 1000;
+      log.warn({ seconds }, 'no traffic from the source; dropping the session');
+      socket.destroy();
+    });
     let log = this.o.log.child({ peer: peerName(socket) });
     log.info('session opened');
     const clock = new WallClock();
@@ -313,6 +332,8 @@ export class Agent {
           const rs = restorer;
           rs.commitMs = performance.now() - t0;
           const server = p.resumed.pageServer;
+          postcopyIdle = rs.linkTimeoutMs;
+          if (postcopyIdle > 0) socket.setTimeout(postcopyIdle);
           rs.restore(join(dir, COMMITTED_FILES.checkpoint), { lazyWait: false, pageServer: server }).catch(
             (err: Error) => {
               log.warn({ reason: err.message }, 'post-copy restore failed');
@@ -435,12 +456,29 @@ export class Agent {
       log.info({ dir }, 'migration committed');
     };
     let refused = false;
+    let control: AbortController | null = null;
     socket.on('data', (chunk: Buffer) => {
       // After a refusal the rest of what the source had in flight is read and dropped: closing with unread data
       // would reset the connection, and the source might never read why.
       if (refused) return;
       try {
         for (const frame of reader.push(chunk)) {
+          if (frame.readUInt8(5) === FrameType.Control) {
+            // A client's request (precog migrate, job list/cancel), not a migration coming in.
+            if (dest.hello) throw new ProtocolError('CONTROL inside a migration session');
+            if (control) {
+              control.abort('cancelled by the client'); // a second request cancels the first
+              continue;
+            }
+            control = new AbortController();
+            socket.setTimeout(0); // the client waits in silence while its migration runs
+            const req = parseJson<unknown>(decodeFrame(frame));
+            log.info({ action: (req as { action?: unknown })?.action }, 'control request');
+            void this.control
+              .handle(req, (e) => send(jsonFrame(FrameType.Event, e)), control.signal)
+              .finally(() => socket.end());
+            continue;
+          }
           const replies = dest.handle(frame, clock.now());
           if (restorer && frame.readUInt8(5) === FrameType.PostcopyDone && replies.length > 0) {
             // A container's post-copy: DONE_ACK once the lazy-pages daemon has copied every page in.
@@ -464,6 +502,7 @@ export class Agent {
     socket.on('error', (e) => log.warn({ reason: e.message }, 'connection error'));
     socket.on('close', () => {
       this.sockets.delete(socket);
+      control?.abort('the client went away');
       // The lazy-pages daemon may still be copying pages in when the source goes: it is served until it closes
       // (after a lost link, its requests for pages that never came wait: the container stalls, it does not run on
       // with pages missing). A server nobody connected to is closed now.

@@ -112,6 +112,11 @@ export class ContainerRestorer {
       );
   }
 
+  /** The source's link timeout (its HELLO): silence that long during post-copy means the source is lost. */
+  get linkTimeoutMs(): number {
+    return this.c.linkTimeoutMs ?? 0;
+  }
+
   /** Post-copy with its source lost: the copy must not run on with pages missing. */
   freeze(): void {
     if (!this.name) return;

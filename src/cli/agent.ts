@@ -22,7 +22,11 @@ export function agentCommand(): Command {
   return new Command('agent')
     .exitOverride()
     .description('run a precog agent: receives migrations from authenticated peers over mutual TLS')
-    .requiredOption('--listen <host:port>', 'address to listen on, e.g. 10.213.77.2:7070')
+    .option(
+      '--listen <host:port>',
+      'address to listen on (default: every address, port 7070)',
+      '0.0.0.0:7070',
+    )
     .requiredOption('--state-dir <dir>', 'where migrations keep their pages and images')
     .option('--pki <dir>', 'PKI directory with ca.pem, NAME.pem and NAME-key.pem (precog pki)')
     .option('--name <name>', "this host's certificate name (default: the host name in the PKI)")

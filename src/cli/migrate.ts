@@ -1,13 +1,15 @@
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
-import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
-import { resumePostcopy } from '../migrate/resume.ts';
+import { controlRequest } from '../agent/client.ts';
+import type { LiveMigrationReport } from '../migrate/live.ts';
 import { isPostcopy, parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
-import { defaultRuntime } from '../runtime/container.ts';
-import { parseHost } from '../runtime/testbed.ts';
+import { validateName } from '../runtime/container.ts';
+import { runtimeNames } from '../runtime/index.ts';
+import { AGENT, OPERATOR_CERT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
+import { loadIdentity, type Identity } from '../transport/pki.ts';
+import { parseEndpoint, type Endpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { formatBytes, parseDuration, parseSize } from '../util/units.ts';
 import { needRoot } from './container.ts';
@@ -15,11 +17,13 @@ import { needRoot } from './container.ts';
 interface MigrateFlags {
   from: string;
   to: string;
+  runtime: string;
+  pki?: string;
+  name?: string;
   strategy: string;
   codec: string;
   batch: string;
   linkTimeout: string;
-  work?: string;
   restore?: string;
   dumpVia: string;
   json?: boolean;
@@ -122,16 +126,85 @@ function summary(r: LiveMigrationReport): string {
   );
 }
 
-async function resumeAction(name: string, from: string, to: string, f: MigrateFlags): Promise<void> {
+/** Where an agent is: its address, the name its certificate carries, and how the source agent reaches it. */
+interface AgentAt {
+  endpoint: Endpoint;
+  name: string;
+}
+
+/**
+ * `--from/--to`: a test host's name (a, b) while the testbed is up, or HOST[:PORT] of an agent anywhere. Test
+ * hosts are reached from the probe namespace (a third network namespace with a link of its own to each host: the
+ * client shares nothing with the hosts but TLS), and the source agent reaches the destination by its name.
+ */
+function agentsFor(from: string, to: string): { from: AgentAt; to: AgentAt; testbed: TestbedState | null } {
+  const state = readState();
+  const hostNames = state?.complete ? state.hosts.map((h) => h.name) : [];
+  if (hostNames.includes(from) || hostNames.includes(to)) {
+    if (!hostNames.includes(from) || !hostNames.includes(to))
+      throw new UsageError(
+        `--from ${from} --to ${to}: name two test hosts (${hostNames.join(', ')}), or two agents`,
+      );
+    const probe = state!.probe;
+    if (!probe)
+      throw new UsageError(
+        'this testbed has no probe namespace (an older precog made it); run "precog testbed down", then "up"',
+      );
+    return {
+      from: { endpoint: { host: probe.addresses[from], port: AGENT.port }, name: from },
+      to: { endpoint: { host: to, port: AGENT.port }, name: to },
+      testbed: state!,
+    };
+  }
+  const at = (spec: string, what: string): AgentAt => {
+    const endpoint = /:\d+$/.test(spec) ? parseEndpoint(spec, what) : { host: spec, port: AGENT.port };
+    if (!endpoint.host) throw new UsageError(`${what} "${spec}" must be HOST[:PORT]`);
+    return { endpoint, name: endpoint.host };
+  };
+  return { from: at(from, '--from'), to: at(to, '--to'), testbed: null };
+}
+
+/** The client's certificate: --pki/--name, or the testbed's operator certificate. */
+function clientIdentity(f: MigrateFlags, testbed: boolean): Identity {
+  if (f.pki) return loadIdentity(f.pki, f.name ?? 'operator');
+  if (testbed) return loadIdentity(PKI_DIR, OPERATOR_CERT);
+  throw new UsageError(
+    `precog migrate needs a client certificate of the agents' CA to reach the agent on host ${f.from}: ` +
+      '--pki DIR --name NAME (see docs/deploy.md)',
+  );
+}
+
+/** Runs the request from the probe namespace when it names test hosts (needs root, as the testbed does). */
+async function inProbeNamespace(testbed: TestbedState | null): Promise<boolean> {
+  if (!testbed) return false;
+  needRoot('migrate');
+  const netns = testbed.probe!.netns;
+  if (process.env.PRECOG_IN_NETNS === netns) return false;
+  process.exitCode = await reexecIn(netns);
+  return true;
+}
+
+async function resumeAction(name: string, f: MigrateFlags): Promise<void> {
   const batchBytes = parseSize(f.batch, '--batch');
   const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
-  needRoot('migrate');
-  const netns = `precog-${from}`;
-  if (process.env.PRECOG_IN_NETNS !== netns) {
-    process.exitCode = await reexecIn(netns);
-    return;
-  }
-  const r = await resumePostcopy({ name, from, to, batchBytes, linkTimeoutMs });
+  const agents = agentsFor(f.from, f.to);
+  if (await inProbeNamespace(agents.testbed)) return;
+  const end = await controlRequest(
+    agents.from.endpoint,
+    clientIdentity(f, !!agents.testbed),
+    agents.from.name,
+    {
+      action: 'resume',
+      name,
+      runtime: f.runtime,
+      to: { ...agents.to.endpoint, name: agents.to.name },
+      batchBytes,
+      linkTimeoutMs,
+    },
+  );
+  if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
+  if (end.event !== 'resumed') throw new Error(`the agent answered ${end.event}`);
+  const r = end.report;
   if (f.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
   else
     process.stdout.write(
@@ -148,8 +221,20 @@ export function migrateCommand(): Command {
         'the changed pages, criu restore; the source is removed only once the destination runs it',
     )
     .argument('<name>')
-    .requiredOption('--from <host>', 'source host (where the container runs)')
-    .requiredOption('--to <host>', 'destination host')
+    .requiredOption(
+      '--from <host>',
+      "source: a test host (a, b) or an agent's HOST[:PORT] (where the container runs)",
+    )
+    .requiredOption(
+      '--to <host>',
+      "destination: a test host or an agent's HOST[:PORT], as the source agent reaches it",
+    )
+    .option('--runtime <name>', `the container's runtime (${runtimeNames().join(', ')})`, 'precog')
+    .option(
+      '--pki <dir>',
+      "PKI directory with a client certificate of the agents' CA (default: the testbed's)",
+    )
+    .option('--name <name>', 'the client certificate in --pki (default: operator)')
     .option(
       '-s, --strategy <spec>',
       'cold, precopy, precopy:qemu, iterpredict, markov, pr, mbdp, mbdpc, u2c, postcopy, hybrid (docs/strategies.md)',
@@ -172,7 +257,6 @@ export function migrateCommand(): Command {
       'images: local criu dump, pages compared as read back (default); page-server: streamed to precog',
       'images',
     )
-    .option('--work <dir>', 'work directory on this machine (default: /var/lib/precog/migrations/ID)')
     .option('--json', 'print the report as JSON')
     .option('--no-progress', 'no progress line on a terminal')
     .option(
@@ -181,10 +265,10 @@ export function migrateCommand(): Command {
         'from the frozen source, then let the copy there run on',
     )
     .action(async (name: string, f: MigrateFlags) => {
-      const from = parseHost(f.from).name;
-      const to = parseHost(f.to).name;
-      if (from === to) throw new UsageError(`--from and --to are both ${from}; give two different hosts`);
-      if (f.resume) return resumeAction(name, from, to, f);
+      validateName(name);
+      if (f.from === f.to)
+        throw new UsageError(`--from and --to are both ${f.from}; give two different hosts`);
+      if (f.resume) return resumeAction(name, f);
       const strategy = parseStrategy(f.strategy);
       if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
         throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
@@ -207,18 +291,13 @@ export function migrateCommand(): Command {
         } catch (err) {
           throw new UsageError(`--codec ${f.codec}: ${(err as Error).message}`);
         }
-      needRoot('migrate');
-      const netns = `precog-${from}`;
-      if (process.env.PRECOG_IN_NETNS !== netns) {
-        const rt = defaultRuntime();
-        const c = await rt.inspect(name);
-        if (!c) throw new UsageError(`no container named "${name}"; "precog ps" lists them`);
-        if (c.host !== from) throw new UsageError(`container ${name} runs on host ${c.host}, not ${from}`);
-        process.exitCode = await reexecIn(netns);
-        return;
-      }
+      if (!runtimeNames().includes(f.runtime))
+        throw new UsageError(`--runtime ${f.runtime}: unknown; registered: ${runtimeNames().join(', ')}`);
+      const agents = agentsFor(f.from, f.to);
+      const identity = clientIdentity(f, !!agents.testbed);
+      if (await inProbeNamespace(agents.testbed)) return;
       const progress = new Progress(f.progress !== false && !f.json && process.stderr.isTTY === true);
-      // Ctrl-C or SIGTERM: give up cleanly (the source thaws) instead of dying with the container frozen.
+      // Ctrl-C or SIGTERM: the source agent gives up cleanly (the source thaws) unless the restore has begun.
       const interrupt = new AbortController();
       const onSignal = (sig: NodeJS.Signals) => {
         if (interrupt.signal.aborted) return;
@@ -230,23 +309,36 @@ export function migrateCommand(): Command {
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
       try {
-        const r = await migrateLive({
-          name,
-          from,
-          to,
-          strategy,
-          codec: f.codec,
-          batchBytes,
-          linkTimeoutMs,
-          ...(f.restore ? { restore: f.restore as 'lazy' | 'full' } : {}),
-          dumpVia: f.dumpVia as 'images' | 'page-server',
-          workDir: f.work ?? join('/var/lib/precog/migrations', `${name}-${Date.now()}`),
-          onRound: (rec) => progress.round(rec),
-          onDecision: (d, round) => progress.decision(d, round),
-          signal: interrupt.signal,
-          onPhase: (p) => progress.phase(p),
-        });
+        const lazy = Number(process.env.PRECOG_LAZY_TIMEOUT_MS);
+        const end = await controlRequest(
+          agents.from.endpoint,
+          identity,
+          agents.from.name,
+          {
+            action: 'migrate',
+            name,
+            runtime: f.runtime,
+            to: { ...agents.to.endpoint, name: agents.to.name },
+            strategy: f.strategy,
+            codec: f.codec,
+            batchBytes,
+            linkTimeoutMs,
+            ...(f.restore ? { restore: f.restore as 'lazy' | 'full' } : {}),
+            dumpVia: f.dumpVia as 'images' | 'page-server',
+            ...(lazy > 0 ? { lazyTimeoutMs: lazy } : {}),
+          },
+          (e) => {
+            if (e.event === 'round') progress.round(e.round);
+            else if (e.event === 'decision')
+              progress.decision({ stop: e.stop, reason: e.reason } as Decision, e.round);
+            else if (e.event === 'phase') progress.phase(e.phase);
+          },
+          interrupt.signal,
+        );
         progress.end();
+        if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
+        if (end.event !== 'report') throw new Error(`the agent answered ${end.event}`);
+        const r = end.report;
         if (f.json) {
           const { metrics, ...rest } = r;
           process.stdout.write(JSON.stringify({ ...rest, rounds: metrics.rounds }, null, 2) + '\n');

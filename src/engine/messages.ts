@@ -30,6 +30,8 @@ export interface ContainerHello {
   restore: 'lazy' | 'full';
   /** Longest the lazy copy-in may take at the destination (the source waits frozen that long at most), ms. */
   lazyTimeoutMs?: number;
+  /** The source's link timeout, ms: during post-copy the destination takes silence that long as a lost source. */
+  linkTimeoutMs?: number;
 }
 
 /**

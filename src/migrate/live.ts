@@ -7,13 +7,12 @@ import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
 import { isPostcopy, type Decision, type Strategy } from '../policy/index.ts';
 import type { RoundRecord, RunMetrics } from '../report/metrics.ts';
-import { AGENT, PKI_DIR, readState } from '../runtime/testbed.ts';
 import { lazyTimeoutMs, type ContainerInfo } from '../runtime/container.ts';
-import { makeRuntime } from '../runtime/index.ts';
+import type { MovableRuntime } from '../runtime/registry.ts';
 import { moveContainer, type MoveProgress } from './driver.ts';
 import { removeTree } from '../runtime/rootfs.ts';
-import { loadIdentity } from '../transport/pki.ts';
-import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
+import type { Identity } from '../transport/pki.ts';
+import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { ContainerMemory } from './memory.ts';
 import { eagerRuns } from '../criu/lazy.ts';
@@ -24,8 +23,19 @@ import { encodeState } from './state.ts';
 
 export interface LiveMigrationOptions {
   name: string;
+  /** This host's name (the source: where the container runs). */
   from: string;
+  /** The destination's name (its certificate's) and where its agent listens. */
   to: string;
+  dest: Endpoint;
+  /** This host's identity for the mutual TLS link to the destination agent. */
+  identity: Identity;
+  /** The runtime the container belongs to, acting on this host. */
+  rt: MovableRuntime;
+  /** The runtime's registered name, told to the destination (default precog). */
+  runtimeName?: string;
+  /** The migration's id (default: NAME-<random>). */
+  migrationId?: string;
   strategy: Strategy;
   codec?: string;
   batchBytes?: number;
@@ -55,8 +65,8 @@ export interface LiveMigrationOptions {
   dumpVia?: 'images' | 'page-server';
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
-  /** The runtime the container belongs to (registered name; default precog). */
-  runtime?: string;
+  /** Longest the destination's lazy copy-in may take (default PRECOG_LAZY_TIMEOUT_MS or 10 min). */
+  lazyTimeoutMs?: number;
 }
 
 export interface LiveMigrationReport {
@@ -144,13 +154,9 @@ function eagerPagesOf(dir: string, dump: ReceivedDump, mem: ContainerMemory, siz
 
 export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigrationReport> {
   const t0 = performance.now();
-  const rt = makeRuntime(o.runtime ?? 'precog');
-  const state = readState();
-  if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
-  const dest = state.hosts.find((h) => h.name === o.to);
-  if (!dest) throw new UsageError(`no test host ${o.to}`);
-  const migrationId = `${o.name}-${randomUUID().slice(0, 8)}`;
-  const identity = loadIdentity(PKI_DIR, o.from);
+  const rt = o.rt;
+  const migrationId = o.migrationId ?? `${o.name}-${randomUUID().slice(0, 8)}`;
+  const identity = o.identity;
   let report:
     | Omit<
         LiveMigrationReport,
@@ -177,7 +183,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   const progress: MoveProgress = { migrationId, resumedThere: false };
   try {
     await moveContainer(
-      { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: lazyTimeoutMs() },
+      { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs() },
       progress,
       async (info: ContainerInfo, checkpoint) => {
         if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
@@ -215,7 +221,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             // The driver thaws a frozen source when the migration fails; nothing else is held here.
           },
         );
-        const link = await connectTls({ host: dest.address, port: AGENT.port }, identity, o.to, {
+        const link = await connectTls(o.dest, identity, o.to, {
           idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
         });
         // Interrupted before the destination committed: the link breaks, the engine gives up, the source thaws.
@@ -229,11 +235,12 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           migrationId,
           purpose: 'criu-images',
           container: {
-            runtime: rt.kind === 'namespaces' ? 'precog' : rt.kind,
+            runtime: o.runtimeName ?? 'precog',
             name: o.name,
             from: o.from,
             restore: restoreMode,
-            lazyTimeoutMs: lazyTimeoutMs(),
+            lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs(),
+            linkTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
             ...(postcopy ? { switchover: 'postcopy' as const } : {}),
           },
           onRound: o.onRound,

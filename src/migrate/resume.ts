@@ -20,16 +20,15 @@ import { codecChain } from '../codec/index.ts';
 import type { DoneAck, HelloMessage, SwitchoverMessage } from '../engine/messages.ts';
 import { PAGE_SIZE, type Layout } from '../engine/types.ts';
 import type { ContainerInfo, PostcopyPending } from '../runtime/container.ts';
-import { makeRuntime } from '../runtime/index.ts';
+import type { MovableRuntime } from '../runtime/registry.ts';
 import { resumeMove } from './driver.ts';
-import { AGENT, PKI_DIR, readState } from '../runtime/testbed.ts';
 import { decodeFrame, FrameType, jsonFrame, parseJson, PROTOCOL_VERSION } from '../transport/frame.ts';
-import { loadIdentity } from '../transport/pki.ts';
-import { connectTls, DEFAULT_IDLE_TIMEOUT_MS } from '../transport/tls.ts';
+import type { Identity } from '../transport/pki.ts';
+import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport/tls.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { lastAtOrBelow } from '../util/search.ts';
 import { bitmapFromBase64 } from '../engine/destination.ts';
-import { ProtocolError, UsageError } from '../util/errors.ts';
+import { ProtocolError } from '../util/errors.ts';
 
 export interface ResumeOptions {
   name: string;
@@ -37,7 +36,10 @@ export interface ResumeOptions {
   to: string;
   linkTimeoutMs?: number;
   batchBytes?: number;
-  runtime?: string;
+  /** Where the destination's agent listens, this host's identity, the container's runtime here. */
+  dest: Endpoint;
+  identity: Identity;
+  rt: MovableRuntime;
 }
 
 export interface ResumeReport {
@@ -102,24 +104,15 @@ class LayoutReader {
 
 export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
   const t0 = performance.now();
-  const state = readState();
-  if (!state?.complete) throw new UsageError('the testbed is not up; start it with "precog testbed up"');
-  const dest = state.hosts.find((h) => h.name === o.to);
-  if (!dest) throw new UsageError(`no test host ${o.to}`);
-  const rt = makeRuntime(o.runtime ?? 'precog');
+  const rt = o.rt;
   let pushMs = 0;
   let counts = { missing: 0, faulted: 0, bytes: 0 };
   const done = await resumeMove(
     { rt, name: o.name, from: o.from, to: o.to },
     async (source: ContainerInfo, pending: PostcopyPending) => {
-      const link = await connectTls(
-        { host: dest.address, port: AGENT.port },
-        loadIdentity(PKI_DIR, o.from),
-        o.to,
-        {
-          idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
-        },
-      );
+      const link = await connectTls(o.dest, o.identity, o.to, {
+        idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      });
       let reader: LayoutReader | null = null;
       try {
         const hello: HelloMessage = {

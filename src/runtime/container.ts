@@ -529,9 +529,17 @@ function rmCgroup(dir: string): Promise<boolean> {
   }, 3000);
 }
 
+/**
+ * The processes of a cgroup that this process can see. cgroup.procs lists a process outside the reader's PID
+ * namespace as 0 (inside a host: the machine-side launcher of a container started from outside), and a kill of
+ * PID 0 would hit the caller's own process group: those are left out.
+ */
 function cgroupPids(dir: string): number[] {
   try {
-    return readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    return readFileSync(join(dir, 'cgroup.procs'), 'utf8')
+      .split('\n')
+      .map(Number)
+      .filter((pid) => Number.isInteger(pid) && pid > 0);
   } catch {
     return [];
   }

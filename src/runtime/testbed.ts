@@ -466,7 +466,10 @@ function pidsInNetns(netns: string): number[] {
 
 function pidsInCgroup(dir: string): number[] {
   try {
-    return readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    return readFileSync(join(dir, 'cgroup.procs'), 'utf8')
+      .split('\n')
+      .map(Number)
+      .filter((pid) => Number.isInteger(pid) && pid > 0);
   } catch {
     return [];
   }
@@ -720,6 +723,8 @@ export const AGENT = {
   pkiDir: '/etc/precog/pki',
   log: '/var/log/precog-agent.log',
 } as const;
+/** The name of the testbed's client certificate (in PKI_DIR), for precog migrate and precog job. */
+export const OPERATOR_CERT = 'operator';
 /** The testbed's certificate authority, on the machine; each host gets the CA and its own certificate. */
 export const PKI_DIR = join(HOSTS_DIR, 'pki');
 
@@ -755,6 +760,8 @@ export async function runInHost(
  */
 export async function startAgents(state: TestbedState): Promise<void> {
   await initPki(PKI_DIR, { force: true });
+  // The client certificate `precog migrate` and `precog job` use on this machine (docs/deploy.md).
+  await issueCert(PKI_DIR, OPERATOR_CERT);
   for (const h of state.hosts) {
     await issueCert(PKI_DIR, h.name, { ips: [h.address] });
     await runInHost(state, h.name, ['mkdir', '-p', '-m', '700', AGENT.pkiDir, AGENT.stateDir]);
@@ -768,7 +775,8 @@ export async function startAgents(state: TestbedState): Promise<void> {
     }
     const agent = [
       '/opt/precog/bin/precog agent',
-      `--listen ${h.address}:${AGENT.port}`,
+      // Every address of the host: the migration link, and the probe link the clients come from.
+      `--listen 0.0.0.0:${AGENT.port}`,
       `--state-dir ${AGENT.stateDir}`,
       `--pki ${AGENT.pkiDir}`,
       `--name ${h.name}`,

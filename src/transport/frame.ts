@@ -34,6 +34,10 @@ export enum FrameType {
   DoneAck = 12,
   Abort = 13,
   Error = 14,
+  /** A client's request to an agent (precog migrate, job list/cancel): JSON, see src/agent/control.ts. */
+  Control = 15,
+  /** An agent's answer to a Control request: progress, the report, an error. JSON. */
+  Event = 16,
 }
 
 export interface Frame {

@@ -136,6 +136,16 @@ export class SocketLink implements Link {
     }
   }
 
+  /** The next frame that arrives; throws when the connection fails or closes first. */
+  async next(): Promise<Buffer> {
+    for (;;) {
+      const f = this.inbox.shift();
+      if (f) return f;
+      if (this.failure) throw this.failure;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+
   receive(): Buffer[] {
     const out = this.inbox;
     this.inbox = [];
