@@ -204,6 +204,12 @@ describe('live migration of containers with CRIU', { skip }, () => {
         'find in a',
       );
       assert.equal(seen.stdout.trim(), '0', `host a sees b's files or mounts: ${seen.stdout}`);
+      // precog migrate runs in the probe namespace and reaches the agents over their TLS port alone: it has no
+      // route to the migration link, and the hosts' files are not where it runs.
+      const route = spawnSync('ip', ['-n', state.probe!.netns, 'route', 'get', '10.213.77.2'], {
+        encoding: 'utf8',
+      });
+      assert.notEqual(route.status, 0, `the probe namespace reaches the migration link: ${route.stdout}`);
     } finally {
       cli('testbed', 'exec', 'b', '--', 'rm', '-f', `${AGENT.stateDir}/${marker}`);
     }
@@ -679,6 +685,40 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.deepEqual(agentLeftovers(state, 'a'), []);
   });
 
+  test('from another shell: precog job list shows the running migration, precog job cancel stops it', async () => {
+    slowLinkFromB();
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
+    let r: Ran;
+    try {
+      await waitSession(state, 'a');
+      const list = must(cli('job', 'list', '--on', 'b', '--json'), 'job list');
+      const jobs = JSON.parse(list.stdout) as { container: string; to: string; phase: string }[];
+      assert.deepEqual(
+        jobs.map((j) => `${j.container}->${j.to}`),
+        ['mc->a'],
+        `the source agent lists the move: ${list.stdout}`,
+      );
+      assert.match(must(cli('job', 'list', '--on', 'a'), 'job list a').stdout, /no migration runs there/);
+      must(cli('job', 'cancel', 'mc', '--on', 'b'), 'job cancel');
+      r = await m.done;
+    } finally {
+      fastLinkFromB();
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /cancelled by precog job cancel/);
+    assert.match(r.stderr, /source keeps running on b/);
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(find('mc')!.host, 'b');
+    for (let i = 0; i < 50 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
+    assert.deepEqual(agentLeftovers(state, 'a'), []);
+    // Nothing to cancel any more: a usage error naming it.
+    const again = cli('job', 'cancel', 'mc', '--on', 'b');
+    assert.equal(again.code, 2, again.stderr);
+    assert.match(again.stderr, /no migration of a container named "mc" runs on this host/);
+  });
+
   test('the lazy copy-in fails (its daemon stops): the restored copy is removed, the source thaws and goes on', async () => {
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a'], { PRECOG_LAZY_TIMEOUT_MS: '3000' });
@@ -704,6 +744,11 @@ describe('live migration of containers with CRIU', { skip }, () => {
     // Stopped before criu restore has finished, the restore itself waits on the daemon (the restorer faults on a lazy
     // page) and times out; stopped after, the copy-in times out. Either way the migration is undone.
     assert.match(r.stderr, /lazy-pages did not copy every page in|criu restore timed out/);
+    assert.doesNotMatch(
+      r.stderr,
+      /no traffic on the link/,
+      'the destination kept the link alive while it waited',
+    );
     assert.match(r.stderr, /source keeps running on b/);
     assert.equal(existsSync(`/proc/${daemon}`), false, 'the stopped daemon went with the removed copy');
     const s = await waitChecks('mc', before.checks);

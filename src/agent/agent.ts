@@ -209,6 +209,13 @@ export class Agent {
       ok: (frames: Buffer[]) => Buffer[],
       failed: (err: Error) => void,
     ): void => {
+      // The source waits in silence meanwhile, and takes silence longer than its link timeout for a dead link: an
+      // EVENT now and then (which it leaves unread) keeps the link alive during a long restore or copy-in.
+      const every = Math.max(50, Math.min(1000, (restorer?.linkTimeoutMs || 3000) / 3));
+      const alive = setInterval(() => {
+        if (!socket.destroyed) socket.write(jsonFrame(FrameType.Event, { event: 'restoring' }));
+      }, every);
+      work.finally(() => clearInterval(alive)).catch(() => {});
       const g = work.then(
         () => {
           if (gate !== g) return;

@@ -1,6 +1,8 @@
 import { Command, CommanderError } from 'commander';
 import { exitCodeOf } from '../util/errors.ts';
 import { agentCommand } from './agent.ts';
+import { checkCommand } from './check.ts';
+import { jobCommand } from './job.ts';
 import { containerCommands } from './container.ts';
 import { pkiCommand } from './pki.ts';
 import { predictEvalCommand, trainCommand } from './predict.ts';
@@ -23,6 +25,8 @@ program
 program.addCommand(simulateCommand());
 program.addCommand(pkiCommand());
 program.addCommand(agentCommand());
+program.addCommand(checkCommand());
+program.addCommand(jobCommand());
 program.addCommand(traceCommand());
 program.addCommand(sendMemoryCommand());
 program.addCommand(testbedCommand());

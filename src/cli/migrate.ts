@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { controlRequest } from '../agent/client.ts';
@@ -7,12 +6,9 @@ import { isPostcopy, parseStrategy, type Decision } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
 import { validateName } from '../runtime/container.ts';
 import { runtimeNames } from '../runtime/index.ts';
-import { AGENT, OPERATOR_CERT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
-import { loadIdentity, type Identity } from '../transport/pki.ts';
-import { parseEndpoint, type Endpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { formatBytes, parseDuration, parseSize } from '../util/units.ts';
-import { needRoot } from './container.ts';
+import { agentsFor, clientIdentity, fromProbeNamespace } from './agents.ts';
 
 interface MigrateFlags {
   from: string;
@@ -29,31 +25,6 @@ interface MigrateFlags {
   json?: boolean;
   progress?: boolean;
   resume?: boolean;
-}
-
-/**
- * Runs this same command again inside the source host's network namespace (the link to the destination and the
- * local page server must be the host's own), with the same stdio; resolves with its exit code.
- */
-function reexecIn(netns: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      'nsenter',
-      [`--net=/run/netns/${netns}`, '--', process.execPath, ...process.execArgv, ...process.argv.slice(1)],
-      { stdio: 'inherit', env: { ...process.env, PRECOG_IN_NETNS: netns } },
-    );
-    const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
-    const onInt = forward('SIGINT');
-    const onTerm = forward('SIGTERM');
-    process.on('SIGINT', onInt);
-    process.on('SIGTERM', onTerm);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
-      resolve(code ?? (signal ? 128 + 15 : 1));
-    });
-  });
 }
 
 /** One status line on a terminal, rewritten in place. */
@@ -126,82 +97,20 @@ function summary(r: LiveMigrationReport): string {
   );
 }
 
-/** Where an agent is: its address, the name its certificate carries, and how the source agent reaches it. */
-interface AgentAt {
-  endpoint: Endpoint;
-  name: string;
-}
-
-/**
- * `--from/--to`: a test host's name (a, b) while the testbed is up, or HOST[:PORT] of an agent anywhere. Test
- * hosts are reached from the probe namespace (a third network namespace with a link of its own to each host: the
- * client shares nothing with the hosts but TLS), and the source agent reaches the destination by its name.
- */
-function agentsFor(from: string, to: string): { from: AgentAt; to: AgentAt; testbed: TestbedState | null } {
-  const state = readState();
-  const hostNames = state?.complete ? state.hosts.map((h) => h.name) : [];
-  if (hostNames.includes(from) || hostNames.includes(to)) {
-    if (!hostNames.includes(from) || !hostNames.includes(to))
-      throw new UsageError(
-        `--from ${from} --to ${to}: name two test hosts (${hostNames.join(', ')}), or two agents`,
-      );
-    const probe = state!.probe;
-    if (!probe)
-      throw new UsageError(
-        'this testbed has no probe namespace (an older precog made it); run "precog testbed down", then "up"',
-      );
-    return {
-      from: { endpoint: { host: probe.addresses[from], port: AGENT.port }, name: from },
-      to: { endpoint: { host: to, port: AGENT.port }, name: to },
-      testbed: state!,
-    };
-  }
-  const at = (spec: string, what: string): AgentAt => {
-    const endpoint = /:\d+$/.test(spec) ? parseEndpoint(spec, what) : { host: spec, port: AGENT.port };
-    if (!endpoint.host) throw new UsageError(`${what} "${spec}" must be HOST[:PORT]`);
-    return { endpoint, name: endpoint.host };
-  };
-  return { from: at(from, '--from'), to: at(to, '--to'), testbed: null };
-}
-
-/** The client's certificate: --pki/--name, or the testbed's operator certificate. */
-function clientIdentity(f: MigrateFlags, testbed: boolean): Identity {
-  if (f.pki) return loadIdentity(f.pki, f.name ?? 'operator');
-  if (testbed) return loadIdentity(PKI_DIR, OPERATOR_CERT);
-  throw new UsageError(
-    `precog migrate needs a client certificate of the agents' CA to reach the agent on host ${f.from}: ` +
-      '--pki DIR --name NAME (see docs/deploy.md)',
-  );
-}
-
-/** Runs the request from the probe namespace when it names test hosts (needs root, as the testbed does). */
-async function inProbeNamespace(testbed: TestbedState | null): Promise<boolean> {
-  if (!testbed) return false;
-  needRoot('migrate');
-  const netns = testbed.probe!.netns;
-  if (process.env.PRECOG_IN_NETNS === netns) return false;
-  process.exitCode = await reexecIn(netns);
-  return true;
-}
-
 async function resumeAction(name: string, f: MigrateFlags): Promise<void> {
   const batchBytes = parseSize(f.batch, '--batch');
   const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
   const agents = agentsFor(f.from, f.to);
-  if (await inProbeNamespace(agents.testbed)) return;
-  const end = await controlRequest(
-    agents.from.endpoint,
-    clientIdentity(f, !!agents.testbed),
-    agents.from.name,
-    {
-      action: 'resume',
-      name,
-      runtime: f.runtime,
-      to: { ...agents.to.endpoint, name: agents.to.name },
-      batchBytes,
-      linkTimeoutMs,
-    },
-  );
+  const identity = clientIdentity(f, !!agents.testbed, f.from);
+  if (await fromProbeNamespace(agents.testbed, 'migrate')) return;
+  const end = await controlRequest(agents.from.endpoint, identity, agents.from.name, {
+    action: 'resume',
+    name,
+    runtime: f.runtime,
+    to: { ...agents.to.endpoint, name: agents.to.name },
+    batchBytes,
+    linkTimeoutMs,
+  });
   if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
   if (end.event !== 'resumed') throw new Error(`the agent answered ${end.event}`);
   const r = end.report;
@@ -294,8 +203,8 @@ export function migrateCommand(): Command {
       if (!runtimeNames().includes(f.runtime))
         throw new UsageError(`--runtime ${f.runtime}: unknown; registered: ${runtimeNames().join(', ')}`);
       const agents = agentsFor(f.from, f.to);
-      const identity = clientIdentity(f, !!agents.testbed);
-      if (await inProbeNamespace(agents.testbed)) return;
+      const identity = clientIdentity(f, !!agents.testbed, f.from);
+      if (await fromProbeNamespace(agents.testbed, 'migrate')) return;
       const progress = new Progress(f.progress !== false && !f.json && process.stderr.isTTY === true);
       // Ctrl-C or SIGTERM: the source agent gives up cleanly (the source thaws) unless the restore has begun.
       const interrupt = new AbortController();

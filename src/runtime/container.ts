@@ -1210,6 +1210,8 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
           ...restoreNetworkArgs(saved.network),
           ...(lazyMark ? ['--lazy-pages'] : []),
         ],
+        // A lazy restore that cannot reach its daemon waits forever: it gets the copy-in's limit.
+        ...(lazyMark && opts.lazyTimeoutMs ? { timeoutMs: opts.lazyTimeoutMs } : {}),
       });
       const running = performance.now();
       const hostPid = Number(readFileSync(pidfile, 'utf8').trim());
