@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { Command } from 'commander';
+import { loadAgentConfig } from './agent-config.ts';
 import { Agent } from '../agent/agent.ts';
 import { makeRuntime, type MovableRuntime } from '../runtime/index.ts';
 import { localSite } from '../runtime/site.ts';
@@ -9,6 +11,7 @@ import { createLogger } from '../util/log.ts';
 import { parseDuration, parseSize } from '../util/units.ts';
 
 interface AgentFlags {
+  config?: string;
   listen: string;
   stateDir: string;
   pki?: string;
@@ -18,16 +21,37 @@ interface AgentFlags {
   insecurePlaintext?: boolean;
 }
 
+/** Where the agent looks for its configuration when no --config is given. */
+export const DEFAULT_AGENT_CONFIG = '/etc/precog/agent.yaml';
+
+/** Flag name -> the configuration file's key. */
+const CONFIG_KEY: Record<string, string> = {
+  listen: 'listen',
+  stateDir: 'state-dir',
+  pki: 'pki',
+  name: 'name',
+  spillSize: 'spill-size',
+  idleTimeout: 'idle-timeout',
+};
+
 export function agentCommand(): Command {
-  return new Command('agent')
+  const cmd = new Command('agent');
+  return cmd
     .exitOverride()
-    .description('run a precog agent: receives migrations from authenticated peers over mutual TLS')
+    .description(
+      'run a precog agent: receives migrations from authenticated peers over mutual TLS, restores containers, ' +
+        'and moves its own containers away when a client asks (docs/deploy.md)',
+    )
+    .option(
+      '--config <file>',
+      `YAML configuration with the keys listen, state-dir, pki, name, spill-size, idle-timeout (default: ${DEFAULT_AGENT_CONFIG} when it exists); flags override it`,
+    )
     .option(
       '--listen <host:port>',
       'address to listen on (default: every address, port 7070)',
       '0.0.0.0:7070',
     )
-    .requiredOption('--state-dir <dir>', 'where migrations keep their pages and images')
+    .option('--state-dir <dir>', 'where migrations keep their pages and images', '/var/lib/precog/agent')
     .option('--pki <dir>', 'PKI directory with ca.pem, NAME.pem and NAME-key.pem (precog pki)')
     .option('--name <name>', "this host's certificate name (default: the host name in the PKI)")
     .option('--spill-size <size>', 'keep pages of larger migrations in a file', '1GiB')
@@ -38,6 +62,14 @@ export function agentCommand(): Command {
     )
     .option('--insecure-plaintext', 'no TLS and no authentication: for tests on loopback only')
     .action(async (f: AgentFlags) => {
+      // The file's settings where no flag was given on the command line.
+      const file = f.config ?? (existsSync(DEFAULT_AGENT_CONFIG) ? DEFAULT_AGENT_CONFIG : undefined);
+      if (file) {
+        const conf = loadAgentConfig(file);
+        const flags = f as unknown as Record<string, string>;
+        for (const [flag, key] of Object.entries(CONFIG_KEY))
+          if (conf[key] !== undefined && cmd.getOptionValueSource(flag) !== 'cli') flags[flag] = conf[key];
+      }
       const log = createLogger('precog-agent');
       const listen = parseEndpoint(f.listen, '--listen');
       let identity = null;

@@ -721,6 +721,7 @@ export const AGENT = {
   port: 7070,
   stateDir: '/var/lib/precog/agent',
   pkiDir: '/etc/precog/pki',
+  config: '/etc/precog/agent.yaml',
   log: '/var/log/precog-agent.log',
 } as const;
 /** The name of the testbed's client certificate (in PKI_DIR), for precog migrate and precog job. */
@@ -773,17 +774,19 @@ export async function startAgents(state: TestbedState): Promise<void> {
         readFileSync(join(PKI_DIR, f), 'utf8'),
       );
     }
-    const agent = [
-      '/opt/precog/bin/precog agent',
+    // Configured as on a server (docs/deploy.md): /etc/precog/agent.yaml, the agent started with --config.
+    const config = [
       // Every address of the host: the migration link, and the probe link the clients come from.
-      `--listen 0.0.0.0:${AGENT.port}`,
-      `--state-dir ${AGENT.stateDir}`,
-      `--pki ${AGENT.pkiDir}`,
-      `--name ${h.name}`,
+      `listen: 0.0.0.0:${AGENT.port}`,
+      `state-dir: ${AGENT.stateDir}`,
+      `pki: ${AGENT.pkiDir}`,
+      `name: ${h.name}`,
       // Up to 4 GiB of pages stay in memory (the machines have 24 GiB): above it they go to the host's disk,
       // whose writes (about 170 MB/s here) would then bound every migration.
-      '--spill-size 4GiB',
-    ].join(' ');
+      'spill-size: 4GiB',
+    ].join('\n');
+    await runInHost(state, h.name, ['sh', '-c', `cat > ${AGENT.config}`], config + '\n');
+    const agent = `/opt/precog/bin/precog agent --config ${AGENT.config}`;
     // Started from inside the host and detached there: no process outside the host waits for it.
     await runInHost(state, h.name, ['sh', '-c', `setsid ${agent} >>${AGENT.log} 2>&1 </dev/null &`]);
   }

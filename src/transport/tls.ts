@@ -195,7 +195,13 @@ export async function connectTls(
     key: id.key,
     cert: id.cert,
     ca: id.ca,
-    servername: serverName,
+    // SNI carries names only (RFC 6066); an address is checked against the certificate's IP entries instead.
+    ...(net.isIP(serverName)
+      ? {
+          checkServerIdentity: (_host: string, cert: tls.PeerCertificate) =>
+            tls.checkServerIdentity(serverName, cert),
+        }
+      : { servername: serverName }),
     minVersion: 'TLSv1.3',
   });
   await connected(socket, 'secureConnect', to);
