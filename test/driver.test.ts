@@ -253,3 +253,25 @@ test("the agent's restorer removes its copy when the lazy copy-in fails, and rep
   );
   assert.deepEqual(rt2.calls, ['restore /c@b lazy pageserver']);
 });
+
+test('precog check names a CRIU that is too old, and the fix', async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { hostChecks } = await import('../src/runtime/check.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'precog-criu-'));
+  writeFileSync(join(dir, 'criu'), '#!/bin/sh\necho "Version: 3.17"\n', { mode: 0o755 });
+  const path = process.env.PATH;
+  process.env.PATH = `${dir}:${path}`;
+  try {
+    const criu = hostChecks(false).find((c) => c.what === 'criu')!;
+    assert.equal(criu.ok, false);
+    assert.equal(criu.detail, 'criu 3.17');
+    assert.match(criu.fix!, /CRIU >= 4\.0/);
+    writeFileSync(join(dir, 'criu'), '#!/bin/sh\necho "Version: 4.2.1"\n', { mode: 0o755 });
+    assert.equal(hostChecks(false).find((c) => c.what === 'criu')!.ok, true);
+  } finally {
+    process.env.PATH = path;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -37,6 +37,7 @@ import {
 import { ContainerPostcopy } from './postcopy.ts';
 import { ContainerRestorer } from './restore.ts';
 import { ControlServer } from './control.ts';
+import { cannotMove } from '../runtime/check.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import { RESTORE_FAILED, type ContainerHello } from '../engine/messages.ts';
 import { ProtocolError } from '../util/errors.ts';
@@ -149,6 +150,9 @@ export class Agent {
       throw new ProtocolError(
         `this agent restores no containers (it was started without a runtime); start it with --runtime`,
       );
+    // Refused now, before the source stops its container, when this host cannot restore one (no CRIU, too old...).
+    const why = cannotMove();
+    if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);
     log.info(
       { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },
       'container migration',

@@ -19,6 +19,7 @@ import type { RoundRecord } from '../report/metrics.ts';
 import { validateName } from '../runtime/container.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import type { Identity } from '../transport/pki.ts';
+import { cannotMove } from '../runtime/check.ts';
 import { UsageError } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -181,6 +182,15 @@ export class ControlServer {
     if (req.dumpVia !== 'images' && req.dumpVia !== 'page-server')
       throw new UsageError('--dump-via: accepted: images, page-server');
     if (this.jobs.has(name)) throw new UsageError(`container ${name} is being migrated already`);
+    // Before anything stops: a host that cannot dump refuses with the fix.
+    const why = cannotMove();
+    if (why)
+      throw Object.assign(
+        new Error(`host ${this.o.host} cannot move containers: ${why}; ${name} keeps running`),
+        {
+          exitCode: 1,
+        },
+      );
     const rt = runtime(String(req.runtime));
     const migrationId = `${name}-${Math.random().toString(16).slice(2, 10)}`;
     const abort = new AbortController();
