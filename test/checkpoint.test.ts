@@ -142,7 +142,7 @@ describe('checkpoint, restore, export and cold migration with CRIU', { skip }, (
     const before = find('ctr')!;
     const v0 = counterOf(before);
     const r = must(
-      cli('migrate', 'ctr', '--from', 'a', '--to', 'b', '--strategy', 'cold', '--work', join(tmp, 'mig')),
+      cli('migrate', 'ctr', '--from', 'a', '--to', 'b', '--strategy', 'cold'),
       'migrate',
     ).stdout;
     assert.match(r, /ctr: migrated a -> b \(cold\)/);

@@ -41,7 +41,7 @@ test('bad input: one line naming the value and what is accepted, exit code 2, no
     [['migrate', 'x'], /required option/],
     [['trace', 'record'], /--pid is required/],
     [['send-memory'], /required option/],
-    [['agent'], /required option/],
+    [['agent'], /needs --pki DIR and --name NAME/],
     [['pki', 'issue'], /required option '--dir <dir>' not specified/],
   ];
   for (const [args, re] of cases) {

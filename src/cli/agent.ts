@@ -81,7 +81,7 @@ export function agentCommand(): Command {
       } else {
         if (!f.pki || !f.name) {
           throw new UsageError(
-            'the agent needs --pki DIR and --name NAME for mutual TLS (create them with precog pki init / precog pki issue NAME)',
+            'the agent needs --pki DIR and --name NAME for mutual TLS (or pki: and name: in its --config file; create them with precog pki init / precog pki issue NAME)',
           );
         }
         identity = loadIdentity(f.pki, f.name);
