@@ -141,10 +141,7 @@ describe('checkpoint, restore, export and cold migration with CRIU', { skip }, (
   test('cold migration a -> b: counter continues, note there, source removed', async () => {
     const before = find('ctr')!;
     const v0 = counterOf(before);
-    const r = must(
-      cli('migrate', 'ctr', '--from', 'a', '--to', 'b', '--strategy', 'cold'),
-      'migrate',
-    ).stdout;
+    const r = must(cli('migrate', 'ctr', '--from', 'a', '--to', 'b', '--strategy', 'cold'), 'migrate').stdout;
     assert.match(r, /ctr: migrated a -> b \(cold\)/);
     process.stdout.write(`# ${r}`);
     const c = find('ctr')!;
