@@ -756,6 +756,43 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.deepEqual(hostsOf('mc', state), ['b'], 'only the source is left');
   });
 
+  test('the source agent stopped (SIGTERM) mid-migration: it cancels the move, the source goes on', async () => {
+    slowLinkFromB();
+    const before = memcheck('mc');
+    const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a']);
+    let r: Ran;
+    try {
+      await waitSession(state, 'a');
+      must(cli('testbed', 'exec', 'b', '--', 'pkill', '-TERM', '-f', 'precog agent'), 'SIGTERM to agent b');
+      r = await m.done;
+    } finally {
+      fastLinkFromB();
+      // b's agent back, as its service manager would start it again.
+      must(
+        cli(
+          'testbed',
+          'exec',
+          'b',
+          '--',
+          'sh',
+          '-c',
+          `setsid /opt/precog/bin/precog agent --config ${AGENT.config} >>${AGENT.log} 2>&1 </dev/null &`,
+        ),
+        'restart agent b',
+      );
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /the source agent is stopping/);
+    assert.match(r.stderr, /source keeps running on b/);
+    const s = await waitChecks('mc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(find('mc')!.host, 'b');
+    for (let i = 0; i < 50 && agentLeftovers(state, 'a').length > 0; i++) await sleep(200);
+    assert.deepEqual(agentLeftovers(state, 'a'), []);
+    for (let i = 0; i < 100 && cli('job', 'list', '--on', 'b').code !== 0; i++) await sleep(100);
+    must(cli('job', 'list', '--on', 'b'), "b's agent is back");
+  });
+
   test('the destination agent dies mid-migration: the source goes on', async () => {
     slowLinkFromB();
     const before = memcheck('mc');

@@ -166,6 +166,8 @@ export class Agent {
   }
 
   async close(): Promise<void> {
+    // Moves away from here end first (cancelled: their sources thaw), and their clients hear it.
+    await this.control.stop(15_000);
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }

@@ -83,6 +83,8 @@ export type ControlEvent =
 
 interface Job extends JobInfo {
   abort: AbortController;
+  /** Settles when the move has ended either way (the source removed, or thawed). */
+  done?: Promise<unknown>;
 }
 
 const LIMITS = { batch: [4096, 16 << 20], linkTimeout: [100, 3_600_000], lazyTimeout: [100, 24 * 3_600_000] };
@@ -120,7 +122,20 @@ export class ControlServer {
   ) {}
 
   list(): JobInfo[] {
-    return [...this.jobs.values()].map(({ abort: _abort, ...info }) => info);
+    return [...this.jobs.values()].map(({ abort: _abort, done: _done, ...info }) => info);
+  }
+
+  /**
+   * The agent is stopping: every move it runs as a source is cancelled (before the destination took over, the
+   * source thaws and runs on) and waited for, at most `ms`, so that each client hears how its move ended.
+   */
+  async stop(ms: number): Promise<void> {
+    const running = [...this.jobs.values()];
+    for (const j of running) j.abort.abort('the source agent is stopping');
+    await Promise.race([
+      Promise.allSettled(running.map((j) => j.done)),
+      new Promise((resolve) => setTimeout(resolve, ms).unref()),
+    ]);
   }
 
   /**
@@ -213,7 +228,7 @@ export class ControlServer {
     const log = this.o.log.child({ migration: migrationId, container: name, to: to.name });
     log.info({ strategy: strategy.spec }, 'moving a container away');
     try {
-      const report = await migrateLive({
+      const moving = migrateLive({
         name,
         from: this.o.host,
         to: to.name,
@@ -246,6 +261,8 @@ export class ControlServer {
           send({ event: 'phase', phase });
         },
       });
+      job.done = moving;
+      const report = await moving;
       log.info({ downtimeMs: Math.round(report.downtimeMs), totalMs: Math.round(report.totalMs) }, 'moved');
       send({ event: 'report', report });
     } catch (err) {
