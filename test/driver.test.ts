@@ -88,6 +88,12 @@ class FakeRuntime implements MovableRuntime {
     this.on(host).set('web', 'running');
     return this.info('web', host, 'running');
   }
+  imageOf(): string | null {
+    return 'img:1';
+  }
+  hasImage(image: string): boolean {
+    return image === 'img:1';
+  }
   lazyDone(): Promise<LazyResult> | undefined {
     return this.lazy;
   }
@@ -272,6 +278,47 @@ test('precog check names a CRIU that is too old, and the fix', async () => {
     assert.equal(hostChecks(false).find((c) => c.what === 'criu')!.ok, true);
   } finally {
     process.env.PATH = path;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a container's base image is named by its recipe; a host built from another recipe lacks it", async () => {
+  const { mkdtempSync, writeFileSync, rmSync, mkdirSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { NamespaceRuntime, baseImageId } = await import('../src/runtime/container.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'precog-image-'));
+  const stamp = (root: string, packages: string[], builtAt: string) => {
+    mkdirSync(root, { recursive: true });
+    writeFileSync(
+      join(root, '.precog-rootfs.json'),
+      JSON.stringify({ suite: 'trixie', packages, criuSuite: 'forky', builtAt }),
+    );
+  };
+  try {
+    stamp(join(dir, 'a'), ['criu', 'redis-server'], '2026-01-01');
+    stamp(join(dir, 'b'), ['criu', 'redis-server'], '2026-02-02'); // built elsewhere, same recipe
+    stamp(join(dir, 'c'), ['criu'], '2026-01-01');
+    const site = (name: string) => ({
+      name,
+      containersDir: join(dir, name, 'containers'),
+      rootfs: join(dir, name),
+      nsPid: null,
+      netns: null,
+      cgroupParent: null,
+      serviceNet: null,
+      local: true,
+      command: (argv: readonly string[]) => ({ cmd: argv[0], args: argv.slice(1), env: process.env }),
+      path: (p: string) => p,
+      fsPath: (p: string) => p,
+    });
+    const id = baseImageId(join(dir, 'a'))!;
+    assert.match(id, /^trixie:[0-9a-f]{16}$/);
+    assert.equal(baseImageId(join(dir, 'b')), id, 'the build time is not part of the identity');
+    assert.equal(new NamespaceRuntime(() => [site('b')]).hasImage(id), true);
+    assert.equal(new NamespaceRuntime(() => [site('c')]).hasImage(id), false);
+    assert.equal(baseImageId(join(dir, 'none')), null);
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -153,16 +153,17 @@ export class Agent {
     // Refused now, before the source stops its container, when this host cannot restore one (no CRIU, too old...).
     const why = cannotMove();
     if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);
+    const rt = this.o.runtime(c.runtime);
+    if (c.image && !rt.hasImage(c.image))
+      throw new ProtocolError(
+        `the image container ${c.name} needs (${c.image}) is not on this host: install the same image here ` +
+          `(precog's containers: a base image built from the same recipe, see its .precog-rootfs.json)`,
+      );
     log.info(
       { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },
       'container migration',
     );
-    return new ContainerRestorer(
-      this.o.runtime(c.runtime),
-      c,
-      this.o.hostName ?? this.o.identity?.name ?? hostname(),
-      log,
-    );
+    return new ContainerRestorer(rt, c, this.o.hostName ?? this.o.identity?.name ?? hostname(), log);
   }
 
   async close(): Promise<void> {

@@ -22,6 +22,8 @@ export interface ContainerHello {
   runtime: string;
   /** The container's name (the destination refuses at once when it has one of that name). */
   name: string;
+  /** The image the container needs (MovableRuntime.imageOf): the destination refuses at once without it. */
+  image?: string;
   /** The source host's name (for messages and logs). */
   from: string;
   /** 'postcopy': resume before every page is there (needs a lazy restore); absent: stop-and-copy. */

@@ -188,6 +188,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       async (info: ContainerInfo, checkpoint) => {
         if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
         const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
+        const image = rt.imageOf(info);
         let received: ReceivedDump | undefined;
         const srcDir = join(o.workDir, 'source');
         const mem = new ContainerMemory(
@@ -238,6 +239,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             runtime: o.runtimeName ?? 'precog',
             name: o.name,
             from: o.from,
+            ...(image ? { image } : {}),
             restore: restoreMode,
             lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs(),
             linkTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,

@@ -19,6 +19,7 @@
  * - a JSON state file, /var/lib/precog/containers/NAME/state.json in the host.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
   closeSync,
   existsSync,
@@ -193,6 +194,18 @@ export interface RestoreOptions {
 export type { PostcopyPending };
 
 export const POSTCOPY_PENDING_FILE = 'postcopy.json';
+
+/** The identity of a base image: `SUITE:` and a digest of its recipe (its stamp file); null when it has none. */
+export function baseImageId(rootfs: string): string | null {
+  let stamp: { suite?: string; packages?: string[]; criuSuite?: string };
+  try {
+    stamp = JSON.parse(readFileSync(join(rootfs, '.precog-rootfs.json'), 'utf8')) as typeof stamp;
+  } catch {
+    return null;
+  }
+  const recipe = JSON.stringify({ suite: stamp.suite, packages: stamp.packages, criuSuite: stamp.criuSuite });
+  return `${stamp.suite ?? 'image'}:${createHash('sha256').update(recipe).digest('hex').slice(0, 16)}`;
+}
 
 /** The end of a lazy restore's page copying (RestoreOptions.lazy). */
 export interface LazyResult {
@@ -1310,6 +1323,18 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   async remove(name: string, host: string): Promise<void> {
     const at = this.locateOn(this.site(host), name);
     if (at) await this.cleanup(at, this.read(at));
+  }
+
+  /**
+   * precog's containers need the base image they were made from (their lower layer): its identity is the recipe
+   * in the image's stamp (suite, packages, CRIU's suite), which two hosts built from the same recipe share.
+   */
+  imageOf(info: ContainerInfo): string | null {
+    return baseImageId(this.site(info.host).rootfs);
+  }
+
+  hasImage(image: string): boolean {
+    return this.sites().some((s) => baseImageId(s.rootfs) === image);
   }
 
   forgetLazy(name: string): void {

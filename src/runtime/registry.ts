@@ -57,6 +57,13 @@ export interface MovableRuntime {
   lazyDone(name: string): Promise<LazyResult> | undefined;
   /** Stops waiting for a lazy restore (its move failed otherwise). */
   forgetLazy(name: string): void;
+  /**
+   * The image the container needs at the destination, as an identifier the destination can check (null: none is
+   * needed). Told in HELLO; a destination without it refuses before the source stops.
+   */
+  imageOf(info: ContainerInfo): string | null;
+  /** Whether this host has the image `imageOf` named at the source. */
+  hasImage(image: string): boolean;
   /** The source's record of a post-copy interrupted after the switchover (null: remove it). */
   setPostcopyPending(name: string, host: string, pending: PostcopyPending | null): Promise<void>;
   postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined>;
