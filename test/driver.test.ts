@@ -88,6 +88,9 @@ class FakeRuntime implements MovableRuntime {
     this.on(host).set('web', 'running');
     return this.info('web', host, 'running');
   }
+  has(name: string, host: string): boolean {
+    return this.on(host).has(name);
+  }
   imageOf(): string | null {
     return 'img:1';
   }

@@ -154,6 +154,11 @@ export class Agent {
     const why = cannotMove();
     if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);
     const rt = this.o.runtime(c.runtime);
+    const host = this.o.hostName ?? this.o.identity?.name ?? hostname();
+    if (rt.has(c.name, host))
+      throw new ProtocolError(
+        `a container named "${c.name}" already exists on ${host}: remove it there first (or move it away)`,
+      );
     if (c.image && !rt.hasImage(c.image))
       throw new ProtocolError(
         `the image container ${c.name} needs (${c.image}) is not on this host: install the same image here ` +
@@ -163,7 +168,7 @@ export class Agent {
       { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },
       'container migration',
     );
-    return new ContainerRestorer(rt, c, this.o.hostName ?? this.o.identity?.name ?? hostname(), log);
+    return new ContainerRestorer(rt, c, host, log);
   }
 
   async close(): Promise<void> {

@@ -1333,6 +1333,10 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     return baseImageId(this.site(info.host).rootfs);
   }
 
+  has(name: string, host: string): boolean {
+    return this.locateOn(this.site(host), validateName(name)) !== undefined;
+  }
+
   hasImage(image: string): boolean {
     return this.sites().some((s) => baseImageId(s.rootfs) === image);
   }

@@ -62,6 +62,8 @@ export interface MovableRuntime {
    * needed). Told in HELLO; a destination without it refuses before the source stops.
    */
   imageOf(info: ContainerInfo): string | null;
+  /** Whether HOST has a container named NAME (a destination refuses a second one before the source stops). */
+  has(name: string, host: string): boolean;
   /** Whether this host has the image `imageOf` named at the source. */
   hasImage(image: string): boolean;
   /** The source's record of a post-copy interrupted after the switchover (null: remove it). */
