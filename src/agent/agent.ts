@@ -103,11 +103,14 @@ export class Agent {
   >();
 
   private readonly control: ControlServer;
+  /** This host's name for the runtime and the moves it starts (default: the certificate's name). */
+  private readonly host: string;
 
   constructor(options: AgentOptions) {
     this.o = options;
+    this.host = options.hostName ?? options.identity?.name ?? hostname();
     this.control = new ControlServer({
-      host: options.hostName ?? options.identity?.name ?? hostname(),
+      host: this.host,
       identity: options.identity,
       runtime: options.runtime,
       stateDir: options.stateDir,
@@ -154,7 +157,7 @@ export class Agent {
     const why = cannotMove();
     if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);
     const rt = this.o.runtime(c.runtime);
-    const host = this.o.hostName ?? this.o.identity?.name ?? hostname();
+    const host = this.host;
     if (rt.has(c.name, host))
       throw new ProtocolError(
         `a container named "${c.name}" already exists on ${host}: remove it there first (or move it away)`,

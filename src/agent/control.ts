@@ -12,7 +12,7 @@
 import { rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
-import { migrateLive, type LiveMigrationReport } from '../migrate/live.ts';
+import { migrateLive, newMigrationId, type LiveMigrationReport } from '../migrate/live.ts';
 import { resumePostcopy, type ResumeReport } from '../migrate/resume.ts';
 import { parseStrategy } from '../policy/index.ts';
 import type { RoundRecord } from '../report/metrics.ts';
@@ -207,7 +207,7 @@ export class ControlServer {
         },
       );
     const rt = runtime(String(req.runtime));
-    const migrationId = `${name}-${Math.random().toString(16).slice(2, 10)}`;
+    const migrationId = newMigrationId(name);
     const abort = new AbortController();
     const onCancel = () => abort.abort(String(cancelled.reason ?? 'the client went away'));
     cancelled.addEventListener('abort', onCancel, { once: true });

@@ -152,10 +152,13 @@ function eagerPagesOf(dir: string, dump: ReceivedDump, mem: ContainerMemory, siz
   return out;
 }
 
+/** A new migration's id: the container's name and a random suffix (what agents and logs show). */
+export const newMigrationId = (name: string): string => `${name}-${randomUUID().slice(0, 8)}`;
+
 export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigrationReport> {
   const t0 = performance.now();
   const rt = o.rt;
-  const migrationId = o.migrationId ?? `${o.name}-${randomUUID().slice(0, 8)}`;
+  const migrationId = o.migrationId ?? newMigrationId(o.name);
   const identity = o.identity;
   let report:
     | Omit<

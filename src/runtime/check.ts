@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { cgroup2Mount } from './site.ts';
+import { cgroup2Mount, hasTool } from './site.ts';
 
 /** The oldest CRIU precog works with (4.x: TCP sockets on Linux >= 6.16, lazy pages with userfaultfd). */
 export const MIN_CRIU = [4, 0] as const;
@@ -93,7 +93,7 @@ export function hostChecks(full = true): CheckResult[] {
     required: true,
   });
   for (const tool of ['nsenter', 'unshare', 'ip', 'tar']) {
-    const there = run('sh', ['-c', `command -v ${tool}`]).code === 0;
+    const there = hasTool(tool);
     out.push({
       what: tool,
       ok: there,

@@ -51,7 +51,7 @@ import {
   type ContainerNetwork,
 } from './svcnet.ts';
 import type { MovableRuntime, PostcopyPending } from './registry.ts';
-import { CHECKPOINTS_DIR, CONTAINERS_DIR, type Site } from './site.ts';
+import { CHECKPOINTS_DIR, CONTAINERS_DIR, hasTool, type Site } from './site.ts';
 import {
   cgroup2Root,
   HOSTS,
@@ -506,10 +506,6 @@ function duBytes(dir: string): number {
   } catch {
     return 0;
   }
-}
-
-function hasTool(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
 }
 
 interface Located {

@@ -4,6 +4,7 @@
  * testbed). The runtime's code is the same for both; only the paths, the way into the host's namespaces and the
  * cgroup parent differ, and those live here.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { hostname } from 'node:os';
@@ -108,6 +109,11 @@ export function localSite(o: LocalSiteOptions = {}): Site {
     path: (p) => p,
     fsPath: (p) => p,
   };
+}
+
+/** Whether a command is on this process's PATH. */
+export function hasTool(name: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
 }
 
 /** `ip` arguments for the host's network namespace. */

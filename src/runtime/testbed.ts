@@ -33,7 +33,7 @@ import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initPki, issueCert } from '../transport/pki.ts';
 import { UsageError } from '../util/errors.ts';
-import { CONTAINERS_DIR, HOST_DATA_DIR, type Site } from './site.ts';
+import { cgroup2Mount, CONTAINERS_DIR, HOST_DATA_DIR, type Site } from './site.ts';
 import { formatBandwidth, parseBandwidth } from '../util/units.ts';
 import {
   ensureRootfs,
@@ -424,13 +424,7 @@ export async function listLinks(): Promise<string[]> {
 }
 
 /** Mount point of the cgroup2 hierarchy (the unified one in hybrid setups), or null. */
-export function cgroup2Root(): string | null {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [left, right] = line.split(' - ');
-    if (right?.startsWith('cgroup2 ')) return left.split(' ')[4];
-  }
-  return null;
-}
+export const cgroup2Root = cgroup2Mount;
 
 function cgroupBase(): string | null {
   const root = cgroup2Root();
