@@ -36,7 +36,7 @@ import {
 } from '../migrate/state.ts';
 import { ContainerPostcopy } from './postcopy.ts';
 import { ContainerRestorer } from './restore.ts';
-import { ControlServer } from './control.ts';
+import { ControlServer, LIMITS, num } from './control.ts';
 import { cannotMove } from '../runtime/check.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import { RESTORE_FAILED, type ContainerHello } from '../engine/messages.ts';
@@ -153,6 +153,13 @@ export class Agent {
       throw new ProtocolError(
         `this agent restores no containers (it was started without a runtime); start it with --runtime`,
       );
+    // What the source asks for is bounded like any peer's input.
+    if (c.restore !== 'lazy' && c.restore !== 'full')
+      throw new ProtocolError('a container HELLO must ask for a lazy or a full restore');
+    if (c.lazyTimeoutMs !== undefined)
+      num(c.lazyTimeoutMs, "the source's lazy timeout (ms)", LIMITS.lazyTimeout);
+    if (c.linkTimeoutMs !== undefined)
+      num(c.linkTimeoutMs, "the source's link timeout (ms)", LIMITS.linkTimeout);
     // Refused now, before the source stops its container, when this host cannot restore one (no CRIU, too old...).
     const why = cannotMove();
     if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);

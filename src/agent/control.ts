@@ -87,9 +87,14 @@ interface Job extends JobInfo {
   done?: Promise<unknown>;
 }
 
-const LIMITS = { batch: [4096, 16 << 20], linkTimeout: [100, 3_600_000], lazyTimeout: [100, 24 * 3_600_000] };
+/** Bounds of the numbers a peer may ask for (a client's request, a source's container HELLO). */
+export const LIMITS = {
+  batch: [4096, 16 << 20],
+  linkTimeout: [100, 3_600_000],
+  lazyTimeout: [100, 24 * 3_600_000],
+};
 
-function num(v: unknown, what: string, [lo, hi]: number[]): number {
+export function num(v: unknown, what: string, [lo, hi]: readonly number[]): number {
   if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi)
     throw new UsageError(`${what} must be a number from ${lo} to ${hi}`);
   return v;
