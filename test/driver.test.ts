@@ -17,6 +17,7 @@ type Status = ContainerInfo['status'];
 /** Containers as a map of host -> name -> status; every call is recorded. */
 class FakeRuntime implements MovableRuntime {
   readonly kind = 'fake';
+  readonly lazyRestore = true;
   readonly hosts = new Map<string, Map<string, Status>>([
     ['a', new Map()],
     ['b', new Map()],

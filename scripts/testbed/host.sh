@@ -49,6 +49,10 @@ mount -o remount,bind,ro "$root/opt/precog"
 # and the agent can rename its rebuilt checkpoints into containers. Nothing of the other host is mounted here.
 mkdir -p "$dir/data" "$root/var/lib/precog"
 mount --bind "$dir/data" "$root/var/lib/precog"
+# Podman's storage, on the same data disk (its overlay driver cannot stack on the host's overlay root), where a
+# server keeps it: /var/lib/containers.
+mkdir -p "$dir/containers" "$root/var/lib/containers"
+mount --bind "$dir/containers" "$root/var/lib/containers"
 # The base image containers are made from, read-only (the lower layer of every container's overlay).
 mkdir -p "$root/var/cache/precog/base"
 mount --bind "$rootfs" "$root/var/cache/precog/base"
@@ -95,6 +99,15 @@ mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs "$root/run"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/tmp"
 
 echo "$name" >"$root/etc/hostname"
+# Podman as a host without systemd and with hybrid cgroups is configured (docs/deploy.md): cgroupfs, events in a
+# file, and runc (crun refuses hybrid cgroups while cgroup2 has controllers: ENVIRONMENT.md).
+mkdir -p "$root/etc/containers"
+cat >"$root/etc/containers/containers.conf" <<'CONF'
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\n' "$hosts" >"$root/etc/hosts"
 
 cd "$root"

@@ -175,7 +175,16 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     throw new UsageError(
       `--dump-via page-server: ${o.strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly)`,
     );
-  const restoreMode = postcopy ? 'lazy' : (o.restore ?? o.strategy.restore ?? 'lazy');
+  if (postcopy && !rt.lazyRestore)
+    throw new UsageError(
+      `${o.strategy.name} needs a lazy restore at the destination, which the ${rt.kind} runtime cannot do; ` +
+        'use a pre-copy strategy (precopy, iterpredict, ...) or cold',
+    );
+  if (o.restore === 'lazy' && !rt.lazyRestore)
+    throw new UsageError(`--restore lazy: the ${rt.kind} runtime restores in full only; use --restore full`);
+  const restoreMode = postcopy
+    ? 'lazy'
+    : (o.restore ?? (rt.lazyRestore ? (o.strategy.restore ?? 'lazy') : 'full'));
   let postcopyReport = null as LiveMigrationReport['postcopy'];
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */

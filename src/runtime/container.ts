@@ -113,6 +113,8 @@ export interface ContainerInfo {
   cgroups: string[];
   /** Its own network on the service LAN (absent or null: the host's network namespace). */
   network?: ContainerNetwork | null;
+  /** The image the container runs (a Podman image ID), when the runtime has images. */
+  image?: string;
 }
 
 export interface StopOptions {
@@ -577,6 +579,7 @@ function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undef
 /** Containers made of namespaces, an overlay and cgroups, in the precog test hosts. */
 export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   readonly kind = 'namespaces';
+  readonly lazyRestore = true;
   /** Lazy restores whose pages are still being copied in, by container name. */
   private readonly lazy = new Map<string, Promise<LazyResult>>();
   /** Stops watching a lazy restore (its migration failed otherwise; the watch would keep the process alive). */

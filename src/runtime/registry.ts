@@ -34,6 +34,8 @@ export interface MoveRestoreOptions {
  */
 export interface MovableRuntime {
   readonly kind: string;
+  /** Whether restore() can run the container before its pages are in (lazy): post-copy and lazy restore need it. */
+  readonly lazyRestore: boolean;
   /** The container NAME on HOST, with its status; a UsageError naming the containers there when it is not there. */
   locate(name: string, host: string): Promise<ContainerInfo>;
   /**

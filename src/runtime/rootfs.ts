@@ -32,6 +32,11 @@ export const ROOTFS_PACKAGES: readonly string[] = [
   'nodejs',
   'python3',
   'redis-server',
+  // Container engines users run, for the runc/crun/podman runtimes (podman brings conmon and netavark).
+  'podman',
+  'crun',
+  'runc',
+  'conmon',
 ];
 /** Files that must exist in a finished tree (relative paths), checked before the stamp is written. */
 export const ROOTFS_REQUIRED_FILES: readonly string[] = [
@@ -46,6 +51,10 @@ export const ROOTFS_REQUIRED_FILES: readonly string[] = [
   'usr/bin/ping',
   'usr/bin/arping',
   'usr/bin/redis-server',
+  'usr/bin/podman',
+  'usr/bin/crun',
+  'usr/sbin/runc',
+  'usr/bin/conmon',
 ];
 /** v2: CRIU comes from ROOTFS_CRIU_SUITE (v1 trees have trixie's 4.1.1 and are rebuilt). */
 export const ROOTFS_STAMP_SCHEMA = 'precog.rootfs/v2';
@@ -55,7 +64,8 @@ export const ROOTFS_STAMP_SCHEMA = 'precog.rootfs/v2';
  * AF_UNIX/NETLINK; CRIU 4.2 follows it). That rules out redis and every network service.
  */
 export const ROOTFS_CRIU_SUITE = 'forky';
-export const ROOTFS_CRIU_PACKAGES: readonly string[] = ['criu', 'python3-pycriu'];
+// libcriu2: crun and runc load it for checkpoint/restore; it must match the criu binary.
+export const ROOTFS_CRIU_PACKAGES: readonly string[] = ['criu', 'python3-pycriu', 'libcriu2'];
 /** The oldest CRIU precog accepts in the tree (major, minor). */
 const CRIU_MIN: readonly [number, number] = [4, 2];
 /** The stamp lives inside the tree, so removing the tree always removes its stamp too. */

@@ -18,6 +18,9 @@ export const CHECKPOINTS_DIR = posix.join(HOST_DATA_DIR, 'checkpoints');
 /** The base image containers are made from, read-only, inside a test host. */
 export const BASE_IN_HOST = '/var/cache/precog/base';
 
+/** What every podman command gets in its environment (the test hosts' cgroups are hybrid: v1 controllers). */
+export const PODMAN_ENV: Record<string, string> = { PODMAN_IGNORE_CGROUPSV1_WARNING: '1' };
+
 /** A command line to spawn. */
 export interface SiteCommand {
   cmd: string;

@@ -15,6 +15,7 @@
 import { spawn } from 'node:child_process';
 import {
   closeSync,
+  createReadStream,
   existsSync,
   mkdirSync,
   openSync,
@@ -33,7 +34,8 @@ import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initPki, issueCert } from '../transport/pki.ts';
 import { UsageError } from '../util/errors.ts';
-import { cgroup2Mount, CONTAINERS_DIR, HOST_DATA_DIR, type Site } from './site.ts';
+import { cgroup2Mount, CONTAINERS_DIR, HOST_DATA_DIR, PODMAN_ENV, type Site } from './site.ts';
+import { ensurePodmanImageArchive, type PodmanImageArchive } from './podman-image.ts';
 import { formatBandwidth, parseBandwidth } from '../util/units.ts';
 import {
   ensureRootfs,
@@ -539,6 +541,7 @@ export async function testbedUp(opts: UpOptions): Promise<UpResult> {
         writeState(state);
       }
       await startAgents(state);
+      await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir), log));
       state.complete = true;
       writeState(state);
     } catch (err) {
@@ -796,6 +799,38 @@ export async function startAgents(state: TestbedState): Promise<void> {
       throw new Error(`the agent in host ${h.name} did not start listening within 20 s; its log:\n${tail}`);
     }
   }
+}
+
+/**
+ * Loads the Podman test image into every host (both at once), each from its own stream of the archive: `podman
+ * load` in the host reads it on its stdin, as it would come from a registry. Hosts that have it already skip it.
+ */
+export async function loadPodmanImage(state: TestbedState, archive: PodmanImageArchive): Promise<void> {
+  await Promise.all(
+    state.hosts.map(async (h) => {
+      const exists = await runInHost(state, h.name, ['podman', 'image', 'exists', archive.id]).then(
+        () => true,
+        () => false,
+      );
+      if (exists) return;
+      const c = hostCommand(state, h.name, ['podman', 'load', '--quiet'], PODMAN_ENV);
+      await new Promise<void>((resolvePromise, reject) => {
+        const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['pipe', 'ignore', 'pipe'] });
+        let err = '';
+        child.stderr.on('data', (d: Buffer) => (err += d));
+        child.on('error', reject);
+        child.on('close', (code) =>
+          code === 0
+            ? resolvePromise()
+            : reject(
+                new Error(`podman load of ${archive.path} in host ${h.name} failed (${code}): ${err.trim()}`),
+              ),
+        );
+        child.stdin.on('error', () => {});
+        createReadStream(archive.path).pipe(child.stdin);
+      });
+    }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

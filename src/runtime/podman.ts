@@ -1,0 +1,315 @@
+/**
+ * The Podman runtime: moves containers a user runs with Podman, by name or ID, so that at the destination the
+ * result is a real Podman container (it shows in `podman ps` with its name; `podman logs`, `stop`, `rm` work on it).
+ *
+ * Podman keeps its own bookkeeping (container config, network status, the writable layer, /dev/shm), so precog goes
+ * through Podman's own checkpoint format rather than around it:
+ * - live rounds read the container's processes through /proc, as for any runtime (the engine's pre-copy);
+ * - the stop is `podman container checkpoint --export` (CRIU under runc): its CRIU images become images/ and every
+ *   other member of the archive (config.dump, spec.dump, rootfs-diff.tar, ...) the "writable layer" (upper/); the
+ *   engine sends only the pages the destination does not already hold;
+ * - the destination agent rebuilds images/ from its page store, puts the archive back together and runs
+ *   `podman container restore --import` on it;
+ * - a failed move restores the source in place from the checkpoint Podman kept (`--keep`).
+ * Podman's restore has no lazy mode, so a Podman container restores in full and cannot be moved post-copy.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { join, posix } from 'node:path';
+import { UsageError } from '../util/errors.ts';
+import {
+  validateName,
+  type CheckpointOptions,
+  CheckpointResult,
+  ContainerInfo,
+  type ContainerStatus,
+  type LazyResult,
+} from './container.ts';
+import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
+import { HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
+import { procStart } from './testbed.ts';
+
+/** The export archive inside a checkpoint directory while it is taken apart or put back together. */
+const ARCHIVE = 'podman.tar';
+/** Where the source keeps an interrupted move's record (a path inside the host). */
+const PENDING_DIR = posix.join(HOST_DATA_DIR, 'podman-pending');
+
+interface Inspect {
+  Id: string;
+  Name: string;
+  Created: string;
+  Path: string;
+  Args: string[] | null;
+  Image: string;
+  ImageName?: string;
+  StaticDir?: string;
+  State: { Status: string; Pid: number; Checkpointed?: boolean };
+  HostConfig?: { Memory?: number };
+}
+
+const STATUS: Record<string, ContainerStatus> = {
+  running: 'running',
+  paused: 'frozen',
+  created: 'created',
+  configured: 'created',
+  exited: 'exited',
+  stopped: 'stopped',
+};
+
+function dirBytes(dir: string): number {
+  let total = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) total += dirBytes(p);
+    else if (e.isFile()) total += statSync(p).size;
+  }
+  return total;
+}
+
+export class PodmanRuntime implements MovableRuntime {
+  readonly kind = 'podman';
+  readonly lazyRestore = false;
+  private readonly site: Site;
+
+  constructor(site?: Site) {
+    this.site = site ?? localSite();
+  }
+
+  private cmd(args: readonly string[]): { cmd: string; args: string[]; env: NodeJS.ProcessEnv } {
+    const c = this.site.command(['podman', ...args]);
+    return { ...c, env: { ...c.env, ...PODMAN_ENV } };
+  }
+
+  /** Runs podman in the host; rejects with its error output. */
+  private podman(args: readonly string[]): Promise<string> {
+    const c = this.cmd(args);
+    return new Promise((resolvePromise, reject) => {
+      const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d));
+      child.stderr.on('data', (d: Buffer) => (err += d));
+      child.on('error', (e: NodeJS.ErrnoException) =>
+        reject(e.code === 'ENOENT' ? new Error('podman is not installed on this host') : e),
+      );
+      child.on('close', (code) => {
+        if (code === 0) resolvePromise(out);
+        else {
+          const why = err
+            .trim()
+            .split('\n')
+            .filter((l) => !l.includes('level=warning'))
+            .slice(-3)
+            .join(' | ');
+          reject(new Error(`podman ${args.slice(0, 2).join(' ')} failed (exit ${code}): ${why}`));
+        }
+      });
+    });
+  }
+
+  private podmanOk(args: readonly string[]): boolean {
+    const c = this.cmd(args);
+    return spawnSync(c.cmd, c.args, { env: c.env, stdio: 'ignore' }).status === 0;
+  }
+
+  private async inspect(name: string): Promise<Inspect | undefined> {
+    try {
+      const list = JSON.parse(
+        await this.podman(['container', 'inspect', '--format', 'json', name]),
+      ) as Inspect[];
+      return list[0];
+    } catch {
+      return undefined;
+    }
+  }
+
+  private toInfo(i: Inspect, host: string): ContainerInfo {
+    const status = STATUS[i.State.Status] ?? 'stopped';
+    const pid = status === 'running' || status === 'frozen' ? i.State.Pid || null : null;
+    const start = pid && this.site.local ? procStart(pid) : undefined;
+    return {
+      schema: 'precog.container/v1',
+      name: i.Name,
+      host,
+      runtime: 'podman',
+      command: [i.Path, ...(i.Args ?? [])],
+      created: i.Created,
+      memoryBytes: i.HostConfig?.Memory ? i.HostConfig.Memory : null,
+      pid,
+      // The agent runs in the host: the PID Podman reports is this process's PID of the container's init.
+      machinePid: pid && start !== undefined ? { pid, start } : null,
+      status,
+      dir: i.StaticDir ?? '',
+      cgroups: [],
+      image: i.Image,
+    };
+  }
+
+  async locate(name: string, host: string): Promise<ContainerInfo> {
+    const i = await this.inspect(name);
+    if (!i) {
+      const names = (await this.podman(['ps', '-a', '--format', '{{.Names}}']).catch(() => ''))
+        .split('\n')
+        .filter(Boolean);
+      throw new UsageError(
+        `no Podman container ${name} on host ${host}; there: ${names.length ? names.join(', ') : '(none)'}`,
+      );
+    }
+    return this.toInfo(i, host);
+  }
+
+  /**
+   * `podman container checkpoint --export` into DIR, taken apart: images/ (CRIU's images) and upper/ (the rest of
+   * the archive: Podman's config, the root filesystem's changes, /dev/shm). With keepFrozen the container stays
+   * stopped with its checkpoint kept (resumeSource restores it in place); otherwise it runs on.
+   */
+  async checkpoint(
+    name: string,
+    dir: string,
+    opts: CheckpointOptions & { host?: string } = {},
+  ): Promise<CheckpointResult> {
+    if (opts.pageServer)
+      throw new UsageError(
+        '--dump-via page-server: the podman runtime dumps through podman container checkpoint (use --dump-via images)',
+      );
+    const host = opts.host ?? this.site.name;
+    const d = this.site.fsPath(dir);
+    mkdirSync(d, { recursive: true });
+    const archive = join(d, ARCHIVE);
+    const t0 = performance.now();
+    await this.podman([
+      'container',
+      'checkpoint',
+      name,
+      `--export=${this.site.path(posix.join(dir, ARCHIVE))}`,
+      '--compress=none',
+      '--tcp-established',
+      '--keep',
+      ...(opts.keepFrozen || opts.leaveStopped ? [] : ['--leave-running']),
+    ]);
+    const dumpMs = performance.now() - t0;
+    const upper = join(d, 'upper');
+    rmSync(upper, { recursive: true, force: true });
+    rmSync(join(d, 'images'), { recursive: true, force: true });
+    mkdirSync(upper);
+    const r = spawnSync(
+      'tar',
+      ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore'],
+      {
+        encoding: 'utf8',
+      },
+    );
+    rmSync(archive, { force: true });
+    if (r.status !== 0) throw new Error(`cannot unpack Podman's checkpoint archive: ${r.stderr.trim()}`);
+    if (!existsSync(join(upper, 'checkpoint')))
+      throw new Error("Podman's checkpoint archive has no checkpoint/ directory");
+    renameSync(join(upper, 'checkpoint'), join(d, 'images'));
+    if (opts.leaveStopped) await this.podman(['rm', '--force', name]);
+    return {
+      dir,
+      name,
+      host,
+      frozenMs: performance.now() - t0,
+      dumpMs,
+      imageBytes: dirBytes(join(d, 'images')),
+      layerBytes: dirBytes(upper),
+    };
+  }
+
+  async resumeSource(name: string, host: string): Promise<void> {
+    const i = await this.inspect(name);
+    if (!i) throw new Error(`Podman container ${name} is gone from host ${host}: nothing to resume`);
+    if (i.State.Status === 'paused') await this.podman(['unpause', name]);
+    else if (i.State.Status !== 'running')
+      // Stopped by its checkpoint: back from the images Podman kept, in place (same container, same ID).
+      await this.podman(['container', 'restore', '--keep', '--tcp-established', name]);
+  }
+
+  async freeze(name: string): Promise<void> {
+    await this.podman(['pause', name]);
+  }
+
+  async thaw(name: string): Promise<void> {
+    await this.podman(['unpause', name]);
+  }
+
+  async remove(name: string): Promise<void> {
+    await this.podman(['rm', '--force', '--time', '0', name]);
+  }
+
+  /**
+   * Puts Podman's export archive back together from DIR (images/ as checkpoint/, upper/ as the rest) and imports
+   * it: `podman container restore --import`. Full restore only (opts.lazy is not possible with Podman).
+   */
+  async restore(dir: string, host: string, _opts: MoveRestoreOptions = {}): Promise<ContainerInfo> {
+    const d = this.site.fsPath(dir);
+    const state = JSON.parse(readFileSync(join(d, 'state.json'), 'utf8')) as ContainerInfo;
+    validateName(state.name);
+    const archive = join(d, ARCHIVE);
+    const r = spawnSync(
+      'tar',
+      ['-cf', archive, '-C', join(d, 'upper'), '.', '-C', d, '--transform=s,^images,checkpoint,', 'images'],
+      { encoding: 'utf8' },
+    );
+    if (r.status !== 0) throw new Error(`cannot assemble the Podman checkpoint archive: ${r.stderr.trim()}`);
+    try {
+      await this.podman([
+        'container',
+        'restore',
+        `--import=${this.site.path(posix.join(dir, ARCHIVE))}`,
+        '--tcp-established',
+      ]);
+    } catch (err) {
+      await this.podman(['rm', '--force', '--time', '0', state.name]).catch(() => {});
+      throw err;
+    } finally {
+      rmSync(archive, { force: true });
+    }
+    return this.locate(state.name, host);
+  }
+
+  lazyDone(): Promise<LazyResult> | undefined {
+    return undefined;
+  }
+
+  forgetLazy(): void {}
+
+  imageOf(info: ContainerInfo): string | null {
+    return info.image ?? null;
+  }
+
+  has(name: string): boolean {
+    return this.podmanOk(['container', 'exists', name]);
+  }
+
+  hasImage(image: string): boolean {
+    return this.podmanOk(['image', 'exists', image]);
+  }
+
+  private pendingFile(name: string): string {
+    return this.site.fsPath(posix.join(PENDING_DIR, `${name}.json`));
+  }
+
+  async setPostcopyPending(name: string, _host: string, pending: PostcopyPending | null): Promise<void> {
+    const f = this.pendingFile(name);
+    if (!pending) rmSync(f, { force: true });
+    else {
+      mkdirSync(this.site.fsPath(PENDING_DIR), { recursive: true });
+      writeFileSync(f, JSON.stringify(pending) + '\n');
+    }
+  }
+
+  async postcopyPending(name: string): Promise<PostcopyPending | undefined> {
+    const f = this.pendingFile(name);
+    return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as PostcopyPending) : undefined;
+  }
+}
