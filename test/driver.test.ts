@@ -18,6 +18,7 @@ type Status = ContainerInfo['status'];
 class FakeRuntime implements MovableRuntime {
   readonly kind = 'fake';
   readonly lazyRestore = true;
+  readonly keepsProcessesAfterDump = true;
   readonly hosts = new Map<string, Map<string, Status>>([
     ['a', new Map()],
     ['b', new Map()],

@@ -233,6 +233,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           async () => {
             // The driver thaws a frozen source when the migration fails; nothing else is held here.
           },
+          { readBeforeDump: !rt.keepsProcessesAfterDump },
         );
         const link = await connectTls(o.dest, identity, o.to, {
           idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,

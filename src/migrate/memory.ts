@@ -49,7 +49,16 @@ export class ContainerMemory implements MemorySource {
    * `dump` freezes the container and returns CRIU's page-server stream (it must call `holds` as its `have`
    * predicate); `undump` lets the container run again after a failed migration.
    */
-  constructor(tree: ProcessTreeMemory, dump: () => Promise<ReceivedDump>, undump: () => Promise<void>) {
+  /**
+   * `readBeforeDump`: the runtime's dump ends the processes (Podman's checkpoint), so the pages the final copy reads
+   * from them (never sent, not dumped: untouched or unmodified file pages) are read just before the dump instead.
+   */
+  constructor(
+    tree: ProcessTreeMemory,
+    dump: () => Promise<ReceivedDump>,
+    undump: () => Promise<void>,
+    private readonly opts: { readBeforeDump?: boolean } = {},
+  ) {
     this.tree = tree;
     this.layout = tree.layout;
     this.dump = dump;
@@ -116,7 +125,23 @@ export class ContainerMemory implements MemorySource {
     }
   }
 
+  /** The pages never handed to the engine, as they read now. */
+  private async readUnsent(): Promise<Map<number, Buffer>> {
+    const out = new Map<number, Buffer>();
+    const ids: number[] = [];
+    for (let g = 0; g < this.layout.pageCount; g++) if (!this.sent.get(g)) ids.push(g);
+    for (let i = 0; i < ids.length; i += 256) {
+      const chunk = ids.slice(i, i + 256);
+      const buf = Buffer.allocUnsafe(chunk.length * PAGE_SIZE);
+      await this.tree.readPages(chunk, buf);
+      chunk.forEach((g, k) => out.set(g, buf.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)));
+    }
+    return out;
+  }
+
   async freeze(): Promise<void> {
+    // Read while the container runs: a page that changes after this is in CRIU's dump, which takes precedence.
+    const early = this.opts.readBeforeDump ? await this.readUnsent() : null;
     this.frozenAt = performance.now();
     const dump = await this.dump();
     const dirty = new Bitmap(this.layout.pageCount);
@@ -140,7 +165,8 @@ export class ContainerMemory implements MemorySource {
         dirty.set(g);
         missing.push(g);
       }
-    for (let i = 0; i < missing.length; i += 256) {
+    if (early) for (const g of missing) data.set(g, early.get(g)!);
+    for (let i = 0; !early && i < missing.length; i += 256) {
       const ids = missing.slice(i, i + 256);
       const buf = Buffer.allocUnsafe(ids.length * PAGE_SIZE);
       await this.tree.readPages(ids, buf);

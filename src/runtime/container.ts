@@ -580,6 +580,7 @@ function findMachinePid(cgroup: string | null, hostPid: number): ProcRef | undef
 export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   readonly kind = 'namespaces';
   readonly lazyRestore = true;
+  readonly keepsProcessesAfterDump = true;
   /** Lazy restores whose pages are still being copied in, by container name. */
   private readonly lazy = new Map<string, Promise<LazyResult>>();
   /** Stops watching a lazy restore (its migration failed otherwise; the watch would keep the process alive). */

@@ -16,6 +16,8 @@ import { mustRun, removeTree, type RootfsInfo } from './rootfs.ts';
 export const PODMAN_TEST_IMAGE = 'localhost/precog-base:latest';
 const ARCHIVE = 'precog-base.oci.tar';
 const STAMP = 'precog-base.oci.json';
+/** Bumped whenever what goes into the image changes: a cached archive of another recipe is rebuilt. */
+const RECIPE = 2;
 
 /** Left out of the image: not needed by any workload, and most of the tree's size. */
 const EXCLUDE = [
@@ -38,11 +40,11 @@ const EXCLUDE = [
   './usr/bin/nodejs',
   './usr/share/nodejs',
   './usr/lib/x86_64-linux-gnu/libnode.so*',
-  './proc',
-  './sys',
-  './dev',
-  './run',
-  './tmp',
+  './proc/*',
+  './sys/*',
+  './dev/*',
+  './run/*',
+  './tmp/*',
 ];
 
 export interface PodmanImageArchive {
@@ -78,8 +80,12 @@ export async function ensurePodmanImageArchive(
   const stampFile = join(cache, STAMP);
   if (existsSync(path) && existsSync(stampFile)) {
     try {
-      const s = JSON.parse(readFileSync(stampFile, 'utf8')) as { rootfsBuiltAt?: string; id?: string };
-      if (s.rootfsBuiltAt === rootfs.stamp.builtAt && typeof s.id === 'string')
+      const s = JSON.parse(readFileSync(stampFile, 'utf8')) as {
+        rootfsBuiltAt?: string;
+        id?: string;
+        recipe?: number;
+      };
+      if (s.rootfsBuiltAt === rootfs.stamp.builtAt && s.recipe === RECIPE && typeof s.id === 'string')
         return { path, id: s.id, built: false };
     } catch {
       // rebuilt below
@@ -152,7 +158,7 @@ export async function ensurePodmanImageArchive(
   renameSync(`${path}.tmp`, path);
   await removeTree(work);
   const id = config.digest.slice('sha256:'.length);
-  writeFileSync(stampFile, JSON.stringify({ rootfsBuiltAt: rootfs.stamp.builtAt, id }) + '\n');
+  writeFileSync(stampFile, JSON.stringify({ rootfsBuiltAt: rootfs.stamp.builtAt, recipe: RECIPE, id }) + '\n');
   log(`Podman test image built in ${((performance.now() - t0) / 1000).toFixed(1)}s (${layer.size} bytes)`);
   return { path, id, built: true };
 }

@@ -78,6 +78,7 @@ function dirBytes(dir: string): number {
 export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
   readonly lazyRestore = false;
+  readonly keepsProcessesAfterDump = false;
   private readonly site: Site;
 
   constructor(site?: Site) {
@@ -274,7 +275,23 @@ export class PodmanRuntime implements MovableRuntime {
     } finally {
       rmSync(archive, { force: true });
     }
-    return this.locate(state.name, host);
+    const info = await this.locate(state.name, host);
+    await this.loopbackUp(info);
+    return info;
+  }
+
+  /**
+   * Podman restores a container of `--network none` with its loopback down (its own checkpoint/restore does the
+   * same: ENVIRONMENT.md), so a service that talks to itself over 127.0.0.1 (redis-cli, health checks) would fail.
+   * The loopback was up at the source (Podman brings it up at start), so it comes up again here.
+   */
+  private async loopbackUp(info: ContainerInfo): Promise<void> {
+    if (!info.pid) return;
+    const mode = (await this.podman(['inspect', '--format', '{{.HostConfig.NetworkMode}}', info.name])).trim();
+    if (mode !== 'none') return;
+    const c = this.site.command(['nsenter', '-t', String(info.pid), '-n', '--', 'ip', 'link', 'set', 'lo', 'up']);
+    const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`cannot bring up the loopback of ${info.name}: ${r.stderr.trim()}`);
   }
 
   lazyDone(): Promise<LazyResult> | undefined {

@@ -36,6 +36,8 @@ export interface MovableRuntime {
   readonly kind: string;
   /** Whether restore() can run the container before its pages are in (lazy): post-copy and lazy restore need it. */
   readonly lazyRestore: boolean;
+  /** Whether checkpoint() with keepFrozen leaves the processes (frozen) in place; false: the dump ends them. */
+  readonly keepsProcessesAfterDump: boolean;
   /** The container NAME on HOST, with its status; a UsageError naming the containers there when it is not there. */
   locate(name: string, host: string): Promise<ContainerInfo>;
   /**

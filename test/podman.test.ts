@@ -1,0 +1,296 @@
+// The Podman runtime: `precog migrate --runtime podman` moves a real Podman container between the test hosts, and
+// the result is a Podman container at the destination (podman ps, logs, exec, rm work on it). Needs root and its
+// own testbed (the hosts' root filesystem has podman, runc and CRIU; the test image is loaded at testbed up).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { ensurePodmanImageArchive, PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
+import { ensureRootfs } from '../src/runtime/rootfs.ts';
+import { PODMAN_ENV } from '../src/runtime/site.ts';
+import {
+  AGENT,
+  hostCommand,
+  hostPath,
+  loadPodmanImage,
+  readState,
+  testbedDown,
+  testbedUp,
+  type TestbedState,
+} from '../src/runtime/testbed.ts';
+import { dirname } from 'node:path';
+import { must, precog, precogAsync, type Ran } from './support/cli.ts';
+
+const cli = (...args: string[]): Ran => precog(args);
+const IS_ROOT = process.getuid?.() === 0;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const skip = !IS_ROOT
+  ? 'needs root: containers live in the test hosts'
+  : readState()
+    ? 'a testbed is already up (someone else may be using it); not touching it'
+    : false;
+
+describe('Podman containers moved between the test hosts', { skip }, () => {
+  let state: TestbedState;
+
+  /** podman ARGS in HOST, its output (exit code checked by the caller through `code`). */
+  const podman = (host: string, ...args: string[]): Ran => {
+    const c = hostCommand(state, host, ['podman', ...args], PODMAN_ENV);
+    const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  const names = (host: string): string[] =>
+    must(podman(host, 'ps', '-a', '--format', '{{.Names}} {{.State}}'), 'podman ps')
+      .stdout.split('\n')
+      .filter(Boolean);
+
+  /** memcheck's status in the container: "ok <checks> <rewrites> <pages>" or "CORRUPT ...". */
+  const memcheck = (host: string, name: string) => {
+    const line = must(
+      podman(host, 'exec', name, 'cat', '/tmp/memcheck.status'),
+      'memcheck status',
+    ).stdout.trim();
+    const [word, checks, rewrites] = line.split(' ');
+    return { ok: word === 'ok', checks: Number(checks), rewrites: Number(rewrites), line };
+  };
+  const waitChecks = async (host: string, name: string, after: number) => {
+    let s = memcheck(host, name);
+    for (let i = 0; i < 50 && s.ok && s.checks <= after + 2; i++) {
+      await sleep(200);
+      s = memcheck(host, name);
+    }
+    return s;
+  };
+  const agentLeftovers = (host: string): string[] => {
+    const dir = hostPath(
+      state.hosts.find((h) => h.name === host)!,
+      AGENT.stateDir,
+    );
+    return existsSync(dir) ? readdirSync(dir) : [];
+  };
+  /** The source went on: the container runs on HOST with its memory checks going on, the other agent keeps nothing. */
+  const sourceWentOn = async (host: string, other: string, before: { checks: number }) => {
+    const s = await waitChecks(host, 'pmc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.ok(names(host).includes('pmc running'), names(host).join(', '));
+    assert.ok(
+      !names(other).some((n) => n.startsWith('pmc ')),
+      `${other} has a copy: ${names(other).join(', ')}`,
+    );
+    for (let i = 0; i < 50 && agentLeftovers(other).length > 0; i++) await sleep(200);
+    assert.deepEqual(agentLeftovers(other), []);
+  };
+
+  before(async () => {
+    state = (await testbedUp({ rate: 'none' })).state;
+    must(
+      podman(
+        'a',
+        'run',
+        '-d',
+        '--name',
+        'pmc',
+        '--network',
+        'none',
+        '-v',
+        '/opt/precog/workloads:/w:ro',
+        PODMAN_TEST_IMAGE,
+        'python3',
+        '/w/memcheck.py',
+        '--size',
+        '64',
+        '--rate',
+        '5',
+      ),
+      'podman run memcheck',
+    );
+    for (let i = 0; i < 100 && podman('a', 'exec', 'pmc', 'cat', '/tmp/memcheck.status').code !== 0; i++)
+      await sleep(100);
+  });
+  after(async () => {
+    await testbedDown();
+  });
+
+  test('the test image has the same ID on both hosts (a checkpoint names its image by ID)', () => {
+    const id = (h: string) =>
+      must(podman(h, 'image', 'inspect', '--format', '{{.Id}}', PODMAN_TEST_IMAGE), 'inspect').stdout;
+    assert.equal(id('a'), id('b'));
+  });
+
+  test('bad input: an unknown runtime or container is a usage error naming what exists; post-copy is refused', () => {
+    let r = cli('migrate', 'pmc', '--runtime', 'docker', '--from', 'a', '--to', 'b');
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--runtime docker: unknown; registered: precog, podman/);
+    r = cli('migrate', 'nosuch', '--runtime', 'podman', '--from', 'a', '--to', 'b');
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /no Podman container nosuch on host a; there: pmc/);
+    r = cli('migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b', '--strategy', 'postcopy');
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /lazy restore.*podman runtime/);
+    assert.ok(names('a').includes('pmc running'));
+  });
+
+  test('precopy a -> b: a Podman container at b, every page intact, its writable layer along, nothing left on a', async () => {
+    must(
+      podman(
+        'a',
+        'exec',
+        'pmc',
+        'sh',
+        '-c',
+        'mkdir -p /data && echo "written before the move" > /data/note.txt',
+      ),
+      'write',
+    );
+    const id = must(podman('a', 'inspect', '--format', '{{.Id}}', 'pmc'), 'inspect').stdout.trim();
+    const before = memcheck('a', 'pmc');
+    const r = must(
+      cli('migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b', '--json'),
+      'migrate',
+    );
+    const report = JSON.parse(r.stdout) as Record<string, number | string>;
+    process.stdout.write(`# podman precopy 64 MiB: ${JSON.stringify({ ...report, metrics: undefined })}\n`);
+    assert.equal(report.restoreMode, 'full');
+    assert.ok(Number(report.liveRounds) >= 1, 'live rounds ran');
+    assert.ok(Number(report.pagesUnchanged) > 10_000, `pages already at b: ${report.pagesUnchanged}`);
+    assert.ok(Number(report.pagesFinal) < 5_000, `pages sent stopped: ${report.pagesFinal}`);
+    // A Podman container at b: the same container (ID), running, with its logs; none at a.
+    assert.ok(names('b').includes('pmc running'), names('b').join(', '));
+    assert.equal(must(podman('b', 'inspect', '--format', '{{.Id}}', 'pmc'), 'inspect b').stdout.trim(), id);
+    assert.match(must(podman('b', 'logs', 'pmc'), 'logs').stdout, /memcheck: 16384 pages/);
+    assert.deepEqual(names('a'), [], 'a keeps no trace of the container');
+    const s = await waitChecks('b', 'pmc', before.checks);
+    assert.ok(s.ok, `memory check after the move: ${s.line}`);
+    assert.ok(
+      s.checks > before.checks && s.rewrites > before.rewrites,
+      `went on: ${before.line} -> ${s.line}`,
+    );
+    assert.equal(
+      must(podman('b', 'exec', 'pmc', 'cat', '/data/note.txt'), 'note').stdout,
+      'written before the move\n',
+    );
+    assert.deepEqual(agentLeftovers('b'), []);
+    assert.deepEqual(agentLeftovers('a'), []);
+  });
+
+  test('cold b -> a: the same container moves back intact', async () => {
+    const before = memcheck('b', 'pmc');
+    const r = must(
+      cli(
+        'migrate',
+        'pmc',
+        '--runtime',
+        'podman',
+        '--from',
+        'b',
+        '--to',
+        'a',
+        '--strategy',
+        'cold',
+        '--json',
+      ),
+      'migrate cold',
+    );
+    const report = JSON.parse(r.stdout) as Record<string, number | string>;
+    assert.equal(report.liveRounds, 0);
+    assert.ok(names('a').includes('pmc running'));
+    assert.deepEqual(names('b'), []);
+    const s = await waitChecks('a', 'pmc', before.checks);
+    assert.ok(s.ok && s.checks > before.checks, s.line);
+    assert.equal(
+      must(podman('a', 'exec', 'pmc', 'cat', '/data/note.txt'), 'note').stdout,
+      'written before the move\n',
+    );
+  });
+
+  test('the image is missing at the destination: refused before the container stops', async () => {
+    must(podman('b', 'rmi', PODMAN_TEST_IMAGE), 'rmi');
+    try {
+      const before = memcheck('a', 'pmc');
+      const r = cli('migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b');
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /image/);
+      assert.match(r.stderr, /source keeps running on a/);
+      await sourceWentOn('a', 'b', before);
+    } finally {
+      const rootfs = await ensureRootfs();
+      await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
+    }
+  });
+
+  test('the restore fails at the destination after the stop: the source is restored in place and goes on', async () => {
+    // A slow link from a keeps the move in its live rounds while the image goes away at b: the destination's check
+    // at the start passes, its restore (after the source stopped) fails.
+    const tbf = ['tbf', 'rate', '40mbit', 'burst', '32kbit', 'latency', '50ms'];
+    must(cli('testbed', 'exec', 'a', '--', 'tc', 'qdisc', 'replace', 'dev', 'eth0', 'root', ...tbf), 'tc');
+    const before = memcheck('a', 'pmc');
+    let r: Ran;
+    try {
+      const m = precogAsync(['migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b']);
+      for (let i = 0; i < 150 && agentLeftovers('b').length === 0; i++) await sleep(100);
+      assert.ok(agentLeftovers('b').length > 0, 'no migration session reached b');
+      must(podman('b', 'rmi', PODMAN_TEST_IMAGE), 'rmi');
+      r = await m.done;
+    } finally {
+      cli('testbed', 'exec', 'a', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
+      const rootfs = await ensureRootfs();
+      await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
+    }
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    assert.match(r.stderr, /podman container restore failed.*precog-base/);
+    assert.match(r.stderr, /source keeps running on a/);
+    await sourceWentOn('a', 'b', before);
+  });
+
+  test('redis in Podman: keys written before the move are read back at the destination', () => {
+    must(
+      podman(
+        'a',
+        'run',
+        '-d',
+        '--name',
+        'predis',
+        '--network',
+        'none',
+        PODMAN_TEST_IMAGE,
+        'redis-server',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+      ),
+      'podman run redis',
+    );
+    try {
+      for (
+        let i = 0;
+        i < 50 && podman('a', 'exec', 'predis', 'redis-cli', 'ping').stdout.trim() !== 'PONG';
+        i++
+      )
+        spawnSync('sleep', ['0.1']);
+      must(
+        podman(
+          'a',
+          'exec',
+          'predis',
+          'sh',
+          '-c',
+          'for k in $(seq 0 99); do redis-cli set k$k v$k >/dev/null; done',
+        ),
+        'set',
+      );
+      must(podman('a', 'exec', 'predis', 'redis-cli', 'set', `k${k}`, `v${k}`), 'set');
+      must(cli('migrate', 'predis', '--runtime', 'podman', '--from', 'a', '--to', 'b'), 'migrate redis');
+      assert.equal(must(podman('b', 'exec', 'predis', 'redis-cli', 'dbsize'), 'dbsize').stdout.trim(), '100');
+      assert.equal(
+        must(podman('b', 'exec', 'predis', 'redis-cli', 'get', 'k42'), 'get').stdout.trim(),
+        'v42',
+      );
+      assert.ok(!names('a').some((n) => n.startsWith('predis ')));
+    } finally {
+      podman('a', 'rm', '-f', 'predis');
+      podman('b', 'rm', '-f', 'predis');
+    }
+  });
+});
