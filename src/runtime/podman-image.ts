@@ -158,7 +158,10 @@ export async function ensurePodmanImageArchive(
   renameSync(`${path}.tmp`, path);
   await removeTree(work);
   const id = config.digest.slice('sha256:'.length);
-  writeFileSync(stampFile, JSON.stringify({ rootfsBuiltAt: rootfs.stamp.builtAt, recipe: RECIPE, id }) + '\n');
+  writeFileSync(
+    stampFile,
+    JSON.stringify({ rootfsBuiltAt: rootfs.stamp.builtAt, recipe: RECIPE, id }) + '\n',
+  );
   log(`Podman test image built in ${((performance.now() - t0) / 1000).toFixed(1)}s (${layer.size} bytes)`);
   return { path, id, built: true };
 }

@@ -287,9 +287,22 @@ export class PodmanRuntime implements MovableRuntime {
    */
   private async loopbackUp(info: ContainerInfo): Promise<void> {
     if (!info.pid) return;
-    const mode = (await this.podman(['inspect', '--format', '{{.HostConfig.NetworkMode}}', info.name])).trim();
+    const mode = (
+      await this.podman(['inspect', '--format', '{{.HostConfig.NetworkMode}}', info.name])
+    ).trim();
     if (mode !== 'none') return;
-    const c = this.site.command(['nsenter', '-t', String(info.pid), '-n', '--', 'ip', 'link', 'set', 'lo', 'up']);
+    const c = this.site.command([
+      'nsenter',
+      '-t',
+      String(info.pid),
+      '-n',
+      '--',
+      'ip',
+      'link',
+      'set',
+      'lo',
+      'up',
+    ]);
     const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`cannot bring up the loopback of ${info.name}: ${r.stderr.trim()}`);
   }
