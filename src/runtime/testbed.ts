@@ -442,6 +442,37 @@ export function listCgroups(): string[] {
   return [...children, base];
 }
 
+/** Podman's cgroup parent under cgroupfs management (containers.conf: cgroup_manager = "cgroupfs"). */
+const PODMAN_CGROUP_PARENT = 'libpod_parent';
+
+/**
+ * The cgroups the hosts' Podman made for its containers. The hosts have no cgroup namespace, so Podman makes them
+ * in the machine's hierarchies (libpod_parent/libpod-ID in each): found by the IDs of the containers in the hosts'
+ * storage, so that nothing of another Podman on the machine is touched.
+ */
+function podmanCgroups(): { containers: string[]; parents: string[] } {
+  const ids = new Set<string>();
+  let used = false;
+  for (const h of existsSync(HOSTS_DIR) ? readdirSync(HOSTS_DIR) : []) {
+    const dir = join(HOSTS_DIR, h, 'containers', 'storage', 'overlay-containers');
+    used ||= existsSync(dir);
+    for (const id of existsSync(dir) ? readdirSync(dir) : []) if (/^[0-9a-f]{64}$/.test(id)) ids.add(id);
+  }
+  const out: string[] = [];
+  const parents: string[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (!right || !/^cgroup2? /.test(right)) continue;
+    const parent = join(left.split(' ')[4], PODMAN_CGROUP_PARENT);
+    for (const id of ids) {
+      const cg = join(parent, `libpod-${id}`);
+      if (existsSync(cg)) out.push(cg);
+    }
+    if (used && existsSync(parent)) parents.push(join(parent, 'conmon'), parent);
+  }
+  return { containers: out, parents };
+}
+
 /** PIDs of every process whose network namespace is the named one (root only: reads other processes' ns links). */
 function pidsInNetns(netns: string): number[] {
   let ino: number;
@@ -934,6 +965,24 @@ async function sweep(): Promise<string[]> {
     if (!ok) throw new Error(`cannot remove cgroup ${cg}: it still has processes; run down again`);
     done.push(`cgroup ${cg}`);
   }
+  // Podman's cgroups of the hosts' containers (their processes died with the hosts' PID namespaces), then its
+  // parents where they are left empty.
+  const podmanCgs = podmanCgroups();
+  for (const cg of podmanCgs.containers) {
+    try {
+      rmdirSync(cg);
+      done.push(`cgroup ${cg}`);
+    } catch (err) {
+      throw new Error(`cannot remove Podman's cgroup ${cg}: ${(err as Error).message}; run down again`);
+    }
+  }
+  for (const dir of podmanCgs.parents) {
+    try {
+      rmdirSync(dir);
+    } catch {
+      // still used (another Podman on this machine) or already gone
+    }
+  }
   // 5. Files: the hosts' layers (their overlays were mounted only inside the hosts, which are gone), logs, state.
   if (existsSync(HOSTS_DIR)) {
     await removeTree(HOSTS_DIR);
@@ -1098,6 +1147,8 @@ export function hostCommand(
     HOME: '/root',
     LANG: 'C.UTF-8',
     PRECOG_HOST: h.name,
+    // The hosts' cgroups are hybrid (v1 controllers): Podman works, and would warn on every command otherwise.
+    ...PODMAN_ENV,
     ...(process.env.TERM ? { TERM: process.env.TERM } : {}),
     ...extraEnv,
   };
