@@ -40,7 +40,8 @@ import {
   type ServiceClient,
   type ServiceClientResult,
 } from '../src/runtime/svcclient.ts';
-import { readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
+import { AGENT, hostCommand, readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
+import { PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
 import { parseBandwidth } from '../src/util/units.ts';
 import { requireRootOrExit } from './testbed-run.ts';
@@ -58,7 +59,8 @@ const { values: flags } = parseArgs({
     sizes: { type: 'string' },
     rates: { type: 'string' },
     links: { type: 'string' },
-    strategies: { type: 'string', default: 'cold,precopy,iterpredict' },
+    strategies: { type: 'string' },
+    runtime: { type: 'string', default: 'precog' },
     workloads: { type: 'string', default: 'memchange' },
     section: { type: 'string', default: LIVE_SECTION },
     runs: { type: 'string' },
@@ -82,7 +84,12 @@ if (flags.help) {
   --sizes MIB,...        memchange sizes in MiB (default 256,1024; --quick: 64)
   --rates MBPS,...       dirty rates in MB/s (default 5,50; --quick: 5)
   --links RATE,...       testbed link rates (default 100mbit,1gbit; --quick: 1gbit)
-  --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline);
+  --runtime R            precog (containers of precog run) or podman (Podman containers, --network host, moved
+                         with precog migrate --runtime podman) (default precog)
+  --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline; with
+                         --runtime podman: podman,cold,precopy, where "podman" is Podman's own cold migration,
+                         the baseline: podman container checkpoint --export, the archive copied a -> b over the
+                         link (mutual TLS, scripts/link-copy.mjs), podman container restore --import);
                          S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold),
                          S@CODEC its --codec (e.g. precopy@xor-lz4: compression without prediction)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
@@ -130,11 +137,23 @@ const quick = flags.quick;
 const sizes = numbers(flags.sizes ?? (quick ? '64' : '256,1024'), '--sizes');
 const rates = numbers(flags.rates ?? (quick ? '5' : '5,50'), '--rates');
 const links = list(flags.links ?? (quick ? '1gbit' : '100mbit,1gbit'), '--links');
-const strategies = list(flags.strategies!, '--strategies');
+const runtime = flags.runtime!;
+if (!['precog', 'podman'].includes(runtime)) usage(`--runtime ${runtime}: precog or podman`);
+const podmanRuntime = runtime === 'podman';
+/** Podman's own cold migration, measured as a strategy of its own (the baseline with --runtime podman). */
+const PODMAN_COLD = 'podman';
+const strategies = list(
+  flags.strategies ?? (podmanRuntime ? `${PODMAN_COLD},cold,precopy` : 'cold,precopy,iterpredict'),
+  '--strategies',
+);
+if (!podmanRuntime && strategies.includes(PODMAN_COLD))
+  usage(`--strategies ${PODMAN_COLD}: Podman's own migration needs --runtime podman`);
 const workloads = list(flags.workloads!, '--workloads');
 for (const w of workloads)
   if (!['memchange', 'redis', 'redis-lan'].includes(w))
     usage(`--workloads: "${w}" is not memchange, redis or redis-lan`);
+if (podmanRuntime && workloads.includes('redis-lan'))
+  usage('--workloads redis-lan: the service LAN is for precog containers; use redis with --runtime podman');
 if (!KEPT_SECTIONS.includes(flags.section!))
   usage(`--section ${flags.section}: one of ${KEPT_SECTIONS.join(', ')} (scripts/sections.ts)`);
 const runs = numbers(flags.runs ?? (quick ? '1' : '3'), '--runs')[0];
@@ -151,11 +170,13 @@ for (const l of links) {
     usage(`--links: "${l}" is not a rate such as 100mbit or 1gbit`);
   }
 }
-const BASELINE = 'cold';
+const BASELINE = podmanRuntime ? PODMAN_COLD : 'cold';
 if (!strategies.includes(BASELINE))
   console.warn(`note: --strategies has no "${BASELINE}": no baseline ratios and no goal check`);
 /** The issue's goal: for the 1 GiB low-rate case, downtime at most this fraction of cold's. */
 const GOAL = { sizeMiB: 1024, rate: Math.min(...rates), fraction: 1 / 10 };
+/** Against Podman's own cold migration: precog's cold no slower, every other strategy at most GOAL.fraction. */
+const goalFraction = (s: string): number => (podmanRuntime && s === 'cold' ? 1 : GOAL.fraction);
 
 requireRootOrExit('bench:live');
 
@@ -277,9 +298,129 @@ async function waitForFreeTestbed(): Promise<void> {
 }
 
 function stopContainers(): void {
-  for (const name of started) {
-    precogSync('stop', name);
-    started.delete(name);
+  for (const name of started) stopContainer(name);
+}
+
+/** Removes a bench container wherever it is (with --runtime podman: from both hosts' Podman). */
+function stopContainer(name: string): void {
+  const state = podmanRuntime ? readState() : undefined;
+  if (state)
+    for (const h of ['a', 'b']) inHostSync(state, h, ['podman', 'rm', '--force', '--time', '0', name]);
+  else precogSync('stop', name);
+  started.delete(name);
+}
+
+/** A command in a test host, without the precog CLI around it (whose start-up would count in Podman's time). */
+function inHostSync(state: TestbedState, host: string, argv: string[]): Ran {
+  const c = hostCommand(state, host, argv);
+  const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8', timeout: 900_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function inHostAsync(
+  state: TestbedState,
+  host: string,
+  argv: string[],
+  onLine?: (line: string) => void,
+): Promise<Ran> {
+  const c = hostCommand(state, host, argv);
+  return new Promise((resolve, reject) => {
+    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+      if (onLine) for (const l of d.split('\n')) if (l) onLine(l);
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const mustIn = (r: Ran, what: string): Ran => {
+  if (r.code !== 0)
+    throw new Error(`${what} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+  return r;
+};
+
+/**
+ * Podman's own cold migration of NAME from a to b, as a user does it between two servers: checkpoint with export,
+ * the archive over the link (mutual TLS with the hosts' certificates, scripts/link-copy.mjs: scp's part), restore
+ * with import. Reported like precog migrate --json: downtime from the checkpoint's start to the restore's end.
+ */
+async function podmanCold(state: TestbedState, name: string): Promise<Ran> {
+  const file = `/var/lib/precog/${name}.tar`;
+  const b = state.hosts.find((h) => h.name === 'b')!;
+  const to = `${b.address}:7098`;
+  const copy = (mode: string, self: string, peer: string) => [
+    'node',
+    '/opt/precog/scripts/link-copy.mjs',
+    mode,
+    to,
+    file,
+    AGENT.pkiDir,
+    self,
+    peer,
+  ];
+  try {
+    // The receiver listens in b before the container stops (a server's sshd is there already, too).
+    let listening!: () => void;
+    const ready = new Promise<void>((r) => (listening = r));
+    const recv = inHostAsync(state, 'b', copy('recv', 'b', 'a'), (l) => l === 'listening' && listening());
+    await Promise.race([ready, recv.then((r) => mustIn(r, 'link-copy recv'))]);
+    const t0 = performance.now();
+    mustIn(
+      await inHostAsync(state, 'a', [
+        'podman',
+        'container',
+        'checkpoint',
+        name,
+        `--export=${file}`,
+        '--compress=none',
+        '--tcp-established',
+      ]),
+      'podman container checkpoint --export',
+    );
+    const t1 = performance.now();
+    mustIn(await inHostAsync(state, 'a', copy('send', 'a', 'b')), 'link-copy send');
+    mustIn(await recv, 'link-copy recv');
+    const t2 = performance.now();
+    mustIn(
+      await inHostAsync(state, 'b', [
+        'podman',
+        'container',
+        'restore',
+        `--import=${file}`,
+        '--tcp-established',
+      ]),
+      'podman container restore --import',
+    );
+    const t3 = performance.now();
+    const bytes = Number(mustIn(inHostSync(state, 'b', ['stat', '-c', '%s', file]), 'stat').stdout);
+    inHostSync(state, 'a', ['podman', 'rm', '--force', name]);
+    const report: MigrateReport = {
+      container: name,
+      from: 'a',
+      to: 'b',
+      strategy: PODMAN_COLD,
+      totalMs: t3 - t0,
+      downtimeMs: t3 - t0,
+      bytesTotal: bytes,
+      liveRounds: 0,
+      memoryBytes: 0,
+      pagesFinal: 0,
+      dumpMs: t1 - t0,
+      finalPagesMs: t2 - t1,
+      stateMs: 0,
+      restoreMs: t3 - t2,
+      restoreMode: 'full',
+    };
+    return { code: 0, stdout: JSON.stringify(report), stderr: '' };
+  } catch (err) {
+    return { code: 1, stdout: '', stderr: (err as Error).message };
+  } finally {
+    for (const h of ['a', 'b']) inHostSync(state, h, ['rm', '-f', file]);
   }
 }
 
@@ -357,10 +498,18 @@ function workloadCommand(workload: string, sizeMiB: number, rate: number): strin
  * Asks redisload.py in container NAME a question of its probe port ("verify" or "stats"), over the loopback of
  * the container's network namespace (its host's, or its own).
  */
-function askWorkload(name: string, question: string): string {
+function askWorkload(name: string, question: string, state?: TestbedState): string {
   const py =
     'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(60);' +
     `s.sendto(sys.argv[1].encode(),("127.0.0.1",${probePort}));print(s.recv(512).decode().strip())`;
+  if (podmanRuntime && state) {
+    // A Podman container: asked through podman exec on the host that has it running.
+    for (const h of ['b', 'a']) {
+      const r = inHostSync(state, h, ['podman', 'exec', name, 'python3', '-c', py, question]);
+      if (r.code === 0) return r.stdout.trim();
+    }
+    throw new Error(`asking ${name} "${question}" failed: it runs on neither host`);
+  }
   const c = (
     JSON.parse(mustPrecog('ps', '--json')) as { name: string; machinePid: { pid: number } | null }[]
   ).find((x) => x.name === name);
@@ -390,18 +539,39 @@ async function liveRun(
   // redis keeps each value with ~100 bytes of its own, and its allocator's slack
   const limitMiB = Math.ceil(isRedis(workload) ? sizeMiB * 1.6 + 128 : sizeMiB * 1.25 + 64);
   const base: LiveRun = { workload, link, sizeMiB, rate, strategy, run, container: name, ok: false };
-  mustPrecog(
-    'run',
-    '--host',
-    'a',
-    '--name',
-    name,
-    '--memory',
-    `${limitMiB}M`,
-    ...(workload === 'redis-lan' ? ['--ip', SERVICE_ADDRESS] : []),
-    '--',
-    ...workloadCommand(workload, sizeMiB, rate),
-  );
+  if (podmanRuntime)
+    // The host's network, as precog's containers have it: the probe reaches it at a's address, then at b's.
+    mustIn(
+      inHostSync(state, 'a', [
+        'podman',
+        'run',
+        '-d',
+        '--name',
+        name,
+        '--network',
+        'host',
+        '--memory',
+        `${limitMiB}m`,
+        '-v',
+        '/opt/precog/workloads:/opt/precog/workloads:ro',
+        PODMAN_TEST_IMAGE,
+        ...workloadCommand(workload, sizeMiB, rate),
+      ]),
+      'podman run',
+    );
+  else
+    mustPrecog(
+      'run',
+      '--host',
+      'a',
+      '--name',
+      name,
+      '--memory',
+      `${limitMiB}M`,
+      ...(workload === 'redis-lan' ? ['--ip', SERVICE_ADDRESS] : []),
+      '--',
+      ...workloadCommand(workload, sizeMiB, rate),
+    );
   started.add(name);
   if (workload === 'redis-lan') return lanRun(state, base, name);
   try {
@@ -409,17 +579,21 @@ async function liveRun(
     activeProbe = probe;
     await sleep(settleMs);
     const t0 = probeNow();
-    const m = await precogAsync(
-      'migrate',
-      name,
-      '--from',
-      'a',
-      '--to',
-      'b',
-      ...migrateArgs(strategy),
-      '--json',
-      '--no-progress',
-    );
+    const m =
+      strategy === PODMAN_COLD
+        ? await podmanCold(state, name)
+        : await precogAsync(
+            'migrate',
+            name,
+            '--from',
+            'a',
+            '--to',
+            'b',
+            ...(podmanRuntime ? ['--runtime', 'podman'] : []),
+            ...migrateArgs(strategy),
+            '--json',
+            '--no-progress',
+          );
     // The first answer from b (the migrated container), then a little more, so the window closes after it. (After a
     // failed migration the source answers again: a short look is enough.)
     await probe.waitForReply({ host: 'b', after: t0 }, m.code === 0 ? 5000 : 300);
@@ -441,22 +615,21 @@ async function liveRun(
       throw new Error(
         `the state did not go on: ${JSON.stringify(result.lastBefore)} then ${JSON.stringify(result.firstAfter)}`,
       );
-    if (workload === 'redis') verifyRedis(base, name);
+    if (workload === 'redis') verifyRedis(base, name, state);
     base.ok = true;
   } catch (err) {
     base.error = (err as Error).message;
   } finally {
     if (activeProbe) await activeProbe.stop().catch(() => {});
     activeProbe = undefined;
-    precogSync('stop', name);
-    started.delete(name);
+    stopContainer(name);
   }
   return base;
 }
 
 /** Every key read back in b and compared with what the in-container client wrote; its count of failed requests. */
-function verifyRedis(base: LiveRun, name: string): void {
-  base.verify = askWorkload(name, 'verify');
+function verifyRedis(base: LiveRun, name: string, state?: TestbedState): void {
+  base.verify = askWorkload(name, 'verify', state);
   const m = /^verify ok \d+ \d+ (\d+)$/.exec(base.verify);
   if (!m) throw new Error(`redis data after the move: ${base.verify}`);
   base.failedRequests = Number(m[1]);
@@ -616,6 +789,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
       for (const rate of rates)
         for (const strategy of strategies) {
           if (!workloads.includes('memchange')) continue; // the emulator has no model of redis
+          if (strategy === PODMAN_COLD) continue; // nor of Podman's own migration
           const live = liveRuns.filter(
             (r) =>
               r.ok &&
@@ -623,6 +797,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               r.link === link &&
               r.sizeMiB === sizeMiB &&
               r.rate === rate &&
+              r.strategy !== PODMAN_COLD &&
               r.report,
           );
           const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;
@@ -810,17 +985,25 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
 
   if (strategies.includes(BASELINE) && strategies.length > 1) {
     const others = strategies.filter((s) => s !== BASELINE);
-    out.push('', `## Downtime of cold / downtime of each strategy (probe, medians; higher is better)`, '');
+    out.push(
+      '',
+      `## Downtime of ${BASELINE} / downtime of each strategy (probe, medians; higher is better)`,
+      '',
+    );
     const ratioRows: string[][] = [];
     for (const c of cells) {
       const cold = downtimeOf(c, BASELINE);
       ratioRows.push([...cellHead(c), fmt(cold), ...others.map((s) => ratio(cold, downtimeOf(c, s)))]);
     }
-    out.push(table([...CELL_HEAD, 'cold downtime (ms)', ...others.map((s) => `cold/${s}`)], ratioRows));
+    out.push(
+      table([...CELL_HEAD, `${BASELINE} downtime (ms)`, ...others.map((s) => `${BASELINE}/${s}`)], ratioRows),
+    );
 
     out.push(
       '',
-      `## Goal: downtime at most 1/${1 / GOAL.fraction} of cold's for ${GOAL.sizeMiB} MiB at ${GOAL.rate} MB/s`,
+      podmanRuntime
+        ? `## Goal: for ${GOAL.sizeMiB} MiB at ${GOAL.rate} MB/s, downtime at most 1/${1 / GOAL.fraction} of Podman's own cold migration (precog's cold: no slower than it)`
+        : `## Goal: downtime at most 1/${1 / GOAL.fraction} of cold's for ${GOAL.sizeMiB} MiB at ${GOAL.rate} MB/s`,
       '',
     );
     if (!sizes.includes(GOAL.sizeMiB) || !workloads.includes('memchange'))
@@ -834,11 +1017,11 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
           const verdict =
             cold === undefined || d === undefined
               ? 'not measured'
-              : d <= cold * GOAL.fraction
+              : d <= cold * goalFraction(s)
                 ? 'met'
                 : 'NOT met';
           out.push(
-            `- ${link}, ${s}: ${fmt(d)} ms vs cold ${fmt(cold)} ms (limit ${fmt(cold === undefined ? undefined : cold * GOAL.fraction)} ms): **${verdict}**`,
+            `- ${link}, ${s}: ${fmt(d)} ms vs ${BASELINE} ${fmt(cold)} ms (limit ${fmt(cold === undefined ? undefined : cold * goalFraction(s))} ms): **${verdict}**`,
           );
         }
       }
