@@ -62,7 +62,7 @@ if (mode === 'recv') {
   });
   let bytes = 0;
   socket.on('secureConnect', () => {
-    const input = createReadStream(file);
+    const input = createReadStream(file, { highWaterMark: 1 << 20 });
     input.on('data', (d) => (bytes += d.length));
     input.pipe(socket, { end: true });
     input.on('error', (e) => fail(e.message));

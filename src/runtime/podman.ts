@@ -185,32 +185,48 @@ export class PodmanRuntime implements MovableRuntime {
     const host = opts.host ?? this.site.name;
     const d = this.site.fsPath(dir);
     mkdirSync(d, { recursive: true });
-    const archive = join(d, ARCHIVE);
-    const t0 = performance.now();
-    await this.podman([
-      'container',
-      'checkpoint',
-      name,
-      `--export=${this.site.path(posix.join(dir, ARCHIVE))}`,
-      '--compress=none',
-      '--tcp-established',
-      '--keep',
-      ...(opts.keepFrozen || opts.leaveStopped ? [] : ['--leave-running']),
-    ]);
-    const dumpMs = performance.now() - t0;
     const upper = join(d, 'upper');
     rmSync(upper, { recursive: true, force: true });
     rmSync(join(d, 'images'), { recursive: true, force: true });
     mkdirSync(upper);
-    const r = spawnSync(
+    // Podman writes its archive into a pipe that tar unpacks as it comes: no archive file (a second copy of the
+    // memory on disk), and the unpacking overlaps the writing.
+    const archive = join(d, ARCHIVE);
+    rmSync(archive, { force: true });
+    const fifo = spawnSync('mkfifo', ['-m', '600', archive], { encoding: 'utf8' });
+    if (fifo.status !== 0) throw new Error(`cannot make a pipe at ${archive}: ${fifo.stderr.trim()}`);
+    const untar = spawn(
       'tar',
       ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore'],
       {
-        encoding: 'utf8',
+        stdio: ['ignore', 'ignore', 'pipe'],
       },
     );
+    let untarErr = '';
+    untar.stderr.on('data', (b: Buffer) => (untarErr += b));
+    const untarDone = new Promise<number | null>((res) => untar.on('close', res));
+    const t0 = performance.now();
+    try {
+      await this.podman([
+        'container',
+        'checkpoint',
+        name,
+        `--export=${this.site.path(posix.join(dir, ARCHIVE))}`,
+        '--compress=none',
+        '--tcp-established',
+        '--keep',
+        ...(opts.keepFrozen || opts.leaveStopped ? [] : ['--leave-running']),
+      ]);
+    } catch (err) {
+      untar.kill('SIGKILL'); // still waiting for the pipe's writer
+      await untarDone;
+      rmSync(archive, { force: true });
+      throw err;
+    }
+    const code = await untarDone;
+    const dumpMs = performance.now() - t0;
     rmSync(archive, { force: true });
-    if (r.status !== 0) throw new Error(`cannot unpack Podman's checkpoint archive: ${r.stderr.trim()}`);
+    if (code !== 0) throw new Error(`cannot unpack Podman's checkpoint archive: ${untarErr.trim()}`);
     if (!existsSync(join(upper, 'checkpoint')))
       throw new Error("Podman's checkpoint archive has no checkpoint/ directory");
     renameSync(join(upper, 'checkpoint'), join(d, 'images'));
