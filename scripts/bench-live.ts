@@ -87,9 +87,10 @@ if (flags.help) {
   --runtime R            precog (containers of precog run) or podman (Podman containers, --network host, moved
                          with precog migrate --runtime podman) (default precog)
   --strategies S,...     migrate strategies (default cold,precopy,iterpredict; cold is the baseline; with
-                         --runtime podman: podman,cold,precopy, where "podman" is Podman's own cold migration,
-                         the baseline: podman container checkpoint --export, the archive copied a -> b over the
-                         link (mutual TLS, scripts/link-copy.mjs), podman container restore --import);
+                         --runtime podman: podman,cold,cold@zstd,precopy,precopy@zstd, where "podman" is Podman's
+                         own cold migration, the baseline: podman container checkpoint --export (Podman's default
+                         archive, zstd; podman@none: --compress=none), the archive copied a -> b over the link
+                         (mutual TLS, scripts/link-copy.mjs), podman container restore --import);
                          S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold),
                          S@CODEC its --codec (e.g. precopy@xor-lz4: compression without prediction)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
@@ -143,10 +144,11 @@ const podmanRuntime = runtime === 'podman';
 /** Podman's own cold migration, measured as a strategy of its own (the baseline with --runtime podman). */
 const PODMAN_COLD = 'podman';
 const strategies = list(
-  flags.strategies ?? (podmanRuntime ? `${PODMAN_COLD},cold,precopy` : 'cold,precopy,iterpredict'),
+  flags.strategies ??
+    (podmanRuntime ? `${PODMAN_COLD},cold,cold@zstd,precopy,precopy@zstd` : 'cold,precopy,iterpredict'),
   '--strategies',
 );
-if (!podmanRuntime && strategies.includes(PODMAN_COLD))
+if (!podmanRuntime && strategies.some((s) => parseCell(s).strategy === PODMAN_COLD))
   usage(`--strategies ${PODMAN_COLD}: Podman's own migration needs --runtime podman`);
 const workloads = list(flags.workloads!, '--workloads');
 for (const w of workloads)
@@ -176,7 +178,8 @@ if (!strategies.includes(BASELINE))
 /** The issue's goal: for the 1 GiB low-rate case, downtime at most this fraction of cold's. */
 const GOAL = { sizeMiB: 1024, rate: Math.min(...rates), fraction: 1 / 10 };
 /** Against Podman's own cold migration: precog's cold no slower, every other strategy at most GOAL.fraction. */
-const goalFraction = (s: string): number => (podmanRuntime && s === 'cold' ? 1 : GOAL.fraction);
+const goalFraction = (s: string): number =>
+  podmanRuntime && parseCell(s).strategy === 'cold' ? 1 : GOAL.fraction;
 
 requireRootOrExit('bench:live');
 
@@ -349,7 +352,9 @@ const mustIn = (r: Ran, what: string): Ran => {
  * the archive over the link (mutual TLS with the hosts' certificates, scripts/link-copy.mjs: scp's part), restore
  * with import. Reported like precog migrate --json: downtime from the checkpoint's start to the restore's end.
  */
-async function podmanCold(state: TestbedState, name: string): Promise<Ran> {
+async function podmanCold(state: TestbedState, name: string, entry: string): Promise<Ran> {
+  // podman: Podman's default archive (zstd); podman@none, podman@gzip: --compress given.
+  const compress = parseCell(entry).codec;
   const file = `/var/lib/precog/${name}.tar`;
   const b = state.hosts.find((h) => h.name === 'b')!;
   const to = `${b.address}:7098`;
@@ -377,7 +382,7 @@ async function podmanCold(state: TestbedState, name: string): Promise<Ran> {
         'checkpoint',
         name,
         `--export=${file}`,
-        '--compress=none',
+        ...(compress ? [`--compress=${compress}`] : []),
         '--tcp-established',
       ]),
       'podman container checkpoint --export',
@@ -403,7 +408,7 @@ async function podmanCold(state: TestbedState, name: string): Promise<Ran> {
       container: name,
       from: 'a',
       to: 'b',
-      strategy: PODMAN_COLD,
+      strategy: entry,
       totalMs: t3 - t0,
       downtimeMs: t3 - t0,
       bytesTotal: bytes,
@@ -580,8 +585,8 @@ async function liveRun(
     await sleep(settleMs);
     const t0 = probeNow();
     const m =
-      strategy === PODMAN_COLD
-        ? await podmanCold(state, name)
+      parseCell(strategy).strategy === PODMAN_COLD
+        ? await podmanCold(state, name, strategy)
         : await precogAsync(
             'migrate',
             name,
@@ -789,7 +794,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
       for (const rate of rates)
         for (const strategy of strategies) {
           if (!workloads.includes('memchange')) continue; // the emulator has no model of redis
-          if (strategy === PODMAN_COLD) continue; // nor of Podman's own migration
+          if (parseCell(strategy).strategy === PODMAN_COLD) continue; // nor of Podman's own migration
           const live = liveRuns.filter(
             (r) =>
               r.ok &&
@@ -797,7 +802,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               r.link === link &&
               r.sizeMiB === sizeMiB &&
               r.rate === rate &&
-              r.strategy !== PODMAN_COLD &&
+              parseCell(r.strategy).strategy !== PODMAN_COLD &&
               r.report,
           );
           const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;

@@ -17,6 +17,7 @@ work=$(mktemp -d /tmp/precog-deploy.XXXXXX)
 cleanup() {
   for h in a b; do $P testbed exec $h -- pkill -f 'agent.yaml-7071' >/dev/null 2>&1 || true; done
   $P stop web >/dev/null 2>&1 || true
+  for h in a b; do $P testbed exec $h -- podman rm --force --time 0 pweb >/dev/null 2>&1 || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,6 +59,15 @@ run ip netns exec precog-probe $P migrate web --from 10.213.78.1:7071 --to b:707
 run ip netns exec precog-probe $P job list --on 10.213.79.2:7071 --pki "$ca" --name operator
 run $P ps
 $P ps --json | grep -q '"host": "b"' || { echo "deploy-check: web is not on b" >&2; exit 1; }
+
+# The same with a Podman container (the test image is in both hosts' Podman: precog testbed up loads it).
+run $P testbed exec a -- podman run -d --name pweb --network none -v /opt/precog/workloads:/w:ro \
+  localhost/precog-base:latest python3 /w/counter.py --port 0 --probe-port 0
+sleep 1
+run ip netns exec precog-probe $P migrate pweb --runtime podman --from 10.213.78.1:7071 --to b:7071 --pki "$ca" --name operator
+run $P testbed exec b -- podman ps
+$P testbed exec b -- podman ps --format '{{.Names}}' | grep -qx pweb || { echo "deploy-check: pweb is not in b's Podman" >&2; exit 1; }
+[ -z "$($P testbed exec a -- podman ps -a --format '{{.Names}}')" ] || { echo "deploy-check: host a still has a Podman container" >&2; exit 1; }
 
 # A configuration with a wrong key: the agent does not start and names the key and the line.
 printf 'listen: 0.0.0.0:7072\nstate-dir: /var/lib/precog/agent-7072\nspil-size: 1GiB\n' |

@@ -9,6 +9,9 @@ export const LIVE_PREDICTIVE_SECTION = 'bench:live:predictive';
 export const LIVE_POSTCOPY_SECTION = 'bench:live:postcopy';
 /** A service on its own address (redis-lan) under a client on the service LAN, every strategy (issue 6). */
 export const LIVE_SERVICE_SECTION = 'bench:live:service';
+/** Podman containers moved by precog next to Podman's own cold migration (bench:live --runtime podman, issue 12). */
+export const LIVE_PODMAN_SECTION = 'bench:live:podman';
+export const LIVE_PODMAN_REDIS_SECTION = 'bench:live:podman-redis';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -16,6 +19,8 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_PREDICTIVE_SECTION,
   LIVE_POSTCOPY_SECTION,
   LIVE_SERVICE_SECTION,
+  LIVE_PODMAN_SECTION,
+  LIVE_PODMAN_REDIS_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;

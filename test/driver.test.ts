@@ -19,6 +19,10 @@ class FakeRuntime implements MovableRuntime {
   readonly kind = 'fake';
   readonly lazyRestore = true;
   readonly keepsProcessesAfterDump = true;
+  readonly imageHint = 'none';
+  cannotRun(): string | null {
+    return null;
+  }
   readonly hosts = new Map<string, Map<string, Status>>([
     ['a', new Map()],
     ['b', new Map()],

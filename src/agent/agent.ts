@@ -165,6 +165,8 @@ export class Agent {
     if (why) throw new ProtocolError(`this host cannot restore containers: ${why}`);
     const rt = this.o.runtime(c.runtime);
     const host = this.host;
+    const lacks = rt.cannotRun();
+    if (lacks) throw new ProtocolError(`this host cannot restore ${c.runtime} containers: ${lacks}`);
     if (rt.has(c.name, host))
       throw new ProtocolError(
         `a container named "${c.name}" already exists on ${host}: remove it there first (or move it away)`,
@@ -172,7 +174,7 @@ export class Agent {
     if (c.image && !rt.hasImage(c.image))
       throw new ProtocolError(
         `the image container ${c.name} needs (${c.image}) is not on this host: install the same image here ` +
-          `(precog's containers: a base image built from the same recipe, see its .precog-rootfs.json)`,
+          `(${rt.imageHint})`,
       );
     log.info(
       { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },

@@ -212,6 +212,14 @@ export class ControlServer {
         },
       );
     const rt = runtime(String(req.runtime));
+    const lacks = rt.cannotRun();
+    if (lacks)
+      throw Object.assign(
+        new Error(`host ${this.o.host} cannot move ${String(req.runtime)} containers: ${lacks}`),
+        {
+          exitCode: 1,
+        },
+      );
     const migrationId = newMigrationId(name);
     const abort = new AbortController();
     const onCancel = () => abort.abort(String(cancelled.reason ?? 'the client went away'));

@@ -581,6 +581,12 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   readonly kind = 'namespaces';
   readonly lazyRestore = true;
   readonly keepsProcessesAfterDump = true;
+  readonly imageHint = 'a base image built from the same recipe (see its .precog-rootfs.json)';
+
+  /** The host checks (hostChecks) cover what precog's own containers need. */
+  cannotRun(): string | null {
+    return null;
+  }
   /** Lazy restores whose pages are still being copied in, by container name. */
   private readonly lazy = new Map<string, Promise<LazyResult>>();
   /** Stops watching a lazy restore (its migration failed otherwise; the watch would keep the process alive). */

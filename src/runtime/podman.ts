@@ -35,7 +35,7 @@ import {
   type LazyResult,
 } from './container.ts';
 import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
-import { HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
+import { hasTool, HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
 
 /** The export archive inside a checkpoint directory while it is taken apart or put back together. */
@@ -79,6 +79,8 @@ export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
   readonly lazyRestore = false;
   readonly keepsProcessesAfterDump = false;
+  readonly imageHint =
+    'pull it by digest from the registry the source used, or podman save IMAGE there | podman load here';
   private readonly site: Site;
 
   constructor(site?: Site) {
@@ -321,6 +323,14 @@ export class PodmanRuntime implements MovableRuntime {
     ]);
     const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`cannot bring up the loopback of ${info.name}: ${r.stderr.trim()}`);
+  }
+
+  cannotRun(): string | null {
+    if (!this.podmanOk(['--version']))
+      return 'podman is not installed: apt-get install podman conmon runc libcriu2';
+    if (!hasTool('runc') && !hasTool('crun'))
+      return 'neither runc nor crun is installed (Podman checkpoints through one): apt-get install runc';
+    return null;
   }
 
   lazyDone(): Promise<LazyResult> | undefined {

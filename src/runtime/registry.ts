@@ -70,6 +70,10 @@ export interface MovableRuntime {
   has(name: string, host: string): boolean;
   /** Whether this host has the image `imageOf` named at the source. */
   hasImage(image: string): boolean;
+  /** How to get a missing image onto a host (part of the destination's refusal). */
+  readonly imageHint: string;
+  /** What this host lacks to run this runtime's containers, as a sentence with the fix; null when nothing. */
+  cannotRun(): string | null;
   /** The source's record of a post-copy interrupted after the switchover (null: remove it). */
   setPostcopyPending(name: string, host: string, pending: PostcopyPending | null): Promise<void>;
   postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined>;
