@@ -27,7 +27,11 @@ import {
 /** Bytes read from a pages image at a time. */
 const CHUNK = 4 << 20;
 
-export function receiveFromImages(dir: string, have: HavePredicate): ReceivedDump {
+export function receiveFromImages(
+  dir: string,
+  have: HavePredicate,
+  opts: { keep?: boolean } = {},
+): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
   const shmem = new Map<number, ReceivedMemory>();
   const total: PageCounts = { pages: 0, changed: 0, unchanged: 0, absent: 0 };
@@ -96,7 +100,8 @@ export function receiveFromImages(dir: string, have: HavePredicate): ReceivedDum
     (kind === 'pid' ? tasks : shmem).set(id, mem);
   }
   if (tasks.size === 0) throw new InputError(`${dir}: no pagemap-<pid>.img: not the images of a dump`);
-  for (const name of names)
+  // keep: the images belong to someone else (a runtime's own checkpoint, kept for its rollback).
+  for (const name of opts.keep ? [] : names)
     if (/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(name)) rmSync(join(dir, name), { force: true });
   return { tasks, shmem, counts: total, bytes, commands: {}, layout };
 }

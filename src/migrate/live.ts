@@ -209,8 +209,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             o.onPhase?.('dump');
             if ((o.dumpVia ?? 'images') === 'images') {
               // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
-              await checkpoint(srcDir);
-              received = receiveFromImages(join(srcDir, 'images'), (...a) => mem.holds(...a));
+              const ck = await checkpoint(srcDir);
+              received = receiveFromImages(ck.pagesDir ?? join(srcDir, 'images'), (...a) => mem.holds(...a), {
+                keep: ck.pagesDir !== undefined,
+              });
               marks.dumped = performance.now();
               o.onPhase?.('final');
               return received;

@@ -168,6 +168,11 @@ export interface CheckpointResult {
   /** Bytes of the images directory and of the writable layer copy. */
   imageBytes: number;
   layerBytes: number;
+  /**
+   * Where the page images are when they are not in DIR/images (this process's path): a runtime's own checkpoint
+   * directory, read but not changed (the runtime restores the source from it after a failed move).
+   */
+  pagesDir?: string;
 }
 
 export interface RestoreOptions {

@@ -15,11 +15,11 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import {
+  copyFileSync,
   existsSync,
   mkdirSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -197,9 +197,13 @@ export class PodmanRuntime implements MovableRuntime {
     rmSync(archive, { force: true });
     const fifo = spawnSync('mkfifo', ['-m', '600', archive], { encoding: 'utf8' });
     if (fifo.status !== 0) throw new Error(`cannot make a pipe at ${archive}: ${fifo.stderr.trim()}`);
+    // CRIU's images stay where Podman keeps them (--keep): the memory is read there, not copied out of the archive.
+    const i = await this.inspect(name);
+    if (!i?.StaticDir) throw new UsageError(`no Podman container ${name} on host ${host}`);
+    const kept = this.site.path(posix.join(i.StaticDir, 'checkpoint'));
     const untar = spawn(
       'tar',
-      ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore'],
+      ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore', '--exclude=checkpoint'],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
       },
@@ -229,9 +233,13 @@ export class PodmanRuntime implements MovableRuntime {
     const dumpMs = performance.now() - t0;
     rmSync(archive, { force: true });
     if (code !== 0) throw new Error(`cannot unpack Podman's checkpoint archive: ${untarErr.trim()}`);
-    if (!existsSync(join(upper, 'checkpoint')))
-      throw new Error("Podman's checkpoint archive has no checkpoint/ directory");
-    renameSync(join(upper, 'checkpoint'), join(d, 'images'));
+    if (!existsSync(join(kept, 'inventory.img')))
+      throw new Error(`Podman kept no checkpoint images in ${kept}`);
+    // The images without the memory go with the state; the memory is read from Podman's copy by the caller.
+    mkdirSync(join(d, 'images'));
+    for (const e of readdirSync(kept, { withFileTypes: true }))
+      if (e.isFile() && !/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(e.name))
+        copyFileSync(join(kept, e.name), join(d, 'images', e.name));
     if (opts.leaveStopped) await this.podman(['rm', '--force', name]);
     return {
       dir,
@@ -239,8 +247,9 @@ export class PodmanRuntime implements MovableRuntime {
       host,
       frozenMs: performance.now() - t0,
       dumpMs,
-      imageBytes: dirBytes(join(d, 'images')),
+      imageBytes: dirBytes(kept),
       layerBytes: dirBytes(upper),
+      pagesDir: kept,
     };
   }
 
