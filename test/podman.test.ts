@@ -230,6 +230,8 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
       const m = precogAsync(['migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b']);
       for (let i = 0; i < 150 && agentLeftovers('b').length === 0; i++) await sleep(100);
       assert.ok(agentLeftovers('b').length > 0, 'no migration session reached b');
+      // Past the destination's checks at the start (HELLO): the live rounds run for seconds on this link.
+      await sleep(2000);
       must(podman('b', 'rmi', PODMAN_TEST_IMAGE), 'rmi');
       r = await m.done;
     } finally {
