@@ -191,16 +191,16 @@ export class PodmanRuntime implements MovableRuntime {
     rmSync(upper, { recursive: true, force: true });
     rmSync(join(d, 'images'), { recursive: true, force: true });
     mkdirSync(upper);
+    // CRIU's images stay where Podman keeps them (--keep): the memory is read there, not copied out of the archive.
+    const i = await this.inspect(name);
+    if (!i?.StaticDir) throw new UsageError(`no Podman container ${name} on host ${host}`);
+    const kept = this.site.path(posix.join(i.StaticDir, 'checkpoint'));
     // Podman writes its archive into a pipe that tar unpacks as it comes: no archive file (a second copy of the
     // memory on disk), and the unpacking overlaps the writing.
     const archive = join(d, ARCHIVE);
     rmSync(archive, { force: true });
     const fifo = spawnSync('mkfifo', ['-m', '600', archive], { encoding: 'utf8' });
     if (fifo.status !== 0) throw new Error(`cannot make a pipe at ${archive}: ${fifo.stderr.trim()}`);
-    // CRIU's images stay where Podman keeps them (--keep): the memory is read there, not copied out of the archive.
-    const i = await this.inspect(name);
-    if (!i?.StaticDir) throw new UsageError(`no Podman container ${name} on host ${host}`);
-    const kept = this.site.path(posix.join(i.StaticDir, 'checkpoint'));
     const untar = spawn(
       'tar',
       ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore', '--exclude=checkpoint'],
@@ -235,21 +235,24 @@ export class PodmanRuntime implements MovableRuntime {
     if (code !== 0) throw new Error(`cannot unpack Podman's checkpoint archive: ${untarErr.trim()}`);
     if (!existsSync(join(kept, 'inventory.img')))
       throw new Error(`Podman kept no checkpoint images in ${kept}`);
-    // The images without the memory go with the state; the memory is read from Podman's copy by the caller.
+    // The images without the memory go with the state; the memory is read from Podman's copy by the caller. A
+    // container removed now takes that copy with it: then the memory is copied out too.
+    const removing = opts.leaveStopped === true;
     mkdirSync(join(d, 'images'));
     for (const e of readdirSync(kept, { withFileTypes: true }))
-      if (e.isFile() && !/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(e.name))
+      if (e.isFile() && (removing || !/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(e.name)))
         copyFileSync(join(kept, e.name), join(d, 'images', e.name));
-    if (opts.leaveStopped) await this.podman(['rm', '--force', name]);
+    const imageBytes = dirBytes(kept);
+    if (removing) await this.podman(['rm', '--force', name]);
     return {
       dir,
       name,
       host,
       frozenMs: performance.now() - t0,
       dumpMs,
-      imageBytes: dirBytes(kept),
+      imageBytes,
       layerBytes: dirBytes(upper),
-      pagesDir: kept,
+      ...(removing ? {} : { pagesDir: kept }),
     };
   }
 
