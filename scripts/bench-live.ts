@@ -42,6 +42,7 @@ import {
 } from '../src/runtime/svcclient.ts';
 import { AGENT, hostCommand, readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
 import { PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
+import { runTool } from '../src/runtime/rootfs.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
 import { parseBandwidth } from '../src/util/units.ts';
 import { requireRootOrExit } from './testbed-run.ts';
@@ -320,6 +321,7 @@ function inHostSync(state: TestbedState, host: string, argv: string[]): Ran {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** The same without waiting (the receiver of the copy runs while the checkpoint does); ONLINE sees each line. */
 function inHostAsync(
   state: TestbedState,
   host: string,
@@ -327,18 +329,7 @@ function inHostAsync(
   onLine?: (line: string) => void,
 ): Promise<Ran> {
   const c = hostCommand(state, host, argv);
-  return new Promise((resolve, reject) => {
-    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-      if (onLine) for (const l of d.split('\n')) if (l) onLine(l);
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runTool(c.cmd, c.args, { env: c.env, ...(onLine ? { onLine } : {}) });
 }
 
 const mustIn = (r: Ran, what: string): Ran => {

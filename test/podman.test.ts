@@ -82,6 +82,12 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     assert.deepEqual(agentLeftovers(other), []);
   };
 
+  /** The test image back in b's Podman after a test took it away (the testbed's own loading, again). */
+  const reloadImage = async () => {
+    const rootfs = await ensureRootfs();
+    await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
+  };
+
   before(async () => {
     state = (await testbedUp({ rate: 'none' })).state;
     must(
@@ -214,8 +220,7 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
       assert.match(r.stderr, /source keeps running on a/);
       await sourceWentOn('a', 'b', before);
     } finally {
-      const rootfs = await ensureRootfs();
-      await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
+      await reloadImage();
     }
   });
 
@@ -236,8 +241,7 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
       r = await m.done;
     } finally {
       cli('testbed', 'exec', 'a', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
-      const rootfs = await ensureRootfs();
-      await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
+      await reloadImage();
     }
     assert.equal(r.code, 1, r.stderr + r.stdout);
     assert.match(r.stderr, /podman container restore failed.*precog-base/);

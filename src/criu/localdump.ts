@@ -24,6 +24,9 @@ import {
   type ReceivedRun,
 } from './pageserver.ts';
 
+/** CRIU's memory images (pagemap-*.img, pages-*.img): what a dump's state leaves out. */
+export const isPageImage = (name: string): boolean => /^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(name);
+
 /** Bytes read from a pages image at a time. */
 const CHUNK = 4 << 20;
 
@@ -101,8 +104,7 @@ export function receiveFromImages(
   }
   if (tasks.size === 0) throw new InputError(`${dir}: no pagemap-<pid>.img: not the images of a dump`);
   // keep: the images belong to someone else (a runtime's own checkpoint, kept for its rollback).
-  for (const name of opts.keep ? [] : names)
-    if (/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(name)) rmSync(join(dir, name), { force: true });
+  for (const name of opts.keep ? [] : names) if (isPageImage(name)) rmSync(join(dir, name), { force: true });
   return { tasks, shmem, counts: total, bytes, commands: {}, layout };
 }
 

@@ -507,7 +507,8 @@ function copyTree(from: string, to: string, what: string): void {
   tool('cp', ['-a', '--', from, to], what);
 }
 
-function duBytes(dir: string): number {
+/** Bytes under DIR (du -sb), 0 when it cannot be read. */
+export function duBytes(dir: string): number {
   try {
     return Number(tool('du', ['-sb', dir], 'du').split(/\s+/)[0]) || 0;
   } catch {

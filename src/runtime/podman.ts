@@ -21,12 +21,12 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
-  statSync,
   writeFileSync,
 } from 'node:fs';
 import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
+  duBytes,
   validateName,
   type CheckpointOptions,
   CheckpointResult,
@@ -35,6 +35,8 @@ import {
   type LazyResult,
 } from './container.ts';
 import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
+import { isPageImage } from '../criu/localdump.ts';
+import { runTool } from './rootfs.ts';
 import { hasTool, HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
 
@@ -53,7 +55,7 @@ interface Inspect {
   ImageName?: string;
   StaticDir?: string;
   State: { Status: string; Pid: number; Checkpointed?: boolean };
-  HostConfig?: { Memory?: number };
+  HostConfig?: { Memory?: number; NetworkMode?: string };
 }
 
 const STATUS: Record<string, ContainerStatus> = {
@@ -64,16 +66,6 @@ const STATUS: Record<string, ContainerStatus> = {
   exited: 'exited',
   stopped: 'stopped',
 };
-
-function dirBytes(dir: string): number {
-  let total = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) total += dirBytes(p);
-    else if (e.isFile()) total += statSync(p).size;
-  }
-  return total;
-}
 
 export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
@@ -92,31 +84,18 @@ export class PodmanRuntime implements MovableRuntime {
     return { ...c, env: { ...c.env, ...PODMAN_ENV } };
   }
 
-  /** Runs podman in the host; rejects with its error output. */
-  private podman(args: readonly string[]): Promise<string> {
+  /** Runs podman in the host; rejects with the end of its error output (its warnings left out). */
+  private async podman(args: readonly string[]): Promise<string> {
     const c = this.cmd(args);
-    return new Promise((resolvePromise, reject) => {
-      const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      child.stdout.on('data', (d: Buffer) => (out += d));
-      child.stderr.on('data', (d: Buffer) => (err += d));
-      child.on('error', (e: NodeJS.ErrnoException) =>
-        reject(e.code === 'ENOENT' ? new Error('podman is not installed on this host') : e),
-      );
-      child.on('close', (code) => {
-        if (code === 0) resolvePromise(out);
-        else {
-          const why = err
-            .trim()
-            .split('\n')
-            .filter((l) => !l.includes('level=warning'))
-            .slice(-3)
-            .join(' | ');
-          reject(new Error(`podman ${args.slice(0, 2).join(' ')} failed (exit ${code}): ${why}`));
-        }
-      });
-    });
+    const r = await runTool(c.cmd, c.args, { env: c.env });
+    if (r.code === 0) return r.stdout;
+    const why = r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => !l.includes('level=warning'))
+      .slice(-3)
+      .join(' | ');
+    throw new Error(`podman ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${why}`);
   }
 
   private podmanOk(args: readonly string[]): boolean {
@@ -240,9 +219,9 @@ export class PodmanRuntime implements MovableRuntime {
     const removing = opts.leaveStopped === true;
     mkdirSync(join(d, 'images'));
     for (const e of readdirSync(kept, { withFileTypes: true }))
-      if (e.isFile() && (removing || !/^(pagemap-(shmem-)?\d+|pages-\d+)\.img$/.test(e.name)))
+      if (e.isFile() && (removing || !isPageImage(e.name)))
         copyFileSync(join(kept, e.name), join(d, 'images', e.name));
-    const imageBytes = dirBytes(kept);
+    const imageBytes = duBytes(kept);
     if (removing) await this.podman(['rm', '--force', name]);
     return {
       dir,
@@ -251,7 +230,7 @@ export class PodmanRuntime implements MovableRuntime {
       frozenMs: performance.now() - t0,
       dumpMs,
       imageBytes,
-      layerBytes: dirBytes(upper),
+      layerBytes: duBytes(upper),
       ...(removing ? {} : { pagesDir: kept }),
     };
   }
@@ -305,22 +284,20 @@ export class PodmanRuntime implements MovableRuntime {
     } finally {
       rmSync(archive, { force: true });
     }
-    const info = await this.locate(state.name, host);
-    await this.loopbackUp(info);
+    const restored = await this.inspect(state.name);
+    if (!restored) throw new Error(`podman container restore left no container ${state.name} on ${host}`);
+    const info = this.toInfo(restored, host);
+    if (restored.HostConfig?.NetworkMode === 'none') await this.loopbackUp(info);
     return info;
   }
 
   /**
-   * Podman restores a container of `--network none` with its loopback down (its own checkpoint/restore does the
-   * same: ENVIRONMENT.md), so a service that talks to itself over 127.0.0.1 (redis-cli, health checks) would fail.
+   * Podman restores a container of `--network none` with its loopback down (`podman container checkpoint` and
+   * `restore` alone do the same here), so a service that talks to itself over 127.0.0.1 (redis-cli, health checks) would fail.
    * The loopback was up at the source (Podman brings it up at start), so it comes up again here.
    */
   private async loopbackUp(info: ContainerInfo): Promise<void> {
     if (!info.pid) return;
-    const mode = (
-      await this.podman(['inspect', '--format', '{{.HostConfig.NetworkMode}}', info.name])
-    ).trim();
-    if (mode !== 'none') return;
     const c = this.site.command([
       'nsenter',
       '-t',
