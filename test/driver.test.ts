@@ -18,8 +18,11 @@ type Status = ContainerInfo['status'];
 class FakeRuntime implements MovableRuntime {
   readonly kind = 'fake';
   readonly lazyRestore = true;
-  readonly keepsProcessesAfterDump = true;
+  keepsProcessesAfterDump = true;
   readonly imageHint = 'none';
+  recoverHint(name: string): string {
+    return `fake restore ${name}`;
+  }
   cannotRun(): string | null {
     return null;
   }
@@ -155,16 +158,21 @@ test('a failure before the confirmation thaws the source, which keeps running', 
   assert.ok(!rt.calls.some((c) => c.startsWith('remove')));
 });
 
-test('a post-copy that fails after the destination resumed keeps the source frozen and records it', async () => {
-  const rt = new FakeRuntime();
+/** A post-copy move of web a -> b whose link is lost once the copy at b resumed. */
+function postcopyCutAfterSwitchover(rt: FakeRuntime): Promise<unknown> {
   rt.hosts.get('a')!.set('web', 'running');
   const p = progress();
+  return moveContainer(spec(rt), p, async (_info, dump) => {
+    await dump('/tmp/x');
+    p.resumedThere = true;
+    throw new Error('link lost');
+  });
+}
+
+test('a post-copy that fails after the destination resumed keeps the source frozen and records it', async () => {
+  const rt = new FakeRuntime();
   await assert.rejects(
-    moveContainer(spec(rt), p, async (_info, dump) => {
-      await dump('/tmp/x');
-      p.resumedThere = true;
-      throw new Error('link lost');
-    }),
+    postcopyCutAfterSwitchover(rt),
     /post-copy failed after the container resumed on b: link lost[\s\S]*precog migrate web --from a --to b --resume/,
   );
   assert.equal(rt.hosts.get('a')!.get('web'), 'frozen', 'neither copy may run on by itself');
@@ -178,6 +186,23 @@ test('a post-copy that fails after the destination resumed keeps the source froz
   });
   assert.equal(done.result, 7);
   assert.equal(rt.hosts.get('a')!.has('web'), false);
+});
+
+test('a post-copy that fails after the switchover, with a runtime whose dump ended the source: the way back is named', async () => {
+  const rt = new FakeRuntime();
+  rt.keepsProcessesAfterDump = false;
+  await assert.rejects(
+    postcopyCutAfterSwitchover(rt),
+    (err: Error) =>
+      /post-copy failed after the container resumed on b: link lost/.test(err.message) &&
+      /--resume cannot take a fake post-copy up again/.test(err.message) &&
+      /remove the copy on b, then on a: fake restore web/.test(err.message) &&
+      !/--from a --to b --resume/.test(err.message),
+  );
+  // Not resumed (its memory is older than the copy that ran at b), not removed, nothing recorded for --resume.
+  assert.ok(!rt.calls.includes('resumeSource web@a'));
+  assert.ok(!rt.calls.some((c) => c.startsWith('remove')));
+  assert.equal(await rt.postcopyPending('web', 'a'), undefined);
 });
 
 test('resume without an interrupted post-copy, a missing container and a stopped one are usage errors', async () => {

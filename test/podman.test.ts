@@ -3,15 +3,12 @@
 // own testbed (the hosts' root filesystem has podman, runc and CRIU; the test image is loaded at testbed up).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { ensurePodmanImageArchive, PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
 import { ensureRootfs } from '../src/runtime/rootfs.ts';
 import { PODMAN_ENV } from '../src/runtime/site.ts';
 import {
-  AGENT,
   hostCommand,
-  hostPath,
   loadPodmanImage,
   readState,
   testbedDown,
@@ -19,7 +16,8 @@ import {
   type TestbedState,
 } from '../src/runtime/testbed.ts';
 import { dirname } from 'node:path';
-import { must, precog, precogAsync, type Ran } from './support/cli.ts';
+import { must, precog, type Ran } from './support/cli.ts';
+import { agentLeftovers as leftovers, memcheckOf, migrateWhile } from './support/moves.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
@@ -45,30 +43,8 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
       .stdout.split('\n')
       .filter(Boolean);
 
-  /** memcheck's status in the container: "ok <checks> <rewrites> <pages>" or "CORRUPT ...". */
-  const memcheck = (host: string, name: string) => {
-    const line = must(
-      podman(host, 'exec', name, 'cat', '/tmp/memcheck.status'),
-      'memcheck status',
-    ).stdout.trim();
-    const [word, checks, rewrites] = line.split(' ');
-    return { ok: word === 'ok', checks: Number(checks), rewrites: Number(rewrites), line };
-  };
-  const waitChecks = async (host: string, name: string, after: number) => {
-    let s = memcheck(host, name);
-    for (let i = 0; i < 50 && s.ok && s.checks <= after + 2; i++) {
-      await sleep(200);
-      s = memcheck(host, name);
-    }
-    return s;
-  };
-  const agentLeftovers = (host: string): string[] => {
-    const dir = hostPath(
-      state.hosts.find((h) => h.name === host)!,
-      AGENT.stateDir,
-    );
-    return existsSync(dir) ? readdirSync(dir) : [];
-  };
+  const { memcheck, waitChecks } = memcheckOf((host, name, argv) => podman(host, 'exec', name, ...argv));
+  const agentLeftovers = (host: string): string[] => leftovers(state, host);
   /** The source went on: the container runs on HOST with its memory checks going on, the other agent keeps nothing. */
   const sourceWentOn = async (host: string, other: string, before: { checks: number }) => {
     const s = await waitChecks(host, 'pmc', before.checks);
@@ -127,7 +103,7 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
   test('bad input: an unknown runtime or container is a usage error naming what exists; post-copy is refused', () => {
     let r = cli('migrate', 'pmc', '--runtime', 'docker', '--from', 'a', '--to', 'b');
     assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /--runtime docker: unknown; registered: precog, podman/);
+    assert.match(r.stderr, /--runtime docker: unknown; registered: precog, podman, runc, crun/);
     r = cli('migrate', 'nosuch', '--runtime', 'podman', '--from', 'a', '--to', 'b');
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /no Podman container nosuch on host a; there: pmc/);
@@ -225,24 +201,15 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
   });
 
   test('the restore fails at the destination after the stop: the source is restored in place and goes on', async () => {
-    // A slow link from a keeps the move in its live rounds while the image goes away at b: the destination's check
-    // at the start passes, its restore (after the source stopped) fails.
-    const tbf = ['tbf', 'rate', '40mbit', 'burst', '32kbit', 'latency', '50ms'];
-    must(cli('testbed', 'exec', 'a', '--', 'tc', 'qdisc', 'replace', 'dev', 'eth0', 'root', ...tbf), 'tc');
+    // The image goes away at b during the live rounds: the destination's check at the start passes, its restore
+    // (after the source stopped) fails.
     const before = memcheck('a', 'pmc');
-    let r: Ran;
-    try {
-      const m = precogAsync(['migrate', 'pmc', '--runtime', 'podman', '--from', 'a', '--to', 'b']);
-      for (let i = 0; i < 150 && agentLeftovers('b').length === 0; i++) await sleep(100);
-      assert.ok(agentLeftovers('b').length > 0, 'no migration session reached b');
-      // Past the destination's checks at the start (HELLO): the live rounds run for seconds on this link.
-      await sleep(2000);
-      must(podman('b', 'rmi', PODMAN_TEST_IMAGE), 'rmi');
-      r = await m.done;
-    } finally {
-      cli('testbed', 'exec', 'a', '--', 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root');
-      await reloadImage();
-    }
+    const r = await migrateWhile(
+      state,
+      { name: 'pmc', runtime: 'podman', from: 'a', to: 'b' },
+      () => must(podman('b', 'rmi', PODMAN_TEST_IMAGE), 'rmi'),
+      reloadImage,
+    );
     assert.equal(r.code, 1, r.stderr + r.stdout);
     assert.match(r.stderr, /podman container restore failed.*precog-base/);
     assert.match(r.stderr, /source keeps running on a/);

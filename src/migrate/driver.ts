@@ -62,8 +62,18 @@ export async function moveContainer<T>(
   } catch (err) {
     const why = (err as Error).message;
     if (progress.resumedThere && !why.includes(RESTORE_FAILED)) {
-      // The copy at the destination ran: the source's memory is older than it, so it must not run on either. It
-      // stays frozen with every page, for --resume (the destination agent froze its copy).
+      // The copy at the destination ran: the source's memory is older than it, so it must not run on either.
+      if (!rt.keepsProcessesAfterDump)
+        // Its processes ended with the checkpoint: nothing to take up again from (--resume reads them).
+        throw withExit(
+          err,
+          `post-copy failed after the container resumed on ${to}: ${why}\n` +
+            `the copy on ${to} is frozen (pages are missing); the ${rt.kind} checkpoint of the source is kept on ` +
+            `${from}, and --resume cannot take a ${rt.kind} post-copy up again (the source's processes ended at ` +
+            `its checkpoint). To go back to the state at the switchover (what ran on ${to} since is lost): ` +
+            `remove the copy on ${to}, then on ${from}: ${rt.recoverHint?.(name) ?? 'restore the kept checkpoint'}`,
+        );
+      // It stays frozen with every page, for --resume (the destination agent froze its copy).
       const pending: PostcopyPending = {
         migrationId: progress.migrationId,
         from,

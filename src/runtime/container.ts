@@ -235,7 +235,7 @@ export const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOU
  * status lands in lazy-pages.rc), then removes the images it read; resolves with the milliseconds since `running`.
  * Rejects with the daemon's error lines when it failed, after the lazy timeout, or once `cancelled()` says so.
  */
-async function lazyFinished(
+export async function lazyFinished(
   wd: string,
   running: number,
   cancelled = (): boolean => false,

@@ -1,5 +1,6 @@
 /** The runtimes precog ships, registered by name (src/runtime/registry.ts). Import this to have them. */
 import { NamespaceRuntime } from './container.ts';
+import { OciRuntime } from './oci.ts';
 import { PodmanRuntime } from './podman.ts';
 import { registerRuntime } from './registry.ts';
 
@@ -13,6 +14,18 @@ registerRuntime(
   'podman',
   'Podman containers by name or ID, moved through podman container checkpoint/restore (full restore, no post-copy)',
   (site) => new PodmanRuntime(site),
+);
+
+registerRuntime(
+  'runc',
+  'containers run by runc from an OCI bundle, moved with their bundle through runc checkpoint/restore (lazy too)',
+  (site) => new OciRuntime('runc', site),
+);
+
+registerRuntime(
+  'crun',
+  'containers run by crun from an OCI bundle, moved with their bundle through crun checkpoint/restore (full restore)',
+  (site) => new OciRuntime('crun', site),
 );
 
 export { makeRuntime, runtimeNames, type MovableRuntime } from './registry.ts';

@@ -72,6 +72,11 @@ export interface MovableRuntime {
   hasImage(image: string): boolean;
   /** How to get a missing image onto a host (part of the destination's refusal). */
   readonly imageHint: string;
+  /**
+   * Runtimes whose dump ends the processes: the command that restores the source from the checkpoint it keeps, for
+   * a post-copy that failed after the switchover (the driver's message).
+   */
+  recoverHint?(name: string): string;
   /** What this host lacks to run this runtime's containers, as a sentence with the fix; null when nothing. */
   cannotRun(): string | null;
   /** The source's record of a post-copy interrupted after the switchover (null: remove it). */

@@ -473,6 +473,28 @@ function podmanCgroups(): { containers: string[]; parents: string[] } {
   return { containers: out, parents };
 }
 
+/**
+ * The cgroup parent of the OCI bundles the tests and the demo make in the hosts (their config.json's cgroupsPath:
+ * /precog-oci/NAME). Like Podman's, runc makes them in the machine's hierarchies (the hosts have no cgroup
+ * namespace); `testbed down` removes what is left under it.
+ */
+export const OCI_TEST_CGROUP_PARENT = 'precog-oci';
+
+/** The cgroups under OCI_TEST_CGROUP_PARENT in every hierarchy, children before their parent. */
+function ociTestCgroups(): string[] {
+  const out: string[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (!right || !/^cgroup2? /.test(right)) continue;
+    const parent = join(left.split(' ')[4], OCI_TEST_CGROUP_PARENT);
+    if (!existsSync(parent)) continue;
+    for (const d of readdirSync(parent, { withFileTypes: true }))
+      if (d.isDirectory()) out.push(join(parent, d.name));
+    out.push(parent);
+  }
+  return out;
+}
+
 /** PIDs of every process whose network namespace is the named one (root only: reads other processes' ns links). */
 function pidsInNetns(netns: string): number[] {
   let ino: number;
@@ -981,6 +1003,14 @@ async function sweep(): Promise<string[]> {
       rmdirSync(dir);
     } catch {
       // still used (another Podman on this machine) or already gone
+    }
+  }
+  for (const cg of ociTestCgroups()) {
+    try {
+      rmdirSync(cg);
+      done.push(`cgroup ${cg}`);
+    } catch (err) {
+      throw new Error(`cannot remove the OCI test cgroup ${cg}: ${(err as Error).message}; run down again`);
     }
   }
   // 5. Files: the hosts' layers (their overlays were mounted only inside the hosts, which are gone), logs, state.
