@@ -17,6 +17,7 @@ import {
 } from '../src/runtime/testbed.ts';
 import { dirname } from 'node:path';
 import { must, precog, type Ran } from './support/cli.ts';
+import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
 import { agentLeftovers as leftovers, memcheckOf, migrateWhile } from './support/moves.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
@@ -263,6 +264,78 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     } finally {
       podman('a', 'rm', '-f', 'predis');
       podman('b', 'rm', '-f', 'predis');
+    }
+  });
+
+  test('redis in Podman with its own address on the LAN: a client keeps its TCP connection through the move, 0 failed requests', async () => {
+    // A macvlan network over each host's service bridge (the LAN that joins the hosts), the same on both hosts; the
+    // container keeps its address and MAC (Podman restores them) and CRIU its established connections.
+    for (const h of ['a', 'b'])
+      must(
+        podman(
+          h,
+          'network',
+          'create',
+          '--driver',
+          'macvlan',
+          '--opt',
+          'parent=svc0',
+          '--subnet',
+          '10.213.80.0/24',
+          '--gateway',
+          '10.213.80.254',
+          '--disable-dns',
+          'svcnet',
+        ),
+        `network on ${h}`,
+      );
+    const address = '10.213.80.60';
+    must(
+      podman(
+        'a',
+        'run',
+        '-d',
+        '--name',
+        'pnet',
+        '--network',
+        'svcnet',
+        '--ip',
+        address,
+        PODMAN_TEST_IMAGE,
+        'redis-server',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--protected-mode',
+        'no',
+      ),
+      'podman run redis with an address',
+    );
+    let client: ServiceClient | undefined;
+    try {
+      for (let i = 0; i < 50 && !client; i++) {
+        client = await startServiceClient(state, { address, port: 6379 }).catch(() => undefined);
+        if (!client) await sleep(100);
+      }
+      assert.ok(client, `no redis answers at ${address}:6379 from the LAN`);
+      await sleep(500);
+      const before = client.replies();
+      must(cli('migrate', 'pnet', '--runtime', 'podman', '--from', 'a', '--to', 'b'), 'migrate');
+      for (let i = 0; i < 50 && client.replies() < before + 200; i++) await sleep(100);
+      const r = await client.stop();
+      client = undefined;
+      process.stdout.write(`# podman redis with its own address, client: ${JSON.stringify(r)}\n`);
+      assert.equal(r.failed, 0, `failed requests: ${r.errors.join('; ')}`);
+      assert.equal(r.connections, 1, 'the client kept its one TCP connection');
+      assert.ok(r.sequential, 'every reply was the previous one + 1: redis went on from its state');
+      assert.ok(r.last > before + 100, `requests went on after the move: ${before} -> ${r.last}`);
+      assert.ok(names('b').includes('pnet running'), names('b').join(', '));
+      assert.ok(!names('a').some((n) => n.startsWith('pnet ')));
+    } finally {
+      await client?.stop();
+      podman('a', 'rm', '-f', 'pnet');
+      podman('b', 'rm', '-f', 'pnet');
     }
   });
 });
