@@ -114,6 +114,35 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     assert.ok(names('a').includes('pmc running'));
   });
 
+  test('a read-write bind mount (its data would stay behind) is refused before the stop, exit 2', () => {
+    must(
+      podman(
+        'a',
+        'run',
+        '-d',
+        '--name',
+        'prw',
+        '--network',
+        'none',
+        '-v',
+        '/srv:/data',
+        PODMAN_TEST_IMAGE,
+        'sleep',
+        '600',
+      ),
+      'run',
+    );
+    try {
+      const r = cli('migrate', 'prw', '--runtime', 'podman', '--from', 'a', '--to', 'b');
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /cannot move Podman container prw: bind mount \/srv -> \/data is read-write/);
+      assert.ok(names('a').includes('prw running'), names('a').join(', '));
+      assert.ok(!names('b').some((n) => n.startsWith('prw ')));
+    } finally {
+      podman('a', 'rm', '-f', '--time', '0', 'prw');
+    }
+  });
+
   test('precopy a -> b: a Podman container at b, every page intact, its writable layer along, nothing left on a', async () => {
     must(
       podman(

@@ -45,6 +45,7 @@ import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './regi
 import { isPageImage } from '../criu/localdump.ts';
 import { markLazy } from '../criu/lazy.ts';
 import { removeTree, runTool } from './rootfs.ts';
+import { cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
 import { HOST_DATA_DIR, localSite, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
 
@@ -60,18 +61,6 @@ interface OciState {
   created: string;
 }
 
-/** The parts of an OCI bundle's config.json precog reads. */
-interface OciConfig {
-  process?: { args?: string[] };
-  root?: { path?: string };
-  mounts?: { destination?: string; type?: string; source?: string; options?: string[] }[];
-  hooks?: Record<string, unknown[]>;
-  linux?: {
-    namespaces?: { type?: string; path?: string }[];
-    resources?: { memory?: { limit?: number } };
-  };
-}
-
 const STATUS: Record<string, ContainerStatus> = {
   running: 'running',
   paused: 'frozen',
@@ -80,52 +69,12 @@ const STATUS: Record<string, ContainerStatus> = {
   stopped: 'stopped',
 };
 
-const isBind = (m: NonNullable<OciConfig['mounts']>[number]): boolean =>
-  m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-
-/** A host path as a peer may name one: absolute, normalized, no NUL. */
-const cleanAbsolute = (p: unknown): p is string =>
-  typeof p === 'string' &&
-  p.length > 0 &&
-  p.length < 4096 &&
-  p.startsWith('/') &&
-  !p.includes('\0') &&
-  posix.normalize(p) === p;
-
 /**
- * Why a bundle's config.json must not be run here as a peer sent it, or null. What a container could do to the host
- * beyond its own bundle: hooks (commands run on the host as root), read-write bind mounts (host files the container
- * could change, and data that would not move with it), joining one of the host's namespaces, a root outside the
- * bundle.
+ * Why a bundle's config.json must not be run here as a peer sent it, or null: peerspec.ts's checks, with the root
+ * inside the bundle and no read-write bind mounts at all (their data would stay on the source).
  */
-export function bundleRefusal(cfg: OciConfig): string | null {
-  const root = cfg.root?.path;
-  if (
-    typeof root !== 'string' ||
-    root === '' ||
-    root.startsWith('/') ||
-    posix.normalize(root).startsWith('..')
-  )
-    return `its root (root.path ${JSON.stringify(root)}) is not a directory inside the bundle`;
-  for (const [kind, list] of Object.entries(cfg.hooks ?? {}))
-    if (Array.isArray(list) && list.length > 0)
-      return `it has ${kind} hooks (commands run on the host): precog does not move containers with hooks`;
-  for (const m of cfg.mounts ?? []) {
-    if (!isBind(m)) continue;
-    if (!cleanAbsolute(m.source))
-      return `bind mount ${JSON.stringify(m.source)} -> ${m.destination}: not a clean absolute host path`;
-    if (!(m.options ?? []).includes('ro'))
-      return (
-        `bind mount ${m.source} -> ${m.destination} is read-write: its data stays on the source's disk; ` +
-        'make it read-only (options "ro"), or move the data with the container (inside its root filesystem)'
-      );
-  }
-  for (const ns of cfg.linux?.namespaces ?? [])
-    if (ns.path) return `it joins the host's ${ns.type} namespace (${ns.path}), which does not move`;
-  const types = new Set((cfg.linux?.namespaces ?? []).map((n) => n.type));
-  for (const need of ['pid', 'mount'])
-    if (!types.has(need)) return `it has no ${need} namespace of its own (CRIU moves only whole containers)`;
-  return null;
+export function bundleRefusal(cfg: OciSpec): string | null {
+  return specRefusal(cfg, { root: 'relative' });
 }
 
 export class OciRuntime implements MovableRuntime {
@@ -174,10 +123,10 @@ export class OciRuntime implements MovableRuntime {
     return this.site.fsPath(posix.join(OCI_DIR, validateName(name)));
   }
 
-  private config(bundle: string): OciConfig {
+  private config(bundle: string): OciSpec {
     const file = join(this.site.fsPath(bundle), 'config.json');
     try {
-      return JSON.parse(readFileSync(file, 'utf8')) as OciConfig;
+      return JSON.parse(readFileSync(file, 'utf8')) as OciSpec;
     } catch (err) {
       throw new Error(`cannot read the bundle's config ${file}: ${(err as Error).message}`);
     }
@@ -187,7 +136,7 @@ export class OciRuntime implements MovableRuntime {
     const status = STATUS[s.status] ?? 'stopped';
     const pid = (status === 'running' || status === 'frozen') && s.pid > 0 ? s.pid : null;
     const start = pid && this.site.local ? procStart(pid) : undefined;
-    let cfg: OciConfig = {};
+    let cfg: OciSpec = {};
     try {
       cfg = this.config(s.bundle);
     } catch {
@@ -529,7 +478,9 @@ export class OciRuntime implements MovableRuntime {
     const cfg = this.config(info.dir);
     const refusal = bundleRefusal(cfg);
     if (refusal) throw new UsageError(`cannot move ${this.binary} container ${info.name}: ${refusal}`);
-    const sources = [...new Set((cfg.mounts ?? []).filter(isBind).map((m) => m.source as string))].sort();
+    const sources = [
+      ...new Set((cfg.mounts ?? []).filter(isBindMount).map((m) => m.source as string)),
+    ].sort();
     return sources.length ? JSON.stringify(sources) : null;
   }
 

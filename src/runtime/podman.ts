@@ -36,6 +36,7 @@ import {
 } from './container.ts';
 import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
 import { isPageImage } from '../criu/localdump.ts';
+import { cleanAbsolute, specRefusal, under, type OciSpec, type SpecPolicy } from './peerspec.ts';
 import { runTool } from './rootfs.ts';
 import { hasTool, HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
@@ -74,6 +75,7 @@ export class PodmanRuntime implements MovableRuntime {
   readonly imageHint =
     'pull it by digest from the registry the source used, or podman save IMAGE there | podman load here';
   private readonly site: Site;
+  private roots: string[] | undefined;
 
   constructor(site?: Site) {
     this.site = site ?? localSite();
@@ -264,6 +266,8 @@ export class PodmanRuntime implements MovableRuntime {
     const d = this.site.fsPath(dir);
     const state = JSON.parse(readFileSync(join(d, 'state.json'), 'utf8')) as ContainerInfo;
     validateName(state.name);
+    const refusal = podmanImportRefusal(join(d, 'upper'), this.storage());
+    if (refusal) throw new UsageError(`refusing to import Podman container ${state.name}: ${refusal}`);
     const archive = join(d, ARCHIVE);
     const r = spawnSync(
       'tar',
@@ -328,8 +332,37 @@ export class PodmanRuntime implements MovableRuntime {
 
   forgetLazy(): void {}
 
+  /**
+   * The image ID. A container whose configuration the destination would refuse (peerspec.ts: a read-write bind
+   * mount, host-level capabilities, devices, hooks...) is refused here, before anything stops.
+   */
   imageOf(info: ContainerInfo): string | null {
+    let spec: OciSpec;
+    try {
+      spec = JSON.parse(
+        readFileSync(this.site.fsPath(posix.join(info.dir, 'config.json')), 'utf8'),
+      ) as OciSpec;
+    } catch (err) {
+      throw new Error(`cannot read the OCI configuration of ${info.name}: ${(err as Error).message}`);
+    }
+    const why = specRefusal(spec, this.policy());
+    if (why) throw new UsageError(`cannot move Podman container ${info.name}: ${why}`);
     return info.image ?? null;
+  }
+
+  /** Podman's storage on this host (graph root, run root), from podman info. */
+  private storage(): string[] {
+    if (!this.roots) {
+      const c = this.cmd(['info', '--format', '{{.Store.GraphRoot}}\n{{.Store.RunRoot}}']);
+      const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`podman info failed: ${r.stderr.trim()}`);
+      this.roots = r.stdout.split('\n').filter(cleanAbsolute);
+    }
+    return this.roots;
+  }
+
+  private policy(): SpecPolicy {
+    return podmanPolicy(this.storage());
   }
 
   has(name: string): boolean {
@@ -357,4 +390,41 @@ export class PodmanRuntime implements MovableRuntime {
     const f = this.pendingFile(name);
     return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as PostcopyPending) : undefined;
   }
+}
+
+/** What a Podman container's OCI spec may ask for on a host whose Podman storage is ROOTS (peerspec.ts). */
+export function podmanPolicy(roots: string[]): SpecPolicy {
+  // Podman's restore mounts the container's own storage as its root: the path in the spec is not used.
+  return { root: 'set-by-runtime', writableUnder: roots, netnsUnder: ['/run/netns', '/var/run/netns'] };
+}
+
+/**
+ * Why the container configuration a peer sent (UPPER/config.dump and spec.dump, which Podman's import takes as
+ * they are) must not run on a host whose Podman storage is ROOTS, or null: the spec checks of peerspec.ts on both
+ * specs, a privileged container, and every path of config.dump where Podman or conmon write (log, pid files,
+ * static directory...) inside that storage.
+ */
+export function podmanImportRefusal(upper: string, roots: string[]): string | null {
+  let config: Record<string, unknown>;
+  let spec: OciSpec;
+  try {
+    config = JSON.parse(readFileSync(join(upper, 'config.dump'), 'utf8')) as Record<string, unknown>;
+    spec = JSON.parse(readFileSync(join(upper, 'spec.dump'), 'utf8')) as OciSpec;
+  } catch (err) {
+    return `its checkpoint has no readable config.dump and spec.dump (${(err as Error).message})`;
+  }
+  if (typeof config !== 'object' || config === null) return 'its config.dump is not a JSON object';
+  if (config.privileged === true) return 'it is privileged';
+  if (config.mountAllDevices === true) return 'it is given all host devices';
+  const paths = ['logPath', 'conmonPidFile', 'staticDir', 'pid_file', 'ShmDir', 'secretsPath'].map(
+    (k): [string, unknown] => [k, config[k]],
+  );
+  for (const m of Array.isArray(config.mounts) ? (config.mounts as unknown[]) : []) paths.push(['mounts', m]);
+  for (const [k, v] of paths) {
+    if (v === undefined || v === null || v === '') continue;
+    if (!cleanAbsolute(v) || !roots.some((d) => under(v, d)))
+      return `its ${k} (${JSON.stringify(v)}) is outside Podman's storage here (${roots.join(', ')})`;
+  }
+  const policy = podmanPolicy(roots);
+  return specRefusal(spec, policy) ?? (config.spec ? specRefusal(config.spec as OciSpec, policy) : null);
 }
