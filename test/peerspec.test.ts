@@ -2,12 +2,12 @@
 // Podman's config.dump/spec.dump, as the source wrote them, refused where they would reach beyond the container.
 // No root needed: the checks read JSON.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { bundleRefusal } from '../src/runtime/oci.ts';
-import { specRefusal, type OciSpec } from '../src/runtime/peerspec.ts';
+import { bundleFilesRefusal, specRefusal, type OciSpec } from '../src/runtime/peerspec.ts';
 import { podmanImportRefusal, podmanPolicy } from '../src/runtime/podman.ts';
 
 const ROOTS = ['/var/lib/containers/storage', '/run/containers/storage'];
@@ -162,6 +162,32 @@ test("Podman's config.dump: paths where Podman and conmon write must be in its s
     assert.match(podmanImportRefusal(dir, ROOTS) ?? 'passed', /prestart hooks/);
     writeFileSync(join(dir, 'spec.dump'), '{not json');
     assert.match(podmanImportRefusal(dir, ROOTS) ?? 'passed', /no readable config.dump and spec.dump/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a bundle's root or config.json that is a symlink is refused (rootfs -> / would hand the host to the container)", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'precog-bundle-'));
+  try {
+    writeFileSync(join(dir, 'config.json'), '{}');
+    mkdirSync(join(dir, 'rootfs', 'usr'), { recursive: true });
+    symlinkSync('usr/bin', join(dir, 'rootfs', 'bin')); // the container's own links are its business
+    assert.equal(bundleFilesRefusal(dir, 'rootfs'), null);
+    assert.equal(bundleFilesRefusal(dir, './rootfs/usr'), null);
+    symlinkSync('/', join(dir, 'evil'));
+    assert.match(bundleFilesRefusal(dir, 'evil') ?? 'passed', /not a directory \(evil is a link/);
+    mkdirSync(join(dir, 'a'));
+    symlinkSync('/etc', join(dir, 'a', 'b'));
+    assert.match(bundleFilesRefusal(dir, 'a/b') ?? 'passed', /b is a link/);
+    assert.match(bundleFilesRefusal(dir, 'missing') ?? 'passed', /incomplete/);
+    rmSync(join(dir, 'config.json'));
+    symlinkSync('/etc/passwd', join(dir, 'config.json'));
+    assert.match(bundleFilesRefusal(dir, 'rootfs') ?? 'passed', /config.json is not a regular file/);
+    // Podman's config.dump as a link to a host file: refused before it is read.
+    writeFileSync(join(dir, 'spec.dump'), '{}');
+    symlinkSync('/etc/passwd', join(dir, 'config.dump'));
+    assert.match(podmanImportRefusal(dir, ROOTS) ?? 'passed', /config.dump is not a regular file/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

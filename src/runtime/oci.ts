@@ -45,7 +45,7 @@ import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './regi
 import { isPageImage } from '../criu/localdump.ts';
 import { markLazy } from '../criu/lazy.ts';
 import { removeTree, runTool } from './rootfs.ts';
-import { cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
+import { bundleFilesRefusal, cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
 import { HOST_DATA_DIR, localSite, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
 
@@ -394,7 +394,9 @@ export class OciRuntime implements MovableRuntime {
     const saved = JSON.parse(readFileSync(join(d, 'state.json'), 'utf8')) as ContainerInfo;
     const name = validateName(saved.name);
     if (this.state(name)) throw new UsageError(`a ${this.binary} container named ${name} exists on ${host}`);
-    const refusal = bundleRefusal(this.config(posix.join(dir, 'upper')));
+    const upper = posix.join(dir, 'upper');
+    const cfg = this.config(upper);
+    const refusal = bundleRefusal(cfg) ?? bundleFilesRefusal(this.site.fsPath(upper), cfg.root?.path ?? '');
     if (refusal) throw new UsageError(`refusing to restore ${name}: ${refusal}`);
     const lazy = opts.lazy === true || opts.lazyPageServer !== undefined;
     if (lazy && !this.lazyRestore)

@@ -7,7 +7,8 @@
  * restore, and at the source before the container stops (so that a move the destination would refuse does not stop
  * it).
  */
-import { posix } from 'node:path';
+import { lstatSync } from 'node:fs';
+import { join, posix } from 'node:path';
 
 /** The parts of an OCI runtime spec the checks read. */
 export interface OciSpec {
@@ -117,5 +118,29 @@ export function specRefusal(spec: OciSpec, policy: SpecPolicy): string | null {
   const strong = HOST_LEVEL_CAPABILITIES.filter((c) => caps.has(c));
   if (strong.length)
     return `it has ${strong.join(', ')} (as much as the host's root): precog does not move such containers`;
+  return null;
+}
+
+/**
+ * Why the files of a bundle a peer sent (DIR: its config.json and the root filesystem at ROOT, a relative path) are
+ * not what they claim, or null: config.json must be a regular file, and the root and every directory on the way to
+ * it real directories. A symlink there (rootfs -> /) would make the runtime use a host directory as the container's
+ * root; the symlinks inside the root filesystem are the container's own and stay confined by the runtime.
+ */
+export function bundleFilesRefusal(dir: string, root: string): string | null {
+  try {
+    if (!lstatSync(join(dir, 'config.json')).isFile()) return 'its config.json is not a regular file';
+    let at = dir;
+    for (const part of posix
+      .normalize(root)
+      .split('/')
+      .filter((p) => p && p !== '.')) {
+      at = join(at, part);
+      if (!lstatSync(at).isDirectory())
+        return `its root ${root} is not a directory (${part} is a link or a file)`;
+    }
+  } catch (err) {
+    return `its files are incomplete: ${(err as Error).message}`;
+  }
   return null;
 }

@@ -17,6 +17,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
+  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
@@ -407,6 +408,9 @@ export function podmanPolicy(roots: string[]): SpecPolicy {
 export function podmanImportRefusal(upper: string, roots: string[]): string | null {
   let config: Record<string, unknown>;
   let spec: OciSpec;
+  for (const f of ['config.dump', 'spec.dump'])
+    if (existsSync(join(upper, f)) && !lstatSync(join(upper, f)).isFile())
+      return `its ${f} is not a regular file`;
   try {
     config = JSON.parse(readFileSync(join(upper, 'config.dump'), 'utf8')) as Record<string, unknown>;
     spec = JSON.parse(readFileSync(join(upper, 'spec.dump'), 'utf8')) as OciSpec;
