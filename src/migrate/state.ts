@@ -1,6 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import {
   closeSync,
+  lstatSync,
+  readdirSync,
   ftruncateSync,
   mkdirSync,
   openSync,
@@ -72,13 +74,104 @@ export function tarDir(dir: string): Buffer {
   return r.stdout;
 }
 
-function untar(data: Buffer, dir: string): void {
+/** A member of a tar archive as GNU tar lists it: its type (the mode's first letter), name, and device numbers. */
+interface TarMember {
+  type: string;
+  name: string;
+  /** A hard link's or symlink's target. */
+  target?: string;
+  device?: [number, number];
+}
+
+/** Most members precog unpacks from one archive a peer sent. */
+const MAX_TAR_MEMBERS = 1_000_000;
+
+/**
+ * The members of a tar archive a peer sent, listed without unpacking anything (GNU tar's verbose listing, names
+ * escaped so that one member is one line). An archive tar cannot read is an InputError.
+ */
+export function listTar(data: Buffer, what: string): TarMember[] {
+  const r = spawnSync('tar', ['-tvf', '-', '--numeric-owner', '--quoting-style=escape'], {
+    input: data,
+    maxBuffer: 1 << 30,
+  });
+  if (r.status !== 0)
+    throw new InputError(
+      `${what} is not a tar archive tar can read: ${r.stderr?.toString().trim() || r.error?.message}`,
+    );
+  const lines = r.stdout.toString('utf8').split('\n').filter(Boolean);
+  if (lines.length > MAX_TAR_MEMBERS)
+    throw new InputError(`${what} has more than ${MAX_TAR_MEMBERS} members`);
+  return lines.map((line) => {
+    const m =
+      /^(.)\S{9}\S*\s+\d+\/\d+\s+(\d+|\d+,\s*\d+)\s+\d{4}-\d\d-\d\d\s+\d\d:\d\d(?::\d\d)?\s(.*)$/.exec(line);
+    if (!m) throw new InputError(`${what}: a member tar lists as "${line.slice(0, 120)}" is not understood`);
+    const [, type, size, rest] = m;
+    const member: TarMember = { type, name: rest };
+    const arrow = type === 'l' ? rest.indexOf(' -> ') : type === 'h' ? rest.indexOf(' link to ') : -1;
+    if (arrow >= 0) {
+      member.name = rest.slice(0, arrow);
+      member.target = rest.slice(arrow + (type === 'l' ? 4 : 9));
+    }
+    if (type === 'c' || type === 'b') {
+      const [major, minor] = size.split(',').map((x) => Number(x.trim()));
+      member.device = [major, minor];
+    }
+    return member;
+  });
+}
+
+/** A member name inside the archive's directory: relative, no ".." component. */
+const confined = (name: string): boolean =>
+  !name.startsWith('/') && !name.split('/').includes('..') && !name.includes('\\');
+
+/**
+ * Why a peer's archive must not be unpacked here, or null. `flat` (images.tar: CRIU's image files): nothing but
+ * regular files with plain names, directly in the directory. Otherwise (the writable layer, a bundle: a container's
+ * own files) links, devices and special bits are the container's, but no member may leave the directory, a hard
+ * link may not point outside it, and the only device nodes are overlayfs whiteouts (character device 0:0): a device
+ * node of the host's disks or memory would hand them to the container.
+ */
+export function tarRefusal(members: TarMember[], flat: boolean): string | null {
+  for (const m of members) {
+    const name = m.name.replace(/^\.\//, '');
+    if (flat) {
+      if (name === '' || name === '.') {
+        if (m.type !== 'd') return `member "${m.name}" is not the directory itself`;
+        continue;
+      }
+      if (m.type !== '-') return `member "${m.name}" is not a regular file (type ${m.type})`;
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name) || name === PARENT_DIR || name === PARENT_LINK)
+        return `member "${m.name}" is not a plain image file name`;
+      continue;
+    }
+    if (!confined(m.name)) return `member "${m.name}" is outside the archive's directory`;
+    if (m.type === 'h' && (!m.target || !confined(m.target)))
+      return `hard link "${m.name}" points outside the archive's directory (${m.target})`;
+    if (m.type === 'b') return `member "${m.name}" is a block device (${m.device?.join(':')})`;
+    if (m.type === 'c' && (m.device?.[0] !== 0 || m.device?.[1] !== 0))
+      return `member "${m.name}" is a character device ${m.device?.join(':')} (only overlay whiteouts, 0:0, are kept)`;
+    if (!['-', 'd', 'l', 'h', 'c', 'p'].includes(m.type)) return `member "${m.name}" has type ${m.type}`;
+  }
+  return null;
+}
+
+/** Unpacks a peer's archive into DIR once tarRefusal passes it; `flat`: CRIU's images (checked again on disk). */
+function untar(data: Buffer, dir: string, what: string, flat: boolean): void {
+  const why = tarRefusal(listTar(data, what), flat);
+  if (why) throw new InputError(`${what}: ${why}`);
   mkdirSync(dir, { recursive: true });
   const r = spawnSync('tar', ['--xattrs', '--xattrs-include=trusted.overlay.*', '-C', dir, '-xpf', '-'], {
     input: data,
     maxBuffer: 1 << 20,
   });
   if (r.status !== 0) throw new InputError(`unpacking into ${dir} failed: ${r.stderr?.toString().trim()}`);
+  if (flat)
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const st = lstatSync(join(dir, e.name));
+      if (e.name !== PARENT_DIR && (!st.isFile() || st.nlink !== 1))
+        throw new InputError(`${what}: ${e.name} is not a regular file of its own once unpacked`);
+    }
 }
 
 export function encodeState(opts: {
@@ -116,6 +209,74 @@ export function encodeState(opts: {
   return Buffer.concat([head, json, images, upper, extras, shmemData]);
 }
 
+/** The sections a state has, in order. */
+const SECTIONS = ['images.tar', 'upper.tar', 'extras', 'shmem'];
+/** Most tasks, runs per task and extra pages one state may name (bounds on what a peer makes the agent do). */
+const MAX_TASKS = 100_000;
+const MAX_RUNS = 1_000_000;
+const MAX_EXTRAS = 1 << 20;
+
+const isId = (x: unknown): x is number =>
+  Number.isSafeInteger(x) && (x as number) > 0 && (x as number) < 2 ** 31;
+const isHexAddress = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{1,16}$/.test(x);
+const isRun = (r: unknown): boolean =>
+  Array.isArray(r) &&
+  r.length === 3 &&
+  isHexAddress(r[0]) &&
+  Number.isSafeInteger(r[1]) &&
+  r[1] >= 0 &&
+  r[1] <= 1 << 28 &&
+  Number.isSafeInteger(r[2]) &&
+  r[2] >= 0 &&
+  r[2] < 1 << 16;
+
+/**
+ * Why a state header a peer sent is malformed, or null. Its task and segment ids become file names
+ * (pagemap-ID.img), its addresses BigInts and its counts loops: each is checked for what it may be before use.
+ */
+export function headerRefusal(h: StateHeader): string | null {
+  if (typeof h !== 'object' || h === null) return 'the header is not a JSON object';
+  const list = (x: unknown, most: number, what: string): string | null =>
+    !Array.isArray(x) ? `${what} is not a list` : x.length > most ? `more than ${most} ${what}` : null;
+  const e =
+    list(h.pids, MAX_TASKS, 'pids') ??
+    list(h.tasks, MAX_TASKS, 'tasks') ??
+    list(h.shmem, MAX_TASKS, 'shared memory segments') ??
+    list(h.extras, MAX_EXTRAS, 'extra pages') ??
+    list(h.sections, SECTIONS.length, 'sections');
+  if (e) return e;
+  for (const p of h.pids)
+    if (!Array.isArray(p) || p.length !== 2 || !isId(p[0]) || !isId(p[1]))
+      return `pid pair ${JSON.stringify(p).slice(0, 80)} is not two process ids`;
+  for (const [kind, segs] of [
+    ['task', h.tasks],
+    ['shared memory segment', h.shmem],
+  ] as const)
+    for (const t of segs) {
+      if (typeof t !== 'object' || t === null || !isId(t.id))
+        return `${kind} id ${JSON.stringify((t as { id?: unknown })?.id).slice(0, 80)} is not a positive integer`;
+      if (!Array.isArray(t.runs) || t.runs.length > MAX_RUNS)
+        return `${kind} ${t.id}: runs are not a bounded list`;
+      for (const r of t.runs)
+        if (!isRun(r)) return `${kind} ${t.id}: run ${JSON.stringify(r).slice(0, 80)} is malformed`;
+    }
+  for (const x of h.extras)
+    if (!Array.isArray(x) || x.length !== 2 || !isId(x[0]) || !isHexAddress(x[1]))
+      return `extra page ${JSON.stringify(x).slice(0, 80)} is not [task id, hex address]`;
+  const names = h.sections.map((x) => (x as { name?: unknown })?.name);
+  if (JSON.stringify(names) !== JSON.stringify(SECTIONS))
+    return `sections ${JSON.stringify(names)}, expected ${SECTIONS.join(', ')}`;
+  for (const x of h.sections)
+    if (!Number.isSafeInteger(x.bytes) || x.bytes < 0) return `section ${x.name} has a size of ${x.bytes}`;
+  let shmemPages = 0;
+  for (const seg of h.shmem) for (const r of seg.runs) if (r[2] & PE_PRESENT) shmemPages += r[1];
+  if (h.sections[3].bytes !== shmemPages * PAGE_SIZE)
+    return `shared memory of ${shmemPages} pages in ${h.sections[3].bytes} bytes`;
+  const extras = h.sections[2].bytes;
+  if (extras !== h.extras.length * PAGE_SIZE) return `${h.extras.length} extra pages in ${extras} bytes`;
+  return null;
+}
+
 export function decodeState(
   blob: Buffer,
   what = 'state',
@@ -132,6 +293,8 @@ export function decodeState(
   }
   if (header.schema !== STATE_SCHEMA)
     throw new InputError(`${what}: schema "${header.schema}", this precog reads ${STATE_SCHEMA}`);
+  const bad = headerRefusal(header);
+  if (bad) throw new InputError(`${what}: ${bad}`);
   const sections = new Map<string, Buffer>();
   let at = 12 + len;
   for (const s of header.sections) {
@@ -187,8 +350,8 @@ export type StoreRuns = (first: number, count: number) => Buffer;
 function unpack(blob: Buffer, layout: Layout, outDir: string, what: string) {
   const { header, sections } = decodeState(blob, what);
   const images = join(outDir, 'images');
-  untar(sections.get('images.tar')!, images);
-  untar(sections.get('upper.tar')!, join(outDir, 'upper'));
+  untar(sections.get('images.tar')!, images, `${what}: images.tar`, true);
+  untar(sections.get('upper.tar')!, join(outDir, 'upper'), `${what}: upper.tar`, false);
   writeFileSync(join(outDir, 'state.json'), JSON.stringify(header.container, null, 2) + '\n');
   // Pages that came with the state, by task and address.
   const extrasOf = new Map<number, Map<bigint, Buffer>>();

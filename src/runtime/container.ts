@@ -1141,7 +1141,8 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     const cdir = NamespaceRuntime.dirOn(host, name);
     if (existsSync(cdir))
       throw new UsageError(`a container named "${name}" already exists on host ${host.name}`);
-    mkdirSync(cdir, { recursive: true });
+    // Root only: the writable layer may come from a peer, with its setuid files and owners (the container's).
+    mkdirSync(cdir, { recursive: true, mode: 0o700 });
     const wd = join(cdir, 'checkpoint');
     for (const d of ['work', 'root', 'checkpoint']) mkdirSync(join(cdir, d), { recursive: true });
     const cg = this.cgroupsFor(host, name);

@@ -404,7 +404,8 @@ export class OciRuntime implements MovableRuntime {
     const inHost = posix.join(OCI_DIR, name);
     const here = this.dirOf(name);
     await removeTree(here).catch(() => {});
-    mkdirSync(here, { recursive: true });
+    // Root only: the bundle a peer sent may hold setuid files and device-free but owner-kept trees (the container's).
+    mkdirSync(here, { recursive: true, mode: 0o700 });
     const take = (from: string, to: string) => {
       try {
         renameSync(from, to);
