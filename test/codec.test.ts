@@ -541,7 +541,10 @@ test('the destination decodes deltas against its copy, also from a page file, an
         jsonFrame(FrameType.Hello, { version: PROTOCOL_VERSION, migrationId: 'codec-test', strategy: 't' }),
         0,
       );
-      d.handle(jsonFrame(FrameType.Layout, { pageSize: PAGE, pageCount: pages, regions: [] }), 0);
+      d.handle(
+        jsonFrame(FrameType.Layout, { pageSize: PAGE, pageCount: pages, regions: [{ start: '0x0', pages }] }),
+        0,
+      );
       return d;
     };
     const dest = start();

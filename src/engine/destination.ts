@@ -10,7 +10,7 @@ import {
   PROTOCOL_VERSION,
 } from '../transport/frame.ts';
 import { PageStore, type PageBacking } from './pagestore.ts';
-import type { Arrival, Layout } from './types.ts';
+import { PAGE_SIZE, type Arrival, type Layout } from './types.ts';
 import type { CommitMessage, DoneAck, HelloMessage, ResumedMessage, SwitchoverMessage } from './messages.ts';
 
 /** A process resumed at the destination before all its pages are here (post-copy). */
@@ -27,6 +27,8 @@ export interface ResumedWorkload {
 
 /** What the destination half needs from its host: restore cost, integrity checks, a way to resume the workload. */
 export interface DestinationEnvironment {
+  /** Most pages a LAYOUT may declare (default maxLayoutPages()). */
+  maxPages?: number;
   /** Seconds from having all state to running (CRIU restore, in real runs). */
   restoreCost: number;
   /** Checks the given pages of the store against the truth; throws InvariantError on any difference. */
@@ -56,6 +58,54 @@ type State = 'hello' | 'layout' | 'receiving' | 'resumed' | 'postcopy' | 'done';
  * The destination half of a migration: keeps the page store, checks that messages come in order, resumes the
  * workload when told to, and reports when it has everything.
  */
+/**
+ * Most pages one migration may declare (its LAYOUT): what the destination allocates per-page state and a page file
+ * for before any page arrives. PRECOG_MAX_PAGES, default 2^24 (64 GiB of 4 KiB pages).
+ */
+export const maxLayoutPages = (): number => {
+  const v = Number(process.env.PRECOG_MAX_PAGES);
+  return Number.isSafeInteger(v) && v > 0 ? v : 1 << 24;
+};
+/** Most regions one LAYOUT may have. */
+export const MAX_LAYOUT_REGIONS = 1 << 20;
+
+/**
+ * Why a LAYOUT a peer sent must not be taken, or null: the page size this build restores (4 KiB), a whole number of
+ * pages within the limit, regions (hex start, whole pages, integer pid) whose pages add up to that number.
+ */
+export function layoutRefusal(layout: Layout, maxPages: number): string | null {
+  if (typeof layout !== 'object' || layout === null) return 'not a JSON object';
+  if (layout.pageSize !== PAGE_SIZE)
+    return `page size ${JSON.stringify(layout.pageSize)}, expected ${PAGE_SIZE}`;
+  const n = layout.pageCount;
+  if (!Number.isSafeInteger(n) || n < 1)
+    return `page count ${JSON.stringify(n)} is not a positive whole number`;
+  if (n > maxPages) return `${n} pages is more than this destination takes (${maxPages}: PRECOG_MAX_PAGES)`;
+  if (
+    !Array.isArray(layout.regions) ||
+    layout.regions.length < 1 ||
+    layout.regions.length > MAX_LAYOUT_REGIONS
+  )
+    return `regions must be a list of 1 to ${MAX_LAYOUT_REGIONS}`;
+  let sum = 0;
+  for (const r of layout.regions) {
+    if (
+      typeof r !== 'object' ||
+      r === null ||
+      typeof r.start !== 'string' ||
+      !/^(0x)?[0-9a-f]{1,16}$/i.test(r.start)
+    )
+      return `region start ${JSON.stringify((r as { start?: unknown })?.start)} is not a hex address`;
+    if (!Number.isSafeInteger(r.pages) || r.pages < 1)
+      return `region ${r.start} has ${JSON.stringify(r.pages)} pages`;
+    if (r.pid !== undefined && (!Number.isSafeInteger(r.pid) || r.pid < 0))
+      return `region ${r.start} has pid ${r.pid}`;
+    sum += r.pages;
+  }
+  if (sum !== n) return `regions hold ${sum} pages, the layout says ${n}`;
+  return null;
+}
+
 export class MigrationDestination {
   private state: State = 'hello';
   private readonly env: DestinationEnvironment;
@@ -123,8 +173,8 @@ export class MigrationDestination {
       case FrameType.Layout: {
         this.expect('layout');
         const layout = parseJson<Layout>(frame);
-        if (!(layout.pageCount > 0) || !(layout.pageSize > 0))
-          throw new ProtocolError('LAYOUT frame has no pages');
+        const bad = layoutRefusal(layout, this.env.maxPages ?? maxLayoutPages());
+        if (bad) throw new ProtocolError(`LAYOUT refused: ${bad}`);
         this.store = new PageStore(layout, this.env.backing?.(layout, this.migrationId, this.hello!));
         this.state = 'receiving';
         return [];

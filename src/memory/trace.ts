@@ -24,6 +24,16 @@ export interface Trace {
 /** Magic line of precog's own trace format (docs/trace-format.md). */
 export const TRACE_MAGIC = 'PRECOG-TRACE 1\n';
 
+/** Shortest sampling interval a trace may have (a shorter one would make the replay spin). */
+export const MIN_TRACE_INTERVAL_MS = 1;
+/** Most pages a trace may cover (2^31: 8 TiB of 4 KiB pages). */
+export const MAX_TRACE_PAGES = 2 ** 31;
+/** Most bytes a gzip trace may expand to: PRECOG_MAX_TRACE_BYTES, default 4 GiB. */
+export const maxTraceBytes = (): number => {
+  const v = Number(process.env.PRECOG_MAX_TRACE_BYTES);
+  return Number.isSafeInteger(v) && v > 0 ? v : 4 * 2 ** 30;
+};
+
 export function loadTrace(path: string): Trace {
   let data: Buffer;
   try {
@@ -33,10 +43,12 @@ export function loadTrace(path: string): Trace {
   }
   if (data[0] === 0x1f && data[1] === 0x8b) {
     try {
-      data = gunzipSync(data);
+      data = gunzipSync(data, { maxOutputLength: maxTraceBytes() });
     } catch (e) {
       throw new InputError(
-        `trace file ${path} looks gzip-compressed but does not decompress: ${(e as Error).message}`,
+        (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE'
+          ? `trace file ${path} expands to more than ${maxTraceBytes()} bytes (PRECOG_MAX_TRACE_BYTES)`
+          : `trace file ${path} looks gzip-compressed but does not decompress: ${(e as Error).message}`,
       );
     }
   }
@@ -138,19 +150,24 @@ export function parsePrecogTrace(data: Buffer, source: string): Trace {
   const ok =
     Number.isInteger(h.pageSize) &&
     h.pageSize > 0 &&
-    h.intervalMs > 0 &&
+    typeof h.intervalMs === 'number' &&
+    h.intervalMs >= MIN_TRACE_INTERVAL_MS &&
     Array.isArray(h.regions) &&
-    h.regions.every((r) => typeof r.start === 'string' && Number.isInteger(r.pages) && r.pages > 0) &&
+    h.regions.every((r) => typeof r.start === 'string' && Number.isSafeInteger(r.pages) && r.pages > 0) &&
     Number.isInteger(h.samples) &&
     h.samples > 0 &&
     typeof h.accessed === 'boolean';
   if (!ok) {
     throw new InputError(
-      `trace ${source}: header needs pageSize, intervalMs > 0, regions [{start, pages}], samples > 0 and accessed (see docs/trace-format.md)`,
+      `trace ${source}: header needs pageSize, intervalMs >= ${MIN_TRACE_INTERVAL_MS}, regions [{start, pages}], samples > 0 and accessed (see docs/trace-format.md)`,
     );
   }
   const pageCount = h.regions.reduce((a, r) => a + r.pages, 0);
-  const bytes = (pageCount + 7) >>> 3;
+  if (pageCount > MAX_TRACE_PAGES)
+    throw new InputError(
+      `trace ${source}: ${pageCount} pages, more than precog replays (${MAX_TRACE_PAGES})`,
+    );
+  const bytes = Math.ceil(pageCount / 8);
   const per = bytes * (h.accessed ? 2 : 1);
   const body = data.subarray(nl + 1);
   if (body.length !== per * h.samples) {
