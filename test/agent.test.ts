@@ -199,3 +199,34 @@ test('the source sees the destination refusal as a clear error and keeps its pro
     /failed before the destination confirmed; the source keeps running: the destination refused: HELLO carries an invalid migration id/,
   );
 });
+
+test('a second session with the id of a committed or running migration is refused and removes nothing of it', async () => {
+  const mem = memory('idle', 2 ** 20);
+  await migrate(mem, 'dup-1');
+  const committed = join(stateDir, 'dup-1', COMMITTED_FILES.pages);
+  assert.ok(readFileSync(committed).equals(mem.bytes));
+  // The same id again: refused by name; the committed migration stays whole.
+  await assert.rejects(
+    migrate(memory('idle', 2 ** 20), 'dup-1'),
+    /migration id dup-1 is in use on this agent/,
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(readFileSync(committed).equals(mem.bytes), 'the committed pages are intact');
+  // Two sessions at once under one id: the second is refused, the first's directory is its own until it ends.
+  const layout = jsonFrame(FrameType.Layout, {
+    pageSize: 4096,
+    pageCount: 4,
+    regions: [{ start: '0x1000', pages: 4 }],
+  });
+  const first = exchange(hello('dup-2'), layout);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.ok(existsSync(join(stateDir, 'dup-2')));
+  assert.match(await exchange(hello('dup-2'), layout), /migration id dup-2 is in use on this agent/);
+  assert.ok(existsSync(join(stateDir, 'dup-2')), "the refused session left the first one's directory alone");
+  await first;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(
+    !existsSync(join(stateDir, 'dup-2')),
+    'the first session removed its own directory when it was cut',
+  );
+});

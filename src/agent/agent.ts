@@ -263,12 +263,26 @@ export class Agent {
       if (held) releaseBuffer(held);
       held = null;
     };
+    /** Whether this session made its migration's directory (and so may remove it). */
+    let ownsDir = false;
     const dest = new MigrationDestination({
       restoreCost: 0,
       backing: (layout: Layout, id: string, hello): PageBacking => {
         log = log.child({ migration: id });
         const bytes = layout.pageCount * layout.pageSize;
-        mkdirSync(dirOf(id), { recursive: true, mode: 0o700 });
+        // One directory per migration id, made by this session alone: an id in use (a session receiving it, or a
+        // committed migration) is refused, and this session never removes a directory it did not make.
+        try {
+          mkdirSync(dirOf(id), { mode: 0o700 });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+            throw new ProtocolError(
+              `migration id ${id} is in use on this agent (a migration in progress or committed under it); ` +
+                'start the migration again: it gets a new id',
+            );
+          throw err;
+        }
+        ownsDir = true;
         log.info(
           {
             pages: layout.pageCount,
@@ -425,6 +439,7 @@ export class Agent {
       },
       discard: (id) => {
         release();
+        if (!ownsDir) return; // refused before it made a directory: the one of that id is another session's
         try {
           rmSync(dirOf(id), { recursive: true, force: true });
           log.info('migration abandoned; its pages were removed');
