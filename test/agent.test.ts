@@ -230,3 +230,30 @@ test('a second session with the id of a committed or running migration is refuse
     'the first session removed its own directory when it was cut',
   );
 });
+
+test('a connection that never finishes the TLS handshake is closed after the handshake timeout', async () => {
+  const quick = new Agent({
+    listen: { host: '127.0.0.1', port: 0 },
+    stateDir: join(root, 'state-handshake'),
+    identity: loadIdentity(pki, 'hostb'),
+    spillBytes: 4 * 2 ** 20,
+    handshakeTimeoutMs: 300,
+    log: createLogger('test-agent', 'silent'),
+  });
+  const q = await quick.start();
+  try {
+    const t0 = performance.now();
+    const closedAfter = await new Promise<number>((resolve, reject) => {
+      const s = net.connect(q); // raw TCP: no ClientHello ever
+      s.on('error', () => {});
+      s.on('close', () => resolve(performance.now() - t0));
+      setTimeout(() => {
+        s.destroy();
+        reject(new Error('the agent kept an idle pre-handshake connection for 5 s'));
+      }, 5000);
+    });
+    assert.ok(closedAfter >= 250, `closed after ${closedAfter} ms`);
+  } finally {
+    await quick.close();
+  }
+});

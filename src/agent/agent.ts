@@ -49,6 +49,8 @@ export interface AgentOptions {
   identity: Identity | null;
   /** Migrations larger than this keep their pages in a file under the state directory. */
   spillBytes: number;
+  /** How long a client may take to finish the TLS handshake (default HANDSHAKE_TIMEOUT_MS). */
+  handshakeTimeoutMs?: number;
   log: Logger;
   /** A session with no traffic for this long is dropped (and an unfinished migration discarded). 0: never. */
   idleTimeoutMs?: number;
@@ -122,7 +124,7 @@ export class Agent {
     mkdirSync(this.o.stateDir, { recursive: true, mode: 0o700 });
     const onSocket = (s: net.Socket): void => this.serve(s);
     const server = this.o.identity
-      ? tls.createServer(tlsServerOptions(this.o.identity), onSocket)
+      ? tls.createServer(tlsServerOptions(this.o.identity, this.o.handshakeTimeoutMs), onSocket)
       : net.createServer(onSocket);
     if (server instanceof tls.Server) {
       server.on('tlsClientError', (err, socket) => {
@@ -130,6 +132,8 @@ export class Agent {
           { remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message },
           'refused a client without a valid certificate from this CA',
         );
+        // Node leaves the socket of a failed or timed-out handshake open: it goes now (an fd per idle connection).
+        socket.destroy();
       });
     }
     this.server = server;

@@ -23,7 +23,10 @@ export function parseEndpoint(text: string, what = 'address'): Endpoint {
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
-export function tlsServerOptions(id: Identity): tls.TlsOptions {
+/** How long a client may take to finish the TLS handshake before its connection is closed. */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export function tlsServerOptions(id: Identity, handshakeTimeoutMs = HANDSHAKE_TIMEOUT_MS): tls.TlsOptions {
   return {
     key: id.key,
     cert: id.cert,
@@ -31,6 +34,7 @@ export function tlsServerOptions(id: Identity): tls.TlsOptions {
     requestCert: true,
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
+    handshakeTimeout: handshakeTimeoutMs,
   };
 }
 
