@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -129,4 +129,31 @@ test('trace:FILE is short for trace:file=FILE', () => {
   assert.equal(runs('s.json').length, 1);
   assert.ok(runs('s.json')[0][1] > 100e6, "the trace's 114 MiB went over the link");
   assert.deepEqual(runs('s.json'), runs('l.json'));
+});
+
+test('pki issue does not overwrite a key without --force, and a reissued key is owner-only', () => {
+  const pki = join(dir, 'pki-reissue');
+  assert.equal(precog('pki', 'init', '--dir', pki).status, 0);
+  assert.equal(precog('pki', 'issue', 'h1', '--dir', pki).status, 0);
+  const key = join(pki, 'h1-key.pem');
+  const before = readFileSync(key, 'utf8');
+  chmodSync(key, 0o644); // a key made readable by someone, or by an older precog
+  const again = precog('pki', 'issue', 'h1', '--dir', pki);
+  assert.equal(again.status, 2, again.stderr);
+  assert.match(again.stderr, /h1 has a certificate in .* already; reissue it with --force/);
+  assert.equal(readFileSync(key, 'utf8'), before, 'the key is untouched');
+  assert.equal(precog('pki', 'issue', 'h1', '--dir', pki, '--force').status, 0);
+  assert.notEqual(readFileSync(key, 'utf8'), before);
+  assert.equal(statSync(key).mode & 0o777, 0o600);
+});
+
+test('an agent without TLS listens on loopback only', () => {
+  // With a time limit: an agent that accepted would listen for ever.
+  const r = spawnSync(
+    process.execPath,
+    [BIN, 'agent', '--insecure-plaintext', '--listen', '0.0.0.0:7999', '--state-dir', join(dir, 'plain')],
+    { encoding: 'utf8', timeout: 15_000 },
+  );
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--insecure-plaintext listens on loopback only \(127.0.0.1, ::1\), not 0.0.0.0/);
 });

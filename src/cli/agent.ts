@@ -75,6 +75,11 @@ export function agentCommand(): Command {
       let identity = null;
       if (f.insecurePlaintext) {
         if (f.pki) throw new UsageError('--insecure-plaintext and --pki exclude each other');
+        if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(listen.host))
+          throw new UsageError(
+            `--insecure-plaintext listens on loopback only (127.0.0.1, ::1), not ${listen.host}: ` +
+              'anyone who reaches it could send migrations; use --pki for anything else',
+          );
         log.warn(
           'INSECURE: plaintext listener without authentication; anyone who reaches it can send migrations',
         );

@@ -21,8 +21,9 @@ export function pkiCommand(): Command {
     .requiredOption('--dir <dir>', 'PKI directory')
     .option('--ip <ip...>', 'IP addresses to put in the certificate (127.0.0.1 always is)')
     .option('--dns <name...>', 'more DNS names')
-    .action(async (name: string, o: { dir: string; ip?: string[]; dns?: string[] }) => {
-      const path = await issueCert(o.dir, name, { ips: o.ip, dns: o.dns });
+    .option('--force', 'replace the certificate and key NAME has already')
+    .action(async (name: string, o: { dir: string; ip?: string[]; dns?: string[]; force?: boolean }) => {
+      const path = await issueCert(o.dir, name, { ips: o.ip, dns: o.dns, force: o.force });
       process.stdout.write(`issued ${path}\n`);
     });
   pki.commands.forEach((c) => c.exitOverride());

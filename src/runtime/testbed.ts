@@ -812,9 +812,9 @@ export async function runInHost(
 export async function startAgents(state: TestbedState): Promise<void> {
   await initPki(PKI_DIR, { force: true });
   // The client certificate `precog migrate` and `precog job` use on this machine (docs/deploy.md).
-  await issueCert(PKI_DIR, OPERATOR_CERT);
+  await issueCert(PKI_DIR, OPERATOR_CERT, { force: true });
   for (const h of state.hosts) {
-    await issueCert(PKI_DIR, h.name, { ips: [h.address] });
+    await issueCert(PKI_DIR, h.name, { ips: [h.address], force: true });
     await runInHost(state, h.name, ['mkdir', '-p', '-m', '700', AGENT.pkiDir, AGENT.stateDir]);
     for (const f of ['ca.pem', `${h.name}.pem`, `${h.name}-key.pem`]) {
       await runInHost(

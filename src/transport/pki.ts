@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { webcrypto, X509Certificate, createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
@@ -74,11 +74,17 @@ export async function initPki(dir: string, opts: { force?: boolean; days?: numbe
 export async function issueCert(
   dir: string,
   name: string,
-  opts: { ips?: string[]; dns?: string[]; days?: number } = {},
+  opts: { ips?: string[]; dns?: string[]; days?: number; force?: boolean } = {},
 ): Promise<string> {
   if (!HOST_NAME.test(name)) {
     throw new UsageError(`host name "${name}" must be letters, digits, dot, dash or underscore (at most 63)`);
   }
+  const keyPath = join(dir, `${name}-key.pem`);
+  if (!opts.force && (existsSync(keyPath) || existsSync(join(dir, `${name}.pem`))))
+    throw new UsageError(
+      `${name} has a certificate in ${dir} already; reissue it with --force (the old key then stops being the ` +
+        `host's: copy the new ${name}.pem and ${name}-key.pem to it)`,
+    );
   for (const ip of opts.ips ?? []) if (!isIP(ip)) throw new UsageError(`"${ip}" is not an IP address`);
   const caPath = join(dir, 'ca.pem');
   if (!existsSync(caPath)) throw new UsageError(`no CA in ${dir}: run precog pki init --dir ${dir} first`);
@@ -114,13 +120,15 @@ export async function issueCert(
       new x509.SubjectAlternativeNameExtension(names),
     ],
   });
-  writeFileSync(
-    join(dir, `${name}-key.pem`),
-    pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)),
-    {
-      mode: 0o600,
-    },
-  );
+  // A new file, owner-only from its creation, renamed over the old key: writeFileSync's mode applies only to a file
+  // it creates, so an old key's 0644 used to survive a reissue.
+  const tmp = `${keyPath}.${process.pid}.tmp`;
+  rmSync(tmp, { force: true });
+  writeFileSync(tmp, pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), {
+    mode: 0o600,
+    flag: 'wx',
+  });
+  renameSync(tmp, keyPath);
   const path = join(dir, `${name}.pem`);
   writeFileSync(path, cert.toString('pem') + '\n');
   return path;
