@@ -18,7 +18,7 @@ test('a frame round-trips type and payload', () => {
   assert.deepEqual(f.payload, payload);
 });
 
-test('corrupted, truncated, foreign, future and oversized frames are refused with what is wrong', () => {
+test('corrupted, truncated, foreign, future, reserved-bit and oversized frames are refused with what is wrong', () => {
   const good = encodeFrame(FrameType.Pages, Buffer.alloc(100, 7));
   const flipped = Buffer.from(good);
   flipped[FRAME_HEADER_BYTES + 50] ^= 1;
@@ -34,6 +34,9 @@ test('corrupted, truncated, foreign, future and oversized frames are refused wit
   const unknown = Buffer.from(good);
   unknown[5] = 200;
   assert.throws(() => decodeFrame(unknown), /unknown frame type 200/);
+  const reserved = Buffer.from(good);
+  reserved[7] = 1;
+  assert.throws(() => decodeFrame(reserved), /bytes 6-7 are reserved and must be zero, not 0x100/);
   const huge = Buffer.from(good);
   huge.writeUInt32LE(MAX_FRAME_PAYLOAD + 1, 8);
   assert.throws(() => decodeFrame(huge), /oversized frame/);

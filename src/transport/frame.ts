@@ -127,6 +127,11 @@ export function checkHeader(head: Buffer): number {
   }
   const type = head.readUInt8(5);
   if (!(type in FrameType)) throw new ProtocolError(`unknown frame type ${type}`);
+  const reserved = head.readUInt16LE(6);
+  if (reserved !== 0)
+    throw new ProtocolError(
+      `frame header bytes 6-7 are reserved and must be zero, not 0x${reserved.toString(16)}`,
+    );
   const length = head.readUInt32LE(8);
   if (length > MAX_FRAME_PAYLOAD) {
     throw new ProtocolError(
