@@ -184,11 +184,16 @@ describe("a peer's state cannot write outside the rebuild directory", () => {
     const upper = tarOf('upper-links', (d) => {
       mkdirSync(join(d, 'etc'));
       symlinkSync('/usr/share/zoneinfo/UTC', join(d, 'etc', 'localtime'));
+      writeFileSync(join(d, 'etc', 'café – menu.txt'), 'UTF-8 and spaces in a name\n');
     });
     const out = rebuild(
       blobOf({ ...base, tasks: oneTask }, [plainImages(), upper, Buffer.alloc(0), Buffer.alloc(0)]),
     );
     assert.ok(existsSync(join(out, 'upper', 'etc')));
+    assert.equal(
+      readFileSync(join(out, 'upper', 'etc', 'café – menu.txt'), 'utf8'),
+      'UTF-8 and spaces in a name\n',
+    );
     // A device node of the host (here /dev/null's 1:3; a disk's would be as easy) is refused.
     const d = join(dir, 'src-upper-dev');
     mkdirSync(join(d, 'dev'), { recursive: true });

@@ -121,9 +121,11 @@ export function listTar(data: Buffer, what: string): TarMember[] {
   });
 }
 
-/** A member name inside the archive's directory: relative, no ".." component. */
-const confined = (name: string): boolean =>
-  !name.startsWith('/') && !name.split('/').includes('..') && !name.includes('\\');
+/**
+ * A member name inside the archive's directory: relative, no ".." component. (Names are as tar lists them, with
+ * unusual bytes escaped by backslashes: an escape never hides a "/" or a "..", so a UTF-8 file name still passes.)
+ */
+const confined = (name: string): boolean => !name.startsWith('/') && !name.split('/').includes('..');
 
 /**
  * Why a peer's archive must not be unpacked here, or null. `flat` (images.tar: CRIU's image files): nothing but
