@@ -253,7 +253,13 @@ export async function lazyFinished(
     await sleep(10);
   }
   const ms = performance.now() - running;
-  const rc = readFileSync(rcFile, 'utf8').trim();
+  // Written whole (renamed into place), but a daemon of an older precog wrote it in place: an empty file is one
+  // whose status is still being written.
+  let rc = readFileSync(rcFile, 'utf8').trim();
+  for (let i = 0; rc === '' && i < 100; i++) {
+    await sleep(10);
+    rc = readFileSync(rcFile, 'utf8').trim();
+  }
   if (rc !== '0') {
     let lines = '';
     try {
@@ -440,7 +446,7 @@ done 2>/dev/null
 ps=
 if [ -n "$2" ]; then ps="--page-server --address ${'$'}{2%:*} --port ${'$'}{2##*:}"; fi
 criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 $ps </dev/null >/dev/null 2>&1
-echo $? >"$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
+echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
 	i=0
 	while [ ! -S "$PRECOG_LAZY_PAGES/lazy-pages.socket" ]; do
 		i=$((i + 1))

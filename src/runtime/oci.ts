@@ -319,7 +319,7 @@ export class OciRuntime implements MovableRuntime {
           'sh',
           '-c',
           `criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 ${ps} </dev/null >/dev/null 2>&1; ` +
-            'echo $? >"$1/../lazy-pages.rc"',
+            'echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"',
           'precog-lazy',
           images,
         ]);
