@@ -253,13 +253,8 @@ export async function lazyFinished(
     await sleep(10);
   }
   const ms = performance.now() - running;
-  // Written whole (renamed into place), but a daemon of an older precog wrote it in place: an empty file is one
-  // whose status is still being written.
-  let rc = readFileSync(rcFile, 'utf8').trim();
-  for (let i = 0; rc === '' && i < 100; i++) {
-    await sleep(10);
-    rc = readFileSync(rcFile, 'utf8').trim();
-  }
+  // Whole once it exists: the daemon's wrapper renames it into place.
+  const rc = readFileSync(rcFile, 'utf8').trim();
   if (rc !== '0') {
     let lines = '';
     try {
@@ -275,6 +270,54 @@ export async function lazyFinished(
   }
   await removeTree(join(wd, 'images')).catch(() => {});
   return ms;
+}
+
+/** Lazy restores whose pages are still being copied in, by container name, and how to stop watching each. */
+export class LazyWatches {
+  private readonly watches = new Map<string, Promise<LazyResult>>();
+  private readonly cancels = new Map<string, () => void>();
+
+  /** Watches the lazy restore of NAME whose work directory is WD (lazyFinished); done() gives its end. */
+  watch(name: string, wd: string, mark: LazyMarkResult, running: number, limitMs?: number): void {
+    let cancelled = false;
+    this.cancels.set(name, () => (cancelled = true));
+    const w = lazyFinished(wd, running, () => cancelled, limitMs).then((ms) => ({
+      lazyPages: mark.lazyPages,
+      eagerPages: mark.eagerPages,
+      ms,
+    }));
+    w.catch(() => {}); // awaited through done(); a cancelled watch rejects unobserved
+    this.watches.set(name, w);
+  }
+
+  /**
+   * After a lazy restore: resolves when the lazy-pages daemon has put every page in place (the images are then
+   * removed), rejects with the daemon's error lines if it failed. Undefined when the restore was not lazy.
+   */
+  done(name: string): Promise<LazyResult> | undefined {
+    return this.watches.get(name);
+  }
+
+  /** Stops watching (its move failed otherwise; the watch would keep the process alive). */
+  forget(name: string): void {
+    this.cancels.get(name)?.();
+    this.cancels.delete(name);
+    this.watches.delete(name);
+  }
+}
+
+/** A source's record of a post-copy interrupted after the switchover, in FILE (null: remove it). */
+export function writePending(file: string, pending: PostcopyPending | null): void {
+  if (!pending) rmSync(file, { force: true });
+  else {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, JSON.stringify(pending, null, 2) + '\n');
+  }
+}
+
+/** The record writePending left in FILE, if any. */
+export function readPending(file: string): PostcopyPending | undefined {
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as PostcopyPending) : undefined;
 }
 
 export function validateName(name: string): string {
@@ -599,30 +642,11 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   cannotRun(): string | null {
     return null;
   }
-  /** Lazy restores whose pages are still being copied in, by container name. */
-  private readonly lazy = new Map<string, Promise<LazyResult>>();
-  /** Stops watching a lazy restore (its migration failed otherwise; the watch would keep the process alive). */
-  private readonly lazyCancel = new Map<string, () => void>();
+  /** Lazy restores whose pages are still being copied in. */
+  private readonly lazy = new LazyWatches();
 
-  /**
-   * After a lazy restore: resolves when the lazy-pages daemon has put every page in place (the images are then
-   * removed), rejects with the daemon's error lines if it failed. Undefined when the restore was not lazy.
-   */
   lazyDone(name: string): Promise<LazyResult> | undefined {
-    return this.lazy.get(name);
-  }
-
-  private async watchLazy(
-    name: string,
-    wd: string,
-    mark: LazyMarkResult,
-    running: number,
-    limitMs?: number,
-  ): Promise<LazyResult> {
-    let cancelled = false;
-    this.lazyCancel.set(name, () => (cancelled = true));
-    const ms = await lazyFinished(wd, running, () => cancelled, limitMs);
-    return { lazyPages: mark.lazyPages, eagerPages: mark.eagerPages, ms };
+    return this.lazy.done(name);
   }
 
   /**
@@ -1255,9 +1279,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
       this.write(at, info);
       if (saved.network) await announceNetwork(host, machinePid.pid, saved.network);
       if (lazyMark) {
-        const watch = this.watchLazy(name, wd, lazyMark, running, opts.lazyTimeoutMs);
-        watch.catch(() => {}); // awaited through lazyDone(); a cancelled watch rejects unobserved
-        this.lazy.set(name, watch);
+        this.lazy.watch(name, wd, lazyMark, running, opts.lazyTimeoutMs);
       } else await removeTree(join(wd, 'images')).catch(() => {});
       return this.read(at);
     } catch (err) {
@@ -1361,21 +1383,16 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   }
 
   forgetLazy(name: string): void {
-    this.lazyCancel.get(name)?.();
-    this.lazyCancel.delete(name);
-    this.lazy.delete(name);
+    this.lazy.forget(name);
   }
 
   async setPostcopyPending(name: string, host: string, pending: PostcopyPending | null): Promise<void> {
-    const file = join(this.mustOn(name, host).dir, POSTCOPY_PENDING_FILE);
-    if (pending) writeFileSync(file, JSON.stringify(pending, null, 2) + '\n');
-    else rmSync(file, { force: true });
+    writePending(join(this.mustOn(name, host).dir, POSTCOPY_PENDING_FILE), pending);
   }
 
   async postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined> {
     const at = this.locateOn(this.site(host), name);
-    if (!at || !existsSync(join(at.dir, POSTCOPY_PENDING_FILE))) return undefined;
-    return JSON.parse(readFileSync(join(at.dir, POSTCOPY_PENDING_FILE), 'utf8')) as PostcopyPending;
+    return at ? readPending(join(at.dir, POSTCOPY_PENDING_FILE)) : undefined;
   }
 }
 

@@ -33,7 +33,10 @@ import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
   duBytes,
-  lazyFinished,
+  LazyWatches,
+  lazyTimeoutMs,
+  readPending,
+  writePending,
   validateName,
   type CheckpointOptions,
   type CheckpointResult,
@@ -84,9 +87,8 @@ export class OciRuntime implements MovableRuntime {
   readonly imageHint =
     "the bundle's read-only bind mounts must exist here under the same paths: install or mount them";
   private readonly site: Site;
-  /** Lazy restores whose pages are still being copied in, and how to stop watching them, by container name. */
-  private readonly lazy = new Map<string, Promise<LazyResult>>();
-  private readonly lazyCancel = new Map<string, () => void>();
+  /** Lazy restores whose pages are still being copied in. */
+  private readonly lazy = new LazyWatches();
 
   /** `binary`: runc or crun (the same command line for what precog uses; crun's restore has no lazy mode). */
   constructor(
@@ -423,7 +425,7 @@ export class OciRuntime implements MovableRuntime {
         throw new UsageError(
           'a lazy restore needs to tell the stack pages, which precog can only on x86_64: use --restore full',
         );
-      const timeoutMs = opts.lazyTimeoutMs ?? 10 * 60_000;
+      const timeoutMs = opts.lazyTimeoutMs ?? lazyTimeoutMs();
       await this.restoreFrom(
         name,
         posix.join(inHost, 'images'),
@@ -431,17 +433,8 @@ export class OciRuntime implements MovableRuntime {
         mark ? { ...(opts.lazyPageServer ? { pageServer: opts.lazyPageServer } : {}), timeoutMs } : null,
       );
       const running = performance.now();
-      if (mark) {
-        let cancelled = false;
-        this.lazyCancel.set(name, () => (cancelled = true));
-        const watch = lazyFinished(here, running, () => cancelled, timeoutMs).then((ms) => ({
-          lazyPages: mark.lazyPages,
-          eagerPages: mark.eagerPages,
-          ms,
-        }));
-        watch.catch(() => {}); // awaited through lazyDone()
-        this.lazy.set(name, watch);
-      } else await removeTree(join(here, 'images')).catch(() => {});
+      if (mark) this.lazy.watch(name, here, mark, running, timeoutMs);
+      else await removeTree(join(here, 'images')).catch(() => {});
       const s = this.state(name);
       if (!s) throw new Error(`${this.binary} restore left no container ${name} on ${host}`);
       return this.toInfo(s, host);
@@ -464,13 +457,11 @@ export class OciRuntime implements MovableRuntime {
   }
 
   lazyDone(name: string): Promise<LazyResult> | undefined {
-    return this.lazy.get(name);
+    return this.lazy.done(name);
   }
 
   forgetLazy(name: string): void {
-    this.lazyCancel.get(name)?.();
-    this.lazyCancel.delete(name);
-    this.lazy.delete(name);
+    this.lazy.forget(name);
   }
 
   /**
@@ -511,16 +502,10 @@ export class OciRuntime implements MovableRuntime {
   }
 
   async setPostcopyPending(name: string, _host: string, pending: PostcopyPending | null): Promise<void> {
-    const f = this.pendingFile(name);
-    if (!pending) rmSync(f, { force: true });
-    else {
-      mkdirSync(this.dirOf(name), { recursive: true });
-      writeFileSync(f, JSON.stringify(pending) + '\n');
-    }
+    writePending(this.pendingFile(name), pending);
   }
 
   async postcopyPending(name: string): Promise<PostcopyPending | undefined> {
-    const f = this.pendingFile(name);
-    return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as PostcopyPending) : undefined;
+    return readPending(this.pendingFile(name));
   }
 }

@@ -14,21 +14,14 @@
  * Podman's restore has no lazy mode, so a Podman container restores in full and cannot be moved post-copy.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import {
-  copyFileSync,
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
   duBytes,
+  readPending,
   validateName,
+  writePending,
   type CheckpointOptions,
   CheckpointResult,
   ContainerInfo,
@@ -379,17 +372,11 @@ export class PodmanRuntime implements MovableRuntime {
   }
 
   async setPostcopyPending(name: string, _host: string, pending: PostcopyPending | null): Promise<void> {
-    const f = this.pendingFile(name);
-    if (!pending) rmSync(f, { force: true });
-    else {
-      mkdirSync(this.site.fsPath(PENDING_DIR), { recursive: true });
-      writeFileSync(f, JSON.stringify(pending) + '\n');
-    }
+    writePending(this.pendingFile(name), pending);
   }
 
   async postcopyPending(name: string): Promise<PostcopyPending | undefined> {
-    const f = this.pendingFile(name);
-    return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as PostcopyPending) : undefined;
+    return readPending(this.pendingFile(name));
   }
 }
 
