@@ -2,16 +2,16 @@
 //
 // Everywhere: synthetic page-server streams in both header layouts (CRIU <= 4.1: 24 bytes, >= 4.2: 32 bytes), fed
 // whole and byte by byte, with the replies CRIU waits for; bad streams (unknown command, truncated header or data,
-// no CLOSE, ...) giving errors that name the command and the offset; the TCP server against a client that talks
-// like CRIU; the runner's error message against a fake criu that fails.
+// no CLOSE, ...) giving errors that name the command and the offset; the server against a client that talks like
+// CRIU on a socket pair; the runner's error message against a fake criu that fails.
 // As root, with the testbed: a Python process holding 16 MiB of known data in host a is dumped with
-// `criu dump --page-server` to precog's receiver running in host a; the pages received are byte for byte those of
+// `criu dump --page-server --ps-socket 3` (run in host a) to precog's receiver in this process; the pages received are byte for byte those of
 // a plain `criu dump` of the stopped process; after the process rewrote 1 MiB, the final dump is classified against
 // the first one (only changed pages are forwarded), the destination rebuilds the memory from what it held plus the
 // forwarded pages, and `criu restore` in host b continues the process with its data intact. A receiver that refuses
 // the stream makes the dump fail with CRIU's log lines in the error, and the process keeps running.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -24,7 +24,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -60,13 +60,15 @@ import {
   PS_IOV_PARENT,
   psCmd,
   writeReceivedImages,
+  type HavePredicate,
   type IovLayout,
   type ReceivedDump,
 } from '../src/criu/pageserver.ts';
 import { CriuError, CriuRunner, relevantLogLines } from '../src/criu/runner.ts';
-import { hostCommand, machineSite, readState, type TestbedState } from '../src/runtime/testbed.ts';
+import { machineSite, readState, type TestbedState } from '../src/runtime/testbed.ts';
 import { waitForCounter } from './support/counter.ts';
 import { testbedSkip } from './support/testbed.ts';
+import { socketPair } from './support/socketpair.ts';
 import { ProtocolError } from '../src/util/errors.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
@@ -394,23 +396,19 @@ describe('page-server protocol without CRIU', () => {
     assert.throws(() => s.push(open2), /unknown command/);
   });
 
-  test('the TCP server answers a client that talks like CRIU; a second connection is refused', async () => {
-    const server = await PageServer.listen({ port: 0, have: (_pid, vaddr) => vaddr < 0x7f00000000n });
-    assert.ok(server.port > 0);
-    const sock = connect(server.port, '127.0.0.1');
-    await new Promise((r) => sock.once('connect', r));
+  test('the server answers a client that talks like CRIU on its socket pair; a second connection is refused', async () => {
+    const server = new PageServer({ have: (_pid, vaddr) => vaddr < 0x7f00000000n });
+    const [sock, near] = await socketPair();
+    server.attach(near);
     const reader = replyReader(sock);
     const { bytes, headers } = stream(24);
     // Send up to and including OPEN2, wait for its byte, then the rest up to CLOSE, wait for the status.
     sock.write(bytes.subarray(0, headers[1]));
     assert.equal((await reader(1)).toString('hex'), '00');
-    // A second dump connecting meanwhile is closed at once.
-    const other = connect(server.port, '127.0.0.1');
-    const otherEnd = await new Promise<string>((r) => {
-      other.on('error', (e) => r(`error ${e.message}`));
-      other.on('close', () => r('closed'));
-    });
-    assert.match(otherEnd, /closed|ECONNREFUSED|ECONNRESET/);
+    // A second connection handed over meanwhile is closed at once (one CRIU per server).
+    const [, other] = await socketPair();
+    assert.throws(() => server.attach(other), /a second connection/);
+    assert.ok(other.destroyed);
     sock.write(bytes.subarray(headers[1]));
     assert.equal((await reader(4)).toString('hex'), '00000000');
     sock.end();
@@ -419,20 +417,20 @@ describe('page-server protocol without CRIU', () => {
     await server.close();
   });
 
-  test('the TCP server resets the connection on a bad stream and rejects with the error', async () => {
-    const server = await PageServer.listen({ port: 0 });
-    const sock = connect(server.port, '127.0.0.1');
-    await new Promise((r) => sock.once('connect', r));
+  test('the server drops the connection on a bad stream and rejects with the error', async () => {
+    const server = new PageServer();
+    const [sock, near] = await socketPair();
+    server.attach(near);
     const closed = new Promise<string>((r) => {
       sock.on('error', (e) => r(`error ${(e as NodeJS.ErrnoException).code}`));
       sock.on('close', () => r('closed'));
     });
     sock.write(encodeIov({ cmd: 0x99, nrPages: 0, vaddr: 0n, dstId: 0n }));
     await assert.rejects(server.done, /page server: at offset 0: 0x99 .*unknown command/);
-    assert.match(await closed, /ECONNRESET|closed/);
+    assert.match(await closed, /ECONNRESET|EPIPE|closed/);
     await server.close();
     // A server closed before any dump came rejects done.
-    const idle = await PageServer.listen({ port: 0 });
+    const idle = new PageServer();
     await idle.close();
     await assert.rejects(idle.done, /closed before a dump completed/);
   });
@@ -687,40 +685,51 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
   });
 
   /**
-   * Starts test/pageserver-receiver.ts in host a on `port`; resolves once it listens, with a promise of its
-   * summary (or of its error output when it fails).
+   * precog's receiving side for one `criu dump --page-server` of runner: a PageServer in this process, whose socket
+   * pair CRIU (in host a) gets as descriptor 3. `result` resolves once the dump closed the session: the pages
+   * written into OUT (a path in host a) with precog's image writer and a summary, or the server's error.
+   * `have`: a directory in host a whose dump the destination is taken to hold (a page is unchanged when its bytes
+   * are the same there). `maxBytes`: the server refuses a stream with more page bytes.
    */
-  async function startReceiver(
-    port: number,
+  function receive(
     out: string,
-    ...extra: string[]
-  ): Promise<{ result: Promise<{ code: number | null; summary?: Summary; stderr: string }> }> {
-    const c = hostCommand(state, 'a', [
-      'sh',
-      '-c',
-      `cd /opt/precog && exec node --import tsx test/pageserver-receiver.ts --port ${port} --out ${out} ${extra.join(' ')}`,
-    ]);
-    const child = spawn(c.cmd, c.args, { env: c.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    if (child.pid) receivers.push(child.pid);
-    let stdout = '';
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
-    const listening = new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (d: Buffer) => {
-        stdout += d;
-        if (/^listening \d+$/m.test(stdout)) resolve();
-      });
-      child.on('close', () => reject(new Error(`the receiver ended before listening: ${stderr}${stdout}`)));
-    });
-    const result = new Promise<{ code: number | null; summary?: Summary; stderr: string }>((resolve) =>
-      child.on('close', (code) => {
-        const line = stdout.split('\n').find((l) => l.startsWith('{'));
-        resolve({ code, summary: line ? (JSON.parse(line) as Summary) : undefined, stderr });
-      }),
+    o: { have?: string; maxBytes?: number } = {},
+  ): { server: PageServer; result: Promise<{ code: number; summary?: Summary; stderr: string }> } {
+    let have: HavePredicate | undefined;
+    if (o.have) {
+      const held = new Map<number, Map<bigint, Buffer>>();
+      for (const f of readdirSync(inA(o.have))) {
+        const m = /^pagemap-(\d+)\.img$/.exec(f);
+        if (m) held.set(Number(m[1]), pagesOf(inA(o.have), Number(m[1])));
+      }
+      have = (pid, vaddr, bytes, kind) =>
+        kind === 'pid' && (held.get(pid)?.get(vaddr)?.equals(bytes) ?? false);
+    }
+    const server = new PageServer({ have, ...(o.maxBytes ? { maxBytes: o.maxBytes } : {}) });
+    const started = performance.now();
+    const result = server.done.then(
+      (dump) => {
+        mkdirSync(inA(out), { recursive: true });
+        writeReceivedImages(inA(out), dump);
+        const summary: Summary = {
+          ms: Math.round(performance.now() - started),
+          layout: dump.layout,
+          bytes: dump.bytes,
+          commands: dump.commands,
+          counts: dump.counts,
+          tasks: [...dump.tasks.values()].map((t) => ({
+            pid: t.id,
+            runs: t.runs.length,
+            flags: [...new Set(t.runs.map((r) => r.flags))],
+            counts: t.counts,
+            changed: t.changed.map((p) => p.vaddr.toString(16)),
+          })),
+        };
+        return { code: 0, summary, stderr: '' };
+      },
+      (err: Error) => ({ code: 1, stderr: err.message }),
     );
-    result.catch(() => {});
-    await listening;
-    return { result };
+    return { server, result };
   }
 
   test('criu dump --page-server to precog: the pages are those of a plain dump, byte for byte', async (t) => {
@@ -744,12 +753,12 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
     mustInHost('a', `kill -STOP ${pid}`);
     try {
       const plain = await runner.dump({ pid, images: runner.path('plain'), leaveRunning: true });
-      const receiver = await startReceiver(27001, runner.path('received-1'));
+      const receiver = receive(runner.path('received-1'));
       const ps = await runner.dump({
         pid,
         images: runner.path('dump-1'),
         leaveRunning: true,
-        pageServer: { address: '127.0.0.1', port: 27001 },
+        pageServer: receiver.server,
       });
       const got = await receiver.result;
       assert.equal(got.code, 0, got.stderr);
@@ -762,7 +771,8 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
       const version = await runner.version();
       const layout = iovLayoutOfVersion(version);
       assert.equal(s.layout, layout, `CRIU ${version} sends ${layout}-byte headers`);
-      assert.deepEqual(Object.keys(s.commands).sort(), ['ADD_F', 'CLOSE', 'OPEN2']);
+      // CRIU ends an inherited socket (--ps-socket) with FORCE_CLOSE.
+      assert.deepEqual(Object.keys(s.commands).sort(), ['ADD_F', 'FORCE_CLOSE', 'OPEN2']);
       assert.deepEqual(
         s.tasks.map((x) => x.pid),
         [pid],
@@ -839,17 +849,8 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
     want2 = readFileSync(join(run, 'want'), 'utf8');
     assert.equal(want2, createHash('sha256').update(expectedData(2)).digest('hex'));
     // The destination holds every page of the first dump (received-1); the final dump kills the process.
-    const receiver = await startReceiver(
-      27002,
-      runner.path('received-2'),
-      '--have',
-      runner.path('received-1'),
-    );
-    const dump = await runner.dump({
-      pid,
-      images: runner.path('final'),
-      pageServer: { address: '127.0.0.1', port: 27002 },
-    });
+    const receiver = receive(runner.path('received-2'), { have: runner.path('received-1') });
+    const dump = await runner.dump({ pid, images: runner.path('final'), pageServer: receiver.server });
     dumpedCounter = Number(readFileSync(join(run, 'counter'), 'utf8'));
     const got = await receiver.result;
     assert.equal(got.code, 0, got.stderr);
@@ -964,13 +965,11 @@ describe('the page-server receiver against criu dump and criu restore', { skip }
     const run = inA(`${WORK}/run2`);
     for (let i = 0; i < 100 && !existsSync(join(run, 'check')); i++) await sleep(100);
     // At most 64 KiB of pages: the receiver resets the connection in the middle of the dump.
-    const receiver = await startReceiver(27003, m2.path('received'), '--max-bytes', String(64 << 10));
-    const err = await m2
-      .dump({ pid: pid2, images: m2.path('images'), pageServer: { address: '127.0.0.1', port: 27003 } })
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+    const receiver = receive(m2.path('received'), { maxBytes: 64 << 10 });
+    const err = await m2.dump({ pid: pid2, images: m2.path('images'), pageServer: receiver.server }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof CriuError, `the dump failed: ${String(err)}`);
     t.diagnostic(err.message);
     assert.match(

@@ -191,6 +191,17 @@ test('a failure before the destination confirms leaves the source running', asyn
   assert.ok(mem.collectDirty().count() > 100);
 });
 
+/** What a container's destination agent says of its restore in RESUMED (passed through to onSwitchover as is). */
+const REPORT = {
+  pid: 42,
+  restoreMs: 150,
+  commitMs: 20,
+  mode: 'lazy' as const,
+  lazyPages: 7,
+  lazyMs: null,
+  sinceRunningMs: 1,
+};
+
 test('post-copy: pages the destination needs to resume go before the switchover, the rest after, each once', async () => {
   const clock = new VirtualClock();
   const plan = parseWorkload('idle', 4 * MiB);
@@ -206,7 +217,7 @@ test('post-copy: pages the destination needs to resume go before the switchover,
         arrived: () => {},
         faults: 0,
         faultLatencies: [],
-        resumed: { pageServer: { host: '127.0.0.1', port: 4242 } },
+        resumed: { restore: REPORT },
       };
     },
   });
@@ -228,7 +239,7 @@ test('post-copy: pages the destination needs to resume go before the switchover,
   const m = await source.run();
   assert.deepEqual(arrivedBefore, first, 'exactly those pages were at the destination when it resumed');
   assert.deepEqual(told, {
-    pageServer: { host: '127.0.0.1', port: 4242 },
+    restore: REPORT,
     resumedAt: (told as { resumedAt: number }).resumedAt,
   });
   const stop = m.rounds.filter((r) => r.phase === 'stop');

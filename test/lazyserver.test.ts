@@ -1,10 +1,12 @@
 // CRIU's page server, serving side for post-copy (src/criu/lazyserver.ts): a client that talks like
 // `criu lazy-pages --page-server` (GET headers in CRIU 4.2's 32-byte layout or 4.1's 24-byte one, replies read in
 // order, CLOSE and its status) gets exactly the pages its source holds, in the order it asked, even when the source
-// answers out of order or with fewer pages; bad requests reset the connection with an error naming the offset; a
-// second daemon is refused. The round trip against real CRIU is in test/migrate.test.ts (post-copy).
+// answers out of order or with fewer pages; bad requests reset the connection with an error naming the offset; the
+// server listens nowhere (its daemon gets a socket pair) and a second connection is refused. The round trip against
+// real CRIU is in test/migrate.test.ts and test/runc.test.ts (post-copy).
 import assert from 'node:assert/strict';
-import { connect, type Socket } from 'node:net';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { LazyPageServer, LazyServeSession } from '../src/criu/lazyserver.ts';
 import {
@@ -16,6 +18,35 @@ import {
   PS_IOV_ADD,
 } from '../src/criu/pageserver.ts';
 import { PAGE_SIZE, PE_PRESENT } from '../src/criu/pages.ts';
+import { ContainerPostcopy } from '../src/agent/postcopy.ts';
+import { createLogger } from '../src/util/log.ts';
+import { socketPair } from './support/socketpair.ts';
+
+/** Inodes of the TCP and Unix sockets this process listens on (state 0A in /proc/net/tcp*, 01 + ACC in unix). */
+function listeningInodes(): string[] {
+  const mine = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (m) mine.add(m[1]);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const listening: string[] = [];
+  for (const f of ['tcp', 'tcp6']) {
+    for (const line of readFileSync(`/proc/self/net/${f}`, 'utf8').split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === '0A' && mine.has(cols[9])) listening.push(`${f}:${cols[9]}`);
+    }
+  }
+  for (const line of readFileSync('/proc/self/net/unix', 'utf8').split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    // Flags 00010000: __SO_ACCEPTCON, a listening socket.
+    if (cols[3] === '00010000' && mine.has(cols[6])) listening.push(`unix:${cols[6]}`);
+  }
+  return listening.sort();
+}
 
 /** The page of task pid at vaddr as the test's source holds it: recognisable bytes. */
 function pageOf(pid: number, vaddr: bigint): Buffer {
@@ -64,16 +95,19 @@ function reader(sock: Socket) {
   };
 }
 
-async function daemon(port: number): Promise<{ sock: Socket; read: (n: number) => Promise<Buffer> }> {
-  const sock = connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+/** A fake `criu lazy-pages` on the far end of a socket pair whose near end the server serves. */
+async function daemon(
+  server: LazyPageServer,
+): Promise<{ sock: Socket; read: (n: number) => Promise<Buffer> }> {
+  const [sock, near] = await socketPair();
+  server.attach(near);
   return { sock, ...reader(sock) };
 }
 
 describe('lazy page server (post-copy, serving side)', () => {
   test('answers GETs in order with the source’s pages, fewer when the source has fewer, then CLOSE', async () => {
     const asked: string[] = [];
-    const server = await LazyPageServer.listen({
+    const server = new LazyPageServer({
       source: async (pid, vaddr, nr) => {
         asked.push(`${pid}:${vaddr.toString(16)}:${nr}`);
         // The first request is answered last: replies must still go out in request order.
@@ -82,7 +116,7 @@ describe('lazy page server (post-copy, serving side)', () => {
         return Buffer.concat(Array.from({ length: n }, (_, k) => pageOf(pid, vaddr + BigInt(k * PAGE_SIZE))));
       },
     });
-    const d = await daemon(server.port);
+    const d = await daemon(server);
     // CRIU 4.2 leaves the 4 bytes of padding after cmd uninitialised: garbage there must not matter.
     const dirty = (b: Buffer) => (b.writeUInt32LE(0xdeadbeef, 4), b);
     d.sock.write(
@@ -121,8 +155,8 @@ describe('lazy page server (post-copy, serving side)', () => {
   });
 
   test('reads CRIU 4.1’s 24-byte headers, fed byte by byte', async () => {
-    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
-    const d = await daemon(server.port);
+    const server = new LazyPageServer({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d = await daemon(server);
     const req = get(3, 0x7f0000007000n, 1, 24);
     for (const b of req) d.sock.write(Buffer.from([b]));
     const head = await d.read(24);
@@ -134,20 +168,29 @@ describe('lazy page server (post-copy, serving side)', () => {
     assert.equal((await server.done).layout, 24);
   });
 
-  test('a second daemon is refused; the first is served', async () => {
-    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
-    const first = await daemon(server.port);
-    const second = connect(server.port, '127.0.0.1');
-    const refused = await new Promise<boolean>((resolve) => {
-      second.on('error', () => resolve(true));
-      second.on('close', () => resolve(true));
-      second.on('data', () => resolve(false));
-    });
-    assert.ok(refused, 'the second connection is closed');
+  test('it listens nowhere: a second connection is refused, and a server closed before its daemon came fails', async () => {
+    const before = listeningInodes();
+    const server = new LazyPageServer({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    assert.deepEqual(listeningInodes(), before, 'no listening socket appeared');
+    const first = await daemon(server);
+    const [, other] = await socketPair();
+    assert.throws(() => server.attach(other), /a second connection/);
+    assert.ok(other.destroyed, 'the second connection is closed');
     first.sock.write(get(1, 0x1000n, 1));
     await first.read(32 + PAGE_SIZE);
     first.sock.end(encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32));
     await server.done;
+    const never = new LazyPageServer({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    never.close();
+    await assert.rejects(never.done, /closed before the daemon came/);
+  });
+
+  test('the agent’s post-copy half opens no listening socket', async () => {
+    const before = listeningInodes();
+    const p = await ContainerPostcopy.prepare(createLogger('test', 'silent'));
+    assert.deepEqual(listeningInodes(), before, 'ContainerPostcopy.prepare() listened somewhere');
+    assert.deepEqual(p.resumed, {}, 'RESUMED names no address for the daemon');
+    p.close();
   });
 
   test('bad requests end the session with an error naming the offset', async () => {
@@ -162,24 +205,24 @@ describe('lazy page server (post-copy, serving side)', () => {
       assert.throws(() => s.push(bytes), re);
     }
     // Over TCP: the connection is reset and done rejects with the reason.
-    const server = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
-    const d = await daemon(server.port);
+    const server = new LazyPageServer({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d = await daemon(server);
     d.sock.on('error', () => {});
     d.sock.write(cases[0][0]);
     await assert.rejects(server.done, /only GET and CLOSE/);
     // A source that cannot answer fails the session too (the daemon must not get made-up pages).
-    const failing = await LazyPageServer.listen({
+    const failing = new LazyPageServer({
       source: () => {
         throw new Error('link to the source lost');
       },
     });
-    const d2 = await daemon(failing.port);
+    const d2 = await daemon(failing);
     d2.sock.on('error', () => {});
     d2.sock.write(get(1, 0x1000n, 1));
     await assert.rejects(failing.done, /link to the source lost/);
     // A daemon that goes away without CLOSE.
-    const quiet = await LazyPageServer.listen({ source: (pid, vaddr) => pageOf(pid, vaddr) });
-    const d3 = await daemon(quiet.port);
+    const quiet = new LazyPageServer({ source: (pid, vaddr) => pageOf(pid, vaddr) });
+    const d3 = await daemon(quiet);
     d3.sock.destroy();
     await assert.rejects(quiet.done, /without CLOSE/);
   });

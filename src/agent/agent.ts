@@ -380,7 +380,7 @@ export class Agent {
           // says so in an ERROR naming RESTORE_FAILED: the container never ran here, so the source may thaw.
           const rs = restorer;
           rs.commitMs = performance.now() - t0;
-          const server = p.resumed.pageServer;
+          const server = p.server;
           postcopyIdle = rs.linkTimeoutMs;
           if (postcopyIdle > 0) socket.setTimeout(postcopyIdle);
           rs.restore(join(dir, COMMITTED_FILES.checkpoint), { lazyWait: false, pageServer: server }).catch(

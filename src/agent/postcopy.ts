@@ -1,6 +1,6 @@
 /**
- * The destination agent's half of a container's post-copy: a lazy page server on the host's loopback for
- * `criu lazy-pages --page-server` (src/criu/lazyserver.ts), answered from the migration's page store. A page that has
+ * The destination agent's half of a container's post-copy: a lazy page server for `criu lazy-pages --page-server`
+ * over a socket pair (src/criu/lazyserver.ts), answered from the migration's page store. A page that has
  * not arrived is a remote fault: its id goes to the source in a FAULT frame over the agents' TLS session, the
  * source sends it ahead of its background push, and the request is answered when it lands. The engine's
  * destination half sees this object as the resumed workload (arrivals, faults, fault latencies for DONE_ACK).
@@ -45,19 +45,20 @@ export class ContainerPostcopy implements ResumedWorkload {
     );
   }
 
-  /** Starts listening on 127.0.0.1 (an ephemeral port), ready for the switchover. */
-  static async prepare(log: Logger): Promise<ContainerPostcopy> {
+  /**
+   * Ready for the switchover. The page server listens nowhere: the restore spawns `criu lazy-pages` with its end
+   * of a socket pair (src/criu/pageserver.ts, PS_SOCKET_FD), so only that daemon can ask for a page.
+   */
+  static prepare(log: Logger): Promise<ContainerPostcopy> {
     let self: ContainerPostcopy | null = null;
-    const server = await LazyPageServer.listen({
-      host: '127.0.0.1',
+    const server = new LazyPageServer({
       source: (task, vaddr, nrPages) => {
         if (!self) throw new Error('no post-copy in progress');
         return self.serve(task, vaddr, nrPages);
       },
     });
     self = new ContainerPostcopy(server, log);
-    log.info({ port: server.port }, 'lazy page server listening on 127.0.0.1 for post-copy');
-    return self;
+    return Promise.resolve(self);
   }
 
   /** The switchover: the store as it stands, where each page lives, and how FAULT frames reach the source. */
@@ -95,7 +96,7 @@ export class ContainerPostcopy implements ResumedWorkload {
   onClose: (() => void) | null = null;
 
   get resumed(): Partial<ResumedMessage> {
-    return { pageServer: { host: this.server.host, port: this.server.port } };
+    return {};
   }
 
   runUntil(): { page: number; at: number }[] {

@@ -7,12 +7,13 @@
  */
 import { decodeFrame, FrameType, jsonFrame, parseJson } from '../transport/frame.ts';
 import type { ContainerHello, RestoreReport } from '../engine/messages.ts';
+import type { PsConnection } from '../criu/pageserver.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import type { Logger } from '../util/log.ts';
 
 interface RestoreHow {
   lazyWait: boolean;
-  pageServer?: { host: string; port: number };
+  pageServer?: PsConnection;
 }
 
 export class ContainerRestorer {

@@ -1,8 +1,8 @@
 /**
- * CRIU's page server, serving side, for post-copy: `criu lazy-pages --page-server --address A --port P` connects to
- * this server and asks it for the pages of the restored tasks, those they fault on first and then the rest in the
- * background. precog's destination agent runs it (127.0.0.1 of the destination host) and answers from its page
- * store, asking the source over the agents' TLS link for every page that has not arrived yet (src/agent/agent.ts).
+ * CRIU's page server, serving side, for post-copy: `criu lazy-pages --page-server --ps-socket 3` asks this server,
+ * on the socket pair precog spawned it with, for the pages of the restored tasks, those they fault on first and then
+ * the rest in the background. precog's destination agent runs it and answers from its page store, asking the source
+ * over the agents' TLS link for every page that has not arrived yet (src/agent/agent.ts).
  * CRIU's own serving side (`criu page-server --lazy-pages` at the source) does not work on this kernel
  * (../shared/ENVIRONMENT.md: tee() on the page pipe is refused), and it would be a second, unauthenticated channel.
  *
@@ -16,7 +16,7 @@
  * Anything else (another command, a run of 0 pages, an unaligned vaddr, a connection that ends without CLOSE) is an
  * error: the server resets the connection and `done` rejects.
  */
-import net from 'node:net';
+import type net from 'node:net';
 import {
   commandName,
   encodeIov,
@@ -26,6 +26,7 @@ import {
   PS_IOV_FORCE_CLOSE,
   PS_IOV_GET,
   type IovLayout,
+  type PsConnection,
 } from './pageserver.ts';
 import { PAGE_SIZE, PE_PRESENT } from './pages.ts';
 import { ProtocolError } from '../util/errors.ts';
@@ -137,118 +138,101 @@ export class LazyServeSession {
 const CLOSE_OK = Buffer.alloc(4);
 
 /**
- * A lazy page server on host:port for one `criu lazy-pages` daemon: the first connection is served, later ones are
- * refused. `done` resolves with the statistics when the daemon sends CLOSE, and rejects when the connection ends
- * otherwise or a request cannot be answered (the source's error is kept).
+ * The lazy page server of one `criu lazy-pages --page-server --ps-socket 3` daemon: it serves the socket it is given
+ * (precog's end of the pair whose other end the daemon got, src/criu/pageserver.ts PS_SOCKET_FD) and never listens,
+ * so no other process can ask it for a page. `done` resolves with the statistics when the daemon sends CLOSE, and
+ * rejects when the connection ends otherwise or a request cannot be answered (the source's error is kept).
  */
-export class LazyPageServer {
-  readonly host: string;
-  readonly port: number;
+export class LazyPageServer implements PsConnection {
   readonly done: Promise<LazyServeStats>;
-  private readonly server: net.Server;
   private socket: net.Socket | null = null;
+  private closed = false;
+  private readonly o: { source: LazyPageSource; layout?: IovLayout | null };
+  private resolveDone!: (s: LazyServeStats) => void;
+  private rejectDone!: (e: Error) => void;
 
-  private constructor(server: net.Server, host: string, port: number, done: Promise<LazyServeStats>) {
-    this.server = server;
-    this.host = host;
-    this.port = port;
-    this.done = done;
+  constructor(o: { source: LazyPageSource; layout?: IovLayout | null }) {
+    this.o = o;
+    this.done = new Promise<LazyServeStats>((res, rej) => {
+      this.resolveDone = res;
+      this.rejectDone = rej;
+    });
+    this.done.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
   }
 
-  static async listen(o: {
-    host?: string;
-    port?: number;
-    source: LazyPageSource;
-    layout?: IovLayout | null;
-  }): Promise<LazyPageServer> {
-    const host = o.host ?? '127.0.0.1';
-    let resolveDone!: (s: LazyServeStats) => void;
-    let rejectDone!: (e: Error) => void;
-    const done = new Promise<LazyServeStats>((res, rej) => {
-      resolveDone = res;
-      rejectDone = rej;
-    });
-    done.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
-    let self: LazyPageServer | null = null;
-    const server = net.createServer((socket) => {
-      if (!self || self.socket) {
-        socket.destroy();
+  attach(socket: net.Socket): void {
+    if (this.socket || this.closed) {
+      socket.destroy();
+      throw new Error('lazy page server: a second connection (one daemon per page server)');
+    }
+    this.socket = socket;
+    const { o } = this;
+    const resolveDone = this.resolveDone;
+    const rejectDone = this.rejectDone;
+    const session = new LazyServeSession(o.layout ?? null);
+    const stats: LazyServeStats = { requests: 0, pages: 0, bytes: 0, layout: 32, latenciesMs: [] };
+    let chain: Promise<void> = Promise.resolve();
+    let failed = false;
+    const fail = (err: Error) => {
+      if (failed) return;
+      failed = true;
+      socket.destroy();
+      rejectDone(err);
+    };
+    socket.on('data', (bytes: Buffer) => {
+      let parsed: { gets: LazyGet[]; close: boolean };
+      try {
+        parsed = session.push(bytes);
+      } catch (err) {
+        fail(err as Error);
         return;
       }
-      self.socket = socket;
-      server.close(); // one daemon per migration: nobody else gets in
-      socket.setNoDelay(true);
-      const session = new LazyServeSession(o.layout ?? null);
-      const stats: LazyServeStats = { requests: 0, pages: 0, bytes: 0, layout: 32, latenciesMs: [] };
-      let chain: Promise<void> = Promise.resolve();
-      let failed = false;
-      const fail = (err: Error) => {
-        if (failed) return;
-        failed = true;
-        socket.destroy();
-        rejectDone(err);
-      };
-      socket.on('data', (bytes: Buffer) => {
-        let parsed: { gets: LazyGet[]; close: boolean };
-        try {
-          parsed = session.push(bytes);
-        } catch (err) {
-          fail(err as Error);
-          return;
-        }
-        const arrived = performance.now();
-        for (const get of parsed.gets) {
-          // In order: each reply waits for the one before it (the daemon matches replies to requests by order).
-          chain = chain.then(async () => {
-            if (failed) return;
-            const data = await o.source(get.pid, get.vaddr, get.nrPages);
-            const n = Math.floor(data.length / PAGE_SIZE);
-            if (n < 1 || n > get.nrPages || data.length % PAGE_SIZE !== 0)
-              throw new Error(
-                `the page source answered ${data.length} bytes for ${get.nrPages} page(s) of task ${get.pid} at 0x${get.vaddr.toString(16)}`,
-              );
-            socket.write(session.replyHeader(get, n));
-            socket.write(data);
-            stats.requests++;
-            stats.pages += n;
-            stats.bytes += data.length;
-            stats.latenciesMs.push(performance.now() - arrived);
-          });
-        }
-        chain = chain.catch((err: Error) => fail(err));
-        if (parsed.close)
-          void chain.then(() => {
-            if (failed) return;
-            stats.layout = session.layout ?? 32;
-            socket.end(CLOSE_OK);
-            resolveDone(stats);
-          });
-      });
-      socket.on('error', (err) =>
-        fail(new Error(`lazy page server: the daemon's connection failed: ${err.message}`)),
-      );
-      socket.on('close', () => {
-        if (!session.closed)
-          fail(new Error('lazy page server: the daemon closed the connection without CLOSE'));
-      });
+      const arrived = performance.now();
+      for (const get of parsed.gets) {
+        // In order: each reply waits for the one before it (the daemon matches replies to requests by order).
+        chain = chain.then(async () => {
+          if (failed) return;
+          const data = await o.source(get.pid, get.vaddr, get.nrPages);
+          const n = Math.floor(data.length / PAGE_SIZE);
+          if (n < 1 || n > get.nrPages || data.length % PAGE_SIZE !== 0)
+            throw new Error(
+              `the page source answered ${data.length} bytes for ${get.nrPages} page(s) of task ${get.pid} at 0x${get.vaddr.toString(16)}`,
+            );
+          socket.write(session.replyHeader(get, n));
+          socket.write(data);
+          stats.requests++;
+          stats.pages += n;
+          stats.bytes += data.length;
+          stats.latenciesMs.push(performance.now() - arrived);
+        });
+      }
+      chain = chain.catch((err: Error) => fail(err));
+      if (parsed.close)
+        void chain.then(() => {
+          if (failed) return;
+          stats.layout = session.layout ?? 32;
+          socket.end(CLOSE_OK);
+          resolveDone(stats);
+        });
     });
-    server.listen(o.port ?? 0, host);
-    await new Promise<void>((resolve, reject) => {
-      server.once('listening', resolve);
-      server.once('error', reject);
+    socket.on('error', (err) =>
+      fail(new Error(`lazy page server: the daemon's connection failed: ${err.message}`)),
+    );
+    socket.on('close', () => {
+      if (!session.closed)
+        fail(new Error('lazy page server: the daemon closed the connection without CLOSE'));
     });
-    self = new LazyPageServer(server, host, (server.address() as net.AddressInfo).port, done);
-    return self;
   }
 
-  /** Whether the daemon has connected. */
+  /** Whether the daemon's connection was handed over. */
   get connected(): boolean {
     return this.socket !== null;
   }
 
-  /** Stops listening and drops the daemon's connection (done rejects if it had not closed). */
+  /** Drops the daemon's connection (done rejects if it had not closed, or if it never came). */
   close(): void {
-    this.server.close();
-    this.socket?.destroy();
+    this.closed = true;
+    if (this.socket) this.socket.destroy();
+    else this.rejectDone(new Error('lazy page server closed before the daemon came'));
   }
 }

@@ -1,8 +1,8 @@
 /**
  * CRIU's page-server protocol, receiving side (see docs/criu-pageserver.md).
  *
- * `criu dump --page-server --address 127.0.0.1 --port P` writes every image except the memory into its -D directory
- * and streams the memory to a page server over one TCP connection: per task (and per shared anonymous segment) an
+ * `criu dump --page-server --ps-socket 3` writes every image except the memory into its -D directory and streams
+ * the memory to a page server over one connection (a socket pair precog made, see PS_SOCKET_FD): per task (and per shared anonymous segment) an
  * OPEN2 naming the pagemap, then the runs of pages (ADD_F with pagemap flags in the high bits of the command, the
  * page data right after the header when the run is PE_PRESENT; HOLE for pages in a parent dump), and a final CLOSE.
  * precog's source agent plays the page server: it keeps the pages in memory, compares each with what the
@@ -15,7 +15,7 @@
  * Replies: OPEN2 -> 1 byte has_parent; PARENT -> 4-byte int has_parent; CLOSE / FORCE_CLOSE -> 4-byte int status 0.
  */
 import { writeFileSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { constants as bufferConstants } from 'node:buffer';
 import { join } from 'node:path';
 import { ProtocolError } from '../util/errors.ts';
@@ -758,73 +758,59 @@ export function writeReceivedImages(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The TCP server
+// The connection to CRIU
 
-export interface PageServerOptions extends SessionOptions {
-  /** Address to listen on; default 127.0.0.1 (the dump runs on the same host). */
-  host?: string;
-  /** Port; 0 (default) picks a free one (see `port`). */
-  port?: number;
+/**
+ * The descriptor CRIU gets its page-server connection on (`--page-server --ps-socket 3`). precog spawns CRIU with
+ * one end of a socket pair there (a Node `pipe` stdio entry is a Unix socket pair) and serves the other end: the
+ * connection exists before CRIU starts, between precog and the one CRIU it spawned, so nothing listens and no
+ * other process can connect (docs/security.md, "Local page servers").
+ */
+export const PS_SOCKET_FD = 3;
+
+/** precog's end of a page-server connection whose other end a CRIU it spawns gets as descriptor PS_SOCKET_FD. */
+export interface PsConnection {
+  /** Takes precog's end of the pair; called once, right after CRIU was spawned. */
+  attach(socket: Socket): void;
 }
 
 /**
- * A page server for one `criu dump --page-server` session, like CRIU's own `criu page-server` without --daemon:
- * it accepts one connection, answers what CRIU waits for, and when the dump closes the session resolves `done`
- * with the pages; then it stops listening. Connections beyond the first are refused (closed at once). Bad input
- * rejects `done` with a PageServerError and resets the connection, which makes the dump fail.
+ * The page server of one `criu dump --page-server --ps-socket 3` session: it answers what CRIU waits for on the
+ * socket it is given, and when the dump closes the session resolves `done` with the pages. Bad input rejects
+ * `done` with a PageServerError and resets the connection, which makes the dump fail. It never listens.
  */
-export class PageServer {
-  readonly host: string;
-  readonly port: number;
+export class PageServer implements PsConnection {
   /** The received dump, or the reason the session failed. */
   readonly done: Promise<ReceivedDump>;
-  private readonly server: Server;
+  private readonly opts: SessionOptions;
   private socket: Socket | undefined;
   private settle!: { resolve: (d: ReceivedDump) => void; reject: (e: Error) => void };
   private settled = false;
 
-  private constructor(server: Server, host: string, port: number, opts: SessionOptions) {
-    this.server = server;
-    this.host = host;
-    this.port = port;
+  constructor(opts: SessionOptions = {}) {
+    this.opts = opts;
     this.done = new Promise<ReceivedDump>((resolve, reject) => (this.settle = { resolve, reject }));
     // A caller that only closes the server must not get an unhandled rejection.
     this.done.catch(() => {});
-    server.on('connection', (socket) => this.accept(socket, opts));
   }
 
-  /** Starts listening; resolves once the port is bound. */
-  static listen(opts: PageServerOptions = {}): Promise<PageServer> {
-    const host = opts.host ?? '127.0.0.1';
-    return new Promise((resolve, reject) => {
-      const server = createServer({ noDelay: true });
-      server.once('error', reject);
-      server.listen({ host, port: opts.port ?? 0, exclusive: true }, () => {
-        server.off('error', reject);
-        const addr = server.address();
-        const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
-        resolve(new PageServer(server, host, port, opts));
-      });
-    });
+  attach(socket: Socket): void {
+    if (this.socket || this.settled) {
+      socket.destroy();
+      throw new Error('page server: a second connection (one CRIU per page server)');
+    }
+    this.accept(socket, this.opts);
   }
 
   private finish(result: ReceivedDump | Error): void {
     if (this.settled) return;
     this.settled = true;
-    this.server.close();
     if (result instanceof Error) this.settle.reject(result);
     else this.settle.resolve(result);
   }
 
   private accept(socket: Socket, opts: SessionOptions): void {
-    if (this.socket || this.settled) {
-      socket.destroy();
-      return;
-    }
     this.socket = socket;
-    // No more connections: the listening socket goes away, this session goes on.
-    this.server.close();
-    socket.setNoDelay(true);
     const session = new PageServerSession(opts);
     let ended = false;
     const end = (err?: Error) => {
@@ -848,8 +834,8 @@ export class PageServer {
       try {
         replies = session.push(chunk);
       } catch (err) {
-        // resetAndDestroy: CRIU sees the connection fail instead of a clean end.
-        socket.resetAndDestroy();
+        // CRIU's next write fails (EPIPE): the dump fails instead of ending cleanly.
+        socket.destroy();
         end(err as Error);
         return;
       }
@@ -866,13 +852,10 @@ export class PageServer {
     socket.on('close', () => end());
   }
 
-  /** Stops listening and drops a session in progress (its `done` rejects). */
-  async close(): Promise<void> {
+  /** Drops a session in progress (its `done` rejects). */
+  close(): Promise<void> {
     if (!this.settled) this.finish(new Error('page server closed before a dump completed'));
     this.socket?.destroy();
-    await new Promise<void>((resolve) => {
-      if (!this.server.listening) resolve();
-      else this.server.close(() => resolve());
-    });
+    return Promise.resolve();
   }
 }

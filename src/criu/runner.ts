@@ -10,7 +10,10 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { posix } from 'node:path';
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { UsageError } from '../util/errors.ts';
+import { PS_SOCKET_FD, type PsConnection } from './pageserver.ts';
 
 /** Where CRIU runs, when not as this process (src/runtime/site.ts has the implementations). */
 export interface CommandSite {
@@ -60,6 +63,11 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Resolve with the failed run instead of throwing a CriuError. */
   allowFailure?: boolean;
+  /**
+   * A page-server connection: CRIU (or the wrapper that runs it) gets one end of a socket pair as descriptor
+   * PS_SOCKET_FD, this the other. The run ends when CRIU exits, not when that connection closes.
+   */
+  psSocket?: PsConnection;
 }
 
 /** Log lines CRIU marks as errors that are harmless on precog's machines (ENVIRONMENT.md). */
@@ -217,7 +225,7 @@ export class CriuRunner {
     const log = logName === null ? null : posix.isAbsolute(logName) ? logName : this.path(logName);
     if (log) mkdirSync(this.onMachine(posix.dirname(log)), { recursive: true, mode: 0o700 });
     const argv = [this.criu, action, ...(log ? ['-o', log, `-v${this.verbosity}`] : []), ...args];
-    const run = await this.spawn(action, argv, log, opts.timeoutMs ?? this.timeoutMs);
+    const run = await this.spawn(action, argv, log, opts.timeoutMs ?? this.timeoutMs, opts.psSocket);
     this.runs.push(run);
     if (run.code !== 0 && !opts.allowFailure) {
       const { message, errors } = describeCriuFailure(run, this.where());
@@ -226,7 +234,13 @@ export class CriuRunner {
     return run;
   }
 
-  private spawn(action: string, argv: string[], log: string | null, timeoutMs: number): Promise<CriuRun> {
+  private spawn(
+    action: string,
+    argv: string[],
+    log: string | null,
+    timeoutMs: number,
+    psSocket?: PsConnection,
+  ): Promise<CriuRun> {
     let cmd: string;
     let args: string[];
     let env: NodeJS.ProcessEnv;
@@ -243,12 +257,22 @@ export class CriuRunner {
     const started = performance.now();
     return new Promise((resolve) => {
       // Its own process group, so that a timeout ends CRIU too, not only nsenter.
-      const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      const child = spawn(cmd, args, {
+        env,
+        stdio: psSocket ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
       let stdout = '';
       let stderr = '';
       let timedOut = false;
-      child.stdout.on('data', (d: Buffer) => (stdout += d));
-      child.stderr.on('data', (d: Buffer) => (stderr += d));
+      if (psSocket) {
+        const end = child.stdio[PS_SOCKET_FD] as Socket | null;
+        if (end) psSocket.attach(end);
+      }
+      const out = child.stdout as Readable;
+      const err = child.stderr as Readable;
+      out.on('data', (d: Buffer) => (stdout += d));
+      err.on('data', (d: Buffer) => (stderr += d));
       const timer = setTimeout(() => {
         timedOut = true;
         try {
@@ -273,7 +297,24 @@ export class CriuRunner {
         });
       };
       child.on('error', (err) => done(127, null, `cannot run ${cmd}: ${err.message}\n`));
-      child.on('close', (code, signal) => done(code, signal));
+      if (!psSocket) child.on('close', (code, signal) => done(code, signal));
+      else {
+        // 'close' would wait for the page-server end too, which a lazy-pages daemon keeps after CRIU exits.
+        let exited: [number | null, NodeJS.Signals | null] | null = null;
+        let open = 2;
+        const maybe = () => {
+          if (exited && open === 0) done(...exited);
+        };
+        child.on('exit', (code, signal) => {
+          exited = [code, signal];
+          maybe();
+        });
+        for (const s of [out, err])
+          s.on('close', () => {
+            open--;
+            maybe();
+          });
+      }
     });
   }
 
@@ -291,33 +332,30 @@ export class CriuRunner {
   }
 
   /**
-   * `criu dump -t PID -D IMAGES`; with `pageServer` the memory goes to a page server at address:port instead of
-   * the images directory (--page-server). `leaveRunning` keeps the process running (-R).
+   * `criu dump -t PID -D IMAGES`; with `pageServer` the memory goes to that page server instead of the images
+   * directory (--page-server --ps-socket: a socket pair, nothing listens). `leaveRunning` keeps the process
+   * running (-R).
    */
   dump(opts: {
     pid: number;
     images: string;
-    pageServer?: { address: string; port: number };
+    pageServer?: PsConnection;
     leaveRunning?: boolean;
     shellJob?: boolean;
     extra?: string[];
     timeoutMs?: number;
   }): Promise<CriuRun> {
     const args = ['-t', String(opts.pid), '-D', opts.images];
-    if (opts.pageServer)
-      args.push(
-        '--page-server',
-        '--address',
-        opts.pageServer.address,
-        '--port',
-        String(opts.pageServer.port),
-      );
+    if (opts.pageServer) args.push('--page-server', '--ps-socket', String(PS_SOCKET_FD));
     if (opts.leaveRunning) args.push('-R');
     if (opts.shellJob) args.push('--shell-job');
     args.push(...(opts.extra ?? []));
     this.prepare();
     mkdirSync(this.onMachine(opts.images), { recursive: true, mode: 0o700 });
-    return this.run('dump', args, { timeoutMs: opts.timeoutMs });
+    return this.run('dump', args, {
+      timeoutMs: opts.timeoutMs,
+      ...(opts.pageServer ? { psSocket: opts.pageServer } : {}),
+    });
   }
 
   /** `criu restore -D IMAGES`, detached (-d) unless `detach` is false. */
@@ -328,6 +366,8 @@ export class CriuRunner {
     shellJob?: boolean;
     extra?: string[];
     timeoutMs?: number;
+    /** Handed to the wrapper that runs CRIU (a lazy restore's `criu lazy-pages` asks it for the pages). */
+    psSocket?: PsConnection;
   }): Promise<CriuRun> {
     const args = ['-D', opts.images];
     if (opts.detach ?? true) args.push('-d');
@@ -335,6 +375,9 @@ export class CriuRunner {
     if (opts.shellJob) args.push('--shell-job');
     args.push(...(opts.extra ?? []));
     this.prepare();
-    return this.run('restore', args, { timeoutMs: opts.timeoutMs });
+    return this.run('restore', args, {
+      timeoutMs: opts.timeoutMs,
+      ...(opts.psSocket ? { psSocket: opts.psSocket } : {}),
+    });
   }
 }

@@ -70,11 +70,6 @@ export interface CommitMessage {
 export interface ResumedMessage {
   /** Destination clock time at which the workload runs again. */
   resumedAt: number;
-  /**
-   * Post-copy of a container: where the destination agent serves the pages to `criu lazy-pages` (its loopback, in
-   * the destination host), asking the source for those that have not arrived.
-   */
-  pageServer?: { host: string; port: number };
   /** A container restored by the destination agent: how it went. */
   restore?: RestoreReport;
 }

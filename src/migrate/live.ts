@@ -217,13 +217,13 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               o.onPhase?.('final');
               return received;
             }
-            const server = await PageServer.listen({
-              host: '127.0.0.1',
-              have: (...a) => mem.holds(...a),
+            // CRIU's page-server connection is a socket pair it is spawned with: nothing listens.
+            const server: PageServer = new PageServer({
+              have: (pid, vaddr, bytes, kind) => mem.holds(pid, vaddr, bytes, kind),
               keepOnlyChanged: true,
             });
             try {
-              await checkpoint(srcDir, { pageServer: { address: server.host, port: server.port } });
+              await checkpoint(srcDir, { pageServer: server });
               received = await server.done;
               marks.dumped = performance.now();
             } finally {

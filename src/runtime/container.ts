@@ -36,6 +36,7 @@ import {
 import { basename, dirname, join, posix, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { markLazy, type LazyMarkResult } from '../criu/lazy.ts';
+import { PS_SOCKET_FD, type PsConnection } from '../criu/pageserver.ts';
 import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
@@ -153,9 +154,10 @@ export interface CheckpointOptions {
   keepFrozen?: boolean;
   /**
    * Stream the memory to a CRIU page server (precog's own, for live migration) instead of writing pages-*.img:
-   * images/ then holds no pagemap or pages images; the page server has them.
+   * images/ then holds no pagemap or pages images; the page server has them. CRIU gets its connection as a
+   * socket pair: nothing listens.
    */
-  pageServer?: { address: string; port: number };
+  pageServer?: PsConnection;
 }
 
 export interface CheckpointResult {
@@ -190,10 +192,10 @@ export interface RestoreOptions {
    */
   lazy?: boolean;
   /**
-   * Post-copy: `criu lazy-pages` asks this page server (in the destination host's network) for the pages instead of
-   * reading them from the local images (src/criu/lazyserver.ts). Implies lazy.
+   * Post-copy: `criu lazy-pages` asks this page server for the pages instead of reading them from the local images
+   * (src/criu/lazyserver.ts), over a socket pair it is spawned with: nothing listens. Implies lazy.
    */
-  lazyPageServer?: { host: string; port: number };
+  lazyPageServer?: PsConnection;
   /** Longest the lazy copy-in may take before it counts as failed (default: PRECOG_LAZY_TIMEOUT_MS or 10 min). */
   lazyTimeoutMs?: number;
 }
@@ -479,15 +481,15 @@ pivot_root . oldroot
 cd /
 umount -l /oldroot
 if [ -n "${'$'}{PRECOG_LAZY_PAGES:-}" ]; then
-	# criu lazy-pages serves the restore's page faults from the images, or (post-copy, PRECOG_LAZY_PS=ADDR:PORT)
-	# from the page server there; its exit status lands in lazy-pages.rc.
+	# criu lazy-pages serves the restore's page faults from the images, or (post-copy, PRECOG_LAZY_PS=FD) from
+	# precog's page server on the socket inherited as that descriptor; its exit status lands in lazy-pages.rc.
 	/bin/bash -c '
 for fd in /proc/self/fd/*; do
 	n=${'$'}{fd##*/}
-	if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+	if [ "$n" -gt 2 ] && [ "$n" != "${'$'}{2:-}" ]; then eval "exec $n>&-"; fi
 done 2>/dev/null
 ps=
-if [ -n "$2" ]; then ps="--page-server --address ${'$'}{2%:*} --port ${'$'}{2##*:}"; fi
+if [ -n "$2" ]; then ps="--page-server --ps-socket $2"; fi
 criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 $ps </dev/null >/dev/null 2>&1
 echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
 	i=0
@@ -1237,7 +1239,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
         wrapper,
         `#!/bin/sh\n# criu restore for container ${name} in host ${host.name} (precog)\n` +
           (lazyMark ? `PRECOG_LAZY_PAGES=${q(join(wd, 'images'))}\nexport PRECOG_LAZY_PAGES\n` : '') +
-          (ps ? `PRECOG_LAZY_PS=${q(`${ps.host}:${ps.port}`)}\nexport PRECOG_LAZY_PS\n` : '') +
+          (ps ? `PRECOG_LAZY_PS=${PS_SOCKET_FD}\nexport PRECOG_LAZY_PS\n` : '') +
           `exec /bin/sh -c ${q(RESTORE_LAUNCH_SCRIPT)} precog-restore ` +
           [
             host.nsPid !== null ? String(host.nsPid) : '-',
@@ -1268,6 +1270,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
         ],
         // A lazy restore that cannot reach its daemon waits forever: it gets the copy-in's limit.
         ...(lazyMark && opts.lazyTimeoutMs ? { timeoutMs: opts.lazyTimeoutMs } : {}),
+        ...(ps ? { psSocket: ps } : {}),
       });
       const running = performance.now();
       const hostPid = Number(readFileSync(pidfile, 'utf8').trim());

@@ -29,6 +29,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import type { Socket } from 'node:net';
 import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
@@ -47,6 +48,7 @@ import {
 import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
 import { isPageImage } from '../criu/localdump.ts';
 import { markLazy } from '../criu/lazy.ts';
+import { PS_SOCKET_FD, type PsConnection } from '../criu/pageserver.ts';
 import { removeTree, runTool } from './rootfs.ts';
 import { bundleFilesRefusal, cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
 import { HOST_DATA_DIR, localSite, type Site } from './site.ts';
@@ -308,15 +310,14 @@ export class OciRuntime implements MovableRuntime {
     name: string,
     images: string,
     bundle: string,
-    lazy: { pageServer?: { host: string; port: number }; timeoutMs: number } | null,
+    lazy: { pageServer?: PsConnection; timeoutMs: number } | null,
   ): Promise<void> {
     const imagesHere = this.site.fsPath(images);
     let daemon: number | undefined;
     try {
       if (lazy) {
-        const ps = lazy.pageServer
-          ? `--page-server --address ${lazy.pageServer.host} --port ${lazy.pageServer.port}`
-          : '';
+        // Post-copy: the daemon's page-server connection is a socket pair (descriptor PS_SOCKET_FD), not a port.
+        const ps = lazy.pageServer ? `--page-server --ps-socket ${PS_SOCKET_FD}` : '';
         const c = this.site.command([
           'sh',
           '-c',
@@ -325,7 +326,12 @@ export class OciRuntime implements MovableRuntime {
           'precog-lazy',
           images,
         ]);
-        const child = spawn(c.cmd, c.args, { env: c.env, stdio: 'ignore', detached: true });
+        const child = spawn(c.cmd, c.args, {
+          env: c.env,
+          stdio: lazy.pageServer ? ['ignore', 'ignore', 'ignore', 'pipe'] : 'ignore',
+          detached: true,
+        });
+        if (lazy.pageServer) lazy.pageServer.attach(child.stdio[PS_SOCKET_FD] as Socket);
         child.unref();
         daemon = child.pid;
         const rc = join(imagesHere, '..', 'lazy-pages.rc');

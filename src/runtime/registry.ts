@@ -2,6 +2,7 @@
  * Container runtimes by name, the way strategies are: what `precog migrate --runtime NAME` and an agent restoring a
  * container look up. A runtime is one file that implements MovableRuntime and one registration line here.
  */
+import type { PsConnection } from '../criu/pageserver.ts';
 import { UsageError } from '../util/errors.ts';
 import type { CheckpointOptions, CheckpointResult, ContainerInfo, LazyResult } from './container.ts';
 import type { Site } from './site.ts';
@@ -20,8 +21,8 @@ export interface MoveRestoreOptions {
   move?: boolean;
   /** `criu restore --lazy-pages`: pages copied in by `criu lazy-pages` (from the images, or from pageServer). */
   lazy?: boolean;
-  /** Post-copy: the page server `criu lazy-pages` asks for the pages (the agent's own, on its loopback). */
-  lazyPageServer?: { host: string; port: number };
+  /** Post-copy: the page server `criu lazy-pages` asks for the pages (the agent's own, over a socket pair). */
+  lazyPageServer?: PsConnection;
   /** Longest the lazy copy-in may take before it counts as failed. */
   lazyTimeoutMs?: number;
 }
