@@ -50,6 +50,22 @@ test('malformed layouts are refused by name', () => {
     [layout(4, [{ start: '0x10000', pages: -4 }]), /has -4 pages/],
     [{ ...layout(4), regions: [] }, /regions must be a list/],
     [null, /not a JSON object/],
+    [
+      layout(3, [
+        { start: '0x10000', pages: 1, pid: 1 },
+        { start: '0x20000', pages: 1, pid: 2 },
+        { start: '0x30000', pages: 1, pid: 1 },
+      ] as never),
+      /the regions of process 1 are not consecutive/,
+    ],
+    // 3000 one-page processes: 3000 open files (and write buffers) at the destination.
+    [
+      layout(
+        3000,
+        Array.from({ length: 3000 }, (_, k) => ({ start: '0x10000', pages: 1, pid: k + 1 })) as never,
+      ),
+      /more than 1024 processes, more than this destination takes \(PRECOG_MAX_PROCESSES\)/,
+    ],
   ];
   for (const [l, why] of cases)
     assert.match(layoutRefusal(l as never, 1 << 24) ?? 'passed', why, JSON.stringify(l));

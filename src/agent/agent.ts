@@ -1,7 +1,9 @@
 import {
   appendFileSync,
   existsSync,
+  lstatSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -25,7 +27,7 @@ import type { Layout } from '../engine/types.ts';
 import { decodeFrame, encodeFrame, FrameType, jsonFrame, parseJson } from '../transport/frame.ts';
 import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';
-import { peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
+import { certificateProblem, peerName, tlsServerOptions, type Endpoint } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
 import {
   PARENT_DIR,
@@ -61,6 +63,71 @@ export interface AgentOptions {
   runtime?: (name: string) => MovableRuntime;
   /** This host's name for the runtime (default: the certificate's name). */
   hostName?: string;
+  /** Bounds on connections and sessions (AGENT_LIMITS by default). */
+  limits?: Partial<AgentLimits>;
+}
+
+/** What one agent takes at once, and how slowly (docs/security.md, "Limits"). */
+export interface AgentLimits {
+  /** Connections still in the TLS handshake at once; a new one beyond closes the oldest. */
+  pendingHandshakes: number;
+  /** Authenticated sessions at once; one beyond gets an ERROR and is closed. */
+  sessions: number;
+  /** Longest a frame may take from its first byte to its last (a slow or stalled sender is dropped); 0: none. */
+  frameTimeoutMs: number;
+  /** Bytes of non-memory state (STATE frames) one migration may send. */
+  stateBytes: number;
+}
+
+/** The most STATE bytes one migration may send: PRECOG_MAX_STATE_BYTES, default 2 GiB (a commit reads it whole). */
+export const maxStateBytes = (): number => {
+  const v = Number(process.env.PRECOG_MAX_STATE_BYTES);
+  return Number.isSafeInteger(v) && v > 0 ? v : 2 ** 31;
+};
+
+export const AGENT_LIMITS: AgentLimits = {
+  pendingHandshakes: 1024,
+  sessions: 1024,
+  frameTimeoutMs: 120_000,
+  stateBytes: 2 ** 31,
+};
+
+/** JS's own error classes: a bug here, not something the peer did; the peer gets no internals. */
+function isInternal(err: unknown): boolean {
+  return (
+    err instanceof TypeError ||
+    err instanceof RangeError ||
+    err instanceof ReferenceError ||
+    err instanceof SyntaxError
+  );
+}
+
+/**
+ * Log lines for connections refused before a session (failed or slow TLS handshakes, closed in a flood): the first
+ * 20 in 10 s each with its peer and reason, the rest counted by reason in one line at the end of the 10 s.
+ */
+class RefusalLog {
+  private inWindow = 0;
+  private readonly counts = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+  constructor(private readonly log: Logger) {}
+
+  note(reason: string, remote: string, what: string): void {
+    if (++this.inWindow <= 20) this.log.warn({ remote, reason }, what);
+    else this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+    this.timer ??= setTimeout(() => this.flush(), 10_000).unref();
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.inWindow = 0;
+    if (this.counts.size === 0) return;
+    const byReason = Object.fromEntries(this.counts);
+    const n = [...this.counts.values()].reduce((a, b) => a + b, 0);
+    this.counts.clear();
+    this.log.warn({ refused: n, byReason }, `${n} more connections refused in the last 10 s`);
+  }
 }
 
 /** The message a source gets for a failure here: a full disk says so, and what to do. */
@@ -91,8 +158,13 @@ export const COMMITTED_FILES = {
  */
 export class Agent {
   private readonly o: AgentOptions;
+  private readonly limits: AgentLimits;
   private server: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
+  /** Connections in the TLS handshake, oldest first. */
+  private readonly pending = new Set<net.Socket>();
+  private evicting = 0;
+  private refusals: RefusalLog;
   /**
    * Container post-copies after their switchover, by migration id, with the session that feeds them (null once it
    * is gone): kept (lazy page server, store, waiting requests) until the daemon is done or the lazy timeout closes
@@ -110,6 +182,8 @@ export class Agent {
 
   constructor(options: AgentOptions) {
     this.o = options;
+    this.limits = { ...AGENT_LIMITS, stateBytes: maxStateBytes(), ...options.limits };
+    this.refusals = new RefusalLog(options.log);
     this.host = options.hostName ?? options.identity?.name ?? hostname();
     this.control = new ControlServer({
       host: this.host,
@@ -122,16 +196,47 @@ export class Agent {
 
   async start(): Promise<Endpoint> {
     mkdirSync(this.o.stateDir, { recursive: true, mode: 0o700 });
+    this.cleanStateDir();
+    if (this.o.identity) {
+      const own = certificateProblem(this.o.identity);
+      if (own) this.o.log.error({ problem: own }, 'this agent will be refused by every peer');
+    }
     const onSocket = (s: net.Socket): void => this.serve(s);
     const server = this.o.identity
       ? tls.createServer(tlsServerOptions(this.o.identity, this.o.handshakeTimeoutMs), onSocket)
       : net.createServer(onSocket);
     if (server instanceof tls.Server) {
+      // Connections in the handshake are bounded: beyond the limit the oldest goes (a flood of raw connections
+      // cannot hold every fd, and a real client's handshake takes milliseconds).
+      server.on('connection', (raw: net.Socket) => {
+        if (this.pending.size >= this.limits.pendingHandshakes) {
+          const oldest = this.pending.values().next().value as net.Socket;
+          this.pending.delete(oldest);
+          this.evicting++;
+          oldest.destroy();
+        }
+        this.pending.add(raw);
+        raw.once('close', () => this.pending.delete(raw));
+      });
+      server.on('secureConnection', (s: tls.TLSSocket) => {
+        const raw = (s as unknown as { _parent?: net.Socket })._parent;
+        if (raw) this.pending.delete(raw);
+      });
       server.on('tlsClientError', (err, socket) => {
-        this.o.log.warn(
-          { remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message },
-          'refused a client without a valid certificate from this CA',
-        );
+        const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+        if (this.evicting > 0 && /hang up|ECONNRESET/.test(err.message)) {
+          this.evicting--;
+          this.refusals.note(
+            `closed in the handshake: more than ${this.limits.pendingHandshakes} connections were in it`,
+            remote,
+            'refused a connection',
+          );
+        } else
+          this.refusals.note(
+            err.message,
+            remote,
+            'refused a client without a valid certificate from this CA, or that did not finish the TLS handshake',
+          );
         // Node leaves the socket of a failed or timed-out handshake open: it goes now (an fd per idle connection).
         socket.destroy();
       });
@@ -187,14 +292,59 @@ export class Agent {
     return new ContainerRestorer(rt, c, host, log);
   }
 
+  /**
+   * At start: what a previous run of the agent left unfinished goes (a migration directory without COMMITTED, the
+   * `.part` files of committed ones: the previous process died mid-session, its sessions are gone).
+   */
+  private cleanStateDir(): void {
+    for (const name of readdirSync(this.o.stateDir)) {
+      if (name === 'outgoing' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) continue;
+      const dir = join(this.o.stateDir, name);
+      try {
+        if (!lstatSync(dir).isDirectory()) continue;
+        if (!existsSync(join(dir, COMMITTED_FILES.done))) {
+          rmSync(dir, { recursive: true, force: true });
+          this.o.log.warn({ migration: name }, 'removed an unfinished migration a previous agent run left');
+          continue;
+        }
+        for (const f of readdirSync(dir))
+          if (f.endsWith('.part')) {
+            rmSync(join(dir, f), { force: true });
+            this.o.log.warn({ migration: name, file: f }, 'removed a partial file a previous agent run left');
+          }
+      } catch (err) {
+        this.o.log.warn({ migration: name, reason: (err as Error).message }, 'could not clean up');
+      }
+    }
+  }
+
   async close(): Promise<void> {
+    this.refusals.flush();
     // Moves away from here end first (cancelled: their sources thaw), and their clients hear it.
     await this.control.stop(15_000);
+    for (const s of this.pending) s.destroy();
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
   private serve(socket: net.Socket): void {
+    if (this.sockets.size >= this.limits.sessions) {
+      this.refusals.note(
+        `more than ${this.limits.sessions} sessions at once`,
+        peerName(socket),
+        'refused a session',
+      );
+      socket.end(
+        encodeFrame(
+          FrameType.Error,
+          Buffer.from(
+            `this agent has ${this.sockets.size} sessions open, its limit: try again when fewer migrations run`,
+          ),
+        ),
+      );
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
     this.sockets.add(socket);
     socket.setNoDelay(true);
     // A source that went silent (cut link, dead host) never closes its side: drop the session after a while.
@@ -269,6 +419,7 @@ export class Agent {
     };
     /** Whether this session made its migration's directory (and so may remove it). */
     let ownsDir = false;
+    let stateBytes = 0;
     const dest = new MigrationDestination({
       restoreCost: 0,
       backing: (layout: Layout, id: string, hello): PageBacking => {
@@ -320,6 +471,12 @@ export class Agent {
         return new MemoryBacking(layout, held);
       },
       state: (chunk, id) => {
+        stateBytes += chunk.length;
+        if (stateBytes > this.limits.stateBytes)
+          throw new ProtocolError(
+            `the source's state is over ${this.limits.stateBytes} bytes, this agent's limit ` +
+              '(PRECOG_MAX_STATE_BYTES): the container writes too much outside its memory to move this way',
+          );
         appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
       },
       commit: (store, id) => {
@@ -507,12 +664,31 @@ export class Agent {
     };
     let refused = false;
     let control: AbortController | null = null;
+    // A frame must arrive whole within frameTimeoutMs of its first byte: a sender that drips bytes (each one
+    // resets the idle timeout) is dropped.
+    let frameTimer: NodeJS.Timeout | null = null;
+    const watchFrame = (completed: boolean): void => {
+      if (frameTimer && (completed || reader.pending === 0)) {
+        clearTimeout(frameTimer);
+        frameTimer = null;
+      }
+      if (frameTimer || reader.pending === 0 || this.limits.frameTimeoutMs <= 0 || socket.destroyed) return;
+      frameTimer = setTimeout(() => {
+        log.warn(
+          { seconds: this.limits.frameTimeoutMs / 1000, bytes: reader.pending },
+          'a frame did not arrive whole in time: a stalled or slow sender; dropping the session',
+        );
+        socket.destroy();
+      }, this.limits.frameTimeoutMs);
+    };
     socket.on('data', (chunk: Buffer) => {
       // After a refusal the rest of what the source had in flight is read and dropped: closing with unread data
       // would reset the connection, and the source might never read why.
       if (refused) return;
       try {
-        for (const frame of reader.push(chunk)) {
+        const frames = reader.push(chunk);
+        watchFrame(frames.length > 0);
+        for (const frame of frames) {
           if (frame.readUInt8(5) === FrameType.Control) {
             // A client's request (precog migrate, job list/cancel), not a migration coming in.
             if (dest.hello) throw new ProtocolError('CONTROL inside a migration session');
@@ -542,7 +718,12 @@ export class Agent {
           for (const reply of replies) send(reply.frame);
         }
       } catch (e) {
-        const msg = explain(e as NodeJS.ErrnoException, this.o.stateDir);
+        let msg = explain(e as NodeJS.ErrnoException, this.o.stateDir);
+        if (isInternal(e)) {
+          // A bug of this agent's: logged whole here, the peer learns only that it happened.
+          log.error({ err: e }, 'internal error in a session');
+          msg = `internal error in the destination agent (${(e as Error).name}); its log has the details`;
+        }
         log.warn({ reason: msg }, 'session refused');
         refused = true;
         socket.end(encodeFrame(FrameType.Error, Buffer.from(msg)));
@@ -552,6 +733,7 @@ export class Agent {
     socket.on('error', (e) => log.warn({ reason: e.message }, 'connection error'));
     socket.on('close', () => {
       this.sockets.delete(socket);
+      watchFrame(true);
       control?.abort('the client went away');
       // The lazy-pages daemon may still be copying pages in when the source goes: it is served until it closes
       // (after a lost link, its requests for pages that never came wait: the container stalls, it does not run on

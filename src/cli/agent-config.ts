@@ -16,6 +16,8 @@ export const AGENT_CONFIG_KEYS: Record<string, (v: string) => unknown> = {
   name: (v) => (/^[A-Za-z0-9._-]{1,63}$/.test(v) ? v : bad('letters, digits, dot, dash or underscore')),
   'spill-size': (v) => parseSize(v, 'spill-size'),
   'idle-timeout': (v) => parseDuration(v, 'idle-timeout'),
+  'handshake-timeout': (v) => parseDuration(v, 'handshake-timeout'),
+  'frame-timeout': (v) => parseDuration(v, 'frame-timeout'),
 };
 
 function bad(what: string): never {

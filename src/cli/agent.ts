@@ -18,6 +18,8 @@ interface AgentFlags {
   name?: string;
   spillSize: string;
   idleTimeout: string;
+  handshakeTimeout: string;
+  frameTimeout: string;
   insecurePlaintext?: boolean;
 }
 
@@ -32,7 +34,14 @@ const CONFIG_KEY: Record<string, string> = {
   name: 'name',
   spillSize: 'spill-size',
   idleTimeout: 'idle-timeout',
+  handshakeTimeout: 'handshake-timeout',
+  frameTimeout: 'frame-timeout',
 };
+
+function positive(seconds: number, flag: string): number {
+  if (!(seconds > 0)) throw new UsageError(`${flag} must be more than 0 (a handshake must end some time)`);
+  return seconds;
+}
 
 export function agentCommand(): Command {
   const cmd = new Command('agent');
@@ -44,7 +53,7 @@ export function agentCommand(): Command {
     )
     .option(
       '--config <file>',
-      `YAML configuration with the keys listen, state-dir, pki, name, spill-size, idle-timeout (default: ${DEFAULT_AGENT_CONFIG} when it exists); flags override it`,
+      `YAML configuration with the keys listen, state-dir, pki, name, spill-size, idle-timeout, handshake-timeout, frame-timeout (default: ${DEFAULT_AGENT_CONFIG} when it exists); flags override it`,
     )
     .option(
       '--listen <host:port>',
@@ -58,6 +67,16 @@ export function agentCommand(): Command {
     .option(
       '--idle-timeout <duration>',
       'drop a session whose source sent nothing this long (0: never)',
+      '120s',
+    )
+    .option(
+      '--handshake-timeout <duration>',
+      'close a connection that has not finished its TLS handshake by then',
+      '10s',
+    )
+    .option(
+      '--frame-timeout <duration>',
+      'drop a session whose frame has not arrived whole this long after its first byte (0: never)',
       '120s',
     )
     .option('--insecure-plaintext', 'no TLS and no authentication: for tests on loopback only')
@@ -110,6 +129,9 @@ export function agentCommand(): Command {
         identity,
         spillBytes: parseSize(f.spillSize),
         idleTimeoutMs: parseDuration(f.idleTimeout, '--idle-timeout') * 1000,
+        handshakeTimeoutMs:
+          positive(parseDuration(f.handshakeTimeout, '--handshake-timeout'), '--handshake-timeout') * 1000,
+        limits: { frameTimeoutMs: parseDuration(f.frameTimeout, '--frame-timeout') * 1000 },
         log,
       });
       await agent.start();

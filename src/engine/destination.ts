@@ -68,12 +68,24 @@ export const maxLayoutPages = (): number => {
 };
 /** Most regions one LAYOUT may have. */
 export const MAX_LAYOUT_REGIONS = 1 << 20;
+/**
+ * Most processes (distinct pids) one LAYOUT may name: a container's pages are kept in one open file per process.
+ * PRECOG_MAX_PROCESSES, default 1024.
+ */
+export const maxLayoutProcesses = (): number => {
+  const v = Number(process.env.PRECOG_MAX_PROCESSES);
+  return Number.isSafeInteger(v) && v > 0 ? v : 1024;
+};
 
 /**
  * Why a LAYOUT a peer sent must not be taken, or null: the page size this build restores (4 KiB), a whole number of
  * pages within the limit, regions (hex start, whole pages, integer pid) whose pages add up to that number.
  */
-export function layoutRefusal(layout: Layout, maxPages: number): string | null {
+export function layoutRefusal(
+  layout: Layout,
+  maxPages: number,
+  maxProcesses = maxLayoutProcesses(),
+): string | null {
   if (typeof layout !== 'object' || layout === null) return 'not a JSON object';
   if (layout.pageSize !== PAGE_SIZE)
     return `page size ${JSON.stringify(layout.pageSize)}, expected ${PAGE_SIZE}`;
@@ -88,6 +100,8 @@ export function layoutRefusal(layout: Layout, maxPages: number): string | null {
   )
     return `regions must be a list of 1 to ${MAX_LAYOUT_REGIONS}`;
   let sum = 0;
+  const pids = new Set<number>();
+  let lastPid: number | undefined;
   for (const r of layout.regions) {
     if (
       typeof r !== 'object' ||
@@ -99,7 +113,15 @@ export function layoutRefusal(layout: Layout, maxPages: number): string | null {
     if (!Number.isSafeInteger(r.pages) || r.pages < 1)
       return `region ${r.start} has ${JSON.stringify(r.pages)} pages`;
     if (r.pid !== undefined && (!Number.isSafeInteger(r.pid) || r.pid < 0))
-      return `region ${r.start} has pid ${r.pid}`;
+      return `region ${r.start} has pid ${String(JSON.stringify(r.pid)).slice(0, 80)}`;
+    const pid = r.pid ?? 0;
+    if (pid !== lastPid) {
+      if (pids.has(pid)) return `the regions of process ${pid} are not consecutive`;
+      pids.add(pid);
+      if (pids.size > maxProcesses)
+        return `more than ${maxProcesses} processes, more than this destination takes (PRECOG_MAX_PROCESSES)`;
+      lastPid = pid;
+    }
     sum += r.pages;
   }
   if (sum !== n) return `regions hold ${sum} pages, the layout says ${n}`;
@@ -135,6 +157,8 @@ export class MigrationDestination {
       case FrameType.Hello: {
         this.expect('hello');
         const hello = parseJson<HelloMessage>(frame);
+        if (typeof hello !== 'object' || hello === null || Array.isArray(hello))
+          throw new ProtocolError('HELLO is not a JSON object');
         if (hello.version !== PROTOCOL_VERSION) {
           throw new ProtocolError(
             `peer speaks protocol ${hello.version}, this destination ${PROTOCOL_VERSION}`,

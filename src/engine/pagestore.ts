@@ -1,3 +1,4 @@
+import { ProtocolError } from '../util/errors.ts';
 import { closeSync, fdatasync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import { Bitmap } from '../util/bitmap.ts';
 import type { Layout } from './types.ts';
@@ -66,7 +67,8 @@ export class FileBacking implements PageBacking {
 
   constructor(layout: Layout, path: string) {
     this.size = layout.pageSize;
-    this.run = Buffer.alloc(256 * layout.pageSize);
+    // Up to 1 MiB, and no more than the file holds (a container's one-page processes each get one).
+    this.run = Buffer.alloc(Math.max(1, Math.min(256, layout.pageCount)) * layout.pageSize);
     this.fd = openSync(path, 'w+', 0o600);
     ftruncateSync(this.fd, layout.pageCount * layout.pageSize);
   }
@@ -194,7 +196,7 @@ export class ProcessFilesBacking implements PageBacking {
       if (last && last.pid === pid) last.pages += r.pages;
       else {
         if (this.processes.some((p) => p.pid === pid))
-          throw new RangeError(`layout: the regions of process ${pid} are not consecutive`);
+          throw new ProtocolError(`layout: the regions of process ${pid} are not consecutive`);
         this.processes.push({ pid, first: g, pages: r.pages, path: '' });
       }
       g += r.pages;

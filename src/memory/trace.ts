@@ -148,12 +148,21 @@ export function parsePrecogTrace(data: Buffer, source: string): Trace {
     throw new InputError(`trace ${source}: header is not valid JSON: ${(e as Error).message}`);
   }
   const ok =
+    typeof h === 'object' &&
+    h !== null &&
     Number.isInteger(h.pageSize) &&
     h.pageSize > 0 &&
     typeof h.intervalMs === 'number' &&
     h.intervalMs >= MIN_TRACE_INTERVAL_MS &&
     Array.isArray(h.regions) &&
-    h.regions.every((r) => typeof r.start === 'string' && Number.isSafeInteger(r.pages) && r.pages > 0) &&
+    h.regions.every(
+      (r) =>
+        typeof r === 'object' &&
+        r !== null &&
+        typeof r.start === 'string' &&
+        Number.isSafeInteger(r.pages) &&
+        r.pages > 0,
+    ) &&
     Number.isInteger(h.samples) &&
     h.samples > 0 &&
     typeof h.accessed === 'boolean';

@@ -167,7 +167,13 @@ function untar(data: Buffer, dir: string, what: string, flat: boolean): void {
     input: data,
     maxBuffer: 1 << 20,
   });
-  if (r.status !== 0) throw new InputError(`unpacking into ${dir} failed: ${r.stderr?.toString().trim()}`);
+  if (r.error)
+    // Not the peer's archive: this host could not run tar (out of memory or processes, no tar).
+    throw new Error(`unpacking into ${dir}: cannot run tar (${r.error.message})`);
+  if (r.status !== 0)
+    throw new InputError(
+      `unpacking into ${dir} failed: ${r.stderr?.toString().trim() || `tar exit ${r.status}`}`,
+    );
   if (flat)
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const st = lstatSync(join(dir, e.name));
@@ -218,6 +224,9 @@ const MAX_TASKS = 100_000;
 const MAX_RUNS = 1_000_000;
 const MAX_EXTRAS = 1 << 20;
 
+/** A peer's value in a message, short (JSON.stringify gives undefined for undefined). */
+const show = (x: unknown): string => String(JSON.stringify(x)).slice(0, 80);
+
 const isId = (x: unknown): x is number =>
   Number.isSafeInteger(x) && (x as number) > 0 && (x as number) < 2 ** 31;
 const isHexAddress = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{1,16}$/.test(x);
@@ -249,27 +258,27 @@ export function headerRefusal(h: StateHeader): string | null {
   if (e) return e;
   for (const p of h.pids)
     if (!Array.isArray(p) || p.length !== 2 || !isId(p[0]) || !isId(p[1]))
-      return `pid pair ${JSON.stringify(p).slice(0, 80)} is not two process ids`;
+      return `pid pair ${show(p)} is not two process ids`;
   for (const [kind, segs] of [
     ['task', h.tasks],
     ['shared memory segment', h.shmem],
   ] as const)
     for (const t of segs) {
       if (typeof t !== 'object' || t === null || !isId(t.id))
-        return `${kind} id ${JSON.stringify((t as { id?: unknown })?.id).slice(0, 80)} is not a positive integer`;
+        return `${kind} id ${show((t as { id?: unknown })?.id)} is not a positive integer`;
       if (!Array.isArray(t.runs) || t.runs.length > MAX_RUNS)
         return `${kind} ${t.id}: runs are not a bounded list`;
-      for (const r of t.runs)
-        if (!isRun(r)) return `${kind} ${t.id}: run ${JSON.stringify(r).slice(0, 80)} is malformed`;
+      for (const r of t.runs) if (!isRun(r)) return `${kind} ${t.id}: run ${show(r)} is malformed`;
     }
   for (const x of h.extras)
     if (!Array.isArray(x) || x.length !== 2 || !isId(x[0]) || !isHexAddress(x[1]))
-      return `extra page ${JSON.stringify(x).slice(0, 80)} is not [task id, hex address]`;
+      return `extra page ${show(x)} is not [task id, hex address]`;
   const names = h.sections.map((x) => (x as { name?: unknown })?.name);
   if (JSON.stringify(names) !== JSON.stringify(SECTIONS))
     return `sections ${JSON.stringify(names)}, expected ${SECTIONS.join(', ')}`;
   for (const x of h.sections)
-    if (!Number.isSafeInteger(x.bytes) || x.bytes < 0) return `section ${x.name} has a size of ${x.bytes}`;
+    if (!Number.isSafeInteger(x.bytes) || x.bytes < 0)
+      return `section ${show(x.name)} has a size of ${show(x.bytes)}`;
   let shmemPages = 0;
   for (const seg of h.shmem) for (const r of seg.runs) if (r[2] & PE_PRESENT) shmemPages += r[1];
   if (h.sections[3].bytes !== shmemPages * PAGE_SIZE)
@@ -293,6 +302,8 @@ export function decodeState(
   } catch (e) {
     throw new InputError(`${what}: header is not JSON (${(e as Error).message})`);
   }
+  if (typeof header !== 'object' || header === null || Array.isArray(header))
+    throw new InputError(`${what}: header is not a JSON object`);
   if (header.schema !== STATE_SCHEMA)
     throw new InputError(`${what}: schema "${header.schema}", this precog reads ${STATE_SCHEMA}`);
   const bad = headerRefusal(header);

@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -21,6 +22,20 @@ export function parseEndpoint(text: string, what = 'address'): Endpoint {
     throw new UsageError(`${what} "${text}" must be HOST:PORT, e.g. 10.213.77.2:7070 or 127.0.0.1:7070`);
   }
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+/**
+ * Why a host's own certificate will be refused by its peers now (expired, or not valid yet), with the fix; null when
+ * it is within its validity.
+ */
+export function certificateProblem(id: Identity, now = new Date()): string | null {
+  const cert = new X509Certificate(id.cert);
+  const fix = `issue a new one: precog pki issue ${id.name} --force (docs/security.md, "Rotating certificates")`;
+  if (now > new Date(cert.validTo))
+    return `this host's certificate (${id.name}) expired on ${cert.validTo}: peers refuse it; ${fix}`;
+  if (now < new Date(cert.validFrom))
+    return `this host's certificate (${id.name}) is not valid before ${cert.validFrom} (check the clock); ${fix}`;
+  return null;
 }
 
 /** How long a client may take to finish the TLS handshake before its connection is closed. */
@@ -62,6 +77,8 @@ export class SocketLink implements Link {
   private inbox: Buffer[] = [];
   private waiter: (() => void) | null = null;
   private failure: Error | null = null;
+  /** Whether the destination has sent anything yet. */
+  private heard = false;
 
   /**
    * `idleTimeoutMs`: a connection with no traffic either way for this long has failed (a cut link never tells
@@ -80,6 +97,7 @@ export class SocketLink implements Link {
       });
     }
     socket.on('data', (chunk: Buffer) => {
+      this.heard = true;
       try {
         // Copied: the reader's frames are views into its buffer, valid only until its next push, and the inbox
         // may hold several (a destination's FAULT frames during post-copy) until the engine reads them.
@@ -106,7 +124,15 @@ export class SocketLink implements Link {
     const said = this.inbox.find((f) => f.readUInt8(5) === FrameType.Error);
     this.failure ??= said
       ? new ProtocolError(`the destination refused: ${decodeFrame(said).payload.toString('utf8')}`)
-      : e;
+      : !this.heard &&
+          /hang up|ECONNRESET|EPIPE|alert|closed the connection/i.test(
+            `${e.message} ${(e as NodeJS.ErrnoException).code}`,
+          )
+        ? new ProtocolError(
+            `the destination closed the connection before answering (${e.message}): it most likely refused ` +
+              "this host's certificate (expired, not yet valid, or from another CA); its log names the reason",
+          )
+        : e;
     this.wake();
   }
 
@@ -193,6 +219,9 @@ export async function connectTls(
   serverName: string,
   opts: { idleTimeoutMs?: number } = {},
 ): Promise<SocketLink> {
+  // An expired certificate of our own is refused by every agent after the handshake, with no word on the wire.
+  const own = certificateProblem(id);
+  if (own) throw new UsageError(own);
   const socket = tls.connect({
     host: to.host,
     port: to.port,
