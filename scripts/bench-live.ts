@@ -426,8 +426,18 @@ async function cleanup(): Promise<void> {
   activeProbe = undefined;
   stopContainers();
   if (ourTestbed) {
-    const r = precogSync('testbed', 'down');
-    if (r.code !== 0) console.error(`testbed down failed: ${r.stderr}`);
+    // Taken down for sure: a half-removed testbed of our own would look like somebody else's to the next link,
+    // which would wait for it for ever.
+    for (let attempt = 1; ; attempt++) {
+      const r = precogSync('testbed', 'down');
+      if (r.code === 0) break;
+      console.error(`testbed down failed (attempt ${attempt} of 3): ${r.stderr}`);
+      if (attempt === 3)
+        throw new Error(
+          'the testbed this bench brought up cannot be taken down (above); run "precog testbed down"',
+        );
+      await sleep(5000);
+    }
     ourTestbed = false;
   }
 }

@@ -304,6 +304,18 @@ function procPpid(pid: number): number | undefined {
   }
 }
 
+/** A process's state and command as /proc says ("D disk sleep: criu"), for messages. */
+function procState(pid: number): string {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const state = /^State:\s+(.*)$/m.exec(status)?.[1] ?? '?';
+    const name = /^Name:\s+(.*)$/m.exec(status)?.[1] ?? '?';
+    return `${state}: ${name}`;
+  } catch {
+    return 'gone';
+  }
+}
+
 export function isAlive(ref: ProcRef | null | undefined): ref is ProcRef {
   return !!ref && procStart(ref.pid) === ref.start;
 }
@@ -960,10 +972,12 @@ async function sweep(): Promise<string[]> {
   if (killed.length > 0) {
     const pids = [...new Set(killed.map((k) => k.pid))];
     done.push(`processes ${pids.join(' ')}`);
-    if (!(await waitUntil(() => !killed.some(isAlive), 5000)))
-      throw new Error(
-        `processes ${killed.filter(isAlive).map((k) => k.pid)} survived SIGKILL; run down again`,
-      );
+    // A killed process may take seconds to go: freeing gigabytes of memory, or finishing a system call in
+    // uninterruptible sleep (D). Only one still there after 20 s counts as surviving, named with its state.
+    if (!(await waitUntil(() => !killed.some(isAlive), 20_000))) {
+      const left = killed.filter(isAlive).map((k) => `${k.pid} (${procState(k.pid)})`);
+      throw new Error(`processes ${left.join(', ')} still exist 20 s after SIGKILL; run down again`);
+    }
   }
   // 3. Network: deleting a namespace deletes the veth end inside it, and with it the peer.
   for (const ns of netns) {
