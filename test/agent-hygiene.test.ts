@@ -1,6 +1,6 @@
 // An agent's connection hygiene and its own house-keeping (issue 14, docs/security.md "Connection hygiene"): a flood
 // of raw connections beyond the handshake limit closes the oldest and leaves an authenticated session alone; the
-// session limit answers with an ERROR; a sender that drips a frame byte by byte is dropped at the frame timeout
+// session limit answers with an ERROR; the pages of all migrations at once are bounded; a sender that drips a frame byte by byte is dropped at the frame timeout
 // though every byte resets the idle timeout; STATE beyond its limit is refused by name; a bug's raw JS error does
 // not reach the peer; what a previous agent run left unfinished is removed at start; an expired certificate of
 // its own is named, at the agent and at the client, with the fix.
@@ -147,6 +147,38 @@ test('STATE beyond the limit is refused by name, and the refused migration leave
     assert.match(s.frames.map((f) => f.text).join('\n'), /state is over 1000 bytes, this agent's limit/);
     await until(() => readdirSync(join(root, 'state-limit')).length === 0);
     assert.deepEqual(readdirSync(join(root, 'state-limit')), []);
+  } finally {
+    await agent.close();
+  }
+});
+
+test('pages declared by all sessions at once are bounded: one more LAYOUT is refused until a session ends', async () => {
+  const { agent, at } = await agentWith('in-flight', { limits: { pagesInFlight: 100 } });
+  const layout = (pages: number) =>
+    jsonFrame(FrameType.Layout, { pageSize: 4096, pageCount: pages, regions: [{ start: '0x1000', pages }] });
+  try {
+    const a = await session(at);
+    a.s.write(hello('flight-a'));
+    a.s.write(layout(80));
+    await until(() => existsSync(join(root, 'in-flight', 'flight-a')));
+    const b = await session(at);
+    b.s.write(hello('flight-b'));
+    b.s.write(layout(30));
+    await b.closing;
+    assert.match(
+      b.frames.map((f) => f.text).join('\n'),
+      /receiving 80 pages already; 30 more would pass its limit of 100 \(PRECOG_MAX_PAGES_IN_FLIGHT\)/,
+    );
+    a.s.destroy();
+    await a.closing;
+    await until(() => !existsSync(join(root, 'in-flight', 'flight-a')));
+    const c = await session(at);
+    c.s.write(hello('flight-c'));
+    c.s.write(layout(30));
+    await until(() => existsSync(join(root, 'in-flight', 'flight-c')));
+    assert.ok(existsSync(join(root, 'in-flight', 'flight-c')), 'taken once the first session ended');
+    assert.ok(!c.isClosed());
+    c.s.destroy();
   } finally {
     await agent.close();
   }

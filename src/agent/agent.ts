@@ -77,7 +77,18 @@ export interface AgentLimits {
   frameTimeoutMs: number;
   /** Bytes of non-memory state (STATE frames) one migration may send. */
   stateBytes: number;
+  /**
+   * Pages of all migrations being received at once: each declared page costs per-page state (about 10 bytes)
+   * before anything arrives, so many sessions at the per-migration limit would together exhaust memory.
+   */
+  pagesInFlight: number;
 }
+
+/** Pages of all migrations received at once: PRECOG_MAX_PAGES_IN_FLIGHT, default 2^25 (128 GiB of memory). */
+export const maxPagesInFlight = (): number => {
+  const v = Number(process.env.PRECOG_MAX_PAGES_IN_FLIGHT);
+  return Number.isSafeInteger(v) && v > 0 ? v : 2 ** 25;
+};
 
 /** The most STATE bytes one migration may send: PRECOG_MAX_STATE_BYTES, default 2 GiB (a commit reads it whole). */
 export const maxStateBytes = (): number => {
@@ -90,6 +101,7 @@ export const AGENT_LIMITS: AgentLimits = {
   sessions: 1024,
   frameTimeoutMs: 120_000,
   stateBytes: 2 ** 31,
+  pagesInFlight: 2 ** 25,
 };
 
 /** JS's own error classes: a bug here, not something the peer did; the peer gets no internals. */
@@ -164,6 +176,8 @@ export class Agent {
   /** Connections in the TLS handshake, oldest first. */
   private readonly pending = new Set<net.Socket>();
   private evicting = 0;
+  /** Pages declared by the migrations being received now (their per-page state is allocated). */
+  private pagesInFlight = 0;
   private refusals: RefusalLog;
   /**
    * Container post-copies after their switchover, by migration id, with the session that feeds them (null once it
@@ -182,7 +196,12 @@ export class Agent {
 
   constructor(options: AgentOptions) {
     this.o = options;
-    this.limits = { ...AGENT_LIMITS, stateBytes: maxStateBytes(), ...options.limits };
+    this.limits = {
+      ...AGENT_LIMITS,
+      stateBytes: maxStateBytes(),
+      pagesInFlight: maxPagesInFlight(),
+      ...options.limits,
+    };
     this.refusals = new RefusalLog(options.log);
     this.host = options.hostName ?? options.identity?.name ?? hostname();
     this.control = new ControlServer({
@@ -420,11 +439,20 @@ export class Agent {
     /** Whether this session made its migration's directory (and so may remove it). */
     let ownsDir = false;
     let stateBytes = 0;
+    /** Pages this session counts in the agent's pages in flight, until it closes. */
+    let declared = 0;
     const dest = new MigrationDestination({
       restoreCost: 0,
       backing: (layout: Layout, id: string, hello): PageBacking => {
         log = log.child({ migration: id });
         const bytes = layout.pageCount * layout.pageSize;
+        if (this.pagesInFlight + layout.pageCount > this.limits.pagesInFlight)
+          throw new ProtocolError(
+            `this agent is receiving ${this.pagesInFlight} pages already; ${layout.pageCount} more would pass its ` +
+              `limit of ${this.limits.pagesInFlight} (PRECOG_MAX_PAGES_IN_FLIGHT): try again when a migration is done`,
+          );
+        this.pagesInFlight += layout.pageCount;
+        declared = layout.pageCount;
         // One directory per migration id, made by this session alone: an id in use (a session receiving it, or a
         // committed migration) is refused, and this session never removes a directory it did not make.
         try {
@@ -734,6 +762,8 @@ export class Agent {
     socket.on('close', () => {
       this.sockets.delete(socket);
       watchFrame(true);
+      this.pagesInFlight -= declared;
+      declared = 0;
       control?.abort('the client went away');
       // The lazy-pages daemon may still be copying pages in when the source goes: it is served until it closes
       // (after a lost link, its requests for pages that never came wait: the container stalls, it does not run on
