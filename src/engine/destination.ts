@@ -1,5 +1,5 @@
 import { Bitmap } from '../util/bitmap.ts';
-import { ProtocolError } from '../util/errors.ts';
+import { ProtocolError, peerValue } from '../util/errors.ts';
 import { readBatch } from '../codec/batch.ts';
 import {
   decodeFrame,
@@ -87,11 +87,9 @@ export function layoutRefusal(
   maxProcesses = maxLayoutProcesses(),
 ): string | null {
   if (typeof layout !== 'object' || layout === null) return 'not a JSON object';
-  if (layout.pageSize !== PAGE_SIZE)
-    return `page size ${JSON.stringify(layout.pageSize)}, expected ${PAGE_SIZE}`;
+  if (layout.pageSize !== PAGE_SIZE) return `page size ${peerValue(layout.pageSize)}, expected ${PAGE_SIZE}`;
   const n = layout.pageCount;
-  if (!Number.isSafeInteger(n) || n < 1)
-    return `page count ${JSON.stringify(n)} is not a positive whole number`;
+  if (!Number.isSafeInteger(n) || n < 1) return `page count ${peerValue(n)} is not a positive whole number`;
   if (n > maxPages) return `${n} pages is more than this destination takes (${maxPages}: PRECOG_MAX_PAGES)`;
   if (
     !Array.isArray(layout.regions) ||
@@ -109,11 +107,11 @@ export function layoutRefusal(
       typeof r.start !== 'string' ||
       !/^(0x)?[0-9a-f]{1,16}$/i.test(r.start)
     )
-      return `region start ${JSON.stringify((r as { start?: unknown })?.start)} is not a hex address`;
+      return `region start ${peerValue((r as { start?: unknown })?.start)} is not a hex address`;
     if (!Number.isSafeInteger(r.pages) || r.pages < 1)
-      return `region ${r.start} has ${JSON.stringify(r.pages)} pages`;
+      return `region ${r.start} has ${peerValue(r.pages)} pages`;
     if (r.pid !== undefined && (!Number.isSafeInteger(r.pid) || r.pid < 0))
-      return `region ${r.start} has pid ${String(JSON.stringify(r.pid)).slice(0, 80)}`;
+      return `region ${r.start} has pid ${peerValue(r.pid)}`;
     const pid = r.pid ?? 0;
     if (pid !== lastPid) {
       if (pids.has(pid)) return `the regions of process ${pid} are not consecutive`;

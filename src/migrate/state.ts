@@ -29,7 +29,7 @@ import { planLazy } from '../criu/lazy.ts';
 import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
 import type { Layout } from '../engine/types.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
-import { InputError } from '../util/errors.ts';
+import { InputError, peerValue } from '../util/errors.ts';
 import type { ExtraPage } from './memory.ts';
 
 /**
@@ -224,9 +224,6 @@ const MAX_TASKS = 100_000;
 const MAX_RUNS = 1_000_000;
 const MAX_EXTRAS = 1 << 20;
 
-/** A peer's value in a message, short (JSON.stringify gives undefined for undefined). */
-const show = (x: unknown): string => String(JSON.stringify(x)).slice(0, 80);
-
 const isId = (x: unknown): x is number =>
   Number.isSafeInteger(x) && (x as number) > 0 && (x as number) < 2 ** 31;
 const isHexAddress = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{1,16}$/.test(x);
@@ -258,27 +255,27 @@ export function headerRefusal(h: StateHeader): string | null {
   if (e) return e;
   for (const p of h.pids)
     if (!Array.isArray(p) || p.length !== 2 || !isId(p[0]) || !isId(p[1]))
-      return `pid pair ${show(p)} is not two process ids`;
+      return `pid pair ${peerValue(p)} is not two process ids`;
   for (const [kind, segs] of [
     ['task', h.tasks],
     ['shared memory segment', h.shmem],
   ] as const)
     for (const t of segs) {
       if (typeof t !== 'object' || t === null || !isId(t.id))
-        return `${kind} id ${show((t as { id?: unknown })?.id)} is not a positive integer`;
+        return `${kind} id ${peerValue((t as { id?: unknown })?.id)} is not a positive integer`;
       if (!Array.isArray(t.runs) || t.runs.length > MAX_RUNS)
         return `${kind} ${t.id}: runs are not a bounded list`;
-      for (const r of t.runs) if (!isRun(r)) return `${kind} ${t.id}: run ${show(r)} is malformed`;
+      for (const r of t.runs) if (!isRun(r)) return `${kind} ${t.id}: run ${peerValue(r)} is malformed`;
     }
   for (const x of h.extras)
     if (!Array.isArray(x) || x.length !== 2 || !isId(x[0]) || !isHexAddress(x[1]))
-      return `extra page ${show(x)} is not [task id, hex address]`;
+      return `extra page ${peerValue(x)} is not [task id, hex address]`;
   const names = h.sections.map((x) => (x as { name?: unknown })?.name);
   if (JSON.stringify(names) !== JSON.stringify(SECTIONS))
-    return `sections ${JSON.stringify(names)}, expected ${SECTIONS.join(', ')}`;
+    return `sections ${peerValue(names)}, expected ${SECTIONS.join(', ')}`;
   for (const x of h.sections)
     if (!Number.isSafeInteger(x.bytes) || x.bytes < 0)
-      return `section ${show(x.name)} has a size of ${show(x.bytes)}`;
+      return `section ${peerValue(x.name)} has a size of ${peerValue(x.bytes)}`;
   let shmemPages = 0;
   for (const seg of h.shmem) for (const r of seg.runs) if (r[2] & PE_PRESENT) shmemPages += r[1];
   if (h.sections[3].bytes !== shmemPages * PAGE_SIZE)

@@ -27,6 +27,14 @@ export class ProtocolError extends Error {
   readonly exitCode = 1;
 }
 
+/**
+ * A value a peer sent, for a message that names it: JSON, at most 80 characters ("undefined" for undefined, where
+ * JSON.stringify gives no string), so that a refusal neither throws nor echoes megabytes back.
+ */
+export function peerValue(x: unknown): string {
+  return String(JSON.stringify(x)).slice(0, 80);
+}
+
 export function exitCodeOf(err: unknown): number {
   if (err && typeof err === 'object' && 'exitCode' in err && typeof err.exitCode === 'number') {
     return err.exitCode;
