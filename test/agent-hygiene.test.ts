@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { after, test } from 'node:test';
 import { Agent, type AgentOptions } from '../src/agent/agent.ts';
-import { decodeFrame, FrameType, jsonFrame, PROTOCOL_VERSION } from '../src/transport/frame.ts';
+import { decodeFrame, encodeFrame, FrameType, jsonFrame, PROTOCOL_VERSION } from '../src/transport/frame.ts';
+import { STATE_MAGIC, STATE_SCHEMA } from '../src/migrate/state.ts';
 import { initPki, issueCert, loadIdentity } from '../src/transport/pki.ts';
 import { certificateProblem, connectTls, type Endpoint } from '../src/transport/tls.ts';
 import { FrameReader } from '../src/transport/stream.ts';
@@ -147,6 +148,38 @@ test('STATE beyond the limit is refused by name, and the refused migration leave
     assert.match(s.frames.map((f) => f.text).join('\n'), /state is over 1000 bytes, this agent's limit/);
     await until(() => readdirSync(join(root, 'state-limit')).length === 0);
     assert.deepEqual(readdirSync(join(root, 'state-limit')), []);
+    // A container's state is refused at its header, by the size it declares, before its sections come.
+    const c = await session(at);
+    c.s.write(hello('big-box', { purpose: 'criu-images' }));
+    c.s.write(
+      jsonFrame(FrameType.Layout, { pageSize: 4096, pageCount: 1, regions: [{ start: '0x1000', pages: 1 }] }),
+    );
+    const header = Buffer.from(
+      JSON.stringify({
+        schema: STATE_SCHEMA,
+        container: {},
+        pids: [],
+        tasks: [],
+        shmem: [],
+        extras: [],
+        sections: ['images.tar', 'upper.tar', 'extras', 'shmem'].map((name, i) => ({
+          name,
+          bytes: i === 1 ? 1e9 : 0,
+        })),
+      }),
+    );
+    const head = Buffer.alloc(12);
+    head.write(STATE_MAGIC, 0, 'latin1');
+    head.writeUInt32LE(header.length, 8);
+    assert.ok(12 + header.length < 1000, 'the header alone is within the limit');
+    c.s.write(encodeFrame(FrameType.State, Buffer.concat([head, header])));
+    await Promise.race([c.closing, new Promise((r) => setTimeout(r, 3000))]);
+    assert.match(
+      c.frames.map((f) => f.text).join('\n'),
+      /declares 1000000\d{3} bytes, over the limit of 1000 bytes: this agent's limit \(PRECOG_MAX_STATE_BYTES\)/,
+    );
+    await until(() => readdirSync(join(root, 'state-limit')).length === 0);
+    assert.deepEqual(readdirSync(join(root, 'state-limit')), []);
   } finally {
     await agent.close();
   }
@@ -218,8 +251,10 @@ test('at start the agent removes what a previous run left unfinished, and keeps 
   mkdirSync(join(dir, 'crashed'), { recursive: true });
   writeFileSync(join(dir, 'crashed', 'pages.img.part'), Buffer.alloc(4096));
   mkdirSync(join(dir, 'done-1'), { recursive: true });
-  for (const f of ['COMMITTED', 'layout.json', 'pages.img', 'state.bin.part'])
-    writeFileSync(join(dir, 'done-1', f), 'x');
+  for (const f of ['COMMITTED', 'layout.json', 'pages.img']) writeFileSync(join(dir, 'done-1', f), 'x');
+  // A state directory half received (StateReceiver's), with a section in it.
+  mkdirSync(join(dir, 'done-1', 'state.part'));
+  writeFileSync(join(dir, 'done-1', 'state.part', 'images.tar'), 'x');
   mkdirSync(join(dir, 'outgoing'), { recursive: true });
   const { agent } = await agentWith('leftovers');
   try {

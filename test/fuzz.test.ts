@@ -23,7 +23,7 @@ import { MigrationDestination } from '../src/engine/destination.ts';
 import type { HelloMessage } from '../src/engine/messages.ts';
 import type { Layout } from '../src/engine/types.ts';
 import { parsePrecogTrace, parsePublicTrace, serializeTrace, type Trace } from '../src/memory/trace.ts';
-import { decodeState, encodeState, listTar } from '../src/migrate/state.ts';
+import { encodeState, listTar, StateReceiver } from '../src/migrate/state.ts';
 import { decodeFrame, encodeFrame, FrameType, jsonFrame, PROTOCOL_VERSION } from '../src/transport/frame.ts';
 import { FrameReader } from '../src/transport/stream.ts';
 import { InputError, ProtocolError, UsageError } from '../src/util/errors.ts';
@@ -263,10 +263,21 @@ describe('fuzzing what precog reads from peers and files', () => {
       head.writeUInt32LE(json.length, 8);
       return Buffer.concat([head, json, blob.subarray(12 + blob.readUInt32LE(8))]);
     };
-    const arb = fc.oneof(mutatedFrom([blob]), mutatedJson(header).map(withHeader));
-    fuzz(t, 'state', arb, (b) => {
-      const { sections } = decodeState(b);
-      for (const name of ['images.tar', 'upper.tar']) listTar(sections.get(name)!, name);
+    // Each state arrives in two chunks cut anywhere (as STATE frames may cut it) and is stored as the agent does.
+    const arb = fc.tuple(fc.oneof(mutatedFrom([blob]), mutatedJson(header).map(withHeader)), fc.nat());
+    let k = 0;
+    fuzz(t, 'state', arb, ([b, cut]) => {
+      const at = cut % (b.length + 1);
+      const rx = new StateReceiver(join(work, `rx-${k++}`), 'state', { bytes: 1 << 20, hint: 'limit' });
+      try {
+        rx.push(b.subarray(0, at));
+        rx.push(b.subarray(at));
+        const { dir } = rx.finish();
+        for (const name of ['images.tar', 'upper.tar']) listTar({ file: join(dir, name) }, name);
+      } finally {
+        rx.close();
+        rmSync(join(work, `rx-${k - 1}`), { recursive: true, force: true });
+      }
     });
   });
 

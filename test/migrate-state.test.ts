@@ -31,13 +31,14 @@ import {
 } from '../src/criu/pageserver.ts';
 import type { Layout } from '../src/engine/types.ts';
 import {
-  decodeState,
   encodeState,
   PARENT_DIR,
   rebuildCheckpoint,
   rebuildFromFiles,
   rebuildOnParent,
   STATE_MAGIC,
+  StateReceiver,
+  storeState,
   type RebuildResult,
 } from '../src/migrate/state.ts';
 import { InputError } from '../src/util/errors.ts';
@@ -69,6 +70,9 @@ function pagesWithParent(images: string, id: number): Map<bigint, Buffer> {
 describe('migration state and the destination rebuild', () => {
   const dir = mkdtempSync(join(tmpdir(), 'precog-state-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  /** The blob as the agent keeps it, from STATE frames. */
+  const stored = (blob: Buffer) => storeState(blob, join(dir, `state-${n++}`));
 
   test('images rebuilt from the store + changed pages + extra pages hold exactly what CRIU dumped', () => {
     // Task 1 (machine pid 900) has two regions in the live layout: 0x10000 (4 pages) and 0x40000 (2 pages).
@@ -84,6 +88,8 @@ describe('migration state and the destination rebuild', () => {
     const store = Buffer.concat([0, 1, 2, 3, 4, 5].map((g) => page(100 + g)));
     // The dump: 0x10000..0x13000 (g 0..3; g 2 rewritten to 222), 0x40000 (g 4), and 0x90000 (a new mapping).
     const dst = encodeDstId('pid', 1);
+    const shm = encodeDstId('shmem', 99);
+    const shmPages = Buffer.concat([page(901), page(902), page(903)]);
     const dumped = new Map<bigint, Buffer>([
       [0x10000n, page(100)],
       [0x11000n, page(101)],
@@ -100,9 +106,15 @@ describe('migration state and the destination rebuild', () => {
       dumped.get(0x40000n)!,
       encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: 0x90000n, dstId: dst }, 32),
       dumped.get(0x90000n)!,
+      // A shared anonymous segment: it comes whole with the state, its pages copied from the state's file.
+      encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 2, vaddr: 0x0n, dstId: shm }, 32),
+      shmPages.subarray(0, 2 * PAGE),
+      encodeIov({ cmd: psCmd(PS_IOV_ADD_F, PE_PRESENT), nrPages: 1, vaddr: 0x5000n, dstId: shm }, 32),
+      shmPages.subarray(2 * PAGE),
       encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0n, dstId: 0n }, 32),
     ]);
-    const holds = (_id: number, vaddr: bigint, bytes: Buffer) => {
+    const holds = (_id: number, vaddr: bigint, bytes: Buffer, kind?: string) => {
+      if (kind === 'shmem') return false;
       const region = vaddr >= 0x40000n ? { start: 0x40000n, first: 4 } : { start: 0x10000n, first: 0 };
       const g = region.first + Number((vaddr - region.start) / 4096n);
       return vaddr < 0x90000n && store.subarray(g * PAGE, (g + 1) * PAGE).equals(bytes);
@@ -133,7 +145,19 @@ describe('migration state and the destination rebuild', () => {
     const check = (out: string, r: RebuildResult) => {
       assert.deepEqual(
         { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
-        { pages: 6, fromStore: 5, fromState: 1 },
+        { pages: 6, fromStore: 5, fromState: 4 },
+      );
+      const shmMap = readPagemap(join(out, 'images'), 'shmem-99');
+      assert.deepEqual(
+        shmMap.entries.map((e) => [e.vaddr, e.nr_pages]),
+        [
+          [0n, 2],
+          [0x5000n, 1],
+        ],
+      );
+      assert.ok(
+        readFileSync(join(out, 'images', `pages-${shmMap.pagesId}.img`)).equals(shmPages),
+        'the shared memory pages, byte for byte',
       );
       const got = pagesWithParent(join(out, 'images'), 1);
       assert.deepEqual([...got.keys()], [...dumped.keys()], 'the same pages as the dump, in address order');
@@ -146,7 +170,7 @@ describe('migration state and the destination rebuild', () => {
     const out = join(dir, 'rebuilt');
     check(
       out,
-      rebuildCheckpoint(blob, layout, (g, n) => store.subarray(g * PAGE, (g + n) * PAGE), out),
+      rebuildCheckpoint(stored(blob), layout, (g, n) => store.subarray(g * PAGE, (g + n) * PAGE), out),
     );
     // A store kept as one file per process (the agent's, for containers): the files become the parent image.
     const onParent = join(dir, 'rebuilt-parent');
@@ -159,7 +183,7 @@ describe('migration state and the destination rebuild', () => {
       files.settle();
     }
     files.close();
-    check(onParent, rebuildOnParent(blob, layout, files.processes, onParent));
+    check(onParent, rebuildOnParent(stored(blob), layout, files.processes, onParent));
     const child = readPagemap(join(onParent, 'images'), 1).entries;
     assert.equal(
       child.filter((e) => pagemapFlags(e) & PE_PARENT).reduce((a, e) => a + e.nr_pages, 0),
@@ -257,7 +281,7 @@ describe('migration state and the destination rebuild', () => {
       files.settle();
     });
     files.close();
-    const r = rebuildFromFiles(blob, layout, files.processes, out);
+    const r = rebuildFromFiles(stored(blob), layout, files.processes, out);
     assert.equal(r.layout, 'self', `self layout chosen (${r.why})`);
     assert.deepEqual(
       { pages: r.pages, fromStore: r.fromStore, fromState: r.fromState },
@@ -310,15 +334,61 @@ describe('migration state and the destination rebuild', () => {
       regions: [{ start: '0x9000', pages: 1, pid: 77 }],
     };
     assert.throws(
-      () => rebuildCheckpoint(blob, layout, () => Buffer.alloc(PAGE), join(dir, 'x')),
+      () => rebuildCheckpoint(stored(blob), layout, () => Buffer.alloc(PAGE), join(dir, 'x')),
       (e: Error) =>
         e instanceof InputError && /page 0x5000 of task 5 is neither in the page store/.test(e.message),
     );
-    assert.throws(() => decodeState(Buffer.from('hello')), /not a precog migration state/);
-    const cut = blob.subarray(0, blob.length - 10);
-    assert.throws(() => decodeState(cut), /runs past the end/);
+  });
+
+  test('a state is taken in chunk by chunk, checked at its header, and refused by name when malformed', () => {
+    const images = mkdtempSync(join(dir, 'i-'));
+    writeFileSync(join(images, 'core-1.img'), Buffer.alloc(5000, 3));
+    const blob = encodeState({
+      container: { name: 'x' },
+      pids: [],
+      dump: { tasks: new Map(), shmem: new Map() } as unknown as Parameters<typeof encodeState>[0]['dump'],
+      extras: [],
+      imagesDir: images,
+      upperDir: images,
+    });
+    const limit = { bytes: blob.length, hint: 'raise it' };
+    const receive = (chunks: Buffer[], l = limit) => {
+      const rx = new StateReceiver(join(dir, `rx-${n++}`), 'state', l);
+      try {
+        for (const c of chunks) rx.push(c);
+        return rx.finish();
+      } finally {
+        rx.close();
+      }
+    };
+    // One byte at a time: the same sections on disk as the whole blob.
+    const whole = receive([blob]);
+    const bytewise = receive([...blob].map((b) => Buffer.from([b])));
+    assert.deepEqual(bytewise.header, whole.header);
+    for (const name of ['images.tar', 'upper.tar', 'extras', 'shmem'])
+      assert.ok(readFileSync(join(bytewise.dir, name)).equals(readFileSync(join(whole.dir, name))), name);
+    assert.equal(readFileSync(join(whole.dir, 'images.tar')).length, whole.header.sections[0].bytes);
+    // Refused as soon as what is wrong has arrived: the magic in the first 8 bytes, the header once whole.
+    assert.throws(() => receive([Buffer.from('hello, w')]), /not a precog migration state/);
     const bad = Buffer.from(blob);
     bad.write('!', 12);
-    assert.throws(() => decodeState(bad), /header is not JSON|schema/);
+    assert.throws(() => receive([bad.subarray(0, 12 + bad.readUInt32LE(8))]), /header is not JSON/);
+    // A header declaring more than the limit, before any section byte is stored.
+    assert.throws(
+      () =>
+        receive([blob.subarray(0, 12 + blob.readUInt32LE(8))], { bytes: blob.length - 1, hint: 'raise it' }),
+      (e: Error) =>
+        e instanceof InputError &&
+        /declares \d+ bytes, over the limit of \d+ bytes: raise it/.test(e.message),
+    );
+    assert.throws(
+      () => receive([blob.subarray(0, blob.length - 10)]),
+      /section upper\.tar ends 10 bytes short/,
+    );
+    assert.throws(
+      () => receive([blob, Buffer.from('x')], { bytes: 2 * blob.length, hint: '' }),
+      /bytes after the last section/,
+    );
+    assert.throws(() => receive([blob.subarray(0, 11)]), /ends inside its header \(11 bytes came\)/);
   });
 });

@@ -20,6 +20,7 @@ import { after, describe, test } from 'node:test';
 import type { Layout } from '../src/engine/types.ts';
 import {
   rebuildCheckpoint,
+  storeState,
   STATE_MAGIC,
   STATE_SCHEMA,
   tarDir,
@@ -69,7 +70,7 @@ const oneTask = [{ id: 1, runs: [['10000', 1, 4]] as [string, number, number][] 
 let n = 0;
 function rebuild(blob: Buffer): string {
   const out = join(dir, `out-${n++}`);
-  rebuildCheckpoint(blob, layout, () => store(), out);
+  rebuildCheckpoint(storeState(blob, `${out}.state`), layout, () => store(), out);
   return out;
 }
 

@@ -4,7 +4,6 @@ import {
   lstatSync,
   mkdirSync,
   readdirSync,
-  readFileSync,
   renameSync,
   rmSync,
   writeFileSync,
@@ -34,6 +33,8 @@ import {
   rebuildCheckpoint,
   rebuildForPostcopy,
   rebuildFromFiles,
+  StateReceiver,
+  type StoredState,
   type RebuildResult,
 } from '../migrate/state.ts';
 import { ContainerPostcopy } from './postcopy.ts';
@@ -90,7 +91,11 @@ export const maxPagesInFlight = (): number => {
   return Number.isSafeInteger(v) && v > 0 ? v : 2 ** 25;
 };
 
-/** The most STATE bytes one migration may send: PRECOG_MAX_STATE_BYTES, default 2 GiB (a commit reads it whole). */
+/** What a source whose state is over the limit is told. */
+const STATE_LIMIT =
+  "this agent's limit (PRECOG_MAX_STATE_BYTES): the container writes too much outside its memory to move this way";
+
+/** The most STATE bytes one migration may send: PRECOG_MAX_STATE_BYTES, default 2 GiB. */
 export const maxStateBytes = (): number => {
   const v = Number(process.env.PRECOG_MAX_STATE_BYTES);
   return Number.isSafeInteger(v) && v > 0 ? v : 2 ** 31;
@@ -156,8 +161,13 @@ export const DEFAULT_SESSION_IDLE_MS = 120_000;
 export const COMMITTED_FILES = {
   layout: 'layout.json',
   pages: 'pages.img',
-  /** The source's non-memory state (CRIU images and writable layer of a container), when it sent one. */
+  /** The STATE bytes of a migration of memory, when its source sent any, as they came. */
   state: 'state.bin',
+  /**
+   * A container's non-memory state (CRIU images, writable layer): a directory, one file per section
+   * (StateReceiver).
+   */
+  containerState: 'state',
   /** A container's checkpoint rebuilt from the pages and the state (images/, upper/, state.json): no pages.img. */
   checkpoint: 'checkpoint',
   done: 'COMMITTED',
@@ -328,7 +338,7 @@ export class Agent {
         }
         for (const f of readdirSync(dir))
           if (f.endsWith('.part')) {
-            rmSync(join(dir, f), { force: true });
+            rmSync(join(dir, f), { recursive: true, force: true });
             this.o.log.warn({ migration: name, file: f }, 'removed a partial file a previous agent run left');
           }
       } catch (err) {
@@ -439,6 +449,14 @@ export class Agent {
     /** Whether this session made its migration's directory (and so may remove it). */
     let ownsDir = false;
     let stateBytes = 0;
+    /** A container's state being received (STATE frames), into its own directory. */
+    let stateRx: StateReceiver | null = null;
+    /** The whole state, once the source commits or switches over (an InputError when the source sent it short). */
+    const receivedState = (id: string): StoredState => {
+      if (!stateRx)
+        throw new Error(`migration ${id} of a container committed without its state (CRIU images, layer)`);
+      return stateRx.finish();
+    };
     /** Pages this session counts in the agent's pages in flight, until it closes. */
     let declared = 0;
     const dest = new MigrationDestination({
@@ -502,10 +520,20 @@ export class Agent {
         stateBytes += chunk.length;
         if (stateBytes > this.limits.stateBytes)
           throw new ProtocolError(
-            `the source's state is over ${this.limits.stateBytes} bytes, this agent's limit ` +
-              '(PRECOG_MAX_STATE_BYTES): the container writes too much outside its memory to move this way',
+            `the source's state is over ${this.limits.stateBytes} bytes, ${STATE_LIMIT}`,
           );
-        appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
+        if (dest.hello?.purpose !== 'criu-images') {
+          appendFileSync(join(dirOf(id), `${COMMITTED_FILES.state}.part`), chunk, { mode: 0o600 });
+          return;
+        }
+        // A container's: each chunk goes to disk as it comes, the header checked as soon as it is whole, and the
+        // sizes it declares against the limit.
+        stateRx ??= new StateReceiver(
+          join(dirOf(id), `${COMMITTED_FILES.containerState}.part`),
+          `migration ${id}'s state`,
+          { bytes: this.limits.stateBytes, hint: STATE_LIMIT },
+        );
+        stateRx.push(chunk);
       },
       commit: (store, id) => {
         const t0 = performance.now();
@@ -537,15 +565,11 @@ export class Agent {
           );
         const id = dest.migrationId;
         const dir = dirOf(id);
-        const statePart = join(dir, `${COMMITTED_FILES.state}.part`);
-        if (!existsSync(statePart))
-          throw new Error(
-            `migration ${id} of a container switched over without its state (CRIU images, layer)`,
-          );
+        const state = receivedState(id);
         const t0 = performance.now();
         store.backing.flush();
         const r = rebuildForPostcopy(
-          readFileSync(statePart),
+          state,
           store.layout,
           (g) => store.present.get(g),
           (first, count) => store.backing.readRun(first, count),
@@ -553,7 +577,7 @@ export class Agent {
           `migration ${id}'s state`,
         );
         writeFileSync(join(dir, COMMITTED_FILES.layout), JSON.stringify(store.layout));
-        renameSync(statePart, join(dir, COMMITTED_FILES.state));
+        renameSync(state.dir, join(dir, COMMITTED_FILES.containerState));
         writeFileSync(join(dir, COMMITTED_FILES.done), new Date().toISOString());
         postcopy.attach(store, r, send);
         const p = postcopy;
@@ -647,20 +671,18 @@ export class Agent {
       if (dest.hello?.purpose !== 'criu-images' && existsSync(statePart))
         renameSync(statePart, join(dir, COMMITTED_FILES.state));
       if (dest.hello?.purpose === 'criu-images') {
-        if (!existsSync(statePart))
-          throw new Error(`migration ${id} of a container committed without its state (CRIU images, layer)`);
         // A container: the state says how to lay the pages out as CRIU images, ready for criu restore. The pages
         // go from the store straight into pages-N.img (no copy of the whole store on the way).
-        const blob = readFileSync(statePart);
+        const state = receivedState(id);
         const t0 = performance.now();
         const what = `migration ${id}'s state`;
         const out = join(dir, COMMITTED_FILES.checkpoint);
         store.backing.flush();
         const r: RebuildResult & { layout?: string; why?: string | null; cuts?: number; cutMs?: number } =
           store.backing instanceof ProcessFilesBacking
-            ? rebuildFromFiles(blob, store.layout, store.backing.processes, out, what)
+            ? rebuildFromFiles(state, store.layout, store.backing.processes, out, what)
             : rebuildCheckpoint(
-                blob,
+                state,
                 store.layout,
                 (first, count) => store.backing.readRun(first, count),
                 out,
@@ -668,7 +690,7 @@ export class Agent {
               );
         store.backing.close();
         rmSync(join(dir, `${COMMITTED_FILES.pages}.part`), { force: true });
-        renameSync(statePart, join(dir, COMMITTED_FILES.state));
+        renameSync(state.dir, join(dir, COMMITTED_FILES.containerState));
         log.info(
           {
             pages: r.pages,
@@ -780,6 +802,7 @@ export class Agent {
           );
       }
       postcopy?.release();
+      stateRx?.close();
       if (!dest.committed) dest.abandon();
       if (reader.pending > 0 && !refused)
         log.warn({ bytes: reader.pending }, 'connection closed inside a frame');

@@ -438,7 +438,7 @@ export function readVmas(dir: string, id: number | bigint): VmaEntry[] {
  */
 export function writePagemapEntries(
   dir: string,
-  id: number | bigint,
+  id: number | bigint | string,
   entries: readonly { vaddr: bigint; nrPages: number; flags: number }[],
   opts: { pagesId: number } & PagemapWriteOptions,
 ): string {

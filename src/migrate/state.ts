@@ -6,6 +6,8 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  readFileSync,
+  readSync,
   renameSync,
   statSync,
   symlinkSync,
@@ -74,6 +76,12 @@ export function tarDir(dir: string): Buffer {
   return r.stdout;
 }
 
+/** tar's arguments to read an archive: from its standard input (a buffer), or from a file this process wrote. */
+const tarInput = (data: Buffer | { file: string }): string[] => [
+  '-f',
+  Buffer.isBuffer(data) ? '-' : data.file,
+];
+
 /** A member of a tar archive as GNU tar lists it: its type (the mode's first letter), name, and device numbers. */
 interface TarMember {
   type: string;
@@ -90,9 +98,9 @@ const MAX_TAR_MEMBERS = 1_000_000;
  * The members of a tar archive a peer sent, listed without unpacking anything (GNU tar's verbose listing, names
  * escaped so that one member is one line). An archive tar cannot read is an InputError.
  */
-export function listTar(data: Buffer, what: string): TarMember[] {
-  const r = spawnSync('tar', ['-tvf', '-', '--numeric-owner', '--quoting-style=escape'], {
-    input: data,
+export function listTar(data: Buffer | { file: string }, what: string): TarMember[] {
+  const r = spawnSync('tar', ['-tv', ...tarInput(data), '--numeric-owner', '--quoting-style=escape'], {
+    input: Buffer.isBuffer(data) ? data : undefined,
     maxBuffer: 1 << 30,
   });
   if (r.status !== 0)
@@ -159,14 +167,17 @@ export function tarRefusal(members: TarMember[], flat: boolean): string | null {
 }
 
 /** Unpacks a peer's archive into DIR once tarRefusal passes it; `flat`: CRIU's images (checked again on disk). */
-function untar(data: Buffer, dir: string, what: string, flat: boolean): void {
-  const why = tarRefusal(listTar(data, what), flat);
+function untar(file: string, dir: string, what: string, flat: boolean): void {
+  const why = tarRefusal(listTar({ file }, what), flat);
   if (why) throw new InputError(`${what}: ${why}`);
   mkdirSync(dir, { recursive: true });
-  const r = spawnSync('tar', ['--xattrs', '--xattrs-include=trusted.overlay.*', '-C', dir, '-xpf', '-'], {
-    input: data,
-    maxBuffer: 1 << 20,
-  });
+  const r = spawnSync(
+    'tar',
+    ['--xattrs', '--xattrs-include=trusted.overlay.*', '-C', dir, '-xp', '-f', file],
+    {
+      maxBuffer: 1 << 20,
+    },
+  );
   if (r.error)
     // Not the peer's archive: this host could not run tar (out of memory or processes, no tar).
     throw new Error(`unpacking into ${dir}: cannot run tar (${r.error.message})`);
@@ -232,7 +243,7 @@ const isRun = (r: unknown): boolean =>
   r.length === 3 &&
   isHexAddress(r[0]) &&
   Number.isSafeInteger(r[1]) &&
-  r[1] >= 0 &&
+  r[1] >= 1 &&
   r[1] <= 1 << 28 &&
   Number.isSafeInteger(r[2]) &&
   r[2] >= 0 &&
@@ -285,35 +296,136 @@ export function headerRefusal(h: StateHeader): string | null {
   return null;
 }
 
-export function decodeState(
-  blob: Buffer,
-  what = 'state',
-): { header: StateHeader; sections: Map<string, Buffer> } {
-  if (blob.length < 12 || blob.toString('latin1', 0, 8) !== STATE_MAGIC)
-    throw new InputError(`${what} is not a precog migration state (no ${STATE_MAGIC} magic)`);
-  const len = blob.readUInt32LE(8);
-  if (12 + len > blob.length) throw new InputError(`${what}: header of ${len} bytes runs past the end`);
+/** Most bytes of a state's JSON header (its pids, tasks, runs and extra pages), held in memory while it arrives. */
+export const MAX_STATE_HEADER_BYTES = 256 << 20;
+
+/** The header of a state, from a buffer holding its first 12 + length bytes; checked for everything it may be. */
+function parseHeader(buf: Buffer, what: string): StateHeader {
+  const len = buf.readUInt32LE(8);
   let header: StateHeader;
   try {
-    header = JSON.parse(blob.toString('utf8', 12, 12 + len)) as StateHeader;
+    header = JSON.parse(buf.toString('utf8', 12, 12 + len)) as StateHeader;
   } catch (e) {
     throw new InputError(`${what}: header is not JSON (${(e as Error).message})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header))
     throw new InputError(`${what}: header is not a JSON object`);
   if (header.schema !== STATE_SCHEMA)
-    throw new InputError(`${what}: schema "${header.schema}", this precog reads ${STATE_SCHEMA}`);
+    throw new InputError(`${what}: schema ${peerValue(header.schema)}, this precog reads ${STATE_SCHEMA}`);
   const bad = headerRefusal(header);
   if (bad) throw new InputError(`${what}: ${bad}`);
-  const sections = new Map<string, Buffer>();
-  let at = 12 + len;
-  for (const s of header.sections) {
-    if (at + s.bytes > blob.length) throw new InputError(`${what}: section ${s.name} runs past the end`);
-    sections.set(s.name, blob.subarray(at, at + s.bytes));
-    at += s.bytes;
+  return header;
+}
+
+/** A state as the destination keeps it: its header, and one file per section in `dir`, named as the section. */
+export interface StoredState {
+  header: StateHeader;
+  dir: string;
+}
+
+/**
+ * Takes a state in as it arrives, chunk by chunk, into a directory of its own: the magic and header are checked as
+ * soon as they are whole (a malformed state is refused at its first frame, not after gigabytes), the sizes it
+ * declares against `maxBytes`, and each section goes to its own file as its bytes come. Memory: the header alone.
+ */
+export class StateReceiver {
+  private head: Buffer[] = [];
+  private headBytes = 0;
+  private header: StateHeader | null = null;
+  private section = 0;
+  private left = 0;
+  private fd: number | null = null;
+
+  /** `limit`: the most bytes a state may have, and what to tell a peer that passes it. */
+  constructor(
+    readonly dir: string,
+    private readonly what: string,
+    private readonly limit: { bytes: number; hint: string },
+  ) {
+    mkdirSync(dir, { mode: 0o700 });
   }
-  if (at !== blob.length) throw new InputError(`${what}: ${blob.length - at} bytes after the last section`);
-  return { header, sections };
+
+  push(chunk: Buffer): void {
+    let at = 0;
+    if (!this.header) at = this.takeHead(chunk);
+    while (this.header && at < chunk.length) {
+      if (this.section >= SECTIONS.length) throw new InputError(`${this.what}: bytes after the last section`);
+      const n = Math.min(this.left, chunk.length - at);
+      let done = 0;
+      while (done < n) done += writeSync(this.fd!, chunk, at + done, n - done);
+      at += n;
+      this.left -= n;
+      if (this.left === 0) this.nextSection();
+    }
+  }
+
+  /** The state once every byte it declared has come (else an InputError naming what is missing). */
+  finish(): StoredState {
+    if (!this.header)
+      throw new InputError(`${this.what}: ends inside its header (${this.headBytes} bytes came)`);
+    if (this.section < SECTIONS.length)
+      throw new InputError(
+        `${this.what}: section ${SECTIONS[this.section]} ends ${this.left} bytes short of what its header declares`,
+      );
+    return { header: this.header, dir: this.dir };
+  }
+
+  /** Closes the section file being written (a state that will not be finished). */
+  close(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+  }
+
+  /** Takes header bytes from the chunk; returns where its sections' bytes start. */
+  private takeHead(chunk: Buffer): number {
+    const before = this.headBytes;
+    this.head.push(chunk);
+    this.headBytes += chunk.length;
+    const buf = this.head.length === 1 ? this.head[0] : Buffer.concat(this.head);
+    this.head = [buf];
+    if (buf.length >= 8 && buf.toString('latin1', 0, 8) !== STATE_MAGIC)
+      throw new InputError(`${this.what} is not a precog migration state (no ${STATE_MAGIC} magic)`);
+    if (buf.length < 12) return chunk.length;
+    const len = buf.readUInt32LE(8);
+    if (len > MAX_STATE_HEADER_BYTES)
+      throw new InputError(`${this.what}: a header of ${len} bytes, more than ${MAX_STATE_HEADER_BYTES}`);
+    if (buf.length < 12 + len) return chunk.length;
+    const header = parseHeader(buf, this.what);
+    const declared = 12 + len + header.sections.reduce((a, s) => a + s.bytes, 0);
+    if (declared > this.limit.bytes)
+      throw new InputError(
+        `${this.what} declares ${declared} bytes, over the limit of ${this.limit.bytes} bytes: ${this.limit.hint}`,
+      );
+    this.header = header;
+    this.head = [];
+    this.section = -1;
+    this.nextSection();
+    return 12 + len - before;
+  }
+
+  /** Opens the next section's file (never one that exists: no link is followed); empty ones are passed at once. */
+  private nextSection(): void {
+    const sections = this.header!.sections;
+    for (;;) {
+      this.close();
+      this.section++;
+      if (this.section >= sections.length) return;
+      this.fd = openSync(join(this.dir, sections[this.section].name), 'wx', 0o600);
+      this.left = sections[this.section].bytes;
+      if (this.left > 0) return;
+    }
+  }
+}
+
+/** Keeps a whole state (a blob encodeState made) in DIR, as StateReceiver would from frames. */
+export function storeState(blob: Buffer, dir: string, what = 'state', maxBytes = 2 ** 31): StoredState {
+  const r = new StateReceiver(dir, what, { bytes: maxBytes, hint: 'the state is too large' });
+  try {
+    r.push(blob);
+    return r.finish();
+  } finally {
+    r.close();
+  }
 }
 
 /** Page lookup in a committed page store: (layout pid, vaddr) -> global page index. */
@@ -357,21 +469,31 @@ export interface RebuildResult {
 export type StoreRuns = (first: number, count: number) => Buffer;
 
 /** What both rebuilds start from: the state unpacked into outDir (images/, upper/, state.json), and lookups. */
-function unpack(blob: Buffer, layout: Layout, outDir: string, what: string) {
-  const { header, sections } = decodeState(blob, what);
+function unpack(state: StoredState, layout: Layout, outDir: string, what: string) {
+  const { header } = state;
+  const section = (name: string): string => join(state.dir, name);
   const images = join(outDir, 'images');
-  untar(sections.get('images.tar')!, images, `${what}: images.tar`, true);
-  untar(sections.get('upper.tar')!, join(outDir, 'upper'), `${what}: upper.tar`, false);
+  untar(section('images.tar'), images, `${what}: images.tar`, true);
+  untar(section('upper.tar'), join(outDir, 'upper'), `${what}: upper.tar`, false);
   writeFileSync(join(outDir, 'state.json'), JSON.stringify(header.container, null, 2) + '\n');
   // Pages that came with the state, by task and address.
   const extrasOf = new Map<number, Map<bigint, Buffer>>();
-  const extraData = sections.get('extras')!;
+  // Pages outside the live layout (few: mappings made after the last round) are kept in memory; the rest of the
+  // state is read from its files as it is used.
+  const extraData = readFileSync(section('extras'));
   header.extras.forEach(([id, vaddr], k) => {
     const m = extrasOf.get(id) ?? new Map<bigint, Buffer>();
     m.set(BigInt(`0x${vaddr}`), extraData.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE));
     extrasOf.set(id, m);
   });
-  return { header, sections, images, index: new LayoutIndex(layout), pidOf: new Map(header.pids), extrasOf };
+  return {
+    header,
+    shmemFile: section('shmem'),
+    images,
+    index: new LayoutIndex(layout),
+    pidOf: new Map(header.pids),
+    extrasOf,
+  };
 }
 
 /**
@@ -441,30 +563,58 @@ function writeTasks(
     }
     writePagemap(u.images, task.id, runs, { pagesId: pagesId++ });
   }
-  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  writeShmem(u.header, u.shmemFile, u.images, pagesId, out, what);
 }
 
-/** Shared anonymous memory comes whole with the state: its pagemaps and pages, numbered from pagesId. */
+/**
+ * Shared anonymous memory comes whole with the state: its pagemaps and pages, numbered from pagesId. The pages are
+ * copied from the state's shmem file run by run, a MiB at a time (a segment may be as large as the container).
+ */
 function writeShmem(
   header: StateHeader,
-  shmemData: Buffer,
+  shmemFile: string,
   images: string,
   pagesId: number,
   out: RebuildResult,
+  what: string,
 ): void {
-  let at = 0;
-  for (const seg of header.shmem) {
-    const runs: PageRun[] = seg.runs.map(([hex, nrPages, flags]) => {
-      const vaddr = BigInt(`0x${hex}`);
-      if (!(flags & PE_PRESENT)) return { vaddr, nrPages, flags };
-      const data = shmemData.subarray(at, at + nrPages * PAGE_SIZE);
-      at += nrPages * PAGE_SIZE;
-      out.fromState += nrPages;
-      return { vaddr, data, flags };
-    });
-    const enc = encodePagemap(runs, pagesId);
-    writeFileSync(join(images, `pages-${pagesId++}.img`), enc.pages, { mode: 0o600 });
-    writeFileSync(join(images, `pagemap-shmem-${seg.id}.img`), enc.pagemap, { mode: 0o600 });
+  const src = openSync(shmemFile, 'r');
+  const buf = Buffer.allocUnsafe(1 << 20);
+  try {
+    let at = 0;
+    for (const seg of header.shmem) {
+      // Each run's bytes, in the header's order; the pages image holds them in address order.
+      const runs = seg.runs.map(([hex, nrPages, flags]) => {
+        const run = { vaddr: BigInt(`0x${hex}`), nrPages, flags, offset: at };
+        if (flags & PE_PRESENT) at += nrPages * PAGE_SIZE;
+        return run;
+      });
+      runs.sort((a, b) => (a.vaddr < b.vaddr ? -1 : a.vaddr > b.vaddr ? 1 : 0));
+      for (let i = 1; i < runs.length; i++)
+        if (runs[i - 1].vaddr + BigInt(runs[i - 1].nrPages * PAGE_SIZE) > runs[i].vaddr)
+          throw new InputError(
+            `${what}: shared memory segment ${seg.id} has overlapping runs at 0x${runs[i].vaddr.toString(16)}`,
+          );
+      const dst = openSync(join(images, `pages-${pagesId}.img`), 'w', 0o600);
+      try {
+        for (const r of runs) {
+          if (!(r.flags & PE_PRESENT)) continue;
+          out.fromState += r.nrPages;
+          for (let done = 0, left = r.nrPages * PAGE_SIZE; left > 0;) {
+            const n = readSync(src, buf, 0, Math.min(buf.length, left), r.offset + done);
+            if (n === 0) throw new InputError(`${what}: the shared memory section ends early`);
+            for (let w = 0; w < n;) w += writeSync(dst, buf, w, n - w);
+            done += n;
+            left -= n;
+          }
+        }
+      } finally {
+        closeSync(dst);
+      }
+      writePagemapEntries(images, `shmem-${seg.id}`, runs, { pagesId: pagesId++ });
+    }
+  } finally {
+    closeSync(src);
   }
 }
 
@@ -474,13 +624,13 @@ function writeShmem(
  * carries it (pages outside the live layout). Consecutive pages are read as one run (a view, for a store in memory).
  */
 export function rebuildCheckpoint(
-  blob: Buffer,
+  state: StoredState,
   layout: Layout,
   store: StoreRuns,
   outDir: string,
   what = 'state',
 ): RebuildResult {
-  const u = unpack(blob, layout, outDir, what);
+  const u = unpack(state, layout, outDir, what);
   const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
   writeTasks(u, what, out, (at, g, n, flags) => ({ vaddr: at, data: store(g, n), flags }));
   return out;
@@ -506,13 +656,13 @@ export interface FilesRebuildResult extends RebuildResult {
  * allows it, else the 'parent' one (rebuildOnParent).
  */
 export function rebuildFromFiles(
-  blob: Buffer,
+  state: StoredState,
   layout: Layout,
   processes: readonly { pid: number; path: string }[],
   outDir: string,
   what = 'state',
 ): FilesRebuildResult {
-  const u = unpack(blob, layout, outDir, what);
+  const u = unpack(state, layout, outDir, what);
   const plan = planSelf(u, layout, processes);
   const t0 = performance.now();
   const why = typeof plan === 'string' ? plan : collapse(plan, processes);
@@ -729,7 +879,7 @@ function onSelf(
     }
   }
   symlinkSync(PARENT_DIR, join(u.images, PARENT_LINK));
-  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  writeShmem(u.header, u.shmemFile, u.images, pagesId, out, what);
   return out;
 }
 
@@ -780,13 +930,13 @@ const PARENT_LINK = 'parent';
  * the commit costs what the state costs, not what the memory does.
  */
 export function rebuildOnParent(
-  blob: Buffer,
+  state: StoredState,
   layout: Layout,
   processes: readonly { pid: number }[],
   outDir: string,
   what = 'state',
 ): RebuildResult {
-  return onParent(unpack(blob, layout, outDir, what), layout, processes, what);
+  return onParent(unpack(state, layout, outDir, what), layout, processes, what);
 }
 
 function onParent(
@@ -842,14 +992,14 @@ export interface PostcopyPages {
  * store holds layout page g; `read(g, n)` reads n of them.
  */
 export function rebuildForPostcopy(
-  blob: Buffer,
+  state: StoredState,
   layout: Layout,
   isPresent: (g: number) => boolean,
   read: (first: number, count: number) => Buffer,
   outDir: string,
   what = 'state',
 ): RebuildResult & PostcopyPages {
-  const u = unpack(blob, layout, outDir, what);
+  const u = unpack(state, layout, outDir, what);
   const out: RebuildResult = { dir: outDir, pages: 0, fromStore: 0, fromState: 0 };
   let pagesId = 1;
   const sizes = new Map<number, { id: number; pages: number }>();
@@ -861,7 +1011,7 @@ export function rebuildForPostcopy(
     writePagemapEntries(u.images, task.id, entries, { pagesId: id });
     out.pages += pages;
   }
-  writeShmem(u.header, u.sections.get('shmem')!, u.images, pagesId, out);
+  writeShmem(u.header, u.shmemFile, u.images, pagesId, out, what);
   const planned = planLazy(u.images);
   const lookup = (task: number, vaddr: bigint) => {
     const extra = u.extrasOf.get(task);

@@ -233,6 +233,15 @@ const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/i;
 export const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOUT_MS) || 10 * 60_000;
 
 /**
+ * The shell that writes the exit status ($?) of `criu lazy-pages -D "$1"` into lazy-pages.rc beside $1: whole, or
+ * not at all (written aside and renamed into place), since lazyFinished reads it as soon as it exists. Written in
+ * place, a status read between the file's creation and its write was empty: 'criu lazy-pages failed (exit )'
+ * for a copy-in that had succeeded.
+ */
+export const LAZY_STATUS =
+  'echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"';
+
+/**
  * Waits until the `criu lazy-pages` of a lazy restore whose work directory is WD has copied every page in (its exit
  * status lands in lazy-pages.rc), then removes the images it read; resolves with the milliseconds since `running`.
  * Rejects with the daemon's error lines when it failed, after the lazy timeout, or once `cancelled()` says so.
@@ -491,7 +500,7 @@ done 2>/dev/null
 ps=
 if [ -n "$2" ]; then ps="--page-server --ps-socket $2"; fi
 criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 $ps </dev/null >/dev/null 2>&1
-echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
+${LAZY_STATUS}' precog-lazy "$PRECOG_LAZY_PAGES" "${'$'}{PRECOG_LAZY_PS:-}" </dev/null >/dev/null 2>&1 &
 	i=0
 	while [ ! -S "$PRECOG_LAZY_PAGES/lazy-pages.socket" ]; do
 		i=$((i + 1))

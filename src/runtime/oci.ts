@@ -35,6 +35,7 @@ import { UsageError } from '../util/errors.ts';
 import {
   duBytes,
   LazyWatches,
+  LAZY_STATUS,
   lazyTimeoutMs,
   readPending,
   writePending,
@@ -321,8 +322,7 @@ export class OciRuntime implements MovableRuntime {
         const c = this.site.command([
           'sh',
           '-c',
-          `criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 ${ps} </dev/null >/dev/null 2>&1; ` +
-            'echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"',
+          `criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 ${ps} </dev/null >/dev/null 2>&1; ${LAZY_STATUS}`,
           'precog-lazy',
           images,
         ]);
