@@ -16,6 +16,7 @@ export const LIVE_PODMAN_REDIS_SECTION = 'bench:live:podman-redis';
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
   'experiments',
+  'prediction-gap',
   LIVE_PREDICTIVE_SECTION,
   LIVE_POSTCOPY_SECTION,
   LIVE_SERVICE_SECTION,

@@ -578,7 +578,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     slowLinkFromB();
     const before = memcheck('mc');
     const m = precogAsync(['migrate', 'mc', '--from', 'b', '--to', 'a', '--link-timeout', '3s']);
-    await sleep(2500);
+    await waitSession(state, 'a');
     must(cli('testbed', 'exec', 'b', '--', 'ip', 'link', 'set', 'eth0', 'down'), 'link down');
     let r: Ran;
     try {

@@ -193,7 +193,7 @@ export function predictEvalCommand(): Command {
     .option('-t, --trace <files...>', 'trace files (precog format or the public JSON, gzipped or not)')
     .option(
       '-p, --predictors <list>',
-      'comma-separated predictor specs: markov[:prior=1], pr[:p=0.5:r=0.5:half-life=1], forest[:model=FILE], datashift[:window=2:p=0.5], oracle',
+      'comma-separated predictor specs: markov[:prior=1], pr[:p=0.5:r=0.5:half-life=1], forest[:model=FILE], datashift[:window=2:p=0.5], tempo[:decay=0.5:min-run=64:margin=0.25], recent[:window=5] (the baseline), oracle',
       'markov,pr,forest,datashift,oracle',
     )
     .option('--horizon <rounds>', 'a page is positive when dirty within this many samples', '1')

@@ -179,7 +179,12 @@ export class MigrationSource {
           dirtyPages: rec.dirtyPages,
           ...(held ? { pagesHeld: heldPages } : {}),
         });
-        selector?.observe({ ...this.o.observation?.(dirty, rec.duration), round, dirty });
+        selector?.observe({
+          ...this.o.observation?.(dirty, rec.duration),
+          round,
+          dirty,
+          seconds: rec.duration,
+        });
         this.o.onRound?.(rec);
       }
 

@@ -38,7 +38,7 @@ const probability = (v: string, what: string): number => {
   return n;
 };
 
-const SKIP_PARAMS = ['threshold', 'trust', 'min-pages', 'max-rounds', 'max-factor'];
+const SKIP_PARAMS = ['threshold', 'trust', 'min-pages', 'max-rounds', 'max-factor', 'round-share'];
 
 /**
  * The parameters a predictive strategy does not know go to its predictor ("mbdp:model=FILE" gives the forest its
@@ -53,7 +53,17 @@ function predictorSpec(s: Spec, strategy: string, predictor: string, own: readon
 }
 
 /** A skip-until-clean strategy over the named predictor (markov, pr, mbdp, mbdpc, oracle). */
-function skip(name: string, predictor: string, extra: { codec?: string; oracle?: boolean } = {}) {
+function skip(
+  name: string,
+  predictor: string,
+  extra: {
+    codec?: string;
+    oracle?: boolean;
+    timed?: boolean;
+    roundShare?: number;
+    maxRounds?: number;
+  } = {},
+) {
   return {
     params: SKIP_PARAMS,
     build: (s: Spec) => {
@@ -62,13 +72,19 @@ function skip(name: string, predictor: string, extra: { codec?: string; oracle?:
         // The oracle's holds need no proving: it knows.
         trust: take(s, 'trust', fraction, extra.oracle ? 0 : SKIP_DEFAULTS.trust),
         minPages: take(s, 'min-pages', (v, w) => parseCount(v, w, 0), SKIP_DEFAULTS.minPages),
-        maxRounds: take(s, 'max-rounds', (v, w) => parseCount(v, w, 1), SKIP_DEFAULTS.maxRounds),
+        maxRounds: take(
+          s,
+          'max-rounds',
+          (v, w) => parseCount(v, w, 1),
+          extra.maxRounds ?? SKIP_DEFAULTS.maxRounds,
+        ),
         maxFactor: take(s, 'max-factor', positiveNumber, SKIP_DEFAULTS.maxFactor),
+        roundShare: take(s, 'round-share', fraction, extra.roundShare ?? SKIP_DEFAULTS.roundShare),
       };
       const spec = predictorSpec(s, name, predictor, SKIP_PARAMS);
       return skipStrategy(name, predictorFactory(spec), options, {
         ...(extra.codec ? { codec: extra.codec } : {}),
-        refineWindow: extra.oracle ?? false,
+        refineWindow: Boolean(extra.oracle || extra.timed),
         predictor: spec,
       });
     },
@@ -148,6 +164,9 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
     },
   },
   oracle: skip('oracle', 'oracle', { oracle: true }),
+  // Rounds of at most an eighth of memory, so that the predictor sees the workload before most of it has gone:
+  // the first pass alone takes eight rounds, hence twice the round cap (the data cap is the same).
+  tempo: skip('tempo', 'tempo', { timed: true, roundShare: 0.125, maxRounds: 60 }),
 };
 
 export const STRATEGY_NAMES = Object.keys(STRATEGIES);

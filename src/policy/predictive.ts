@@ -11,6 +11,8 @@ export interface SkipOptions {
   minPages: number;
   maxRounds: number;
   maxFactor: number;
+  /** The most of memory one round sends (0: no limit; see SelectorOptions.roundShare). */
+  roundShare: number;
 }
 
 export const SKIP_DEFAULTS: SkipOptions = {
@@ -19,6 +21,7 @@ export const SKIP_DEFAULTS: SkipOptions = {
   minPages: 50,
   maxRounds: 30,
   maxFactor: 3,
+  roundShare: 0,
 };
 
 export interface U2cOptions {
@@ -86,6 +89,7 @@ export function skipStrategy(
     name,
     spec:
       `${name}:threshold=${o.threshold}:trust=${o.trust}:min-pages=${o.minPages}:max-rounds=${o.maxRounds}:max-factor=${o.maxFactor}` +
+      (o.roundShare ? `:round-share=${o.roundShare}` : '') +
       predictorParams(extra.predictor),
     ...(extra.codec ? { codec: extra.codec } : {}),
     selector: (env) =>
@@ -96,6 +100,7 @@ export function skipStrategy(
         horizon: 1,
         forecastRounds: 0,
         refineWindow: extra.refineWindow ?? false,
+        roundShare: o.roundShare,
       }),
     decide(input: DecisionInput): Decision {
       return (

@@ -11,6 +11,7 @@ export function predictorFactory(spec: string): PredictorFactory {
   return (env, window) => {
     const look = env.lookahead;
     return createPredictor(spec, env.pageCount, {
+      window,
       ...(look
         ? { lookahead: (_round: number, horizon: number) => look.written(horizon * window.seconds) }
         : {}),

@@ -32,6 +32,12 @@ export interface SelectorOptions {
   minPages: number;
   /** The predictor reads the round window (an oracle): predict again once the held pages shorten the round. */
   refineWindow?: boolean;
+  /**
+   * The most of the memory one round may send (0 or absent: no limit); the pages over it with the highest
+   * probabilities wait for the next round. Short rounds let a predictor that learns from them see the workload
+   * before most of memory has gone: a first round of all memory is sent blind.
+   */
+  roundShare?: number;
 }
 
 /**
@@ -124,10 +130,13 @@ export class PredictingSelector implements PageSelector {
     const rate = r.linkRate > 0 ? r.linkRate : this.linkGuess;
     const perPage = rate > 0 ? r.pageSize / rate : 0;
     const count = pending.count();
+    const budget = this.o.roundShare
+      ? Math.max(this.o.minPages, Math.ceil(this.prob.length * this.o.roundShare))
+      : Infinity;
     // The coming round lasts as long as sending what is not held. An oracle reads the round's length: find the
     // length w at which the pages it then holds leave exactly w of sending (holding more shortens the round, which
     // makes it hold less), by bisection.
-    this.window.seconds = count * perPage;
+    this.window.seconds = Math.min(count, budget) * perPage;
     this.predictor.predict(this.prob, this.o.horizon);
     holdAbove(this.prob, pending, this.o.threshold, this.held);
     if (this.o.refineWindow && this.window.seconds > 0 && !this.held.isEmpty()) {
@@ -137,7 +146,8 @@ export class PredictingSelector implements PageSelector {
         this.window.seconds = (lo + hi) / 2;
         this.predictor.predict(this.prob, this.o.horizon);
         const sending =
-          (count - holdAbove(this.prob, pending, this.o.threshold, this.held).count()) * perPage;
+          Math.min(budget, count - holdAbove(this.prob, pending, this.o.threshold, this.held).count()) *
+          perPage;
         if (sending > this.window.seconds) lo = this.window.seconds;
         else hi = this.window.seconds;
       }
@@ -154,6 +164,18 @@ export class PredictingSelector implements PageSelector {
       this.held.clearAll();
       this.released = true;
     }
+    if (count - this.held.count() > budget) {
+      // Which pages go in a round too short for all: ranked by how long each is predicted to stay clean.
+      const cleanFor = new Uint8Array(this.prob.length);
+      const seconds = this.window.seconds;
+      const long = new Float32Array(this.prob.length);
+      for (const h of RANK_HORIZONS) {
+        this.predictor.predict(long, this.o.horizon * h);
+        for (let p = 0; p < long.length; p++) if (long[p] < this.o.threshold) cleanFor[p]++;
+      }
+      this.window.seconds = seconds;
+      holdOverBudget(cleanFor, pending, this.held, budget);
+    }
     return this.held;
   }
 
@@ -167,6 +189,31 @@ export class PredictingSelector implements PageSelector {
     if (this.observed >= WARMUP) this.expected = forecastPending(...args, 1)[0] - held.count();
     return this.calibrated ? forecastPending(...args, this.o.forecastRounds, this.scale) : undefined;
   }
+}
+
+/** Horizons, in rounds like the one about to start, at which the pages over a round's budget are ranked. */
+const RANK_HORIZONS = [2, 4, 8, 16, 32];
+
+/**
+ * Adds to `held` the pending pages beyond the `budget` that will be written soonest: a page's rank is the number of
+ * RANK_HORIZONS within which it is still predicted clean (`cleanFor`), the highest ranks go first, then the lowest
+ * addresses. What is never written again goes before what will be, what will be written late before what soon.
+ */
+export function holdOverBudget(cleanFor: Uint8Array, pending: Bitmap, held: Bitmap, budget: number): void {
+  const free = pending.clone().andNot(held);
+  const top = RANK_HORIZONS.length;
+  const ranks = new Uint32Array(top + 1);
+  free.forEach((p) => ranks[cleanFor[p]]++);
+  // The rank where the budget runs out, and how many of its pages (lowest addresses first) still go.
+  let left = budget;
+  let last = top;
+  while (last >= 0 && ranks[last] <= left) left -= ranks[last--];
+  free.forEach((p) => {
+    const r = cleanFor[p];
+    if (r > last) return;
+    if (r === last && left > 0) left--;
+    else held.set(p);
+  });
 }
 
 /** out = the pages of pending whose probability is >= threshold. */

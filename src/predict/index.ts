@@ -6,6 +6,8 @@ import { DEFAULT_FOREST_MODEL, ForestPredictor, loadForestModel, type ForestMode
 import { MARKOV_DEFAULTS, MarkovPredictor } from './markov.ts';
 import { OraclePredictor, type LookaheadFn } from './oracle.ts';
 import { PR_DEFAULTS, PrPredictor } from './pr.ts';
+import { RECENT_DEFAULTS, RecentPredictor } from './recent.ts';
+import { TEMPO_DEFAULTS, TempoPredictor } from './tempo.ts';
 import type { Predictor } from './types.ts';
 import { ATTENTION_PARAMS, attentionPredictorFromSpec, U2C_PARAMS, u2cPredictorFromSpec } from './u2c.ts';
 
@@ -18,6 +20,8 @@ export interface PredictorOptions {
   model?: ForestModel | string;
   /** The workload's future, for the oracle: only the emulator and trace replays know it. */
   lookahead?: LookaheadFn;
+  /** How long the round about to start is expected to last (a page selector's), for predictors that count time. */
+  window?: { seconds: number };
   seed?: number;
 }
 
@@ -76,6 +80,27 @@ const PREDICTORS: Record<
         throw new UsageError(`datashift parameter window "${window}" must be at most 32 rounds`);
       return new DataShiftPredictor(n, { window, share: take(s, 'p', fraction, DATASHIFT_DEFAULTS.share) });
     },
+  },
+  recent: {
+    params: ['window'],
+    build: (s, n) =>
+      new RecentPredictor(
+        n,
+        take(s, 'window', (v, w) => parseCount(v, w, 1), RECENT_DEFAULTS.window),
+      ),
+  },
+  tempo: {
+    params: ['decay', 'min-run', 'margin'],
+    build: (s, n, o) =>
+      new TempoPredictor(
+        n,
+        {
+          decay: take(s, 'decay', fraction, TEMPO_DEFAULTS.decay),
+          minRun: take(s, 'min-run', (v, w) => parseCount(v, w, 1), TEMPO_DEFAULTS.minRun),
+          margin: take(s, 'margin', nonNegative, TEMPO_DEFAULTS.margin),
+        },
+        o.window,
+      ),
   },
   attention: { params: ATTENTION_PARAMS, build: (s, n) => attentionPredictorFromSpec(s, n) },
   u2c: { params: U2C_PARAMS, build: (s, n) => u2cPredictorFromSpec(s, n) },

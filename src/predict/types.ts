@@ -9,6 +9,8 @@ export interface RoundObservation {
   round: number;
   /** Pages written during the round. */
   dirty: Bitmap;
+  /** How long the round lasted, in seconds, where the source knows (rounds shrink as pre-copy converges). */
+  seconds?: number;
   /** Pages read or written during the round, when the source provides accessed bits. */
   accessed?: Bitmap;
   /**
