@@ -69,6 +69,19 @@ describe('tempo predictor', () => {
     assert.ok(out[0] < 0.1, `${out[0]}`);
   });
 
+  test('a run that stays where it is (a hot region, not a front) is left to the rate model', () => {
+    // As in NPB-CG: the same long run of pages dirty sample after sample, its end wavering.
+    const t = new TempoPredictor(N, {}, { seconds: 1 });
+    for (let r = 1; r <= 6; r++)
+      t.observe({ round: r, dirty: dirty(range(100, r % 2 ? 300 : 290)), seconds: 1 });
+    assert.equal(t.front?.confirmed, false);
+    const out = new Float32Array(N);
+    t.predict(out);
+    // Every page of the run by its own rate: always dirty, or (290..299) in every other round.
+    assert.deepEqual(likely(out), range(100, 290));
+    assert.ok(out[295] > 0.2 && out[295] < 0.5, `${out[295]}`);
+  });
+
   test('a hot set that moves: the new one is predicted within a few rounds, the old one forgotten', () => {
     const t = new TempoPredictor(N);
     const hotA = range(0, 50).map((i) => i * 7); // scattered: no run long enough to be a front

@@ -26,6 +26,11 @@ interface Sweep {
   front: number | null;
   speed: number;
   wrapped: boolean;
+  /**
+   * The last run started where the front before it was: the front moves. Until then (a run seen once, or one
+   * that stays where it was: a hot set, not a front), the region's pages are left to the rate model.
+   */
+  confirmed: boolean;
   /** Rounds in a row that wrote nothing in the region (it is forgotten after a few). */
   idle: number;
 }
@@ -96,6 +101,7 @@ export class TempoPredictor implements Predictor {
     const s = this.sweep;
     if (!s) return;
     const len = s.hi - s.lo;
+    if (s.front !== null && !s.confirmed) return;
     if (s.front === null) {
       // Every page of the region was written in the last round: at least `speed` pages/s. The rate model already
       // says at least as much; a longer window reaches every page.
@@ -133,6 +139,7 @@ export class TempoPredictor implements Predictor {
       if (dirty === len) {
         // The whole region in one round: the front goes around it (it is the whole region), somewhere unknown.
         s.front = null;
+        s.confirmed = false;
         s.wrapped = true;
         s.speed = len / seconds;
         return;
@@ -145,6 +152,7 @@ export class TempoPredictor implements Predictor {
         const slack = Math.max(8, Math.ceil(main.length * 0.02));
         if (end > s.hi || (s.front !== null && s.front >= s.hi - slack && main.start <= s.lo + slack))
           s.wrapped = true;
+        s.confirmed = s.front !== null && near(main.start, s.front, s.lo, len, slack);
         s.front = s.wrapped ? s.lo + ((end - s.lo) % len) : end;
         s.speed = main.length / seconds;
         return;
@@ -160,9 +168,16 @@ export class TempoPredictor implements Predictor {
         front: run.start + run.length,
         speed: run.length / seconds,
         wrapped: false,
+        confirmed: false,
         idle: 0,
       };
   }
+}
+
+/** Whether a run starting at `start` begins where the front was, within `slack` pages, in a region of `len`. */
+function near(start: number, front: number, lo: number, len: number, slack: number): boolean {
+  const ahead = (((start - front) % len) + len) % len;
+  return ahead <= slack || len - ahead <= slack || Math.abs(start - front) <= slack;
 }
 
 /** The dirty runs of [lo, hi), a run that ends at hi and one that starts at lo joined (the region wraps). */
