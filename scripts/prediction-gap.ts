@@ -89,24 +89,19 @@ for (const workload of WORKLOADS)
     const at = summary.filter((s) => s.workload === workload && s.bandwidth === bandwidth);
     const get = (name: string) => at.find((s) => asked(s) === name)!;
     const link = bandwidth >= 1e9 ? '1 Gbit/s' : '100 Mbit/s';
-    for (const name of STRATEGIES) {
-      const s = get(name);
-      // Each strategy against the pre-copy and the oracle with its own round cap.
+    // Each strategy against the pre-copy and the oracle with its own round cap.
+    const controls = (name: string) => {
       const sixty = name === 'tempo' || /max-rounds=60/.test(name);
-      rows.push({
-        workload,
-        link,
-        strategy: name,
-        s,
+      return {
         pre: get(sixty ? 'precopy:max-rounds=60' : 'precopy'),
         oracle: get(sixty ? 'oracle:max-rounds=60' : 'oracle'),
-      });
-    }
+      };
+    };
+    for (const name of STRATEGIES)
+      rows.push({ workload, link, strategy: name, s: get(name), ...controls(name) });
     for (const name of PREDICTIVE) {
       const s = get(name);
-      const sixty = name === 'tempo';
-      const pre = get(sixty ? 'precopy:max-rounds=60' : 'precopy');
-      const oracle = get(sixty ? 'oracle:max-rounds=60' : 'oracle');
+      const { pre, oracle } = controls(name);
       const gain = 1 - oracle.downtime / pre.downtime;
       const worse = s.downtime > pre.downtime * 1.02 || s.bytesTotal > pre.bytesTotal * 1.02;
       const near = s.downtime <= oracle.downtime * 1.1 && s.bytesTotal <= oracle.bytesTotal * 1.1;

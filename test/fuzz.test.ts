@@ -273,7 +273,7 @@ describe('fuzzing what precog reads from peers and files', () => {
         rx.push(b.subarray(0, at));
         rx.push(b.subarray(at));
         const { dir } = rx.finish();
-        for (const name of ['images.tar', 'upper.tar']) listTar({ file: join(dir, name) }, name);
+        for (const name of ['images.tar', 'upper.tar']) listTar(join(dir, name), name);
       } finally {
         rx.close();
         rmSync(join(work, `rx-${k - 1}`), { recursive: true, force: true });

@@ -452,9 +452,9 @@ export class Agent {
     /** A container's state being received (STATE frames), into its own directory. */
     let stateRx: StateReceiver | null = null;
     /** The whole state, once the source commits or switches over (an InputError when the source sent it short). */
-    const receivedState = (id: string): StoredState => {
+    const receivedState = (id: string, step: 'committed' | 'switched over'): StoredState => {
       if (!stateRx)
-        throw new Error(`migration ${id} of a container committed without its state (CRIU images, layer)`);
+        throw new Error(`migration ${id} of a container ${step} without its state (CRIU images, layer)`);
       return stateRx.finish();
     };
     /** Pages this session counts in the agent's pages in flight, until it closes. */
@@ -565,7 +565,7 @@ export class Agent {
           );
         const id = dest.migrationId;
         const dir = dirOf(id);
-        const state = receivedState(id);
+        const state = receivedState(id, 'switched over');
         const t0 = performance.now();
         store.backing.flush();
         const r = rebuildForPostcopy(
@@ -673,7 +673,7 @@ export class Agent {
       if (dest.hello?.purpose === 'criu-images') {
         // A container: the state says how to lay the pages out as CRIU images, ready for criu restore. The pages
         // go from the store straight into pages-N.img (no copy of the whole store on the way).
-        const state = receivedState(id);
+        const state = receivedState(id, 'committed');
         const t0 = performance.now();
         const what = `migration ${id}'s state`;
         const out = join(dir, COMMITTED_FILES.checkpoint);

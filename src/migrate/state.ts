@@ -76,12 +76,6 @@ export function tarDir(dir: string): Buffer {
   return r.stdout;
 }
 
-/** tar's arguments to read an archive: from its standard input (a buffer), or from a file this process wrote. */
-const tarInput = (data: Buffer | { file: string }): string[] => [
-  '-f',
-  Buffer.isBuffer(data) ? '-' : data.file,
-];
-
 /** A member of a tar archive as GNU tar lists it: its type (the mode's first letter), name, and device numbers. */
 interface TarMember {
   type: string;
@@ -98,9 +92,8 @@ const MAX_TAR_MEMBERS = 1_000_000;
  * The members of a tar archive a peer sent, listed without unpacking anything (GNU tar's verbose listing, names
  * escaped so that one member is one line). An archive tar cannot read is an InputError.
  */
-export function listTar(data: Buffer | { file: string }, what: string): TarMember[] {
-  const r = spawnSync('tar', ['-tv', ...tarInput(data), '--numeric-owner', '--quoting-style=escape'], {
-    input: Buffer.isBuffer(data) ? data : undefined,
+export function listTar(file: string, what: string): TarMember[] {
+  const r = spawnSync('tar', ['-tvf', file, '--numeric-owner', '--quoting-style=escape'], {
     maxBuffer: 1 << 30,
   });
   if (r.status !== 0)
@@ -168,7 +161,7 @@ export function tarRefusal(members: TarMember[], flat: boolean): string | null {
 
 /** Unpacks a peer's archive into DIR once tarRefusal passes it; `flat`: CRIU's images (checked again on disk). */
 function untar(file: string, dir: string, what: string, flat: boolean): void {
-  const why = tarRefusal(listTar({ file }, what), flat);
+  const why = tarRefusal(listTar(file, what), flat);
   if (why) throw new InputError(`${what}: ${why}`);
   mkdirSync(dir, { recursive: true });
   const r = spawnSync(
@@ -381,16 +374,17 @@ export class StateReceiver {
     const before = this.headBytes;
     this.head.push(chunk);
     this.headBytes += chunk.length;
-    const buf = this.head.length === 1 ? this.head[0] : Buffer.concat(this.head);
-    this.head = [buf];
-    if (buf.length >= 8 && buf.toString('latin1', 0, 8) !== STATE_MAGIC)
+    // The first 12 bytes (magic, header length) as soon as they are here; the header is joined once, when whole
+    // (joined chunk by chunk, a header of many frames would be copied again with every frame).
+    const start = Buffer.concat(this.head, Math.min(this.headBytes, 12));
+    if (start.length >= 8 && start.toString('latin1', 0, 8) !== STATE_MAGIC)
       throw new InputError(`${this.what} is not a precog migration state (no ${STATE_MAGIC} magic)`);
-    if (buf.length < 12) return chunk.length;
-    const len = buf.readUInt32LE(8);
+    if (start.length < 12) return chunk.length;
+    const len = start.readUInt32LE(8);
     if (len > MAX_STATE_HEADER_BYTES)
       throw new InputError(`${this.what}: a header of ${len} bytes, more than ${MAX_STATE_HEADER_BYTES}`);
-    if (buf.length < 12 + len) return chunk.length;
-    const header = parseHeader(buf, this.what);
+    if (this.headBytes < 12 + len) return chunk.length;
+    const header = parseHeader(Buffer.concat(this.head, 12 + len), this.what);
     const declared = 12 + len + header.sections.reduce((a, s) => a + s.bytes, 0);
     if (declared > this.limit.bytes)
       throw new InputError(

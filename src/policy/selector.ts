@@ -167,13 +167,11 @@ export class PredictingSelector implements PageSelector {
     if (count - this.held.count() > budget) {
       // Which pages go in a round too short for all: ranked by how long each is predicted to stay clean.
       const cleanFor = new Uint8Array(this.prob.length);
-      const seconds = this.window.seconds;
       const long = new Float32Array(this.prob.length);
       for (const h of RANK_HORIZONS) {
         this.predictor.predict(long, this.o.horizon * h);
         for (let p = 0; p < long.length; p++) if (long[p] < this.o.threshold) cleanFor[p]++;
       }
-      this.window.seconds = seconds;
       holdOverBudget(cleanFor, pending, this.held, budget);
     }
     return this.held;
