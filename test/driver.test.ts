@@ -19,6 +19,7 @@ class FakeRuntime implements MovableRuntime {
   readonly kind = 'fake';
   readonly lazyRestore = true;
   keepsProcessesAfterDump = true;
+  lazyDump = false;
   readonly imageHint = 'none';
   recoverHint(name: string): string {
     return `fake restore ${name}`;

@@ -9,6 +9,7 @@
  * and ends a migration's stream with 'report', 'resumed' or 'error'. A second CONTROL on the same connection, or the
  * connection closing, cancels that connection's migration (as Ctrl-C of the old in-process CLI did).
  */
+import { DUMP_ROUTES, type DumpVia } from '../migrate/routes.ts';
 import { rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
@@ -40,7 +41,7 @@ export interface MigrateRequest {
   batchBytes: number;
   linkTimeoutMs: number;
   restore?: 'lazy' | 'full';
-  dumpVia: 'images' | 'page-server';
+  dumpVia?: DumpVia;
   lazyTimeoutMs?: number;
 }
 
@@ -199,8 +200,8 @@ export class ControlServer {
       }
     if (req.restore !== undefined && req.restore !== 'lazy' && req.restore !== 'full')
       throw new UsageError('--restore: accepted: lazy, full');
-    if (req.dumpVia !== 'images' && req.dumpVia !== 'page-server')
-      throw new UsageError('--dump-via: accepted: images, page-server');
+    if (req.dumpVia !== undefined && !DUMP_ROUTES.includes(req.dumpVia))
+      throw new UsageError(`--dump-via: accepted: ${DUMP_ROUTES.join(', ')}`);
     if (this.jobs.has(name)) throw new UsageError(`container ${name} is being migrated already`);
     // Before anything stops: a host that cannot dump refuses with the fix.
     const why = cannotMove();
@@ -258,7 +259,7 @@ export class ControlServer {
           ? { lazyTimeoutMs: num(req.lazyTimeoutMs, 'the lazy timeout', LIMITS.lazyTimeout) }
           : {}),
         ...(req.restore ? { restore: req.restore } : {}),
-        dumpVia: req.dumpVia,
+        ...(req.dumpVia ? { dumpVia: req.dumpVia } : {}),
         workDir: join(this.o.stateDir, 'outgoing', migrationId),
         signal: abort.signal,
         onRound: (round) => {

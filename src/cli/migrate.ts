@@ -1,3 +1,4 @@
+import { DUMP_ROUTES, type DumpVia } from '../migrate/routes.ts';
 import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { controlRequest } from '../agent/client.ts';
@@ -163,8 +164,10 @@ export function migrateCommand(): Command {
     )
     .option(
       '--dump-via <how>',
-      'images: local criu dump, pages compared as read back (default); page-server: streamed to precog',
-      'images',
+      'lazy: criu dumps all but the anonymous memory, which precog reads from the stopped tasks; images: full local ' +
+        'criu dump, pages compared as read back; page-server: streamed to precog; auto: lazy where the runtime ' +
+        'can, images otherwise and for post-copy',
+      'auto',
     )
     .option('--json', 'print the report as JSON')
     .option('--no-progress', 'no progress line on a terminal')
@@ -186,12 +189,12 @@ export function migrateCommand(): Command {
         throw new UsageError(
           `--restore full: ${strategy.name} restores lazily (its pages arrive after the switchover); leave --restore out`,
         );
-      if (postcopy && f.dumpVia === 'page-server')
+      if (!DUMP_ROUTES.includes(f.dumpVia as DumpVia))
+        throw new UsageError(`--dump-via ${f.dumpVia}: accepted: ${DUMP_ROUTES.join(', ')}`);
+      if (postcopy && f.dumpVia !== 'auto' && f.dumpVia !== 'images')
         throw new UsageError(
-          `--dump-via page-server: ${strategy.name} needs the local dump (its pagemaps say which pages restore eagerly); leave --dump-via out`,
+          `--dump-via ${f.dumpVia}: ${strategy.name} needs the local dump (its pagemaps say which pages restore eagerly); leave --dump-via out`,
         );
-      if (f.dumpVia !== 'images' && f.dumpVia !== 'page-server')
-        throw new UsageError(`--dump-via ${f.dumpVia}: accepted: images, page-server`);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
       if (f.codec !== 'auto')
@@ -233,7 +236,7 @@ export function migrateCommand(): Command {
             batchBytes,
             linkTimeoutMs,
             ...(f.restore ? { restore: f.restore as 'lazy' | 'full' } : {}),
-            dumpVia: f.dumpVia as 'images' | 'page-server',
+            dumpVia: f.dumpVia as DumpVia,
             ...(lazy > 0 ? { lazyTimeoutMs: lazy } : {}),
           },
           (e) => {

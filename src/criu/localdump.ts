@@ -12,7 +12,7 @@
 import { closeSync, openSync, readdirSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../util/errors.ts';
-import { PAGE_SIZE, pagemapFlags, pagesFile, PE_PRESENT, readPagemap } from './pages.ts';
+import { PAGE_SIZE, pagemapFlags, pagesFile, PE_LAZY, PE_PRESENT, readPagemap } from './pages.ts';
 import {
   classify,
   type HavePredicate,
@@ -33,7 +33,23 @@ const CHUNK = 4 << 20;
 export function receiveFromImages(
   dir: string,
   have: HavePredicate,
-  opts: { keep?: boolean } = {},
+  opts: {
+    keep?: boolean;
+    /**
+     * A lazy dump's (src/criu/lazydump.ts): fills out[0, len) with a task's memory at vaddr, for the runs its pagemap
+     * flags PE_LAZY (CRIU left them in the stopped task). They are then classified like the runs of the pages file
+     * and become PE_PRESENT | PE_LAZY runs of the result, as in a full dump.
+     */
+    readLazy?: (id: number, vaddr: bigint, out: Buffer, len: number) => void;
+    /**
+     * The xxh64 of every page of a lazy run (hashed beforehand, see lazyRuns and src/criu/hashpool.ts), and the
+     * `have` test on a hash: then only the pages whose hash differs are read (with readLazy).
+     */
+    lazyHashes?: {
+      of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
+      have: (id: number, vaddr: bigint, hash: bigint) => boolean;
+    };
+  } = {},
 ): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
   const shmem = new Map<number, ReceivedMemory>();
@@ -57,13 +73,29 @@ export function receiveFromImages(
       const buf = Buffer.allocUnsafe(CHUNK);
       let slab = Buffer.allocUnsafe(0);
       let slabUsed = 0;
+      /** A page of memory for a changed page, from slabs of 256 (not one allocation per page). */
+      const nextPage = (): Buffer => {
+        if (slabUsed === slab.length) {
+          slab = Buffer.allocUnsafe(256 * PAGE_SIZE);
+          slabUsed = 0;
+        }
+        slabUsed += PAGE_SIZE;
+        return slab.subarray(slabUsed - PAGE_SIZE, slabUsed);
+      };
       for (const e of map.entries) {
         const flags = pagemapFlags(e);
         const run: ReceivedRun = { vaddr: e.vaddr, nrPages: e.nr_pages, flags, data: null, offset: pos };
         runs.push(run);
-        if (!(flags & PE_PRESENT)) continue;
+        const lazy = !(flags & PE_PRESENT) && (flags & PE_LAZY) !== 0;
+        if (lazy && (kind !== 'pid' || !opts.readLazy))
+          throw new InputError(
+            `${dir}: pagemap-${kind === 'shmem' ? 'shmem-' : ''}${id}.img: pages left in the task (PE_LAZY) ` +
+              'and no way to read them: not the images of a full dump',
+          );
+        if (!(flags & PE_PRESENT) && !lazy) continue;
         const len = e.nr_pages * PAGE_SIZE;
         bytes += len;
+        if (lazy) run.flags = flags | PE_PRESENT; // as a full dump flags them: present, lazy-capable
         if (kind === 'shmem') {
           run.data = Buffer.allocUnsafe(len);
           readFully(fd, run.data, 0, len, pos, file);
@@ -72,9 +104,26 @@ export function receiveFromImages(
         }
         run.changed = [];
         run.unchanged = 0;
+        const hashes = lazy ? opts.lazyHashes?.of(id, e.vaddr) : undefined;
+        if (hashes) {
+          if (hashes.length !== e.nr_pages)
+            throw new Error(`pagemap-${id}: ${hashes.length} hashes for a run of ${e.nr_pages} pages`);
+          for (let i = 0; i < e.nr_pages; i++) {
+            const vaddr = e.vaddr + BigInt(i * PAGE_SIZE);
+            if (opts.lazyHashes!.have(id, vaddr, hashes[i])) {
+              run.unchanged++;
+              continue;
+            }
+            const copy = nextPage();
+            opts.readLazy!(id, vaddr, copy, PAGE_SIZE);
+            run.changed.push({ vaddr, bytes: copy } satisfies ReceivedPage);
+          }
+          continue;
+        }
         for (let done = 0; done < len;) {
           const n = Math.min(CHUNK, len - done);
-          readFully(fd, buf, 0, n, pos + done, file);
+          if (lazy) opts.readLazy!(id, e.vaddr + BigInt(done), buf, n);
+          else readFully(fd, buf, 0, n, pos + done, file);
           for (let at = 0; at < n; at += PAGE_SIZE) {
             const page = buf.subarray(at, at + PAGE_SIZE);
             const vaddr = e.vaddr + BigInt(done + at);
@@ -82,18 +131,13 @@ export function receiveFromImages(
               run.unchanged++;
               continue;
             }
-            if (slabUsed === slab.length) {
-              slab = Buffer.allocUnsafe(256 * PAGE_SIZE);
-              slabUsed = 0;
-            }
-            const copy = slab.subarray(slabUsed, slabUsed + PAGE_SIZE);
+            const copy = nextPage();
             page.copy(copy);
-            slabUsed += PAGE_SIZE;
             run.changed.push({ vaddr, bytes: copy } satisfies ReceivedPage);
           }
           done += n;
         }
-        pos += len;
+        if (!lazy) pos += len;
       }
     } finally {
       closeSync(fd);
@@ -104,8 +148,28 @@ export function receiveFromImages(
   }
   if (tasks.size === 0) throw new InputError(`${dir}: no pagemap-<pid>.img: not the images of a dump`);
   // keep: the images belong to someone else (a runtime's own checkpoint, kept for its rollback).
-  for (const name of opts.keep ? [] : names) if (isPageImage(name)) rmSync(join(dir, name), { force: true });
+  if (!opts.keep) removePageImages(dir, names);
   return { tasks, shmem, counts: total, bytes, commands: {}, layout };
+}
+
+/** The runs a lazy dump left in the tasks (PE_LAZY without PE_PRESENT), per task pagemap of DIR. */
+export function lazyRuns(dir: string): { id: number; vaddr: bigint; nrPages: number }[] {
+  const out: { id: number; vaddr: bigint; nrPages: number }[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = /^pagemap-(\d+)\.img$/.exec(name);
+    if (!m) continue;
+    const id = Number(m[1]);
+    for (const e of readPagemap(dir, id).entries) {
+      const flags = pagemapFlags(e);
+      if (!(flags & PE_PRESENT) && flags & PE_LAZY) out.push({ id, vaddr: e.vaddr, nrPages: e.nr_pages });
+    }
+  }
+  return out;
+}
+
+/** Removes the memory images of DIR (what the migration needs of them is in its ReceivedDump). */
+export function removePageImages(dir: string, names: readonly string[] = readdirSync(dir)): void {
+  for (const name of names) if (isPageImage(name)) rmSync(join(dir, name), { force: true });
 }
 
 function readFully(fd: number, buf: Buffer, at: number, len: number, pos: number, file: string): void {

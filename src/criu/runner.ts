@@ -340,13 +340,20 @@ export class CriuRunner {
     pid: number;
     images: string;
     pageServer?: PsConnection;
+    /**
+     * `--lazy-pages`: the pages of anonymous private mappings stay in the stopped tasks, and CRIU serves them on
+     * `pageServer`'s socket (src/criu/lazydump.ts) instead of streaming the dump to it.
+     */
+    lazy?: boolean;
     leaveRunning?: boolean;
     shellJob?: boolean;
     extra?: string[];
     timeoutMs?: number;
   }): Promise<CriuRun> {
     const args = ['-t', String(opts.pid), '-D', opts.images];
-    if (opts.pageServer) args.push('--page-server', '--ps-socket', String(PS_SOCKET_FD));
+    if (opts.lazy) args.push('--lazy-pages');
+    if (opts.pageServer)
+      args.push(...(opts.lazy ? [] : ['--page-server']), '--ps-socket', String(PS_SOCKET_FD));
     if (opts.leaveRunning) args.push('-R');
     if (opts.shellJob) args.push('--shell-job');
     args.push(...(opts.extra ?? []));

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
-import { receiveFromImages } from '../criu/localdump.ts';
+import { FrozenMemoryReader } from '../criu/lazydump.ts';
+import { HashPool } from '../criu/hashpool.ts';
+import { lazyRuns, receiveFromImages, removePageImages } from '../criu/localdump.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
@@ -14,12 +16,32 @@ import { removeTree } from '../runtime/rootfs.ts';
 import type { Identity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
-import { ContainerMemory } from './memory.ts';
+import { ContainerMemory, taskInNamespaceOf } from './memory.ts';
+import type { DumpVia } from './routes.ts';
 import { eagerRuns } from '../criu/lazy.ts';
 import type { RestoreReport } from '../engine/messages.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { encodeState } from './state.ts';
+
+/** The dump route a migration takes (see LiveMigrationOptions.dumpVia); a UsageError for one it cannot take. */
+export function dumpRoute(
+  via: DumpVia | undefined,
+  rt: Pick<MovableRuntime, 'kind' | 'lazyDump'>,
+  strategy: Strategy,
+): 'lazy' | 'images' | 'page-server' {
+  const postcopy = isPostcopy(strategy);
+  if (postcopy && via !== undefined && via !== 'auto' && via !== 'images')
+    throw new UsageError(
+      `--dump-via ${via}: ${strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly); leave --dump-via out`,
+    );
+  if (via === 'lazy' && !rt.lazyDump)
+    throw new UsageError(
+      `--dump-via lazy: the ${rt.kind} runtime dumps through its own checkpoint, which writes every page; use --dump-via images`,
+    );
+  if (via === undefined || via === 'auto') return !postcopy && rt.lazyDump ? 'lazy' : 'images';
+  return via;
+}
 
 export interface LiveMigrationOptions {
   name: string;
@@ -58,11 +80,13 @@ export interface LiveMigrationOptions {
    */
   restore?: 'lazy' | 'full';
   /**
-   * Where CRIU's dump goes at the stop: 'images' (default) writes a local dump and compares its pages as they are
-   * read back; 'page-server' streams them to precog's page server, which compares them as they arrive (no disk
-   * space for a full dump, but slower here: docs/migration.md).
+   * Where CRIU's dump goes at the stop: 'lazy' (`criu dump --lazy-pages`: CRIU writes all but the anonymous memory,
+   * which precog reads from the stopped tasks and compares; src/criu/lazydump.ts); 'images' writes a full local
+   * dump and compares its pages as they are read back; 'page-server' streams them to precog's page server, which
+   * compares them as they arrive (slower here: docs/migration.md). 'auto' (default): lazy where the runtime can
+   * dump lazily and the strategy is not post-copy, else images.
    */
-  dumpVia?: 'images' | 'page-server';
+  dumpVia?: DumpVia;
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
   /** Longest the destination's lazy copy-in may take (default PRECOG_LAZY_TIMEOUT_MS or 10 min). */
@@ -89,6 +113,10 @@ export interface LiveMigrationReport {
   stateMs: number;
   restoreMs: number;
   restoreMode: 'lazy' | 'full';
+  /** How the stop dumped the container (lazy: CRIU's non-memory state, the memory read by precog; see dumpRoute). */
+  dumpVia: 'lazy' | 'images' | 'page-server';
+  /** The lazy route's dump, step by step (ms; CheckpointResult.lazySteps); null for the other routes. */
+  lazyDumpSteps: { criuMs: number; layerMs: number; memoryMs: number; endMs: number } | null;
   /**
    * Lazy restore: pages left to the lazy-pages daemon, and the time from the container running until the daemon had
    * copied them all in (the source is removed only then). Null for a full restore.
@@ -171,10 +199,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     throw new UsageError(
       `--restore full: ${o.strategy.name} restores lazily (its pages come after the switchover)`,
     );
-  if (postcopy && o.dumpVia === 'page-server')
-    throw new UsageError(
-      `--dump-via page-server: ${o.strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly)`,
-    );
+  const via = dumpRoute(o.dumpVia, rt, o.strategy);
   if (postcopy && !rt.lazyRestore)
     throw new UsageError(
       `${o.strategy.name} needs a lazy restore at the destination, which the ${rt.kind} runtime cannot do; ` +
@@ -192,7 +217,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   /** What the destination agent said of its restore (RESUMED, and DONE_ACK after a post-copy). */
   let restored: RestoreReport | undefined;
   let stateBytes = 0;
+  let lazySteps: LiveMigrationReport['lazyDumpSteps'] = null;
   const progress: MoveProgress = { migrationId, resumedThere: false };
+  // Started now, not at the stop: a worker takes tens of milliseconds to start.
+  const hashPool = via === 'lazy' ? new HashPool() : undefined;
   try {
     await moveContainer(
       { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs() },
@@ -207,7 +235,42 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           tree,
           async () => {
             o.onPhase?.('dump');
-            if ((o.dumpVia ?? 'images') === 'images') {
+            if (via === 'lazy') {
+              // CRIU writes all but the anonymous memory; precog reads that from the stopped tasks and compares it.
+              const root = info.machinePid!.pid;
+              const pidOf = (id: number) => mem.machinePid(id) ?? taskInNamespaceOf(root, id);
+              const reader = new FrozenMemoryReader(pidOf);
+              try {
+                const ck = await checkpoint(srcDir, {
+                  lazyMemory: async (images) => {
+                    const runs = lazyRuns(images);
+                    const ranges = runs.map((r) => {
+                      const pid = pidOf(r.id);
+                      if (pid === undefined)
+                        throw new Error(
+                          `task ${r.id} of the dump is not a process of the container on this host`,
+                        );
+                      return { pid, vaddr: Number(r.vaddr), pages: r.nrPages };
+                    });
+                    const hashes = await hashPool!.hash(ranges);
+                    const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
+                    received = receiveFromImages(images, (...a) => mem.holds(...a), {
+                      keep: true,
+                      readLazy: (...a) => reader.read(...a),
+                      lazyHashes: { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash },
+                    });
+                  },
+                });
+                lazySteps = ck.lazySteps ?? null;
+              } finally {
+                reader.close();
+              }
+              removePageImages(join(srcDir, 'images'));
+              marks.dumped = performance.now();
+              o.onPhase?.('final');
+              return received!;
+            }
+            if (via === 'images') {
               // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
               const ck = await checkpoint(srcDir);
               received = receiveFromImages(ck.pagesDir ?? join(srcDir, 'images'), (...a) => mem.holds(...a), {
@@ -313,6 +376,8 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             strategy: o.strategy.spec,
             migrationId,
             restoreMode,
+            dumpVia: via,
+            lazyDumpSteps: lazySteps,
             dumpMs: marks.dumped - frozenAt,
             finalPagesMs: marks.pagesSent - marks.dumped,
             // The state on the link and the agent's commit: up to the restore's start (it reports the restore's time).
@@ -356,6 +421,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       pid: restored?.pid ?? null,
     };
   } finally {
+    await hashPool?.close();
     if (!process.env.PRECOG_KEEP_FAILED) await removeTree(o.workDir).catch(() => {});
   }
 }

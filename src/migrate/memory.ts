@@ -1,5 +1,5 @@
 import { xxh64 } from '@node-rs/xxhash';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import type { Layout, MemorySource } from '../engine/types.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
 import type { PagemapKind, ReceivedDump } from '../criu/pageserver.ts';
@@ -21,6 +21,31 @@ export function nsPids(pid: number): number[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * The machine PID of the process that is PID `id` in the PID namespace of `root` (a container's init, by machine
+ * PID): how a task of a dump that the live layout does not hold (forked since) is found. Undefined when none is.
+ */
+export function taskInNamespaceOf(root: number, id: number): number | undefined {
+  let ns: string;
+  try {
+    ns = readlinkSync(`/proc/${root}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    const inner = nsPids(pid);
+    if (inner.length === 0 || inner[inner.length - 1] !== id) continue;
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/pid`) === ns) return pid;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -90,6 +115,12 @@ export class ContainerMemory implements MemorySource {
     if (kind !== 'pid') return false;
     const g = this.pageOf(id, vaddr);
     return g >= 0 && this.sent.get(g) && this.sentHash[g] === xxh64(bytes);
+  };
+
+  /** `holds` for a page known by its xxh64 (the lazy dump route hashes on worker threads). */
+  readonly holdsHash = (id: number, vaddr: bigint, hash: bigint): boolean => {
+    const g = this.pageOf(id, vaddr);
+    return g >= 0 && this.sent.get(g) && this.sentHash[g] === hash;
   };
 
   /** Seconds-from-epoch (performance.now() ms) at which the switchover froze the container; -1 before. */

@@ -37,6 +37,7 @@ import { basename, dirname, join, posix, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { markLazy, type LazyMarkResult } from '../criu/lazy.ts';
 import { PS_SOCKET_FD, type PsConnection } from '../criu/pageserver.ts';
+import { LazyDumpEnd } from '../criu/lazydump.ts';
 import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
@@ -158,6 +159,13 @@ export interface CheckpointOptions {
    * socket pair: nothing listens.
    */
   pageServer?: PsConnection;
+  /**
+   * The lazy dump route (src/criu/lazydump.ts): `criu dump --lazy-pages` leaves the pages of anonymous private
+   * mappings in the stopped tasks; this is called with the images directory (complete but for those pages) while
+   * CRIU still holds the tasks, reads them from /proc/PID/mem and resolves; then CRIU is told to end. A rejection
+   * fails the dump (the container thaws). Runtimes that cannot dump lazily say so (`lazyDump` false).
+   */
+  lazyMemory?: (imagesDir: string) => Promise<void>;
 }
 
 export interface CheckpointResult {
@@ -175,6 +183,11 @@ export interface CheckpointResult {
    * directory, read but not changed (the runtime restores the source from it after a failed move).
    */
   pagesDir?: string;
+  /**
+   * A lazy dump (lazyMemory), step by step (ms): CRIU up to its post-dump hook (the non-memory state, the pages
+   * pinned), the writable layer's copy, lazyMemory (precog's read and comparison), and CRIU's end after CLOSE.
+   */
+  lazySteps?: { criuMs: number; layerMs: number; memoryMs: number; endMs: number };
 }
 
 export interface RestoreOptions {
@@ -647,6 +660,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
   readonly kind = 'namespaces';
   readonly lazyRestore = true;
   readonly keepsProcessesAfterDump = true;
+  readonly lazyDump = true;
   readonly imageHint = 'a base image built from the same recipe (see its .precog-rootfs.json)';
 
   /** The host checks (hostChecks) cover what precog's own containers need. */
@@ -1065,17 +1079,24 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     const locked = !!(opts.keepFrozen && info.network);
     if (locked) await lockNetwork(at.site, info.network!);
     let settled = false;
+    if (opts.lazyMemory && opts.pageServer)
+      throw new UsageError('a dump goes to a page server or lazily, not both');
+    const lazyEnd = opts.lazyMemory ? new LazyDumpEnd() : undefined;
     const dumping = criu
       .dump({
         pid: info.pid,
         images: criu.path('images'),
         leaveRunning: true,
-        pageServer: opts.pageServer,
+        pageServer: opts.pageServer ?? lazyEnd,
+        lazy: !!lazyEnd,
         extra: ['--action-script', hook, ...dumpNetworkArgs(info.network)],
       })
       .finally(() => (settled = true));
     dumping.catch(() => {});
     await waitUntil(() => settled || existsSync(dumpedFile), 600_000, 5);
+    const tHook = performance.now();
+    let tLayer = tHook;
+    let tMemory = tHook;
     let copyError: unknown;
     let froze = false;
     if (!settled && existsSync(dumpedFile)) {
@@ -1090,12 +1111,32 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
         copyError = err;
       }
       writeFileSync(goFile, copyError ? 'fail\n' : 'ok\n');
+      tLayer = performance.now();
+      if (lazyEnd && !copyError) {
+        // The images are written (post-dump runs after them); CRIU now holds the stopped tasks for their pages.
+        try {
+          await opts.lazyMemory!(criu.onMachine(criu.path('images')));
+          tMemory = performance.now();
+          lazyEnd.close();
+        } catch (err) {
+          copyError = err;
+        }
+      }
     }
+    if (lazyEnd && (copyError || settled)) lazyEnd.destroy();
     let dumpMs = 0;
+    let lazySteps: CheckpointResult['lazySteps'];
     try {
       const run = await dumping;
       if (copyError) throw copyError;
       dumpMs = run.durationMs;
+      if (lazyEnd)
+        lazySteps = {
+          criuMs: tHook - t0,
+          layerMs: tLayer - tHook,
+          memoryMs: tMemory - tLayer,
+          endMs: performance.now() - tMemory,
+        };
       // Renamed from the host's writable layer (the host's own view of it is another mount, so a rename through
       // it would be a copy: seconds per GiB of a full dump); copied when that fails.
       moveTree(
@@ -1123,6 +1164,7 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
       dumpMs,
       imageBytes: duBytes(join(out, 'images')),
       layerBytes: duBytes(join(out, 'upper')),
+      ...(lazySteps ? { lazySteps } : {}),
     };
     const manifest = {
       schema: CHECKPOINT_SCHEMA,

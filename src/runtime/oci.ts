@@ -87,6 +87,7 @@ export class OciRuntime implements MovableRuntime {
   readonly kind: string;
   readonly lazyRestore: boolean;
   readonly keepsProcessesAfterDump = false;
+  readonly lazyDump = false;
   readonly imageHint =
     "the bundle's read-only bind mounts must exist here under the same paths: install or mount them";
   private readonly site: Site;

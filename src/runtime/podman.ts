@@ -66,6 +66,7 @@ export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
   readonly lazyRestore = false;
   readonly keepsProcessesAfterDump = false;
+  readonly lazyDump = false;
   readonly imageHint =
     'pull it by digest from the registry the source used, or podman save IMAGE there | podman load here';
   private readonly site: Site;

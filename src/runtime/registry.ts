@@ -39,6 +39,11 @@ export interface MovableRuntime {
   readonly lazyRestore: boolean;
   /** Whether checkpoint() with keepFrozen leaves the processes (frozen) in place; false: the dump ends them. */
   readonly keepsProcessesAfterDump: boolean;
+  /**
+   * Whether checkpoint() takes `lazyMemory` (`criu dump --lazy-pages`, the memory read from the stopped tasks: the
+   * `lazy` dump route); false: its dump writes every page into the images (runc's and Podman's own checkpoint).
+   */
+  readonly lazyDump: boolean;
   /** The container NAME on HOST, with its status; a UsageError naming the containers there when it is not there. */
   locate(name: string, host: string): Promise<ContainerInfo>;
   /**

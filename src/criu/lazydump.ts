@@ -1,0 +1,95 @@
+/**
+ * The lazy dump route of a switchover (`--dump-via lazy`): `criu dump --lazy-pages` writes every image except the
+ * pages of anonymous private mappings (their pagemap entries say PE_LAZY) and then waits, with the tasks still
+ * stopped, to serve those pages to a lazy-pages daemon. precog never asks it for a page (CRIU serves them with
+ * tee(2), which this kernel refuses with EPERM: docs/migration.md); it reads them itself from the stopped tasks'
+ * /proc/PID/mem, compares each with what the destination holds, and then ends CRIU's page server with CLOSE. The
+ * dump thus costs CRIU's non-memory state plus a read of the memory, not a copy of it into image files that are then
+ * read back.
+ *
+ * CRIU's page-server end is a socket pair it is spawned with (--ps-socket): nothing listens.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { PS_IOV_CLOSE, type PsConnection } from './pageserver.ts';
+
+/**
+ * precog's end of the page-server connection of a `criu dump --lazy-pages --ps-socket`: it only ever closes the
+ * session, once precog has read the memory itself.
+ */
+export class LazyDumpEnd implements PsConnection {
+  private socket: Socket | undefined;
+  private closed = false;
+
+  attach(socket: Socket): void {
+    this.socket = socket;
+    // CRIU's answer to CLOSE (a 4-byte status) is read and dropped; an early end of CRIU shows in its exit status.
+    socket.on('data', () => {});
+    socket.on('error', () => {});
+  }
+
+  /**
+   * Ends CRIU's lazy page server: CLOSE in the 32-byte header of CRIU >= 4.2. An older CRIU reads its 24-byte header
+   * from the same bytes (the command is the first word in both) and never reads the rest.
+   */
+  close(): void {
+    if (this.closed || !this.socket) return;
+    this.closed = true;
+    const iov = Buffer.alloc(32);
+    iov.writeUInt32LE(PS_IOV_CLOSE, 0);
+    this.socket.write(iov);
+  }
+
+  /** Drops the connection without CLOSE: CRIU's lazy dump fails and lets the tasks go (used on errors). */
+  destroy(): void {
+    this.closed = true;
+    this.socket?.destroy();
+  }
+}
+
+/**
+ * Reads pages of stopped processes through /proc/PID/mem. `pidOf` maps a task as the dump names it to its PID on
+ * this machine (undefined: not found, an error naming the task).
+ */
+export class FrozenMemoryReader {
+  private readonly fds = new Map<number, number>();
+
+  constructor(private readonly pidOf: (criuId: number) => number | undefined) {}
+
+  /** Fills out[0, len) with the task's memory from vaddr; throws naming the task and address on a short read. */
+  read(criuId: number, vaddr: bigint, out: Buffer, len: number): void {
+    const fd = this.fd(criuId);
+    let got = 0;
+    while (got < len) {
+      let n: number;
+      try {
+        n = readSync(fd, out, got, len - got, Number(vaddr) + got);
+      } catch (err) {
+        throw new Error(
+          `reading the memory of task ${criuId} at 0x${(vaddr + BigInt(got)).toString(16)}: ${(err as Error).message}`,
+        );
+      }
+      if (n === 0)
+        throw new Error(
+          `reading the memory of task ${criuId} at 0x${(vaddr + BigInt(got)).toString(16)}: end of file`,
+        );
+      got += n;
+    }
+  }
+
+  private fd(criuId: number): number {
+    let fd = this.fds.get(criuId);
+    if (fd !== undefined) return fd;
+    const pid = this.pidOf(criuId);
+    if (pid === undefined)
+      throw new Error(`task ${criuId} of the dump is not a process of the container on this host`);
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+    this.fds.set(criuId, fd);
+    return fd;
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+}

@@ -1,0 +1,186 @@
+// The lazy dump route (src/criu/lazydump.ts): the pages CRIU leaves in the stopped tasks are read by precog,
+// compared with what the destination holds, and come out as the present runs of a full dump.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import type { Socket } from 'node:net';
+import { xxh64 } from '@node-rs/xxhash';
+import { HashPool } from '../src/criu/hashpool.ts';
+import { LazyDumpEnd } from '../src/criu/lazydump.ts';
+import { lazyRuns, receiveFromImages } from '../src/criu/localdump.ts';
+import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
+import { PS_IOV_CLOSE } from '../src/criu/pageserver.ts';
+import { dumpRoute } from '../src/migrate/live.ts';
+import { parseStrategy } from '../src/policy/index.ts';
+import { InputError, UsageError } from '../src/util/errors.ts';
+
+const page = (seed: number): Buffer => {
+  const b = Buffer.alloc(PAGE_SIZE);
+  for (let i = 0; i < PAGE_SIZE; i += 8) b.writeUInt32LE((seed * 2654435761 + i) >>> 0, i);
+  return b;
+};
+
+/**
+ * An image directory of task 7 as a lazy dump leaves it: a lazy run of 4 pages at 0x10000 (in the task), then a
+ * present run of 2 pages at 0x20000 (in pages-1.img). The task's memory: page(n) at 0x10000 + n pages.
+ */
+function lazyImages(): { dir: string; memory: (vaddr: bigint) => Buffer; present: Buffer } {
+  const dir = mkdtempSync(join(tmpdir(), 'precog-lazydump-'));
+  const present = Buffer.concat([page(100), page(101)]);
+  writePagemap(
+    dir,
+    7,
+    [
+      { vaddr: 0x10000n, nrPages: 4, flags: PE_LAZY },
+      { vaddr: 0x20000n, data: present, flags: PE_PRESENT },
+    ],
+    { pagesId: 1 },
+  );
+  return { dir, memory: (vaddr) => page(Number((vaddr - 0x10000n) / BigInt(PAGE_SIZE))), present };
+}
+
+test('lazy runs are read from the task and compared; present runs still come from the pages file', () => {
+  const { dir, memory, present } = lazyImages();
+  try {
+    assert.deepEqual(lazyRuns(dir), [{ id: 7, vaddr: 0x10000n, nrPages: 4 }]);
+    const reads: bigint[] = [];
+    // The destination holds pages 0 and 2 of the lazy run as they are, page 1 with other bytes, page 3 not at all.
+    const held = new Map([
+      [0x10000n, xxh64(page(0))],
+      [0x11000n, xxh64(page(55))],
+      [0x12000n, xxh64(page(2))],
+    ]);
+    const got = receiveFromImages(dir, (_id, vaddr, bytes) => held.get(vaddr) === xxh64(bytes), {
+      keep: true,
+      readLazy: (id, vaddr, out, len) => {
+        assert.equal(id, 7);
+        reads.push(vaddr);
+        for (let at = 0; at < len; at += PAGE_SIZE) memory(vaddr + BigInt(at)).copy(out, at);
+      },
+    });
+    const m = got.tasks.get(7)!;
+    assert.deepEqual(
+      m.changed.map((p) => p.vaddr),
+      [0x11000n, 0x13000n, 0x20000n, 0x21000n],
+    );
+    assert.ok(m.changed[0].bytes.equals(page(1)));
+    assert.ok(m.changed[1].bytes.equals(page(3)));
+    // Had the lazy run moved the pages file's offset, these would be the wrong bytes.
+    assert.ok(Buffer.concat([m.changed[2].bytes, m.changed[3].bytes]).equals(present));
+    assert.equal(m.counts.unchanged, 2);
+    assert.equal(
+      m.runs[0].flags,
+      PE_LAZY | PE_PRESENT,
+      'a lazy run becomes present and lazy, as in a full dump',
+    );
+    assert.deepEqual(reads, [0x10000n]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with the hashes given, only the pages whose hash differs are read from the task', () => {
+  const { dir, memory } = lazyImages();
+  try {
+    const hashes = BigUint64Array.from([0, 1, 2, 3].map((n) => xxh64(page(n))));
+    const reads: bigint[] = [];
+    const got = receiveFromImages(dir, () => false, {
+      keep: true,
+      readLazy: (_id, vaddr, out, len) => {
+        reads.push(vaddr);
+        assert.equal(len, PAGE_SIZE);
+        memory(vaddr).copy(out);
+      },
+      lazyHashes: {
+        of: (id, vaddr) => (id === 7 && vaddr === 0x10000n ? hashes : undefined),
+        have: (_id, vaddr, hash) => vaddr !== 0x12000n && hash === xxh64(memory(vaddr)),
+      },
+    });
+    assert.deepEqual(reads, [0x12000n]);
+    const m = got.tasks.get(7)!;
+    assert.equal(m.counts.unchanged, 3);
+    assert.ok(m.changed[0].bytes.equals(page(2)));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('lazy runs without a way to read them are refused by name', () => {
+  const { dir } = lazyImages();
+  try {
+    assert.throws(
+      () => receiveFromImages(dir, () => false, { keep: true }),
+      (e: Error) => e instanceof InputError && /PE_LAZY/.test(e.message),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('HashPool hashes another process\u2019s memory page by page, and names the PID it cannot read', async (t) => {
+  // A child holding 300 known pages (page(n) for n < 300) prints their address and waits.
+  const child = spawn(
+    'python3',
+    [
+      '-c',
+      [
+        'import ctypes, struct, sys',
+        'n = 300; b = bytearray(n * 4096)',
+        'for p in range(n):',
+        '    for i in range(0, 4096, 8): struct.pack_into("<I", b, p * 4096 + i, (p * 2654435761 + i) & 0xffffffff)',
+        'a = ctypes.addressof((ctypes.c_char * len(b)).from_buffer(b))',
+        'print(a, flush=True); sys.stdin.read()',
+      ].join('\n'),
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  t.after(() => child.kill('SIGKILL'));
+  const addr = await new Promise<number>((resolve, reject) => {
+    child.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
+    child.once('exit', () => reject(new Error('python3 ended')));
+  });
+  const pool = new HashPool(2);
+  try {
+    // The buffer need not be page-aligned: hash the whole pages inside it, against the same bytes of the pattern.
+    const first = Math.ceil(addr / PAGE_SIZE) * PAGE_SIZE;
+    const whole = Buffer.concat(Array.from({ length: 300 }, (_, n) => page(n)));
+    const off = first - addr;
+    const expect = Array.from({ length: 299 }, (_, p) =>
+      xxh64(whole.subarray(off + p * PAGE_SIZE, off + (p + 1) * PAGE_SIZE)),
+    );
+    const [hashes] = await pool.hash([{ pid: child.pid!, vaddr: first, pages: 299 }]);
+    assert.deepEqual([...hashes], expect);
+    await assert.rejects(pool.hash([{ pid: 0x3fffffff, vaddr: first, pages: 1 }]), /PID 1073741823/);
+  } finally {
+    await pool.close();
+  }
+});
+
+test('LazyDumpEnd ends CRIU\u2019s lazy page server with CLOSE, once', () => {
+  const wire = new PassThrough();
+  const written: Buffer[] = [];
+  wire.on('data', (d: Buffer) => written.push(d));
+  const end = new LazyDumpEnd();
+  end.attach(wire as unknown as Socket);
+  end.close();
+  end.close();
+  const all = Buffer.concat(written);
+  assert.equal(all.length, 32);
+  assert.equal(all.readUInt32LE(0), PS_IOV_CLOSE);
+  assert.ok(all.subarray(4).equals(Buffer.alloc(28)));
+});
+
+test('the dump route: lazy where the runtime can, images for post-copy and other runtimes, refusals named', () => {
+  const precog = { kind: 'precog', lazyDump: true };
+  const podman = { kind: 'podman', lazyDump: false };
+  assert.equal(dumpRoute(undefined, precog, parseStrategy('precopy')), 'lazy');
+  assert.equal(dumpRoute('auto', podman, parseStrategy('precopy')), 'images');
+  assert.equal(dumpRoute('auto', precog, parseStrategy('postcopy')), 'images');
+  assert.equal(dumpRoute('images', precog, parseStrategy('precopy')), 'images');
+  assert.throws(() => dumpRoute('lazy', podman, parseStrategy('precopy')), UsageError);
+  assert.throws(() => dumpRoute('lazy', precog, parseStrategy('hybrid')), /local dump/);
+});
