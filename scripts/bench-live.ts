@@ -93,6 +93,7 @@ if (flags.help) {
                          archive, zstd; podman@none: --compress=none), the archive copied a -> b over the link
                          (mutual TLS, scripts/link-copy.mjs), podman container restore --import);
                          S+full or S+lazy picks precog migrate's --restore (default: lazy, full for cold),
+                         S/ROUTE its --dump-via (lazy, images, page-server; default auto),
                          S@CODEC its --codec (e.g. precopy@xor-lz4: compression without prediction)
   --runs N               runs per cell, medians reported (default 3; --quick: 1)
   --workloads W,...      memchange (a buffer of SIZE MiB rewritten at RATE MB/s) and/or redis (redis-server with
@@ -236,6 +237,9 @@ interface MigrateReport {
   /** Absent in runs saved before the lazy restore (they were full restores). */
   restoreMode?: 'lazy' | 'full';
   lazyMs?: number | null;
+  /** Absent in runs saved before the lazy dump route: 'images' (or page-server in the oldest). */
+  dumpVia?: LiveMigrationReport['dumpVia'];
+  lazyDumpSteps?: LiveMigrationReport['lazyDumpSteps'];
   /** Post-copy (postcopy, hybrid); absent in runs saved before it existed. */
   postcopy?: LiveMigrationReport['postcopy'];
 }
@@ -455,11 +459,20 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
 
 let serial = 0;
 
-/** A --strategies entry: STRATEGY[+lazy|+full][@CODEC] (restore mode and page codec of precog migrate). */
-function parseCell(entry: string): { strategy: string; restore?: string; codec?: string } {
+/**
+ * A --strategies entry: STRATEGY[+lazy|+full][/ROUTE][@CODEC] (restore mode, dump route and page codec of precog
+ * migrate).
+ */
+function parseCell(entry: string): { strategy: string; restore?: string; dumpVia?: string; codec?: string } {
   const [head, codec] = entry.split('@');
-  const [strategy, restore] = head.split('+');
-  return { strategy, ...(restore ? { restore } : {}), ...(codec ? { codec } : {}) };
+  const [withRestore, dumpVia] = head.split('/');
+  const [strategy, restore] = withRestore.split('+');
+  return {
+    strategy,
+    ...(restore ? { restore } : {}),
+    ...(dumpVia ? { dumpVia } : {}),
+    ...(codec ? { codec } : {}),
+  };
 }
 
 function migrateArgs(entry: string): string[] {
@@ -468,6 +481,7 @@ function migrateArgs(entry: string): string[] {
     '--strategy',
     c.strategy,
     ...(c.restore ? ['--restore', c.restore] : []),
+    ...(c.dumpVia ? ['--dump-via', c.dumpVia] : []),
     ...(c.codec ? ['--codec', c.codec] : []),
   ];
 }
@@ -964,7 +978,10 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
         ...cellHead(c),
         strategy,
         ok[0].report!.restoreMode ?? 'full',
+        ok[0].report!.dumpVia ?? 'images',
         fmt(m((x) => x.dumpMs)),
+        fmt(m((x) => x.lazyDumpSteps?.criuMs)),
+        fmt(m((x) => x.lazyDumpSteps?.memoryMs)),
         fmt(m((x) => x.finalPagesMs)),
         fmt(m((x) => x.stateMs)),
         fmt(m((x) => x.restoreMs)),
@@ -974,8 +991,10 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   if (steps.length) {
     out.push('', `## Where precog's downtime goes (medians, ms)`, '');
     out.push(
-      "dump: `criu dump` (to local images read back, or streamed to precog's page server in runs saved before " +
-        'that became the default) and the comparison of every dumped page with what was sent; changed ' +
+      "dump: `criu dump` (route lazy: CRIU's non-memory state, then precog's read of the anonymous memory from " +
+        'the stopped tasks; images: a full local dump read back; page-server: streamed to precog) and the ' +
+        'comparison of every dumped page with what was sent; of which criu and memory read: the two parts of a ' +
+        'lazy dump; changed ' +
         "pages: on the link; state: images and layer on the link plus the agent's commit; restore: `criu restore` " +
         'with the container around it; lazy copy-in: after the container runs, until `criu lazy-pages` has copied ' +
         'the last page in from the local images (not downtime).',
@@ -983,7 +1002,19 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     );
     out.push(
       table(
-        [...CELL_HEAD, 'strategy', 'restore', 'dump', 'changed pages', 'state', 'restore', 'lazy copy-in'],
+        [
+          ...CELL_HEAD,
+          'strategy',
+          'restore',
+          'route',
+          'dump',
+          'of which criu',
+          'memory read',
+          'changed pages',
+          'state',
+          'restore',
+          'lazy copy-in',
+        ],
         steps,
       ),
     );

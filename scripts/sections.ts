@@ -12,6 +12,8 @@ export const LIVE_SERVICE_SECTION = 'bench:live:service';
 /** Podman containers moved by precog next to Podman's own cold migration (bench:live --runtime podman, issue 12). */
 export const LIVE_PODMAN_SECTION = 'bench:live:podman';
 export const LIVE_PODMAN_REDIS_SECTION = 'bench:live:podman-redis';
+/** The stop's dump routes side by side (--strategies precopy/lazy,precopy/images, issue 13). */
+export const LIVE_DUMP_ROUTE_SECTION = 'bench:live:dump-route';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -22,6 +24,7 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SERVICE_SECTION,
   LIVE_PODMAN_SECTION,
   LIVE_PODMAN_REDIS_SECTION,
+  LIVE_DUMP_ROUTE_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;
