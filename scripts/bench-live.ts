@@ -30,6 +30,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LiveMigrationReport } from '../src/migrate/live.ts';
@@ -741,6 +742,10 @@ function table(head: string[], rows: string[][]): string {
 
 const liveRuns: LiveRun[] = [];
 const t0 = performance.now();
+/** The machine's load averages (1, 5, 15 min) as the bench starts: these two cores are shared and noisy. */
+const loadAtStart = loadavg()
+  .map((x) => x.toFixed(2))
+  .join(', ');
 console.log(
   `bench:live: sizes ${sizes.join(', ')} MiB, rates ${rates.join(', ')} MB/s (${pattern}), links ${links.join(', ')}, ` +
     `strategies ${strategies.join(', ')}, ${runs} run(s) each; probe every ${intervalMs} ms on UDP ${probePort}`,
@@ -1166,7 +1171,10 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     '',
     flags['from-json']
       ? `${liveRuns.length} live migrations, read from ${flags['from-json']} (the runs themselves were not repeated).`
-      : `${liveRuns.length} live migrations in ${((performance.now() - t0) / 60_000).toFixed(1)} min.`,
+      : `${liveRuns.length} live migrations in ${((performance.now() - t0) / 60_000).toFixed(1)} min; load ` +
+          `average at the start ${loadAtStart} (1, 5, 15 min), at the end ${loadavg()
+            .map((x) => x.toFixed(2))
+            .join(', ')}.`,
   );
 
   const report = out.join('\n') + '\n';

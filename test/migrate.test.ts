@@ -245,6 +245,10 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.ok(Number(report.pagesUnchanged) > 10_000, `pages already at b: ${report.pagesUnchanged}`);
     assert.ok(Number(report.pagesFinal) < 5_000, `pages sent stopped: ${report.pagesFinal}`);
     assert.ok(Number(report.downtimeMs) < Number(report.totalMs));
+    // The stop dumped lazily (the default for this runtime): CRIU left the anonymous memory, precog read it.
+    assert.equal(report.dumpVia, 'lazy');
+    const steps = report.lazyDumpSteps as unknown as Record<string, number>;
+    assert.ok(steps.memoryMs > 0 && steps.criuMs > 0, `lazy dump steps: ${JSON.stringify(steps)}`);
     // Restored lazily: most pages were copied in by criu lazy-pages after the container ran (checked below).
     assert.equal(report.restoreMode, 'lazy');
     assert.ok(Number(report.lazyPages) > 10_000, `pages copied in lazily: ${report.lazyPages}`);
@@ -260,20 +264,33 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.deepEqual(agentLeftovers(state, 'b'), [], 'the agent keeps nothing once restored');
   });
 
-  test('iterpredict b -> a and cold a -> b: the same container moves on intact', async () => {
-    for (const [from, to, strategy] of [
-      ['b', 'a', 'iterpredict'],
-      ['a', 'b', 'cold'],
+  test('iterpredict b -> a (lazy dump) and cold a -> b (a full local dump): the same container moves on intact', async () => {
+    for (const [from, to, strategy, route] of [
+      ['b', 'a', 'iterpredict', 'lazy'],
+      ['a', 'b', 'cold', 'images'],
     ]) {
       const before = memcheck('mc');
       const r = must(
-        cli('migrate', 'mc', '--from', from, '--to', to, '--strategy', strategy, '--json'),
+        cli(
+          'migrate',
+          'mc',
+          '--from',
+          from,
+          '--to',
+          to,
+          '--strategy',
+          strategy,
+          '--dump-via',
+          route,
+          '--json',
+        ),
         strategy,
       );
-      const report = JSON.parse(r.stdout) as Record<string, number>;
+      const report = JSON.parse(r.stdout) as Record<string, number | string>;
       process.stdout.write(
-        `# ${strategy}: downtime ${Math.round(report.downtimeMs)} ms, total ${Math.round(report.totalMs)} ms, ${report.bytesTotal} B\n`,
+        `# ${strategy} (${route}): downtime ${Math.round(Number(report.downtimeMs))} ms, total ${Math.round(Number(report.totalMs))} ms, ${report.bytesTotal} B\n`,
       );
+      assert.equal(report.dumpVia, route);
       if (strategy === 'cold') assert.equal(report.liveRounds, 0);
       const s = await waitChecks('mc', before.checks);
       assert.ok(s.ok && s.checks > before.checks, `${strategy}: ${s.line}`);
