@@ -116,7 +116,14 @@ export interface LiveMigrationReport {
   /** How the stop dumped the container (lazy: CRIU's non-memory state, the memory read by precog; see dumpRoute). */
   dumpVia: 'lazy' | 'images' | 'page-server';
   /** The lazy route's dump, step by step (ms; CheckpointResult.lazySteps); null for the other routes. */
-  lazyDumpSteps: { criuMs: number; layerMs: number; memoryMs: number; endMs: number } | null;
+  lazyDumpSteps: {
+    criuMs: number;
+    layerMs: number;
+    /** The memory read and comparison, of which hashMs the worker threads' read and hash of every page. */
+    memoryMs: number;
+    hashMs: number;
+    endMs: number;
+  } | null;
   /**
    * Lazy restore: pages left to the lazy-pages daemon, and the time from the container running until the daemon had
    * copied them all in (the source is removed only then). Null for a full restore.
@@ -240,6 +247,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               const root = info.machinePid!.pid;
               const pidOf = (id: number) => mem.machinePid(id) ?? taskInNamespaceOf(root, id);
               const reader = new FrozenMemoryReader(pidOf);
+              let hashMs = 0;
               try {
                 const ck = await checkpoint(srcDir, {
                   lazyMemory: async (images) => {
@@ -252,7 +260,9 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                         );
                       return { pid, vaddr: Number(r.vaddr), pages: r.nrPages };
                     });
+                    const h0 = performance.now();
                     const hashes = await hashPool!.hash(ranges);
+                    hashMs = performance.now() - h0;
                     const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
                     received = receiveFromImages(images, (...a) => mem.holds(...a), {
                       keep: true,
@@ -261,7 +271,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                     });
                   },
                 });
-                lazySteps = ck.lazySteps ?? null;
+                lazySteps = ck.lazySteps ? { ...ck.lazySteps, hashMs } : null;
               } finally {
                 reader.close();
               }
