@@ -1059,6 +1059,8 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
       throw new UsageError(
         `container ${name} is ${info.status}; only a running container can be checkpointed`,
       );
+    if (opts.lazyMemory && opts.pageServer)
+      throw new UsageError('a dump goes to a page server or lazily, not both');
     const out = resolve(outDir);
     if (existsSync(out) && readdirSync(out).length > 0)
       throw new UsageError(`${out} exists and is not empty; give a new directory to --out`);
@@ -1079,8 +1081,6 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     const locked = !!(opts.keepFrozen && info.network);
     if (locked) await lockNetwork(at.site, info.network!);
     let settled = false;
-    if (opts.lazyMemory && opts.pageServer)
-      throw new UsageError('a dump goes to a page server or lazily, not both');
     const lazyEnd = opts.lazyMemory ? new LazyDumpEnd() : undefined;
     const dumping = criu
       .dump({
