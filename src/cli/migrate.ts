@@ -1,4 +1,4 @@
-import { DUMP_ROUTES, type DumpVia } from '../migrate/routes.ts';
+import { DUMP_ROUTES, refusePostcopyRoute, type DumpVia } from '../migrate/routes.ts';
 import { Command } from 'commander';
 import { CODEC_NAMES, codecChain } from '../codec/index.ts';
 import { controlRequest } from '../agent/client.ts';
@@ -191,10 +191,7 @@ export function migrateCommand(): Command {
         );
       if (!DUMP_ROUTES.includes(f.dumpVia as DumpVia))
         throw new UsageError(`--dump-via ${f.dumpVia}: accepted: ${DUMP_ROUTES.join(', ')}`);
-      if (postcopy && f.dumpVia !== 'auto' && f.dumpVia !== 'images')
-        throw new UsageError(
-          `--dump-via ${f.dumpVia}: ${strategy.name} needs the local dump (its pagemaps say which pages restore eagerly); leave --dump-via out`,
-        );
+      refusePostcopyRoute(f.dumpVia, postcopy, strategy.name);
       const batchBytes = parseSize(f.batch, '--batch');
       const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
       if (f.codec !== 'auto')

@@ -53,6 +53,7 @@ export class LazyDumpEnd implements PsConnection {
  */
 export class FrozenMemoryReader {
   private readonly fds = new Map<number, number>();
+  private readonly pids = new Map<number, number>();
 
   constructor(private readonly pidOf: (criuId: number) => number | undefined) {}
 
@@ -77,13 +78,21 @@ export class FrozenMemoryReader {
     }
   }
 
+  /** The machine PID of a task as the dump names it (looked up once); throws naming a task that is not here. */
+  pid(criuId: number): number {
+    let pid = this.pids.get(criuId);
+    if (pid !== undefined) return pid;
+    pid = this.pidOf(criuId);
+    if (pid === undefined)
+      throw new Error(`task ${criuId} of the dump is not a process of the container on this host`);
+    this.pids.set(criuId, pid);
+    return pid;
+  }
+
   private fd(criuId: number): number {
     let fd = this.fds.get(criuId);
     if (fd !== undefined) return fd;
-    const pid = this.pidOf(criuId);
-    if (pid === undefined)
-      throw new Error(`task ${criuId} of the dump is not a process of the container on this host`);
-    fd = openSync(`/proc/${pid}/mem`, 'r');
+    fd = openSync(`/proc/${this.pid(criuId)}/mem`, 'r');
     this.fds.set(criuId, fd);
     return fd;
   }
@@ -91,5 +100,6 @@ export class FrozenMemoryReader {
   close(): void {
     for (const fd of this.fds.values()) closeSync(fd);
     this.fds.clear();
+    this.pids.clear();
   }
 }

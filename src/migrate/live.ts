@@ -17,7 +17,7 @@ import type { Identity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport/tls.ts';
 import { UsageError } from '../util/errors.ts';
 import { ContainerMemory, taskInNamespaceOf } from './memory.ts';
-import type { DumpVia } from './routes.ts';
+import { refusePostcopyRoute, type DumpVia } from './routes.ts';
 import { eagerRuns } from '../criu/lazy.ts';
 import type { RestoreReport } from '../engine/messages.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
@@ -31,10 +31,7 @@ export function dumpRoute(
   strategy: Strategy,
 ): 'lazy' | 'images' | 'page-server' {
   const postcopy = isPostcopy(strategy);
-  if (postcopy && via !== undefined && via !== 'auto' && via !== 'images')
-    throw new UsageError(
-      `--dump-via ${via}: ${strategy.name} needs the local dump (its pagemaps tell which pages restore eagerly); leave --dump-via out`,
-    );
+  refusePostcopyRoute(via, postcopy, strategy.name);
   if (via === 'lazy' && !rt.lazyDump)
     throw new UsageError(
       `--dump-via lazy: the ${rt.kind} runtime dumps through its own checkpoint, which writes every page; use --dump-via images`,
@@ -245,21 +242,19 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             if (via === 'lazy') {
               // CRIU writes all but the anonymous memory; precog reads that from the stopped tasks and compares it.
               const root = info.machinePid!.pid;
-              const pidOf = (id: number) => mem.machinePid(id) ?? taskInNamespaceOf(root, id);
-              const reader = new FrozenMemoryReader(pidOf);
+              const reader = new FrozenMemoryReader(
+                (id) => mem.machinePid(id) ?? taskInNamespaceOf(root, id),
+              );
               let hashMs = 0;
               try {
                 const ck = await checkpoint(srcDir, {
                   lazyMemory: async (images) => {
                     const runs = lazyRuns(images);
-                    const ranges = runs.map((r) => {
-                      const pid = pidOf(r.id);
-                      if (pid === undefined)
-                        throw new Error(
-                          `task ${r.id} of the dump is not a process of the container on this host`,
-                        );
-                      return { pid, vaddr: Number(r.vaddr), pages: r.nrPages };
-                    });
+                    const ranges = runs.map((r) => ({
+                      pid: reader.pid(r.id),
+                      vaddr: Number(r.vaddr),
+                      pages: r.nrPages,
+                    }));
                     const h0 = performance.now();
                     const hashes = await hashPool!.hash(ranges);
                     hashMs = performance.now() - h0;

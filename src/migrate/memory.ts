@@ -113,15 +113,21 @@ export class ContainerMemory implements MemorySource {
   /** The page-server `have` predicate: the destination holds exactly these bytes for this page. */
   readonly holds = (id: number, vaddr: bigint, bytes: Buffer, kind: PagemapKind): boolean => {
     if (kind !== 'pid') return false;
-    const g = this.pageOf(id, vaddr);
-    return g >= 0 && this.sent.get(g) && this.sentHash[g] === xxh64(bytes);
+    const g = this.sentPageOf(id, vaddr);
+    return g >= 0 && this.sentHash[g] === xxh64(bytes);
   };
 
   /** `holds` for a page known by its xxh64 (the lazy dump route hashes on worker threads). */
   readonly holdsHash = (id: number, vaddr: bigint, hash: bigint): boolean => {
-    const g = this.pageOf(id, vaddr);
-    return g >= 0 && this.sent.get(g) && this.sentHash[g] === hash;
+    const g = this.sentPageOf(id, vaddr);
+    return g >= 0 && this.sentHash[g] === hash;
   };
+
+  /** The global page index of a task's page that was sent to the destination, or -1 (hashes nothing). */
+  private sentPageOf(id: number, vaddr: bigint): number {
+    const g = this.pageOf(id, vaddr);
+    return g >= 0 && this.sent.get(g) ? g : -1;
+  }
 
   /** Seconds-from-epoch (performance.now() ms) at which the switchover froze the container; -1 before. */
   get freezeStartedAt(): number {
