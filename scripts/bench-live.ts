@@ -45,6 +45,11 @@ import { AGENT, hostCommand, readState, testbedStatus, type TestbedState } from 
 import { PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
 import { runTool } from '../src/runtime/rootfs.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
+import {
+  DEFAULT_SWITCHOVER_MODEL,
+  loadSwitchoverModel,
+  type SwitchoverModel,
+} from '../src/sim/switchover.ts';
 import { parseBandwidth } from '../src/util/units.ts';
 import { requireRootOrExit } from './testbed-run.ts';
 import { KEPT_SECTIONS, LIVE_SECTION, replaceSection } from './sections.ts';
@@ -55,6 +60,10 @@ const SERVICE_ADDRESS = '10.213.80.50';
 const isRedis = (w: string) => w === 'redis' || w === 'redis-lan';
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The floor (--no-floor): memchange of this many MiB at this rate, a minimal container (a Python process). */
+const FLOOR_MIB = 1;
+const FLOOR_RATE = 1;
 
 const { values: flags } = parseArgs({
   options: {
@@ -76,6 +85,8 @@ const { values: flags } = parseArgs({
     settle: { type: 'string', default: '3' },
     'probe-port': { type: 'string', default: '7001' },
     'no-emulator': { type: 'boolean', default: false },
+    'no-floor': { type: 'boolean', default: false },
+    switchover: { type: 'string', default: DEFAULT_SWITCHOVER_MODEL },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -113,7 +124,12 @@ if (flags.help) {
   --interval MS          probe interval (default 2)
   --settle S             seconds between starting memchange and migrating (default 3)
   --probe-port P         memchange's UDP probe port (default 7001)
-  --no-emulator          skip the emulator comparison`);
+  --no-emulator          skip the emulator comparison
+  --no-floor             skip the floor: before each link's grid, --runs pre-copy moves of a minimal container
+                         (memchange of ${FLOOR_MIB} MiB at ${FLOOR_RATE} MB/s: a Python process), whose dump and restore
+                         are CRIU's fixed cost here; the steps table shows each step above it
+  --switchover FILE      the emulator's switchover cost model, fitted to live runs by npm run fit:switchover
+                         (default ${DEFAULT_SWITCHOVER_MODEL}; none: the stop costs only its pages and state on the link)`);
   process.exit(0);
 }
 
@@ -163,6 +179,13 @@ if (!KEPT_SECTIONS.includes(flags.section!))
   usage(`--section ${flags.section}: one of ${KEPT_SECTIONS.join(', ')} (scripts/sections.ts)`);
 const runs = numbers(flags.runs ?? (quick ? '1' : '3'), '--runs')[0];
 const pattern = flags.pattern!;
+let switchoverModel: SwitchoverModel | undefined;
+if (!flags['no-emulator'] && flags.switchover !== 'none')
+  try {
+    switchoverModel = loadSwitchoverModel(flags.switchover!);
+  } catch (err) {
+    usage(`--switchover: ${(err as Error).message}`);
+  }
 const intervalMs = Number(flags.interval);
 const settleMs = Number(flags.settle) * 1000;
 const probePort = Number(flags['probe-port']);
@@ -266,6 +289,8 @@ interface LiveRun {
   client?: ServiceClientResult;
 }
 const workloadOf = (r: { workload?: string }) => r.workload ?? 'memchange';
+/** The floor's runs (--no-floor): a minimal container, its workload relabelled so that no grid cell takes them. */
+const FLOOR = 'floor';
 /** The downtime seen from outside: the probe's longest silence, or (redis-lan) the LAN client's longest pause. */
 const outsideDowntime = (r: LiveRun): number | undefined => r.probe?.downtimeMs ?? r.client?.maxPauseMs;
 
@@ -776,6 +801,19 @@ if (flags['from-json']) {
       if (!state.probe) throw new Error('the testbed has no probe namespace');
       console.log(`\ntestbed up, link ${state.rate ?? 'unlimited'}`);
       try {
+        if (!flags['no-floor'] && !podmanRuntime)
+          for (let run = 1; run <= runs; run++) {
+            const r = await liveRun(state, 'memchange', link, FLOOR_MIB, FLOOR_RATE, 'precopy', run);
+            r.workload = FLOOR;
+            liveRuns.push(r);
+            console.log(
+              `floor ${link} run ${run}: ` +
+                (r.ok
+                  ? `dump ${fmt(r.report?.dumpMs)} ms, restore ${fmt(r.report?.restoreMs)} ms, ` +
+                    `probe downtime ${fmt(r.probe?.downtimeMs)} ms`
+                  : `FAILED: ${r.error}`),
+            );
+          }
         for (const workload of workloads)
           for (const sizeMiB of sizes)
             for (const rate of rates)
@@ -806,7 +844,8 @@ if (flags['from-json']) {
     await cleanup();
   }
 
-// The emulator, same scenarios: the memory precog reported for the live container (median), else the buffer + 16 MiB.
+// The emulator, same scenarios: the memory precog reported for the live container (median), else the buffer + 16 MiB;
+// the stop charged by the switchover model fitted to earlier live runs (scripts/fit-switchover.ts), unless none.
 async function runEmulator(): Promise<EmulatedRun[]> {
   const emulated: EmulatedRun[] = [];
   for (const link of links)
@@ -826,6 +865,9 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               r.report,
           );
           const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;
+          const model = switchoverModel
+            ? { switchover: switchoverModel, stateBytes: switchoverModel.stateBytes }
+            : {};
           // memchange.py's hot spot: the first 10 % of the buffer gets 90 % of the writes (its defaults).
           const hot = pattern === 'hotspot' ? ':hot=0.1:hotshare=0.9' : '';
           const spec = `memchange:rate=${rate}MB/s:buffer=${sizeMiB}MiB:pattern=${pattern}:touch=8${hot}`;
@@ -839,6 +881,7 @@ async function runEmulator(): Promise<EmulatedRun[]> {
               strategy: parseCell(strategy).strategy,
               ...(parseCell(strategy).codec ? { codec: parseCell(strategy).codec } : {}),
               seed: 1,
+              ...model,
             });
             Object.assign(e, {
               ok: true,
@@ -867,7 +910,12 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       `in host a, migrated to b with \`precog migrate --json\`; downtime measured by the probe ` +
       `(UDP every ${intervalMs} ms from the probe namespace, longest silence, state continued) and by precog ` +
       `(source frozen -> running on b). Bytes: on the a->b link (precog's report). Emulated: src/sim/run.ts with ` +
-      `the same buffer, rate, pattern and link rate, the memory precog reported, defaults otherwise; ` +
+      `the same buffer, rate, pattern and link rate, the memory precog reported, ` +
+      (switchoverModel
+        ? `the stop charged by the switchover model fitted to live runs (${switchoverModel.fittedFrom.split(':')[0]}; ` +
+          `docs/results.md, "switchover-model"), `
+        : 'no switchover model (the stop costs only its pages and state on the link), ') +
+      `defaults otherwise; ` +
       `ratios are live / emulated (memchange only: the emulator has no model of redis). redis: a run counts only when ` +
       `the client saw no failed request and every key read back in b equals what it wrote. redis-lan: the downtime ` +
       `"probe" column is the LAN client's longest pause between two replies (one TCP connection, INCR back to back), ` +
@@ -971,28 +1019,45 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
     ),
   );
 
-  // Where precog's downtime goes, step by step (docs/migration.md, "The report").
+  // Where precog's downtime goes, step by step (docs/migration.md, "The report"), each link's floor first: the same
+  // steps for a minimal container moved in the same run, and each step above it.
   const steps: string[][] = [];
-  for (const c of cells)
-    for (const strategy of strategies) {
-      const ok = cellsFor(c, strategy).filter((r) => r.ok && r.report);
-      if (!ok.length) continue;
-      const m = (f: (x: MigrateReport) => number | null | undefined) =>
-        med(ok.map((r) => f(r.report!) ?? undefined));
-      steps.push([
-        ...cellHead(c),
-        strategy,
-        ok[0].report!.restoreMode ?? 'full',
-        ok[0].report!.dumpVia ?? 'images',
-        fmt(m((x) => x.dumpMs)),
-        fmt(m((x) => x.lazyDumpSteps?.criuMs)),
-        fmt(m((x) => x.lazyDumpSteps?.memoryMs)),
-        fmt(m((x) => x.finalPagesMs)),
-        fmt(m((x) => x.stateMs)),
-        fmt(m((x) => x.restoreMs)),
-        fmt(m((x) => x.lazyMs)),
-      ]);
-    }
+  const floorRuns = (link: string) =>
+    liveRuns.filter((r) => r.ok && r.report && workloadOf(r) === FLOOR && r.link === link);
+  const hasFloor = links.some((l) => floorRuns(l).length > 0);
+  const stepRow = (head: string[], strategy: string, ok: LiveRun[], floor: LiveRun[]): string[] => {
+    const m = (runs: LiveRun[], f: (x: MigrateReport) => number | null | undefined) =>
+      med(runs.map((r) => f(r.report!) ?? undefined));
+    const above = (f: (x: MigrateReport) => number | undefined) => {
+      const a = m(ok, f);
+      const b = m(floor, f);
+      return fmt(a === undefined || b === undefined ? undefined : a - b);
+    };
+    return [
+      ...head,
+      strategy,
+      ok[0].report!.restoreMode ?? 'full',
+      ok[0].report!.dumpVia ?? 'images',
+      fmt(m(ok, (x) => x.dumpMs)),
+      fmt(m(ok, (x) => x.lazyDumpSteps?.criuMs)),
+      fmt(m(ok, (x) => x.lazyDumpSteps?.memoryMs)),
+      fmt(m(ok, (x) => x.finalPagesMs)),
+      fmt(m(ok, (x) => x.stateMs)),
+      fmt(m(ok, (x) => x.restoreMs)),
+      fmt(m(ok, (x) => x.lazyMs)),
+      ...(hasFloor ? [above((x) => x.dumpMs), above((x) => x.stateMs), above((x) => x.restoreMs)] : []),
+    ];
+  };
+  for (const link of links) {
+    const floor = floorRuns(link);
+    if (floor.length)
+      steps.push(stepRow([FLOOR, `${FLOOR_MIB} MiB`, `${FLOOR_RATE} MB/s`, link], 'precopy', floor, []));
+    for (const c of cells.filter((x) => x.link === link))
+      for (const strategy of strategies) {
+        const ok = cellsFor(c, strategy).filter((r) => r.ok && r.report);
+        if (ok.length) steps.push(stepRow(cellHead(c), strategy, ok, floor));
+      }
+  }
   if (steps.length) {
     out.push('', `## Where precog's downtime goes (medians, ms)`, '');
     out.push(
@@ -1002,7 +1067,12 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
         'lazy dump; changed ' +
         "pages: on the link; state: images and layer on the link plus the agent's commit; restore: `criu restore` " +
         'with the container around it; lazy copy-in: after the container runs, until `criu lazy-pages` has copied ' +
-        'the last page in from the local images (not downtime).',
+        'the last page in from the local images (not downtime).' +
+        (hasFloor
+          ? ` floor: a minimal container (memchange of ${FLOOR_MIB} MiB, a Python process) moved by pre-copy on the ` +
+            "same link in the same run, before the grid: CRIU's fixed cost on this machine; the last three columns " +
+            'are each step of the cell minus the same step of the floor.'
+          : ''),
       '',
     );
     out.push(
@@ -1019,6 +1089,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
           'state',
           'restore',
           'lazy copy-in',
+          ...(hasFloor ? ['dump above floor', 'state above floor', 'restore above floor'] : []),
         ],
         steps,
       ),

@@ -14,6 +14,12 @@ export const LIVE_PODMAN_SECTION = 'bench:live:podman';
 export const LIVE_PODMAN_REDIS_SECTION = 'bench:live:podman-redis';
 /** The stop's dump routes side by side (--strategies precopy/lazy,precopy/images, issue 13). */
 export const LIVE_DUMP_ROUTE_SECTION = 'bench:live:dump-route';
+/** The emulator's switchover model fitted to live runs (scripts/fit-switchover.ts, issue 13). */
+export const SWITCHOVER_SECTION = 'switchover-model';
+/** Live runs next to the emulator charged by that model (bench:live --from-json, issue 13). */
+export const LIVE_EMULATED_SECTION = 'bench:live:emulated';
+/** Each step of the stop above the floor: a minimal container moved in the same run (bench:live, issue 13). */
+export const LIVE_FLOOR_SECTION = 'bench:live:floor';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -25,6 +31,9 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_PODMAN_SECTION,
   LIVE_PODMAN_REDIS_SECTION,
   LIVE_DUMP_ROUTE_SECTION,
+  SWITCHOVER_SECTION,
+  LIVE_EMULATED_SECTION,
+  LIVE_FLOOR_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;

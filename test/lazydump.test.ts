@@ -3,14 +3,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { Socket } from 'node:net';
 import { xxh64 } from '@node-rs/xxhash';
 import { HashPool } from '../src/criu/hashpool.ts';
-import { LazyDumpEnd } from '../src/criu/lazydump.ts';
+import { LazyDumpEnd, probeLazyDump } from '../src/criu/lazydump.ts';
+import { CriuRunner } from '../src/criu/runner.ts';
 import { lazyRuns, receiveFromImages } from '../src/criu/localdump.ts';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
 import { PS_IOV_CLOSE } from '../src/criu/pageserver.ts';
@@ -161,6 +162,56 @@ test('HashPool hashes another process\u2019s memory page by page, and names the 
   }
 });
 
+/**
+ * A stand-in for CRIU: records the task it was asked to dump (and whether it lived), reads what precog writes on
+ * its page-server socket (fd 3), and exits 0, or 1 with an error line in its log when REFUSE is set.
+ */
+function fakeCriu(dir: string, refuse?: string): string {
+  const bin = join(dir, 'criu');
+  writeFileSync(
+    bin,
+    `#!/bin/sh
+while [ $# -gt 0 ]; do case "$1" in -o) log="$2"; shift;; -t) pid="$2"; shift;; esac; shift; done
+echo "$pid" > ${dir}/pid
+kill -0 "$pid" 2>/dev/null && echo alive > ${dir}/alive
+head -c 32 <&3 | od -An -tx1 | tr -d ' \\n' > ${dir}/close
+${refuse ? `echo "(00.001000) Error (criu/mem.c:1): ${refuse}" > "$log"; exit 1` : 'exit 0'}
+`,
+    { mode: 0o755 },
+  );
+  return bin;
+}
+
+test('the lazy dump probe: a throwaway process dumped lazily, CLOSE sent, the process ended; a refusal named', async (t) => {
+  for (const refuse of [undefined, 'lazy pages are not for this kernel']) {
+    const dir = mkdtempSync(join(tmpdir(), 'precog-lazyprobe-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const runner = new CriuRunner({ dir: join(dir, 'work'), criu: fakeCriu(dir, refuse) });
+    const answer = await probeLazyDump(runner);
+    if (refuse) assert.match(answer ?? '', /lazy pages are not for this kernel/);
+    else assert.equal(answer, null);
+    assert.equal(readFileSync(join(dir, 'alive'), 'utf8'), 'alive\n', 'CRIU was given a live process');
+    const close = Buffer.alloc(32);
+    close.writeUInt32LE(PS_IOV_CLOSE, 0);
+    assert.equal(readFileSync(join(dir, 'close'), 'utf8'), close.toString('hex'), 'CLOSE on the socket');
+    const pid = Number(readFileSync(join(dir, 'pid'), 'utf8'));
+    for (let i = 0; i < 100 && existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(status(pid)); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      !existsSync(`/proc/${pid}`) || /^State:\s+Z/m.test(status(pid)),
+      `the throwaway process ${pid} is ended`,
+    );
+  }
+});
+
+function status(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 test('LazyDumpEnd ends CRIU\u2019s lazy page server with CLOSE, once', () => {
   const wire = new PassThrough();
   const written: Buffer[] = [];
@@ -169,6 +220,14 @@ test('LazyDumpEnd ends CRIU\u2019s lazy page server with CLOSE, once', () => {
   end.attach(wire as unknown as Socket);
   end.close();
   end.close();
+  // Closed before CRIU was spawned: CLOSE goes out once it is.
+  const early = new LazyDumpEnd();
+  early.close();
+  const wire2 = new PassThrough();
+  const written2: Buffer[] = [];
+  wire2.on('data', (d: Buffer) => written2.push(d));
+  early.attach(wire2 as unknown as Socket);
+  assert.equal(Buffer.concat(written2).readUInt32LE(0), PS_IOV_CLOSE);
   const all = Buffer.concat(written);
   assert.equal(all.length, 32);
   assert.equal(all.readUInt32LE(0), PS_IOV_CLOSE);

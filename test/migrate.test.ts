@@ -12,7 +12,7 @@ import {
   testbedUp,
   type TestbedState,
 } from '../src/runtime/testbed.ts';
-import { CONTAINERS_DIR, type ContainerInfo } from '../src/runtime/container.ts';
+import { CONTAINERS_DIR, NamespaceRuntime, type ContainerInfo } from '../src/runtime/container.ts';
 import { must, precog, precogAsync, type Ran } from './support/cli.ts';
 import { ps, find, inContainer } from './support/containers.ts';
 import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
@@ -247,6 +247,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.ok(Number(report.downtimeMs) < Number(report.totalMs));
     // The stop dumped lazily (the default for this runtime): CRIU left the anonymous memory, precog read it.
     assert.equal(report.dumpVia, 'lazy');
+    assert.equal(report.dumpFallback, null, 'the lazy route was not refused');
     const steps = report.lazyDumpSteps as unknown as Record<string, number>;
     assert.ok(steps.memoryMs > 0 && steps.criuMs > 0, `lazy dump steps: ${JSON.stringify(steps)}`);
     // Restored lazily: most pages were copied in by criu lazy-pages after the container ran (checked below).
@@ -262,6 +263,19 @@ describe('live migration of containers with CRIU', { skip }, () => {
     assert.ok(afterMove.rewrites > before.rewrites, 'rewrites went on from where they were');
     assert.equal(inContainer(c, 'cat /data/note.txt'), 'written before the move\n');
     assert.deepEqual(agentLeftovers(state, 'b'), [], 'the agent keeps nothing once restored');
+  });
+
+  test('the lazy dump probe: CRIU in a test host dumps a throwaway process lazily; nothing of it is left', async () => {
+    const rt = new NamespaceRuntime();
+    const t0 = performance.now();
+    assert.equal(await rt.probeLazyDump('b'), null, 'CRIU 4.2 in the test hosts dumps lazily');
+    process.stdout.write(`# lazy dump probe in b: ${Math.round(performance.now() - t0)} ms\n`);
+    // Its work directory, and its process ("sleep 300"; the host's own sleep is another).
+    const leftovers =
+      'ls /var/lib/precog/checkpoints 2>/dev/null; ' +
+      'for p in /proc/[0-9]*; do tr "\\0" " " < $p/cmdline 2>/dev/null; echo; done | grep -x "sleep 300 " || true';
+    const left = cli(...['testbed', 'exec', 'b', '--', 'sh', '-c'], leftovers);
+    assert.equal(left.stdout.trim(), '', `probe leftovers in b: ${left.stdout}`);
   });
 
   test('iterpredict b -> a (lazy dump) and cold a -> b (a full local dump): the same container moves on intact', async () => {

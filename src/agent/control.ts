@@ -274,6 +274,7 @@ export class ControlServer {
           job.phase = phase;
           send({ event: 'phase', phase });
         },
+        onFallback: (why) => log.warn({ reason: why }, 'dump route fallback'),
       });
       job.done = moving;
       const report = await moving;

@@ -94,7 +94,8 @@ function summary(r: LiveMigrationReport): string {
         : '') +
     `${r.liveRounds} live round(s), ${formatBytes(r.bytesTotal)} on the link for ${formatBytes(r.memoryBytes)} of memory; ` +
     `stopped: ${r.pagesFinal} pages sent, ${r.pagesUnchanged} already there, state ${formatBytes(r.stateBytes)}; ` +
-    `pid ${r.pid} on ${r.to}`
+    `pid ${r.pid} on ${r.to}` +
+    (r.dumpFallback ? `\nnote: ${r.dumpFallback}` : '')
   );
 }
 

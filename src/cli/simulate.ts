@@ -6,6 +6,7 @@ import { parseStrategy } from '../policy/index.ts';
 import { summaryTable } from '../report/summary.ts';
 import { runExperiment, type Experiment } from '../sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../sim/run.ts';
+import { DEFAULT_SWITCHOVER_MODEL, loadSwitchoverModel } from '../sim/switchover.ts';
 import { UsageError } from '../util/errors.ts';
 import { splitList } from '../util/spec.ts';
 import { parseBandwidth, parseCount, parseDuration, parseSize } from '../util/units.ts';
@@ -23,6 +24,7 @@ interface SimulateFlags {
   batch: string;
   stateSize: string;
   restoreCost: string;
+  switchover?: string;
   seed: string;
   repeat: string;
   sweep: string[];
@@ -77,6 +79,13 @@ export function experimentFromFlags(f: SimulateFlags): Experiment {
       batchBytes,
       stateBytes: parseSize(f.stateSize, '--state-size'),
       restoreCost: parseDuration(f.restoreCost, '--restore-cost'),
+      ...(f.switchover
+        ? {
+            switchover: loadSwitchoverModel(
+              f.switchover === 'live' ? DEFAULT_SWITCHOVER_MODEL : f.switchover,
+            ),
+          }
+        : {}),
     },
     workloads: lists.workload,
     strategies: lists.strategy,
@@ -113,6 +122,11 @@ export function simulateCommand(): Command {
     .option('--batch <size>', 'page bytes per frame', '64KiB')
     .option('--state-size <size>', 'non-memory state sent at the switchover', '256KiB')
     .option('--restore-cost <duration>', 'time the destination needs to resume once it has all state', '0s')
+    .option(
+      '--switchover <file>',
+      'charge the stop what it costs live (dump, commit, restore) by a model fitted to live runs ' +
+        '(npm run fit:switchover); "live" for the one fitted to the runs in docs/results.md',
+    )
     .option('--seed <n>', 'seed of the first run', '1')
     .option('-r, --repeat <n>', 'runs per point with seeds seed..seed+n-1; the table shows medians', '1')
     .option(

@@ -46,6 +46,11 @@ export interface SourceOptions {
   beforeSwitchover?: (pending: Bitmap) => Bitmap;
   /** Post-copy: called with the destination's RESUMED reply, before the remaining pages are pushed. */
   onSwitchover?: (resumed: ResumedMessage) => void;
+  /**
+   * Called once the source is frozen, with the pages the stop must still send and the live rounds before it (the
+   * emulator charges the dump's cost here: src/sim/switchover.ts).
+   */
+  atStop?: (pendingPages: number, liveRounds: number) => void;
 }
 
 /** Bytes of state per STATE frame (below the frame limit). */
@@ -194,6 +199,7 @@ export class MigrationSource {
         pending.clearAll();
         pending.or(await this.mem.finalDirty());
       } else pending.or(await this.mem.collectDirty());
+      this.o.atStop?.(pending.count(), history.length);
       const base = {
         migrationId,
         strategy: this.strategy.spec,

@@ -40,6 +40,20 @@ export function dumpRoute(
   return via;
 }
 
+/** CRIU's lazy dump does not work on the source host (its probe, before the container stopped). */
+export class LazyDumpRefused extends Error {
+  override readonly name = 'LazyDumpRefused';
+  readonly exitCode = 1;
+  constructor(host: string, why: string, asked: boolean) {
+    super(
+      asked
+        ? `--dump-via lazy: CRIU cannot dump lazily on ${host} (${why}); nothing was stopped. Use --dump-via images, ` +
+            'or auto (it falls back by itself)'
+        : `the lazy dump is refused on ${host} (${why}): dumped via images instead`,
+    );
+  }
+}
+
 export interface LiveMigrationOptions {
   name: string;
   /** This host's name (the source: where the container runs). */
@@ -86,6 +100,8 @@ export interface LiveMigrationOptions {
   dumpVia?: DumpVia;
   /** Called once the container is frozen for the final copy, and when it runs at the destination. */
   onPhase?: (phase: 'dump' | 'final' | 'restore' | 'done') => void;
+  /** Told once when the stop takes another route than the one chosen (LiveMigrationReport.dumpFallback). */
+  onFallback?: (why: string) => void;
   /** Longest the destination's lazy copy-in may take (default PRECOG_LAZY_TIMEOUT_MS or 10 min). */
   lazyTimeoutMs?: number;
 }
@@ -112,6 +128,11 @@ export interface LiveMigrationReport {
   restoreMode: 'lazy' | 'full';
   /** How the stop dumped the container (lazy: CRIU's non-memory state, the memory read by precog; see dumpRoute). */
   dumpVia: 'lazy' | 'images' | 'page-server';
+  /**
+   * Why the stop did not take the lazy route it would have (the runtime's probe found CRIU's lazy dump refused on
+   * this host, before the container stopped): said once, here; null when it took the route it chose.
+   */
+  dumpFallback: string | null;
   /** The lazy route's dump, step by step (ms; CheckpointResult.lazySteps); null for the other routes. */
   lazyDumpSteps: {
     criuMs: number;
@@ -203,7 +224,17 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     throw new UsageError(
       `--restore full: ${o.strategy.name} restores lazily (its pages come after the switchover)`,
     );
-  const via = dumpRoute(o.dumpVia, rt, o.strategy);
+  let via = dumpRoute(o.dumpVia, rt, o.strategy);
+  let dumpFallback: string | null = null;
+  // Asked now, while the live rounds run; awaited before the stop (an explicit --dump-via lazy: before anything).
+  const lazyRefused =
+    via === 'lazy' && rt.probeLazyDump
+      ? rt.probeLazyDump(o.from).catch((err: Error) => `the probe failed: ${err.message}`)
+      : undefined;
+  if (lazyRefused && o.dumpVia === 'lazy') {
+    const why = await lazyRefused;
+    if (why) throw new LazyDumpRefused(o.from, why, true);
+  }
   if (postcopy && !rt.lazyRestore)
     throw new UsageError(
       `${o.strategy.name} needs a lazy restore at the destination, which the ${rt.kind} runtime cannot do; ` +
@@ -224,7 +255,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   let lazySteps: LiveMigrationReport['lazyDumpSteps'] = null;
   const progress: MoveProgress = { migrationId, resumedThere: false };
   // Started now, not at the stop: a worker takes tens of milliseconds to start.
-  const hashPool = via === 'lazy' ? new HashPool() : undefined;
+  let hashPool = via === 'lazy' ? new HashPool() : undefined;
   try {
     await moveContainer(
       { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs() },
@@ -238,6 +269,15 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         const mem = new ContainerMemory(
           tree,
           async () => {
+            const why = await lazyRefused;
+            if (why && via === 'lazy') {
+              // Found before the stop: the images route instead, and the container stops once.
+              via = 'images';
+              dumpFallback = new LazyDumpRefused(o.from, why, false).message;
+              o.onFallback?.(dumpFallback);
+              await hashPool?.close();
+              hashPool = undefined;
+            }
             o.onPhase?.('dump');
             if (via === 'lazy') {
               // CRIU writes all but the anonymous memory; precog reads that from the stopped tasks and compares it.
@@ -382,6 +422,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             migrationId,
             restoreMode,
             dumpVia: via,
+            dumpFallback,
             lazyDumpSteps: lazySteps,
             dumpMs: marks.dumped - frozenAt,
             finalPagesMs: marks.pagesSent - marks.dumped,

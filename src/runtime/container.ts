@@ -37,7 +37,7 @@ import { basename, dirname, join, posix, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { markLazy, type LazyMarkResult } from '../criu/lazy.ts';
 import { PS_SOCKET_FD, type PsConnection } from '../criu/pageserver.ts';
-import { LazyDumpEnd } from '../criu/lazydump.ts';
+import { LazyDumpEnd, probeLazyDump } from '../criu/lazydump.ts';
 import { CriuRunner } from '../criu/runner.ts';
 import { UsageError } from '../util/errors.ts';
 import { removeTree } from './rootfs.ts';
@@ -672,6 +672,21 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
 
   lazyDone(name: string): Promise<LazyResult> | undefined {
     return this.lazy.done(name);
+  }
+
+  /** probeLazyDump's answer per host: CRIU and the kernel do not change under a running agent. */
+  private readonly lazyProbes = new Map<string, Promise<string | null>>();
+
+  /** Whether `criu dump --lazy-pages` works in HOST (src/criu/lazydump.ts, probeLazyDump): asked once per host. */
+  probeLazyDump(host: string): Promise<string | null> {
+    const site = this.site(host);
+    let answer = this.lazyProbes.get(site.name);
+    if (!answer) {
+      const criu = new CriuRunner({ site, dir: posix.join(CHECKPOINTS_DIR, `lazy-probe-${Date.now()}`) });
+      answer = probeLazyDump(criu, site).finally(() => removeTree(criu.onMachine(criu.dir)).catch(() => {}));
+      this.lazyProbes.set(site.name, answer);
+    }
+    return answer;
   }
 
   /**

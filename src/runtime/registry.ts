@@ -44,6 +44,11 @@ export interface MovableRuntime {
    * `lazy` dump route); false: its dump writes every page into the images (runc's and Podman's own checkpoint).
    */
   readonly lazyDump: boolean;
+  /**
+   * Whether the lazy dump works on HOST (a runtime with lazyDump): null when it does, else why not. Asked before the
+   * container stops, so that a refusal costs a fallback to the images route, not a second stop.
+   */
+  probeLazyDump?(host: string): Promise<string | null>;
   /** The container NAME on HOST, with its status; a UsageError naming the containers there when it is not there. */
   locate(name: string, host: string): Promise<ContainerInfo>;
   /**

@@ -10,11 +10,18 @@ import { MigrationSource } from '../engine/source.ts';
 import { ContentPool } from '../memory/content.ts';
 import { EmulatedMemory, ResumedProcess } from '../memory/emulated.ts';
 import { parseWorkload } from '../memory/workloads.ts';
-import { parseStrategy, type Strategy } from '../policy/index.ts';
+import { isPostcopy, parseStrategy, type Strategy } from '../policy/index.ts';
 import type { RunMetrics } from '../report/metrics.ts';
 import { EmulatedLink, type FrameHandler } from '../transport/emulated.ts';
 import { emulatedSystemFeatures } from '../predict/features.ts';
 import { AccessRecorder, WorkloadLookahead } from './lookahead.ts';
+import {
+  defaultSwitchover,
+  dumpSeconds,
+  resumeSeconds,
+  sendSeconds,
+  type SwitchoverModel,
+} from './switchover.ts';
 
 /** Everything that defines one emulated migration. Same scenario, same seed: the same run, bit for bit. */
 export interface Scenario {
@@ -32,6 +39,11 @@ export interface Scenario {
   stateBytes: number;
   restoreCost: number;
   seed: number;
+  /**
+   * What the live switchover costs beyond the link (src/sim/switchover.ts): the dump at the stop, the commit and the
+   * restore. Without it the stop costs only its pages and state on the link, and restoreCost.
+   */
+  switchover?: SwitchoverModel;
 }
 
 export const SCENARIO_DEFAULTS: Scenario = {
@@ -114,8 +126,10 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
         `destination memory differs from the source's stop-time memory at page ${page} (${when}); strategy ${strategy.spec}, workload ${plan.spec}, seed ${s.seed}`,
       );
 
+    const model = s.switchover;
+    const { route, mode } = defaultSwitchover(isPostcopy(strategy), strategy.restore);
     const env: DestinationEnvironment = {
-      restoreCost: s.restoreCost,
+      restoreCost: s.restoreCost + (model ? resumeSeconds(model, mode, memoryBytes, s.bandwidth) : 0),
       backing(l) {
         const b = takeBuffer(l.pageCount * l.pageSize);
         owned.push(b);
@@ -163,6 +177,18 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
         system: emulatedSystemFeatures(dirty.count(), layout.pageCount, seconds),
       }),
       lookahead,
+      ...(model
+        ? {
+            // Post-copy sends nothing while stopped here (live: the few pages criu restore copies itself).
+            atStop: (pages: number, liveRounds: number) => {
+              const stopped = isPostcopy(strategy) ? 0 : pages * size;
+              clock.advance(
+                dumpSeconds(model, route, memoryBytes, stopped, liveRounds === 0) +
+                  sendSeconds(model, stopped),
+              );
+            },
+          }
+        : {}),
     });
     const metrics = await source.run();
     const pagesVerified = verified.count();
