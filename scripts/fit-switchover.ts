@@ -11,7 +11,9 @@ import {
   fitSwitchover,
   measuredStopMs,
   modelledStopMs,
+  DUMP_ROUTES,
   RESTORE_MODES,
+  type DumpRoute,
   type SwitchoverModel,
   type SwitchoverSample,
 } from '../src/sim/switchover.ts';
@@ -68,8 +70,18 @@ interface Run {
 const files = flags['from-json'].split(',');
 const samples: SwitchoverSample[] = [];
 let skipped = 0;
-for (const file of files)
+// As bench:live --from-json reads them: a cell's runs come from the last file that has it (newer runs replace older).
+const byCell = new Map<string, Run[]>();
+for (const file of files) {
+  const fresh = new Map<string, Run[]>();
   for (const r of (JSON.parse(readFileSync(file, 'utf8')) as { live: Run[] }).live) {
+    const key = `${r.workload ?? 'memchange'} ${r.link} ${r.sizeMiB} ${r.strategy}`;
+    fresh.set(key, [...(fresh.get(key) ?? []), r]);
+  }
+  for (const [k, runs] of fresh) byCell.set(k, runs);
+}
+for (const runs of byCell.values())
+  for (const r of runs) {
     const x = r.report;
     const route = x?.dumpVia;
     if (
@@ -88,7 +100,7 @@ for (const file of files)
     const stopBytes = stop.length ? stop.reduce((a, q) => a + q.bytes, 0) : x.pagesFinal * 4096;
     samples.push({
       cell: `${r.link} ${r.sizeMiB} MiB ${r.strategy}`,
-      route,
+      route: route === 'lazy' && x.postcopy && x.liveRounds === 0 ? 'postcopy' : route,
       mode: x.postcopy ? 'postcopy' : x.restoreMode,
       cold: x.liveRounds === 0,
       memoryBytes: x.memoryBytes,
@@ -109,6 +121,11 @@ const model = fitSwitchover(
 writeFileSync(flags.out!, JSON.stringify(model, null, 2) + '\n');
 
 const fmt = (x: number) => x.toFixed(0);
+const ROUTE_NAMES: Record<DumpRoute, string> = {
+  lazy: 'lazy route (pre-copy, cold, hybrid: all memory hashed, what changed read)',
+  postcopy: 'lazy route of a post-copy (nothing read: the pages follow from the frozen tasks)',
+  images: 'images route (a full local dump read back)',
+};
 const pct = (a: number, b: number) => `${(((a - b) / b) * 100).toFixed(0)} %`;
 const cells = cellMedians(samples);
 const rows = cells.map((c) => {
@@ -143,10 +160,11 @@ const out = [
     "every coefficient but the answer's at least 0, the dump and restore to relative errors. The model " +
     '(src/sim/switchover.ts), in ms:',
   '',
-  `- dump, lazy route: ${fmt(d.lazy.fixedMs)} + ${fmt(d.lazy.perGiBMs)} per GiB of memory + ` +
-    `${d.lazy.perChangedMiBMs.toFixed(1)} per MiB sent at the stop, + ${fmt(d.lazy.coldStartMs)} with no live round before`,
-  `- dump, images route (post-copy): ${fmt(d.images.fixedMs)} + ${fmt(d.images.perGiBMs)} per GiB + ` +
-    `${d.images.perChangedMiBMs.toFixed(1)} per MiB sent at the stop`,
+  ...DUMP_ROUTES.filter((r) => d[r]).map(
+    (r) =>
+      `- dump, ${ROUTE_NAMES[r]}: ${fmt(d[r]!.fixedMs)} + ${fmt(d[r]!.perGiBMs)} per GiB of memory + ` +
+      `${d[r]!.perChangedMiBMs.toFixed(1)} per MiB sent at the stop, + ${fmt(d[r]!.coldStartMs)} with no live round before`,
+  ),
   `- pages sent at the stop, beyond their time on the link: ${model.send.perMiBMs.toFixed(1)} per MiB`,
   `- commit and restore (from the state's arrival): lazy ${fmt(model.restore.lazy.fixedMs)} + ` +
     `${fmt(model.restore.lazy.perGiBMs)} per GiB; in full ${fmt(model.restore.full.fixedMs)} + ` +

@@ -111,6 +111,37 @@ test('with the hashes given, only the pages whose hash differs are read from the
   }
 });
 
+test('post-copy: the pages the destination never had are not read at the stop; the rest is read and compared', () => {
+  const { dir, memory } = lazyImages();
+  try {
+    const reads: [bigint, number][] = [];
+    // Pages 1 and 2 were never sent (deferred); page 0 is held as it is, page 3 differs.
+    const got = receiveFromImages(dir, (_id, vaddr, bytes) => vaddr === 0x10000n && bytes.equals(page(0)), {
+      keep: true,
+      readLazy: (_id, vaddr, out, len) => {
+        reads.push([vaddr, len / PAGE_SIZE]);
+        for (let at = 0; at < len; at += PAGE_SIZE) memory(vaddr + BigInt(at)).copy(out, at);
+      },
+      deferLazy: (_id, vaddr) => vaddr === 0x11000n || vaddr === 0x12000n,
+    });
+    assert.deepEqual(reads, [
+      [0x10000n, 1],
+      [0x13000n, 1],
+    ]);
+    const m = got.tasks.get(7)!;
+    assert.deepEqual(
+      m.changed.map((p) => p.vaddr),
+      [0x13000n, 0x20000n, 0x21000n],
+    );
+    assert.ok(m.changed[0].bytes.equals(page(3)));
+    assert.equal(m.counts.unchanged, 1);
+    assert.equal(m.runs[0].flags, PE_LAZY | PE_PRESENT, 'the run stays whole in the pagemap');
+    assert.equal(m.runs[0].nrPages, 4);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('lazy runs without a way to read them are refused by name', () => {
   const { dir } = lazyImages();
   try {
@@ -234,13 +265,19 @@ test('LazyDumpEnd ends CRIU\u2019s lazy page server with CLOSE, once', () => {
   assert.ok(all.subarray(4).equals(Buffer.alloc(28)));
 });
 
-test('the dump route: lazy where the runtime can, images for post-copy and other runtimes, refusals named', () => {
+test('the dump route: lazy where the runtime can (post-copy too), images for other runtimes, refusals named', () => {
   const precog = { kind: 'precog', lazyDump: true };
   const podman = { kind: 'podman', lazyDump: false };
   assert.equal(dumpRoute(undefined, precog, parseStrategy('precopy')), 'lazy');
   assert.equal(dumpRoute('auto', podman, parseStrategy('precopy')), 'images');
-  assert.equal(dumpRoute('auto', precog, parseStrategy('postcopy')), 'images');
+  // Post-copy too: its stop then reads no memory (the pages follow from the frozen tasks).
+  assert.equal(dumpRoute('auto', precog, parseStrategy('postcopy')), 'lazy');
+  assert.equal(dumpRoute('auto', podman, parseStrategy('postcopy')), 'images');
   assert.equal(dumpRoute('images', precog, parseStrategy('precopy')), 'images');
   assert.throws(() => dumpRoute('lazy', podman, parseStrategy('precopy')), UsageError);
-  assert.throws(() => dumpRoute('lazy', precog, parseStrategy('hybrid')), /local dump/);
+  assert.equal(dumpRoute('lazy', precog, parseStrategy('hybrid')), 'lazy');
+  assert.throws(
+    () => dumpRoute('page-server', precog, parseStrategy('hybrid')),
+    /frozen source or a local dump/,
+  );
 });

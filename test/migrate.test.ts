@@ -314,6 +314,7 @@ describe('live migration of containers with CRIU', { skip }, () => {
         totalMs: number;
         liveRounds: number;
         pagesFinal: number;
+        dumpVia: string;
         postcopy: {
           pages: number;
           faults: number;
@@ -326,6 +327,8 @@ describe('live migration of containers with CRIU', { skip }, () => {
           `post-copy ${JSON.stringify(report.postcopy)}\n`,
       );
       assert.ok(report.postcopy, 'a post-copy report');
+      // The stop dumped lazily: the pages that follow the switchover are read from the frozen source as they go.
+      assert.equal(report.dumpVia, 'lazy');
       // The memory (64 MiB, 16k pages) came after the switchover, through the lazy page server; only the pages
       // criu restore copies itself went before it.
       if (strategy === 'postcopy') {

@@ -29,7 +29,7 @@ const TRUTH: SwitchoverModel = {
   fittedFrom: 'made up',
   dump: {
     lazy: { fixedMs: 220, perGiBMs: 600, perChangedMiBMs: 3, coldStartMs: 300 },
-    images: { fixedMs: 250, perGiBMs: 1900, perChangedMiBMs: 0, coldStartMs: 0 },
+    postcopy: { fixedMs: 250, perGiBMs: 40, perChangedMiBMs: 0, coldStartMs: 0 },
   },
   send: { perMiBMs: 12 },
   restore: {
@@ -53,7 +53,7 @@ function samplesOf(m: SwitchoverModel, noise = 0): SwitchoverSample[] {
       for (const [strategy, route, mode, changedMiB] of [
         ['cold', 'lazy', 'full', mib],
         ['precopy', 'lazy', 'lazy', 2],
-        ['postcopy', 'images', 'postcopy', 1],
+        ['postcopy', 'postcopy', 'postcopy', 1],
       ] as const)
         for (let run = 0; run < 3; run++) {
           const memoryBytes = (mib + 16) * MiB;
@@ -106,9 +106,10 @@ test('the fit recovers the model that made the runs, from each cell’s medians'
   const fitted = fitSwitchover(samplesOf(TRUTH, 40), 'test');
   const close = (x: number, y: number, what: string) =>
     assert.ok(Math.abs(x - y) < 1e-6 * Math.max(1, Math.abs(y)), `${what}: ${x} against ${y}`);
-  for (const r of ['lazy', 'images'] as const)
+  assert.equal(fitted.dump.images, undefined, 'no route without runs');
+  for (const r of ['lazy', 'postcopy'] as const)
     for (const k of ['fixedMs', 'perGiBMs', 'perChangedMiBMs', 'coldStartMs'] as const)
-      close(fitted.dump[r][k], TRUTH.dump[r][k], `dump.${r}.${k}`);
+      close(fitted.dump[r]![k], TRUTH.dump[r]![k], `dump.${r}.${k}`);
   for (const r of ['lazy', 'full', 'postcopy'] as const)
     for (const k of ['fixedMs', 'perGiBMs'] as const)
       close(fitted.restore[r][k], TRUTH.restore[r][k], `restore.${r}.${k}`);
@@ -120,14 +121,15 @@ test('the fit recovers the model that made the runs, from each cell’s medians'
   for (const s of samplesOf(TRUTH)) close(modelledStopMs(fitted, s), measuredStopMs(s), s.cell);
 });
 
-test('a fit without post-copy runs (no images dump) says what to add', () => {
+test('a fit without post-copy runs says what to add', () => {
   assert.throws(
     () =>
       fitSwitchover(
         samplesOf(TRUTH).filter((s) => s.mode !== 'postcopy'),
         'test',
       ),
-    (e: Error) => e instanceof InputError && /no run dumped via images; include postcopy/.test(e.message),
+    (e: Error) =>
+      e instanceof InputError && /no run of postcopy dumped lazily; include postcopy/.test(e.message),
   );
 });
 
@@ -142,7 +144,7 @@ test('a model file that is not one is refused by name; the shipped one loads', (
   };
   bad('{', /not JSON/);
   bad(
-    JSON.stringify({ ...TRUTH, dump: { ...TRUTH.dump, lazy: { ...TRUTH.dump.lazy, perGiBMs: -1 } } }),
+    JSON.stringify({ ...TRUTH, dump: { ...TRUTH.dump, lazy: { ...TRUTH.dump.lazy!, perGiBMs: -1 } } }),
     /dump\.lazy\.perGiBMs must be a number/,
   );
   bad(JSON.stringify({ ...TRUTH, restore: { lazy: TRUTH.restore.lazy } }), /restore\.full must be an object/);
@@ -162,7 +164,7 @@ test('a model file that is not one is refused by name; the shipped one loads', (
   assert.deepEqual(loadSwitchoverModel(file), TRUTH);
   const shipped = loadSwitchoverModel(DEFAULT_SWITCHOVER_MODEL);
   assert.ok(
-    shipped.dump.lazy.fixedMs > 0 && shipped.restore.lazy.fixedMs > 0,
+    shipped.dump.lazy!.fixedMs > 0 && shipped.dump.postcopy!.fixedMs > 0 && shipped.restore.lazy.fixedMs > 0,
     'the shipped model has a dump and a restore',
   );
 });
@@ -178,7 +180,7 @@ test('the emulator charges the stop exactly what the model says: the dump at the
   for (const [strategy, route, mode] of [
     ['precopy', 'lazy', 'lazy'],
     ['cold', 'lazy', 'full'],
-    ['postcopy', 'images', 'postcopy'],
+    ['postcopy', 'postcopy', 'postcopy'],
   ] as const) {
     const ideal = await simulate({ ...base, strategy });
     const charged = await simulate({ ...base, strategy, switchover: TRUTH });

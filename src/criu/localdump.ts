@@ -49,6 +49,11 @@ export function receiveFromImages(
       of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
       have: (id: number, vaddr: bigint, hash: bigint) => boolean;
     };
+    /**
+     * Pages of lazy runs not to read at all (a post-copy's pages the destination never had: precog reads them from
+     * the frozen tasks when it sends them). They stay in their run, neither changed nor unchanged.
+     */
+    deferLazy?: (id: number, vaddr: bigint) => boolean;
   } = {},
 ): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
@@ -105,31 +110,35 @@ export function receiveFromImages(
         run.changed = [];
         run.unchanged = 0;
         const hashes = lazy ? opts.lazyHashes?.of(id, e.vaddr) : undefined;
-        if (hashes) {
-          if (hashes.length !== e.nr_pages)
-            throw new Error(`pagemap-${id}: ${hashes.length} hashes for a run of ${e.nr_pages} pages`);
-          // Consecutive changed pages are read together (a cold move: every page, in reads of up to 1 MiB).
+        if (hashes && hashes.length !== e.nr_pages)
+          throw new Error(`pagemap-${id}: ${hashes.length} hashes for a run of ${e.nr_pages} pages`);
+        if (lazy && (hashes || opts.deferLazy)) {
+          const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
+          /** What a page needs: to be read (null), nothing (deferred), or nothing since it is held (by hash). */
+          const skip = (i: number): 'deferred' | 'unchanged' | null =>
+            opts.deferLazy?.(id, at(i))
+              ? 'deferred'
+              : hashes && opts.lazyHashes!.have(id, at(i), hashes[i])
+                ? 'unchanged'
+                : null;
+          // Consecutive pages to read are read together (a cold move: every page, in reads of up to 1 MiB).
           for (let i = 0; i < e.nr_pages;) {
-            const vaddr = e.vaddr + BigInt(i * PAGE_SIZE);
-            if (opts.lazyHashes!.have(id, vaddr, hashes[i])) {
-              run.unchanged++;
+            const why = skip(i);
+            if (why) {
+              if (why === 'unchanged') run.unchanged++;
               i++;
               continue;
             }
             let k = 1;
-            while (
-              i + k < e.nr_pages &&
-              k < 256 &&
-              !opts.lazyHashes!.have(id, vaddr + BigInt(k * PAGE_SIZE), hashes[i + k])
-            )
-              k++;
+            while (i + k < e.nr_pages && k < 256 && skip(i + k) === null) k++;
             const stretch = Buffer.allocUnsafe(k * PAGE_SIZE);
-            opts.readLazy!(id, vaddr, stretch, stretch.length);
-            for (let j = 0; j < k; j++)
-              run.changed.push({
-                vaddr: vaddr + BigInt(j * PAGE_SIZE),
-                bytes: stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE),
-              } satisfies ReceivedPage);
+            opts.readLazy!(id, at(i), stretch, stretch.length);
+            for (let j = 0; j < k; j++) {
+              const bytes = stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
+              // Without hashes the page is compared now.
+              if (!hashes && have(id, at(i + j), bytes, kind)) run.unchanged++;
+              else run.changed.push({ vaddr: at(i + j), bytes } satisfies ReceivedPage);
+            }
             i += k;
           }
           continue;

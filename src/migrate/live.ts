@@ -36,7 +36,7 @@ export function dumpRoute(
     throw new UsageError(
       `--dump-via lazy: the ${rt.kind} runtime dumps through its own checkpoint, which writes every page; use --dump-via images`,
     );
-  if (via === undefined || via === 'auto') return !postcopy && rt.lazyDump ? 'lazy' : 'images';
+  if (via === undefined || via === 'auto') return rt.lazyDump ? 'lazy' : 'images';
   return via;
 }
 
@@ -269,15 +269,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         const mem = new ContainerMemory(
           tree,
           async () => {
-            const why = await lazyRefused;
-            if (why && via === 'lazy') {
-              // Found before the stop: the images route instead, and the container stops once.
-              via = 'images';
-              dumpFallback = new LazyDumpRefused(o.from, why, false).message;
-              o.onFallback?.(dumpFallback);
-              await hashPool?.close();
-              hashPool = undefined;
-            }
             o.onPhase?.('dump');
             if (via === 'lazy') {
               // CRIU writes all but the anonymous memory; precog reads that from the stopped tasks and compares it.
@@ -289,20 +280,27 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               try {
                 const ck = await checkpoint(srcDir, {
                   lazyMemory: async (images) => {
-                    const runs = lazyRuns(images);
-                    const ranges = runs.map((r) => ({
-                      pid: reader.pid(r.id),
-                      vaddr: Number(r.vaddr),
-                      pages: r.nrPages,
-                    }));
-                    const h0 = performance.now();
-                    const hashes = await hashPool!.hash(ranges);
-                    hashMs = performance.now() - h0;
-                    const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
+                    // A post-copy that sent nothing yet reads nothing now (every page is deferred): no hashes.
+                    let lazyHashes: NonNullable<Parameters<typeof receiveFromImages>[2]>['lazyHashes'];
+                    if (mem.anySent || !postcopy) {
+                      const runs = lazyRuns(images);
+                      const ranges = runs.map((r) => ({
+                        pid: reader.pid(r.id),
+                        vaddr: Number(r.vaddr),
+                        pages: r.nrPages,
+                      }));
+                      const h0 = performance.now();
+                      const hashes = await hashPool!.hash(ranges);
+                      hashMs = performance.now() - h0;
+                      const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
+                      lazyHashes = { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash };
+                    }
                     received = receiveFromImages(images, (...a) => mem.holds(...a), {
                       keep: true,
                       readLazy: (...a) => reader.read(...a),
-                      lazyHashes: { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash },
+                      ...(lazyHashes ? { lazyHashes } : {}),
+                      // Post-copy: what the destination never had is read from the frozen tasks as it is sent.
+                      ...(postcopy ? { deferLazy: mem.neverSent } : {}),
                     });
                   },
                 });
@@ -343,7 +341,21 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
           async () => {
             // The driver thaws a frozen source when the migration fails; nothing else is held here.
           },
-          { readBeforeDump: !rt.keepsProcessesAfterDump },
+          {
+            readBeforeDump: !rt.keepsProcessesAfterDump,
+            deferUnsent: postcopy && via === 'lazy',
+            // The probe's answer (asked when the migration started), before the container stops: a refusal takes
+            // the images route instead, and the container stops once.
+            beforeFreeze: async () => {
+              const why = await lazyRefused;
+              if (!why || via !== 'lazy') return;
+              via = 'images';
+              dumpFallback = new LazyDumpRefused(o.from, why, false).message;
+              o.onFallback?.(dumpFallback);
+              await hashPool?.close();
+              hashPool = undefined;
+            },
+          },
         );
         const link = await connectTls(o.dest, identity, o.to, {
           idleTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,

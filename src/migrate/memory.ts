@@ -63,7 +63,13 @@ export class ContainerMemory implements MemorySource {
   private readonly sentHash: BigUint64Array;
   /** CRIU's pagemap id (a PID as the dump names it) -> index into tree.processes. */
   private readonly byCriuId = new Map<number, number>();
-  private final: { dirty: Bitmap; data: Map<number, Buffer>; extras: ExtraPage[] } | null = null;
+  private final: {
+    dirty: Bitmap;
+    data: Map<number, Buffer>;
+    extras: ExtraPage[];
+    /** Pages to send that were not read at the stop: read from the frozen processes when sent (deferUnsent). */
+    deferred: Bitmap | null;
+  } | null = null;
   private readonly dump: () => Promise<ReceivedDump>;
   private readonly undump: () => Promise<void>;
   private frozenAt = -1;
@@ -82,7 +88,16 @@ export class ContainerMemory implements MemorySource {
     tree: ProcessTreeMemory,
     dump: () => Promise<ReceivedDump>,
     undump: () => Promise<void>,
-    private readonly opts: { readBeforeDump?: boolean } = {},
+    private readonly opts: {
+      readBeforeDump?: boolean;
+      /**
+       * The pages never sent that the dump did not carry are read from the processes (frozen after the dump, until
+       * the move ends) when the engine sends them, not at the stop: a post-copy's stop then reads no memory.
+       */
+      deferUnsent?: boolean;
+      /** Awaited before the freeze (nothing stopped yet, not downtime): the last word on how to dump. */
+      beforeFreeze?: () => Promise<void>;
+    } = {},
   ) {
     this.tree = tree;
     this.layout = tree.layout;
@@ -129,6 +144,17 @@ export class ContainerMemory implements MemorySource {
     return g >= 0 && this.sent.get(g) ? g : -1;
   }
 
+  /** Whether any page was handed to the engine for sending (a live round ran). */
+  get anySent(): boolean {
+    return !this.sent.isEmpty();
+  }
+
+  /** A task's page of the live layout that was never sent (deferLazy of a post-copy's lazy dump). */
+  readonly neverSent = (id: number, vaddr: bigint): boolean => {
+    const g = this.pageOf(id, vaddr);
+    return g >= 0 && !this.sent.get(g);
+  };
+
   /** Seconds-from-epoch (performance.now() ms) at which the switchover froze the container; -1 before. */
   get freezeStartedAt(): number {
     return this.frozenAt;
@@ -143,18 +169,28 @@ export class ContainerMemory implements MemorySource {
     return this.tree.collectDirty();
   }
 
-  readPages(ids: ArrayLike<number>, out: Uint8Array): void {
+  async readPages(ids: ArrayLike<number>, out: Uint8Array): Promise<void> {
     if (this.final) {
-      const data = this.final.data;
+      const { data, deferred } = this.final;
+      const later: number[] = [];
+      const slots: number[] = [];
       for (let k = 0; k < ids.length; k++) {
         const page = data.get(ids[k]);
         if (page) out.set(page, k * PAGE_SIZE);
-        else if (!this.sent.get(ids[k])) out.fill(0, k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
+        else if (deferred?.get(ids[k])) {
+          later.push(ids[k]);
+          slots.push(k);
+        } else if (!this.sent.get(ids[k])) out.fill(0, k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
         else throw new Error(`page ${ids[k]} is not among the pages CRIU dumped as changed`);
+      }
+      if (later.length) {
+        const buf = Buffer.allocUnsafe(later.length * PAGE_SIZE);
+        await this.tree.readPages(later, buf);
+        slots.forEach((k, i) => out.set(buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), k * PAGE_SIZE));
       }
       return;
     }
-    this.tree.readPages(ids, out);
+    await this.tree.readPages(ids, out);
     for (let k = 0; k < ids.length; k++) {
       const id = ids[k];
       this.sent.set(id);
@@ -179,6 +215,7 @@ export class ContainerMemory implements MemorySource {
   async freeze(): Promise<void> {
     // Read while the container runs: a page that changes after this is in CRIU's dump, which takes precedence.
     const early = this.opts.readBeforeDump ? await this.readUnsent() : null;
+    await this.opts.beforeFreeze?.();
     this.frozenAt = performance.now();
     const dump = await this.dump();
     const dirty = new Bitmap(this.layout.pageCount);
@@ -203,14 +240,16 @@ export class ContainerMemory implements MemorySource {
         missing.push(g);
       }
     if (early) for (const g of missing) data.set(g, early.get(g)!);
-    for (let i = 0; !early && i < missing.length; i += 256) {
+    const deferred = this.opts.deferUnsent && !early ? new Bitmap(this.layout.pageCount) : null;
+    if (deferred) for (const g of missing) deferred.set(g);
+    for (let i = 0; !early && !deferred && i < missing.length; i += 256) {
       const ids = missing.slice(i, i + 256);
       const buf = Buffer.allocUnsafe(ids.length * PAGE_SIZE);
       await this.tree.readPages(ids, buf);
       ids.forEach((g, k) => data.set(g, buf.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)));
     }
     this.unchanged = dump.counts.unchanged;
-    this.final = { dirty, data, extras };
+    this.final = { dirty, data, extras, deferred };
   }
 
   finalDirty(): Bitmap {

@@ -5,12 +5,14 @@ export type DumpVia = 'auto' | 'lazy' | 'images' | 'page-server';
 export const DUMP_ROUTES: readonly DumpVia[] = ['auto', 'lazy', 'images', 'page-server'];
 
 /**
- * Post-copy and hybrid restore from a full local dump (its pagemaps say which pages restore eagerly): a UsageError
- * for any other route asked of them. The CLI checks it before it asks an agent; the agent again (dumpRoute).
+ * Post-copy and hybrid need the dump's pagemaps (which pages restore eagerly) and, for the pages that follow the
+ * switchover, the source's frozen memory or a local dump: the lazy and images routes, not the page server. A
+ * UsageError for it. The CLI checks it before it asks an agent; the agent again (dumpRoute).
  */
 export function refusePostcopyRoute(via: string | undefined, postcopy: boolean, strategyName: string): void {
-  if (postcopy && via !== undefined && via !== 'auto' && via !== 'images')
+  if (postcopy && via === 'page-server')
     throw new UsageError(
-      `--dump-via ${via}: ${strategyName} needs the local dump (its pagemaps say which pages restore eagerly); leave --dump-via out`,
+      `--dump-via page-server: ${strategyName} serves its pages after the switchover from the frozen source or a ` +
+        'local dump; use --dump-via lazy or images, or leave --dump-via out',
     );
 }

@@ -127,7 +127,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
       );
 
     const model = s.switchover;
-    const { route, mode } = defaultSwitchover(isPostcopy(strategy), strategy.restore);
+    const { mode } = defaultSwitchover(isPostcopy(strategy), strategy.restore, 0);
     const env: DestinationEnvironment = {
       restoreCost: s.restoreCost + (model ? resumeSeconds(model, mode, memoryBytes, s.bandwidth) : 0),
       backing(l) {
@@ -181,6 +181,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
         ? {
             // Post-copy sends nothing while stopped here (live: the few pages criu restore copies itself).
             atStop: (pages: number, liveRounds: number) => {
+              const { route } = defaultSwitchover(isPostcopy(strategy), strategy.restore, liveRounds);
               const stopped = isPostcopy(strategy) ? 0 : pages * size;
               clock.advance(
                 dumpSeconds(model, route, memoryBytes, stopped, liveRounds === 0) +

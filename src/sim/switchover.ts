@@ -25,7 +25,8 @@ import { InputError } from '../util/errors.ts';
 export interface SwitchoverModel {
   /** Where it was fitted from, for the reader (files, date). */
   fittedFrom: string;
-  dump: Record<DumpRoute, Linear & { perChangedMiBMs: number; coldStartMs: number }>;
+  /** By route; the emulator takes lazy and postcopy (images: only where runs dumped that way were fitted). */
+  dump: Partial<Record<DumpRoute, DumpCost>>;
   send: { perMiBMs: number };
   restore: Record<RestoreMode, Linear>;
   answer: Record<RestoreMode, Linear & { perLinkSecondMs: number }>;
@@ -44,10 +45,20 @@ export const DEFAULT_SWITCHOVER_MODEL = fileURLToPath(
   new URL('../../docs/data/switchover-model.json', import.meta.url),
 );
 
-export type DumpRoute = 'lazy' | 'images';
+/** fixed + per GiB + per MiB sent at the stop + a cold start, in ms. */
+export type DumpCost = Linear & { perChangedMiBMs: number; coldStartMs: number };
+
+/**
+ * The dump's route as the model tells them apart: lazy (CRIU's non-memory state; precog hashes all memory and reads
+ * what changed), postcopy (the lazy route of a post-copy with no round before: nothing read at the stop) and images
+ * (a full local dump read back).
+ */
+export type DumpRoute = 'lazy' | 'postcopy' | 'images';
 /** How the destination restores: lazily from its own images, in full, or lazily with the pages still coming (post-copy). */
 export type RestoreMode = 'lazy' | 'full' | 'postcopy';
-export const DUMP_ROUTES: readonly DumpRoute[] = ['lazy', 'images'];
+export const DUMP_ROUTES: readonly DumpRoute[] = ['lazy', 'postcopy', 'images'];
+/** The routes the emulator charges (precog's runtime, auto): a model must have them. */
+const EMULATED_ROUTES: readonly DumpRoute[] = ['lazy', 'postcopy'];
 export const RESTORE_MODES: readonly RestoreMode[] = ['lazy', 'full', 'postcopy'];
 
 const GiB = 1024 ** 3;
@@ -62,6 +73,10 @@ export function dumpSeconds(
   cold: boolean,
 ): number {
   const d = m.dump[route];
+  if (!d)
+    throw new InputError(
+      `the switchover model has no dump via ${route}: fit it to runs that dumped that way (npm run fit:switchover)`,
+    );
   return (
     (d.fixedMs +
       (d.perGiBMs * memoryBytes) / GiB +
@@ -97,10 +112,14 @@ export function resumeSeconds(
 }
 
 /** The route and restore precog's own runtime takes by default (dumpRoute in src/migrate/live.ts, auto). */
-export function defaultSwitchover(postcopy: boolean, restore: 'lazy' | 'full' | undefined) {
+export function defaultSwitchover(
+  postcopy: boolean,
+  restore: 'lazy' | 'full' | undefined,
+  liveRounds: number,
+): { route: DumpRoute; mode: RestoreMode } {
   return {
-    route: (postcopy ? 'images' : 'lazy') as DumpRoute,
-    mode: (postcopy ? 'postcopy' : (restore ?? 'lazy')) as RestoreMode,
+    route: postcopy && liveRounds === 0 ? 'postcopy' : 'lazy',
+    mode: postcopy ? 'postcopy' : (restore ?? 'lazy'),
   };
 }
 
@@ -164,6 +183,7 @@ export function checkSwitchoverModel(raw: unknown, where: string): SwitchoverMod
   };
   for (const r of DUMP_ROUTES) {
     const path = `dump.${r}`;
+    if (dump[r] === undefined && !EMULATED_ROUTES.includes(r)) continue;
     const d = obj(dump[r], path);
     m.dump[r] = {
       ...linear(d, path),
@@ -319,10 +339,11 @@ export function fitSwitchover(samples: readonly SwitchoverSample[], fittedFrom: 
     stateBytes: Math.round(medianOf(cells.map((c) => c.stateBytes))),
   };
   for (const r of DUMP_ROUTES) {
+    if (!EMULATED_ROUTES.includes(r) && !cells.some((c) => c.route === r)) continue;
     const xs = need(
       (c) => c.route === r,
-      `dumped via ${r}`,
-      r === 'images' ? 'include postcopy (it dumps to images)' : 'include precopy and cold',
+      r === 'postcopy' ? 'of postcopy dumped lazily' : `dumped via ${r}`,
+      r === 'postcopy' ? 'include postcopy' : 'include precopy and cold',
     );
     // The cold start only where the runs tell it apart from the fixed cost (both cold and warm stops).
     const both = xs.some((c) => c.cold) && xs.some((c) => !c.cold);
