@@ -10,7 +10,10 @@ import { PassThrough } from 'node:stream';
 import type { Socket } from 'node:net';
 import { xxh64 } from '@node-rs/xxhash';
 import { HashPool } from '../src/criu/hashpool.ts';
-import { LazyDumpEnd, probeLazyDump } from '../src/criu/lazydump.ts';
+import { FrozenMemoryReader, LazyDumpEnd, probeLazyDump } from '../src/criu/lazydump.ts';
+import { ContainerMemory } from '../src/migrate/memory.ts';
+import { ProcessTreeMemory } from '../src/memory/tree.ts';
+import { defaultWriter, expectedPage, startWriter } from './workloads/writer.ts';
 import { CriuRunner } from '../src/criu/runner.ts';
 import { lazyRuns, receiveFromImages } from '../src/criu/localdump.ts';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
@@ -281,3 +284,75 @@ test('the dump route: lazy where the runtime can (post-copy too), images for oth
     /frozen source or a local dump/,
   );
 });
+
+test(
+  'a page written after the last live round, just before the freeze, is what the stop sends',
+  {
+    skip:
+      process.getuid?.() !== 0
+        ? 'needs root (the writer runs in a PID namespace of its own, as a container does)'
+        : !defaultWriter()
+          ? 'neither a C compiler nor python3 for the writer'
+          : false,
+  },
+  async () => {
+    // The lazy route without CRIU: the same images a lazy dump leaves (the writer's buffer left in the task), read
+    // from the stopped task and compared by hash with what the live round sent.
+    const w = await startWriter(1, defaultWriter(), ['unshare', '--pid', '--fork']);
+    const dir = mkdtempSync(join(tmpdir(), 'precog-lastwrite-'));
+    let stopped = 0;
+    try {
+      const tree = new ProcessTreeMemory(w.pid, { onUnmapped: 'zero' });
+      const mem: ContainerMemory = new ContainerMemory(
+        tree,
+        async () => {
+          stopped = mem.machinePid(1)!;
+          process.kill(stopped, 'SIGSTOP');
+          await new Promise((r) => setTimeout(r, 50));
+          const addr = BigInt(w.addr);
+          writePagemap(dir, 1, [{ vaddr: addr, nrPages: w.pages, flags: PE_LAZY }], { pagesId: 1 });
+          const reader = new FrozenMemoryReader((id) => mem.machinePid(id));
+          try {
+            const all = Buffer.alloc(w.pages * PAGE_SIZE);
+            reader.read(1, addr, all, all.length);
+            const hashes = BigUint64Array.from({ length: w.pages }, (_, i) =>
+              xxh64(all.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)),
+            );
+            return receiveFromImages(dir, (...a) => mem.holds(...a), {
+              keep: true,
+              readLazy: (...a) => reader.read(...a),
+              lazyHashes: {
+                of: (id, vaddr) => (id === 1 && vaddr === addr ? hashes : undefined),
+                have: mem.holdsHash,
+              },
+            });
+          } finally {
+            reader.close();
+          }
+        },
+        async () => {},
+      );
+      assert.equal(await w.command(`write 1 ${[...Array(w.pages).keys()].join(' ')}`), `done ${w.pages}`);
+      // The live round: every page of the layout read and sent.
+      await mem.collectDirty();
+      const ids = Uint32Array.from({ length: mem.layout.pageCount }, (_, i) => i);
+      await mem.readPages(ids, Buffer.alloc(ids.length * PAGE_SIZE));
+      // After it, before the freeze: page 5 of the buffer is written again.
+      assert.equal(await w.command('write 9 5'), 'done 1');
+      await mem.freeze();
+      const g = (p: number) => mem.pageOf(1, BigInt(w.addr + p * PAGE_SIZE));
+      assert.ok(g(5) >= 0, 'the buffer is in the live layout');
+      const dirty = mem.finalDirty();
+      assert.ok(dirty.get(g(5)), 'the page written after the round is sent at the stop');
+      assert.ok(!dirty.get(g(4)) && !dirty.get(g(6)), 'its unchanged neighbours are not');
+      const got = Buffer.alloc(PAGE_SIZE);
+      await mem.readPages([g(5)], got);
+      assert.ok(got.equals(expectedPage(5, 9)), 'with the bytes written last');
+      mem.close();
+    } finally {
+      if (stopped) process.kill(stopped, 'SIGCONT');
+      await w.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -78,9 +78,15 @@ export interface Writer {
   stop(): Promise<void>;
 }
 
-export async function startWriter(mib: number, prog = defaultWriter()): Promise<Writer> {
+/** `prefix`: a command the writer runs under (e.g. unshare into a PID namespace); `pid` is then the prefix's. */
+export async function startWriter(
+  mib: number,
+  prog = defaultWriter(),
+  prefix: readonly string[] = [],
+): Promise<Writer> {
   if (!prog) throw new Error('no C compiler and no python3: cannot run the test writer');
-  const child: ChildProcessWithoutNullStreams = spawn(prog.command, [...prog.args, String(mib)], {
+  const argv = [...prefix, prog.command, ...prog.args, String(mib)];
+  const child: ChildProcessWithoutNullStreams = spawn(argv[0], argv.slice(1), {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stderr = '';
