@@ -166,8 +166,8 @@ export function migrateCommand(): Command {
     .option(
       '--dump-via <how>',
       'lazy: criu dumps all but the anonymous memory, which precog reads from the stopped tasks; images: full local ' +
-        'criu dump, pages compared as read back; page-server: streamed to precog; auto: lazy where the runtime ' +
-        'can, images otherwise and for post-copy',
+        'criu dump, pages compared as read back; page-server: streamed to precog (not with post-copy); auto: ' +
+        'lazy where the runtime can (post-copy: the pages then follow from the frozen tasks), images otherwise',
       'auto',
     )
     .option('--json', 'print the report as JSON')
