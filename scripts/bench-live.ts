@@ -29,7 +29,7 @@
  * Python thread (it rewrote ~6 M pages/s unthrottled, 50 MB/s is 12 k pages/s).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -53,6 +53,7 @@ import {
 import { parseBandwidth } from '../src/util/units.ts';
 import { requireRootOrExit } from './testbed-run.ts';
 import { KEPT_SECTIONS, LIVE_SECTION, replaceSection } from './sections.ts';
+import { latestRuns } from './live-runs.ts';
 
 const BIN = new URL('../bin/precog', import.meta.url).pathname;
 /** redis-lan's address on the testbed's service LAN (one container at a time). */
@@ -779,15 +780,7 @@ console.log(
 // --from-json: the report again from runs saved by an earlier (possibly interrupted) run, with the emulator.
 if (flags['from-json']) {
   // Several files: a cell's runs come from the last file that has that cell (newer runs replace older ones).
-  const cellKey = (r: LiveRun) => `${workloadOf(r)} ${r.link} ${r.sizeMiB} ${r.rate} ${r.strategy}`;
-  const byCell = new Map<string, LiveRun[]>();
-  for (const file of flags['from-json'].split(',')) {
-    const fresh = new Map<string, LiveRun[]>();
-    for (const r of (JSON.parse(readFileSync(file, 'utf8')) as { live: LiveRun[] }).live)
-      fresh.set(cellKey(r), [...(fresh.get(cellKey(r)) ?? []), r]);
-    for (const [k, runs] of fresh) byCell.set(k, runs);
-  }
-  for (const runs of byCell.values()) liveRuns.push(...runs);
+  liveRuns.push(...latestRuns<LiveRun>(flags['from-json'].split(',')));
 } else
   try {
     for (const link of links) {

@@ -4,7 +4,7 @@
 // and as a model fitted without that cell predicts it (leave one cell out: how well it generalises).
 //
 //   npm run fit:switchover -- --from-json FILE,... [--out docs/data/switchover-model.json] [--results FILE]
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import {
   cellMedians,
@@ -19,6 +19,7 @@ import {
 } from '../src/sim/switchover.ts';
 import { parseBandwidth } from '../src/util/units.ts';
 import { replaceSection, SWITCHOVER_SECTION } from './sections.ts';
+import { latestRuns } from './live-runs.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -46,6 +47,7 @@ interface Run {
   workload?: string;
   link: string;
   sizeMiB: number;
+  rate: number;
   strategy: string;
   ok: boolean;
   probe?: { downtimeMs: number };
@@ -70,49 +72,39 @@ interface Run {
 const files = flags['from-json'].split(',');
 const samples: SwitchoverSample[] = [];
 let skipped = 0;
-// As bench:live --from-json reads them: a cell's runs come from the last file that has it (newer runs replace older).
-const byCell = new Map<string, Run[]>();
-for (const file of files) {
-  const fresh = new Map<string, Run[]>();
-  for (const r of (JSON.parse(readFileSync(file, 'utf8')) as { live: Run[] }).live) {
-    const key = `${r.workload ?? 'memchange'} ${r.link} ${r.sizeMiB} ${r.strategy}`;
-    fresh.set(key, [...(fresh.get(key) ?? []), r]);
+// As bench:live --from-json reads them: a cell's runs come from the last file that has it.
+for (const r of latestRuns<Run>(files)) {
+  const x = r.report;
+  const route = x?.dumpVia;
+  if (
+    !r.ok ||
+    !x ||
+    !r.probe ||
+    (r.workload ?? 'memchange') !== 'memchange' ||
+    (route !== 'lazy' && route !== 'images') ||
+    !x.restoreMode
+  ) {
+    skipped++;
+    continue;
   }
-  for (const [k, runs] of fresh) byCell.set(k, runs);
+  const bitsPerMs = parseBandwidth(r.link, 'link') / 1000;
+  const stop = x.rounds?.filter((q) => q.phase === 'stop') ?? [];
+  const stopBytes = stop.length ? stop.reduce((a, q) => a + q.bytes, 0) : x.pagesFinal * 4096;
+  samples.push({
+    cell: `${r.link} ${r.sizeMiB} MiB ${r.rate} MB/s ${r.strategy}`,
+    route: route === 'lazy' && x.postcopy && x.liveRounds === 0 ? 'postcopy' : route,
+    mode: x.postcopy ? 'postcopy' : x.restoreMode,
+    cold: x.liveRounds === 0,
+    memoryBytes: x.memoryBytes,
+    changedBytes: x.pagesFinal * 4096,
+    bandwidth: bitsPerMs * 1000,
+    stateBytes: x.stateBytes,
+    dumpMs: x.dumpMs,
+    sendMs: x.finalPagesMs - (stopBytes * 8) / bitsPerMs,
+    restoreMs: x.stateMs - (x.stateBytes * 8) / bitsPerMs + x.restoreMs,
+    answerMs: r.probe.downtimeMs - x.downtimeMs,
+  });
 }
-for (const runs of byCell.values())
-  for (const r of runs) {
-    const x = r.report;
-    const route = x?.dumpVia;
-    if (
-      !r.ok ||
-      !x ||
-      !r.probe ||
-      (r.workload ?? 'memchange') !== 'memchange' ||
-      (route !== 'lazy' && route !== 'images') ||
-      !x.restoreMode
-    ) {
-      skipped++;
-      continue;
-    }
-    const bitsPerMs = parseBandwidth(r.link, 'link') / 1000;
-    const stop = x.rounds?.filter((q) => q.phase === 'stop') ?? [];
-    const stopBytes = stop.length ? stop.reduce((a, q) => a + q.bytes, 0) : x.pagesFinal * 4096;
-    samples.push({
-      cell: `${r.link} ${r.sizeMiB} MiB ${r.strategy}`,
-      route: route === 'lazy' && x.postcopy && x.liveRounds === 0 ? 'postcopy' : route,
-      mode: x.postcopy ? 'postcopy' : x.restoreMode,
-      cold: x.liveRounds === 0,
-      memoryBytes: x.memoryBytes,
-      changedBytes: x.pagesFinal * 4096,
-      bandwidth: bitsPerMs * 1000,
-      stateBytes: x.stateBytes,
-      dumpMs: x.dumpMs,
-      sendMs: x.finalPagesMs - (stopBytes * 8) / bitsPerMs,
-      restoreMs: x.stateMs - (x.stateBytes * 8) / bitsPerMs + x.restoreMs,
-      answerMs: r.probe.downtimeMs - x.downtimeMs,
-    });
-  }
 
 const model = fitSwitchover(
   samples,

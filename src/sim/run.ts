@@ -16,8 +16,9 @@ import { EmulatedLink, type FrameHandler } from '../transport/emulated.ts';
 import { emulatedSystemFeatures } from '../predict/features.ts';
 import { AccessRecorder, WorkloadLookahead } from './lookahead.ts';
 import {
-  defaultSwitchover,
+  defaultRoute,
   dumpSeconds,
+  restoreModeOf,
   resumeSeconds,
   sendSeconds,
   type SwitchoverModel,
@@ -127,7 +128,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
       );
 
     const model = s.switchover;
-    const { mode } = defaultSwitchover(isPostcopy(strategy), strategy.restore, 0);
+    const mode = restoreModeOf(isPostcopy(strategy), strategy.restore);
     const env: DestinationEnvironment = {
       restoreCost: s.restoreCost + (model ? resumeSeconds(model, mode, memoryBytes, s.bandwidth) : 0),
       backing(l) {
@@ -181,7 +182,7 @@ export async function simulate(s: Scenario, hooks: SimHooks = {}): Promise<SimRe
         ? {
             // Post-copy sends nothing while stopped here (live: the few pages criu restore copies itself).
             atStop: (pages: number, liveRounds: number) => {
-              const { route } = defaultSwitchover(isPostcopy(strategy), strategy.restore, liveRounds);
+              const route = defaultRoute(isPostcopy(strategy), liveRounds);
               const stopped = isPostcopy(strategy) ? 0 : pages * size;
               clock.advance(
                 dumpSeconds(model, route, memoryBytes, stopped, liveRounds === 0) +

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { median } from '../report/metrics.ts';
 import { InputError } from '../util/errors.ts';
 
 /**
@@ -111,16 +112,14 @@ export function resumeSeconds(
   );
 }
 
-/** The route and restore precog's own runtime takes by default (dumpRoute in src/migrate/live.ts, auto). */
-export function defaultSwitchover(
-  postcopy: boolean,
-  restore: 'lazy' | 'full' | undefined,
-  liveRounds: number,
-): { route: DumpRoute; mode: RestoreMode } {
-  return {
-    route: postcopy && liveRounds === 0 ? 'postcopy' : 'lazy',
-    mode: postcopy ? 'postcopy' : (restore ?? 'lazy'),
-  };
+/** The dump route precog's own runtime takes by default (dumpRoute in src/migrate/live.ts, auto). */
+export function defaultRoute(postcopy: boolean, liveRounds: number): DumpRoute {
+  return postcopy && liveRounds === 0 ? 'postcopy' : 'lazy';
+}
+
+/** The restore a strategy gets at the destination (lazy unless it says full; post-copy's own). */
+export function restoreModeOf(postcopy: boolean, restore: 'lazy' | 'full' | undefined): RestoreMode {
+  return postcopy ? 'postcopy' : (restore ?? 'lazy');
 }
 
 /** Reads and checks a model file; a file that is not one is an InputError naming what is wrong. */
@@ -287,18 +286,12 @@ export interface SwitchoverSample {
 /** Weights for relative errors: 1/y (a y near 0 counts as 1 ms). */
 const relative = (y: number[]): number[] => y.map((v) => 1 / Math.max(1, Math.abs(v)));
 
-const medianOf = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
-};
-
 /** Each cell's medians, one sample per cell. */
 export function cellMedians(samples: readonly SwitchoverSample[]): SwitchoverSample[] {
   const by = new Map<string, SwitchoverSample[]>();
   for (const s of samples) by.set(s.cell, [...(by.get(s.cell) ?? []), s]);
   return [...by.values()].map((runs) => {
-    const m = (f: (s: SwitchoverSample) => number) => medianOf(runs.map(f));
+    const m = (f: (s: SwitchoverSample) => number) => median(runs.map(f));
     return {
       ...runs[0],
       memoryBytes: m((s) => s.memoryBytes),
@@ -336,7 +329,7 @@ export function fitSwitchover(samples: readonly SwitchoverSample[], fittedFrom: 
     send: { perMiBMs: 0 },
     restore: {} as SwitchoverModel['restore'],
     answer: {} as SwitchoverModel['answer'],
-    stateBytes: Math.round(medianOf(cells.map((c) => c.stateBytes))),
+    stateBytes: Math.round(median(cells.map((c) => c.stateBytes))),
   };
   for (const r of DUMP_ROUTES) {
     if (!EMULATED_ROUTES.includes(r) && !cells.some((c) => c.route === r)) continue;
@@ -382,7 +375,7 @@ export function fitSwitchover(samples: readonly SwitchoverSample[], fittedFrom: 
     const [fixedMs, perGiBMs, perLinkSecondMs = 0] = leastSquares(
       rows,
       xs.map((c) => c.answerMs),
-    ) ?? [medianOf(xs.map((c) => c.answerMs)), 0, 0];
+    ) ?? [median(xs.map((c) => c.answerMs)), 0, 0];
     m.answer[r] = { fixedMs, perGiBMs, perLinkSecondMs };
   }
   return m;
