@@ -41,7 +41,15 @@ import {
   type ServiceClient,
   type ServiceClientResult,
 } from '../src/runtime/svcclient.ts';
-import { AGENT, hostCommand, readState, testbedStatus, type TestbedState } from '../src/runtime/testbed.ts';
+import {
+  AGENT,
+  downForSure,
+  hostCommand,
+  readState,
+  testbedOwner,
+  testbedStatus,
+  type TestbedState,
+} from '../src/runtime/testbed.ts';
 import { PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
 import { runTool } from '../src/runtime/rootfs.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
@@ -315,6 +323,8 @@ interface EmulatedRun {
 // Testbed: one per link rate, only when nobody else's is up; always taken down
 
 let ourTestbed = false;
+/** When the testbed this bench last brought up was created: how it knows its own, even half-removed. */
+let ourCreatedAt: string | undefined;
 let activeProbe: Probe | undefined;
 let activeClient: ServiceClient | undefined;
 const started = new Set<string>();
@@ -322,7 +332,14 @@ const started = new Set<string>();
 async function waitForFreeTestbed(): Promise<void> {
   for (let announced = false; ; announced = true) {
     const s = await testbedStatus();
-    if (s.state === 'down') return;
+    const owner = testbedOwner(s, ourCreatedAt);
+    if (owner === 'free') return;
+    if (owner === 'ours') {
+      // Our own, half-removed by an earlier link's down: ours to finish, not somebody else's to wait for.
+      console.error(`the testbed this bench brought up (${s.createdAt}) is still ${s.state}: taking it down`);
+      await downForSure(() => precogSync('testbed', 'down'), { log: (l) => console.error(l) });
+      continue;
+    }
     if (!announced)
       console.log(
         `a testbed is ${s.state} (since ${s.createdAt ?? '?'}): someone may be using it; waiting until it is down ` +
@@ -457,18 +474,7 @@ async function cleanup(): Promise<void> {
   activeProbe = undefined;
   stopContainers();
   if (ourTestbed) {
-    // Taken down for sure: a half-removed testbed of our own would look like somebody else's to the next link,
-    // which would wait for it for ever.
-    for (let attempt = 1; ; attempt++) {
-      const r = precogSync('testbed', 'down');
-      if (r.code === 0) break;
-      console.error(`testbed down failed (attempt ${attempt} of 3): ${r.stderr}`);
-      if (attempt === 3)
-        throw new Error(
-          'the testbed this bench brought up cannot be taken down (above); run "precog testbed down"',
-        );
-      await sleep(5000);
-    }
+    await downForSure(() => precogSync('testbed', 'down'), { log: (l) => console.error(l) });
     ourTestbed = false;
   }
 }
@@ -790,6 +796,7 @@ if (flags['from-json']) {
       mustPrecog('testbed', 'up', '--rate', link);
       ourTestbed = true;
       const state = readState();
+      ourCreatedAt = state?.createdAt;
       if (!state?.complete) throw new Error('testbed up returned, but the testbed is not up');
       if (!state.probe) throw new Error('the testbed has no probe namespace');
       console.log(`\ntestbed up, link ${state.rate ?? 'unlimited'}`);

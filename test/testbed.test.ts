@@ -2,14 +2,19 @@
 // veth links) and the cached trixie rootfs (built on first use, about a minute; then up takes well under a second).
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
+  awaitKilled,
+  downForSure,
   HOSTS_DIR,
   hostCommand,
+  KILL_GRACE_MS,
   listCgroups,
   parseHost,
   parseLinkRate,
+  procRef,
   procStart,
   readState,
   requireRoot,
@@ -17,9 +22,11 @@ import {
   tbfArgs,
   tbfBurst,
   testbedDown,
+  testbedOwner,
   testbedStatus,
   type TestbedState,
   type TestbedStatus,
+  waitUntil,
 } from '../src/runtime/testbed.ts';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { UsageError } from '../src/util/errors.ts';
@@ -27,6 +34,7 @@ import { UsageError } from '../src/util/errors.ts';
 const cli = (args: string[], opts: { uid?: number; showStderr?: boolean } = {}): Ran =>
   precog(['testbed', ...args], opts);
 const IS_ROOT = process.getuid?.() === 0;
+const FREEZER = '/sys/fs/cgroup/freezer';
 
 /** Everything the testbed could leave behind, as strings ([] when clean). */
 function leftovers(pids: number[]): string[] {
@@ -108,6 +116,76 @@ test('not root: one line saying root is needed, exit code 2', () => {
     assert.equal(r.stdout, '');
   }
 });
+
+test("a testbed that fails to go down is tried again, then named; one of our own is never taken for somebody else's", async () => {
+  // Before: bench:live logged a failed down and went on; the next link then waited for ever on its own leftover.
+  const results = [
+    { code: 1, stderr: 'processes 42 survived SIGKILL' },
+    { code: 1, stderr: 'busy' },
+    { code: 0, stderr: '' },
+  ];
+  let calls = 0;
+  const log: string[] = [];
+  await downForSure(() => results[calls++], { pauseMs: 1, log: (l) => log.push(l) });
+  assert.equal(calls, 3);
+  assert.match(log[0], /attempt 1 of 3\): processes 42 survived SIGKILL/);
+  calls = 0;
+  await assert.rejects(
+    downForSure(() => (calls++, { code: 1, stderr: 'stuck' }), { pauseMs: 1 }),
+    /cannot be taken down \(stuck\); run "precog testbed down"/,
+  );
+  assert.equal(calls, 3);
+  const created = '2026-12-05T07:00:00.000Z';
+  assert.equal(testbedOwner({ state: 'down', createdAt: null }, created), 'free');
+  assert.equal(testbedOwner({ state: 'partial', createdAt: created }, created), 'ours');
+  assert.equal(testbedOwner({ state: 'up', createdAt: '2026-12-05T06:00:00.000Z' }, created), 'theirs');
+  assert.equal(testbedOwner({ state: 'up', createdAt: created }, undefined), 'theirs');
+});
+
+test(
+  'a killed process that takes seconds to go (frozen by a freezer cgroup) is waited for, not called a survivor',
+  {
+    skip: !IS_ROOT || !existsSync(FREEZER) ? 'needs root and the cgroup v1 freezer (as CRIU uses it)' : false,
+  },
+  async () => {
+    // Before: down waited 5 s and reported "processes … survived SIGKILL" for processes gone seconds later.
+    // A process in a frozen cgroup stays in D after SIGKILL until the cgroup thaws, as during a CRIU dump.
+    const cg = join(FREEZER, `precog-test-${process.pid}`);
+    mkdirSync(cg);
+    const child = spawn('sleep', ['100'], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      writeFileSync(join(cg, 'cgroup.procs'), String(child.pid));
+      writeFileSync(join(cg, 'freezer.state'), 'FROZEN');
+      assert.ok(
+        await waitUntil(() => readFileSync(join(cg, 'freezer.state'), 'utf8').trim() === 'FROZEN', 5000),
+      );
+      const ref = procRef(child.pid!);
+      assert.ok(ref);
+      process.kill(child.pid!, 'SIGKILL');
+      // Still there after a short wait, named with its state...
+      await assert.rejects(
+        awaitKilled([ref], 300),
+        new RegExp(`processes ${child.pid} \\(D \\(disk sleep\\): sleep\\) still exist`),
+      );
+      // ...and gone once thawed 6 s after the kill: longer than the old 5 s, well inside the grace.
+      const thaw = setTimeout(() => writeFileSync(join(cg, 'freezer.state'), 'THAWED'), 6000);
+      const t0 = performance.now();
+      try {
+        await awaitKilled([ref]);
+      } finally {
+        clearTimeout(thaw);
+      }
+      assert.ok(performance.now() - t0 > 5000, 'gone only after the thaw');
+      assert.ok(KILL_GRACE_MS > 6000);
+    } finally {
+      writeFileSync(join(cg, 'freezer.state'), 'THAWED');
+      child.kill('SIGKILL');
+      await exited;
+      rmdirSync(cg);
+    }
+  },
+);
 
 // A testbed somebody is using is left alone.
 const before: TestbedStatus | undefined = IS_ROOT ? await testbedStatus() : undefined;

@@ -320,6 +320,60 @@ export function isAlive(ref: ProcRef | null | undefined): ref is ProcRef {
   return !!ref && procStart(ref.pid) === ref.start;
 }
 
+/** How long killed processes get to go before `down` calls them survivors. */
+export const KILL_GRACE_MS = 20_000;
+
+/**
+ * Waits until every killed process is gone, or throws naming each one left with its state. A killed process may
+ * take seconds to go: freeing gigabytes of memory, or in uninterruptible sleep (D) until something releases it,
+ * such as a freezer cgroup that CRIU froze and thaws only when its dump ends. Only one still there after `ms`
+ * counts as surviving.
+ */
+export async function awaitKilled(killed: ProcRef[], ms = KILL_GRACE_MS): Promise<void> {
+  if (await waitUntil(() => !killed.some(isAlive), ms)) return;
+  const left = killed.filter(isAlive).map((k) => `${k.pid} (${procState(k.pid)})`);
+  throw new Error(`processes ${left.join(', ')} still exist ${ms / 1000} s after SIGKILL; run down again`);
+}
+
+/**
+ * Takes down a testbed that this process brought up, for sure: `down` is tried `attempts` times, `pauseMs`
+ * apart, then an error names the command to run. A half-removed testbed of one's own must not be left, since
+ * the next `up` (or a bench's next link) would take it for somebody else's and wait for it.
+ */
+export async function downForSure(
+  down: () => { code: number | null; stderr: string },
+  opts: { attempts?: number; pauseMs?: number; log?: (line: string) => void } = {},
+): Promise<void> {
+  const attempts = opts.attempts ?? 3;
+  for (let attempt = 1; ; attempt++) {
+    const r = down();
+    if (r.code === 0) return;
+    opts.log?.(`testbed down failed (attempt ${attempt} of ${attempts}): ${r.stderr.trim()}`);
+    if (attempt >= attempts)
+      throw new Error(
+        `the testbed this process brought up cannot be taken down (${r.stderr.trim()}); run "precog testbed down"`,
+      );
+    await sleep(opts.pauseMs ?? 5000);
+  }
+}
+
+/**
+ * Whose testbed a status shows: none is up ("free"), the one this process brought up ("ours", recognised by its
+ * creation time, even half-removed), or somebody else's ("theirs").
+ */
+export function testbedOwner(
+  status: { state: string; createdAt: string | null },
+  ourCreatedAt: string | undefined,
+): 'free' | 'ours' | 'theirs' {
+  if (status.state === 'down') return 'free';
+  return ourCreatedAt !== undefined && status.createdAt === ourCreatedAt ? 'ours' : 'theirs';
+}
+
+/** The process with this PID as a reference that a reused PID cannot match (null when it is gone). */
+export function procRef(pid: number): ProcRef | null {
+  return refOf(pid);
+}
+
 function refOf(pid: number): ProcRef | null {
   const start = procStart(pid);
   return start === undefined ? null : { pid, start };
@@ -972,12 +1026,7 @@ async function sweep(): Promise<string[]> {
   if (killed.length > 0) {
     const pids = [...new Set(killed.map((k) => k.pid))];
     done.push(`processes ${pids.join(' ')}`);
-    // A killed process may take seconds to go: freeing gigabytes of memory, or finishing a system call in
-    // uninterruptible sleep (D). Only one still there after 20 s counts as surviving, named with its state.
-    if (!(await waitUntil(() => !killed.some(isAlive), 20_000))) {
-      const left = killed.filter(isAlive).map((k) => `${k.pid} (${procState(k.pid)})`);
-      throw new Error(`processes ${left.join(', ')} still exist 20 s after SIGKILL; run down again`);
-    }
+    await awaitKilled(killed);
   }
   // 3. Network: deleting a namespace deletes the veth end inside it, and with it the peer.
   for (const ns of netns) {
