@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { bundleRefusal } from '../src/runtime/oci.ts';
 import { bundleFilesRefusal, specRefusal, type OciSpec } from '../src/runtime/peerspec.ts';
-import { podmanImportRefusal, podmanPolicy } from '../src/runtime/podman.ts';
+import { ipnetsOf, podmanImportRefusal, podmanPolicy } from '../src/runtime/podman.ts';
 
 const ROOTS = ['/var/lib/containers/storage', '/run/containers/storage'];
 const UD = '/var/lib/containers/storage/overlay-containers/c85f/userdata';
@@ -191,4 +191,21 @@ test("a bundle's root or config.json that is a symlink is refused (rootfs -> / w
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("the addresses a destination holds while Podman restores come only from IP literals in the peer's network.status", () => {
+  const status = {
+    svcnet: {
+      interfaces: {
+        eth0: {
+          subnets: [{ ipnet: '10.213.80.60/24', gateway: '10.213.80.254' }, { ipnet: 'fd00::3c/64' }],
+          mac_address: '8a:1c:00:00:00:01',
+        },
+      },
+    },
+    other: { interfaces: { eth1: { subnets: [{ ipnet: '10.0.0.1; flush ruleset' }, { ipnet: 42 }] } } },
+  };
+  assert.deepEqual(ipnetsOf(status), ['10.213.80.60', 'fd00::3c']);
+  assert.deepEqual(ipnetsOf(null), []);
+  assert.deepEqual(ipnetsOf('10.0.0.1/8'), []);
 });

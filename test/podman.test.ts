@@ -16,7 +16,7 @@ import {
   type TestbedState,
 } from '../src/runtime/testbed.ts';
 import { dirname } from 'node:path';
-import { must, precog, type Ran } from './support/cli.ts';
+import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
 import { agentLeftovers as leftovers, memcheckOf, migrateWhile } from './support/moves.ts';
 
@@ -296,82 +296,92 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     }
   });
 
-  // Known race, reported as TODO so that it shows without failing the run: Podman's restore gives the new macvlan
-  // its address (and the interface announces its MAC over IPv6) before CRIU has restored and locked the socket, so
-  // a client retransmission that reaches b in between is answered with a reset (docs/runtimes.md).
-  test(
-    'redis in Podman with its own address on the LAN: a client keeps its TCP connection through the move, 0 failed requests',
-    { todo: 'races with Podman publishing the address before CRIU restores the socket' },
-    async () => {
-      // A macvlan network over each host's service bridge (the LAN that joins the hosts), the same on both hosts; the
-      // container keeps its address and MAC (Podman restores them) and CRIU its established connections.
-      for (const h of ['a', 'b'])
-        must(
-          podman(
-            h,
-            'network',
-            'create',
-            '--driver',
-            'macvlan',
-            '--opt',
-            'parent=svc0',
-            '--subnet',
-            '10.213.80.0/24',
-            '--gateway',
-            '10.213.80.254',
-            '--disable-dns',
-            'svcnet',
-          ),
-          `network on ${h}`,
-        );
-      const address = '10.213.80.60';
+  // Podman's restore gives the new macvlan its address (and the interface announces its MAC over IPv6) before CRIU
+  // has restored the socket: the destination holds the address (an nftables ingress drop on the parent interface)
+  // until the restore returns, so a client retransmission in between is dropped, not answered with a reset.
+  test("redis in Podman with its own address on the LAN: refused while b lacks its network; then moved with its client's TCP connection, 0 failed requests", async () => {
+    // A macvlan network over each host's service bridge (the LAN that joins the hosts), the same on both hosts; the
+    // container keeps its address and MAC (Podman restores them) and CRIU its established connections. At first
+    // only a has it.
+    const createNetwork = (h: string) =>
       must(
         podman(
-          'a',
-          'run',
-          '-d',
-          '--name',
-          'pnet',
-          '--network',
+          h,
+          'network',
+          'create',
+          '--driver',
+          'macvlan',
+          '--opt',
+          'parent=svc0',
+          '--subnet',
+          '10.213.80.0/24',
+          '--gateway',
+          '10.213.80.254',
+          '--disable-dns',
           'svcnet',
-          '--ip',
-          address,
-          PODMAN_TEST_IMAGE,
-          'redis-server',
-          '--save',
-          '',
-          '--appendonly',
-          'no',
-          '--protected-mode',
-          'no',
         ),
-        'podman run redis with an address',
+        `network on ${h}`,
       );
-      let client: ServiceClient | undefined;
-      try {
-        for (let i = 0; i < 50 && !client; i++) {
-          client = await startServiceClient(state, { address, port: 6379 }).catch(() => undefined);
-          if (!client) await sleep(100);
-        }
-        assert.ok(client, `no redis answers at ${address}:6379 from the LAN`);
-        await sleep(500);
-        const before = client.replies();
-        must(cli('migrate', 'pnet', '--runtime', 'podman', '--from', 'a', '--to', 'b'), 'migrate');
-        for (let i = 0; i < 50 && client.replies() < before + 200; i++) await sleep(100);
-        const r = await client.stop();
-        client = undefined;
-        process.stdout.write(`# podman redis with its own address, client: ${JSON.stringify(r)}\n`);
-        assert.equal(r.failed, 0, `failed requests: ${r.errors.join('; ')}`);
-        assert.equal(r.connections, 1, 'the client kept its one TCP connection');
-        assert.ok(r.sequential, 'every reply was the previous one + 1: redis went on from its state');
-        assert.ok(r.last > before + 100, `requests went on after the move: ${before} -> ${r.last}`);
-        assert.ok(names('b').includes('pnet running'), names('b').join(', '));
-        assert.ok(!names('a').some((n) => n.startsWith('pnet ')));
-      } finally {
-        await client?.stop();
-        podman('a', 'rm', '-f', 'pnet');
-        podman('b', 'rm', '-f', 'pnet');
+    createNetwork('a');
+    const address = '10.213.80.60';
+    must(
+      podman(
+        'a',
+        'run',
+        '-d',
+        '--name',
+        'pnet',
+        '--network',
+        'svcnet',
+        '--ip',
+        address,
+        PODMAN_TEST_IMAGE,
+        'redis-server',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--protected-mode',
+        'no',
+      ),
+      'podman run redis with an address',
+    );
+    let client: ServiceClient | undefined;
+    try {
+      for (let i = 0; i < 50 && !client; i++) {
+        client = await startServiceClient(state, { address, port: 6379 }).catch(() => undefined);
+        if (!client) await sleep(100);
       }
-    },
-  );
+      assert.ok(client, `no redis answers at ${address}:6379 from the LAN`);
+      await sleep(500);
+      // b has no network svcnet: refused before the container stops, naming it; the client goes on against a.
+      const refused = cli('migrate', 'pnet', '--runtime', 'podman', '--from', 'a', '--to', 'b');
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, /network container pnet is attached to \(svcnet\) is not on this host/);
+      assert.match(refused.stderr, /source keeps running on a/);
+      const afterRefusal = client.replies();
+      await sleep(500);
+      assert.ok(client.replies() > afterRefusal, 'redis on a went on answering after the refusal');
+      createNetwork('b');
+      const before = client.replies();
+      must(cli('migrate', 'pnet', '--runtime', 'podman', '--from', 'a', '--to', 'b'), 'migrate');
+      for (let i = 0; i < 50 && client.replies() < before + 200; i++) await sleep(100);
+      const r = await client.stop();
+      client = undefined;
+      process.stdout.write(`# podman redis with its own address, client: ${JSON.stringify(r)}\n`);
+      assert.equal(r.failed, 0, `failed requests: ${r.errors.join('; ')}`);
+      assert.equal(r.connections, 1, 'the client kept its one TCP connection');
+      assert.ok(r.sequential, 'every reply was the previous one + 1: redis went on from its state');
+      assert.ok(r.last > before + 100, `requests went on after the move: ${before} -> ${r.last}`);
+      assert.ok(names('b').includes('pnet running'), names('b').join(', '));
+      assert.ok(!names('a').some((n) => n.startsWith('pnet ')));
+      // The hold on its address is gone with the restore.
+      const tables = must(await inHost(state, 'b', ['nft', 'list', 'tables']), 'nft list tables').stdout;
+      assert.doesNotMatch(tables, /precog_hold/);
+    } finally {
+      await client?.stop();
+      podman('a', 'rm', '-f', 'pnet');
+      podman('b', 'rm', '-f', 'pnet');
+    }
+  });
 });

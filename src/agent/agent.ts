@@ -314,6 +314,21 @@ export class Agent {
         `the image container ${c.name} needs (${c.image}) is not on this host: install the same image here ` +
           `(${rt.imageHint})`,
       );
+    if (c.networks !== undefined) {
+      if (
+        !Array.isArray(c.networks) ||
+        c.networks.length > 64 ||
+        !c.networks.every((n) => typeof n === 'string' && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(n))
+      )
+        throw new ProtocolError('a container HELLO names its networks as a list of at most 64 network names');
+      const missing = c.networks.filter((n) => !rt.hasNetwork?.(n));
+      if (missing.length > 0)
+        throw new ProtocolError(
+          `the network${missing.length > 1 ? 's' : ''} container ${c.name} is attached to ` +
+            `(${missing.join(', ')}) ${missing.length > 1 ? 'are' : 'is'} not on this host: ` +
+            (rt.networkHint ?? `the ${c.runtime} runtime has no networks here`),
+        );
+    }
     log.info(
       { container: c.name, from: c.from, runtime: c.runtime, restore: c.restore },
       'container migration',

@@ -24,6 +24,8 @@ export interface ContainerHello {
   name: string;
   /** The image the container needs (MovableRuntime.imageOf): the destination refuses at once without it. */
   image?: string;
+  /** The named networks it is attached to (MovableRuntime.networksOf): the destination refuses without one. */
+  networks?: string[];
   /** The source host's name (for messages and logs). */
   from: string;
   /** 'postcopy': resume before every page is there (needs a lazy restore); absent: stop-and-copy. */

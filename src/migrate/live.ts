@@ -264,6 +264,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
         if (!info.machinePid) throw new UsageError(`container ${o.name} has no running process`);
         const tree = new ProcessTreeMemory(info.machinePid.pid, { onUnmapped: 'zero' });
         const image = rt.imageOf(info);
+        const networks = rt.networksOf?.(info) ?? [];
         let received: ReceivedDump | undefined;
         const srcDir = join(o.workDir, 'source');
         const mem = new ContainerMemory(
@@ -375,6 +376,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             name: o.name,
             from: o.from,
             ...(image ? { image } : {}),
+            ...(networks.length > 0 ? { networks } : {}),
             restore: restoreMode,
             lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs(),
             linkTimeoutMs: o.linkTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,

@@ -15,6 +15,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
@@ -51,6 +52,7 @@ interface Inspect {
   StaticDir?: string;
   State: { Status: string; Pid: number; Checkpointed?: boolean };
   HostConfig?: { Memory?: number; NetworkMode?: string };
+  NetworkSettings?: { Networks?: Record<string, unknown> | null };
 }
 
 const STATUS: Record<string, ContainerStatus> = {
@@ -270,7 +272,9 @@ export class PodmanRuntime implements MovableRuntime {
       { encoding: 'utf8' },
     );
     if (r.status !== 0) throw new Error(`cannot assemble the Podman checkpoint archive: ${r.stderr.trim()}`);
+    let release: (() => Promise<void>) | undefined;
     try {
+      release = await this.holdAddresses(state.name, join(d, 'upper'));
       await this.podman([
         'container',
         'restore',
@@ -282,6 +286,7 @@ export class PodmanRuntime implements MovableRuntime {
       throw err;
     } finally {
       rmSync(archive, { force: true });
+      await release?.();
     }
     const restored = await this.inspect(state.name);
     if (!restored) throw new Error(`podman container restore left no container ${state.name} on ${host}`);
@@ -368,6 +373,81 @@ export class PodmanRuntime implements MovableRuntime {
     return this.podmanOk(['image', 'exists', image]);
   }
 
+  readonly networkHint =
+    'create it with the same name and options as at the source (podman network inspect NAME there shows them)';
+
+  /**
+   * The Podman networks the container is attached to (a network of `--network none` or `host` is none): Podman's
+   * restore attaches it to the same ones by name, so they must exist at the destination.
+   */
+  networksOf(info: ContainerInfo): string[] {
+    const c = this.cmd(['container', 'inspect', '--format', '{{json .NetworkSettings.Networks}}', info.name]);
+    const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`podman container inspect ${info.name} failed: ${r.stderr.trim()}`);
+    const nets = JSON.parse(r.stdout.trim() || 'null') as Record<string, unknown> | null;
+    // Only networks Podman defines (a network mode such as host shows under its own name, but is not one).
+    return Object.keys(nets ?? {}).filter((n) => NETWORK_NAME.test(n) && this.hasNetwork(n));
+  }
+
+  hasNetwork(name: string): boolean {
+    return NETWORK_NAME.test(name) && this.podmanOk(['network', 'exists', name]);
+  }
+
+  /**
+   * Holds the container's addresses on this host's LAN while Podman restores it, on its macvlan and ipvlan
+   * networks: Podman gives the new interface its address before CRIU has restored the container's TCP sockets, and a
+   * client's packet that arrives in between would be answered with a reset (the connection lost). An nftables
+   * ingress rule on the network's parent interface drops IP packets for those addresses (before macvlan hands them
+   * to the container) until `release`; the client retransmits them to the restored sockets. Addresses come from
+   * the checkpoint's network.status (a peer's data: only IP literals are taken).
+   */
+  private async holdAddresses(name: string, upper: string): Promise<() => Promise<void>> {
+    const status = join(upper, 'network.status');
+    if (!existsSync(status) || !lstatSync(status).isFile()) return async () => {};
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(status, 'utf8'));
+    } catch {
+      return async () => {}; // Podman's import refuses it with its own message
+    }
+    if (typeof parsed !== 'object' || parsed === null) return async () => {};
+    const devices = new Set<string>();
+    for (const net of Object.keys(parsed).filter((n) => NETWORK_NAME.test(n))) {
+      const c = this.cmd(['network', 'inspect', '--format', '{{.Driver}} {{.NetworkInterface}}', net]);
+      const r = spawnSync(c.cmd, c.args, { env: c.env, encoding: 'utf8' });
+      const [driver, dev] = r.status === 0 ? r.stdout.trim().split(/\s+/) : [];
+      if ((driver === 'macvlan' || driver === 'ipvlan') && dev && /^[A-Za-z0-9_.@-]{1,15}$/.test(dev))
+        devices.add(dev);
+    }
+    const addresses = ipnetsOf(parsed).slice(0, 64);
+    if (devices.size === 0 || addresses.length === 0) return async () => {};
+    const table = `precog_hold_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
+    const v4 = addresses.filter((a) => isIPv4(a));
+    const v6 = addresses.filter((a) => isIPv6(a));
+    const rules = [...devices].map(
+      (dev, i) =>
+        `  chain in${i} {\n    type filter hook ingress device "${dev}" priority -500; policy accept;\n` +
+        (v4.length ? `    ip daddr { ${v4.join(', ')} } drop\n` : '') +
+        (v6.length ? `    ip6 daddr { ${v6.join(', ')} } drop\n` : '') +
+        '  }\n',
+    );
+    await this.nft(`table netdev ${table}\ndelete table netdev ${table}\n`); // a leftover of a crashed agent
+    await this.nft(`table netdev ${table} {\n${rules.join('')}}\n`);
+    return async () => {
+      await this.nft(`delete table netdev ${table}\n`);
+    };
+  }
+
+  private async nft(script: string): Promise<void> {
+    const c = this.site.command(['nft', '-f', '-']);
+    const r = spawnSync(c.cmd, c.args, { env: c.env, input: script, encoding: 'utf8' });
+    if (r.status !== 0)
+      throw new Error(
+        `cannot hold the container's LAN addresses while it is restored: nft failed (${(r.stderr || String(r.error)).trim()}); ` +
+          'nftables must be installed on the destination (apt-get install nftables)',
+      );
+  }
+
   private pendingFile(name: string): string {
     return this.site.fsPath(posix.join(PENDING_DIR, `${name}.json`));
   }
@@ -419,4 +499,23 @@ export function podmanImportRefusal(upper: string, roots: string[]): string | nu
   }
   const policy = podmanPolicy(roots);
   return specRefusal(spec, policy) ?? (config.spec ? specRefusal(config.spec as OciSpec, policy) : null);
+}
+
+/** A Podman network name (as `podman network create` takes it). */
+const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/** Every "ipnet" address in a checkpoint's network.status (JSON from the peer), without its prefix length. */
+export function ipnetsOf(status: unknown): string[] {
+  const out = new Set<string>();
+  const walk = (v: unknown, depth: number): void => {
+    if (depth > 8 || typeof v !== 'object' || v === null) return;
+    for (const [k, x] of Object.entries(v)) {
+      if (k === 'ipnet' && typeof x === 'string') {
+        const addr = x.split('/')[0];
+        if (isIP(addr)) out.add(addr);
+      } else walk(x, depth + 1);
+    }
+  };
+  walk(status, 0);
+  return [...out];
 }

@@ -84,6 +84,15 @@ export interface MovableRuntime {
   /** How to get a missing image onto a host (part of the destination's refusal). */
   readonly imageHint: string;
   /**
+   * The named networks the container is attached to, which its restore attaches it to again by name (told in
+   * HELLO; a destination without one of them refuses before the source stops). Runtimes without: none.
+   */
+  networksOf?(info: ContainerInfo): string[];
+  /** Whether this host has the network NAME (`networksOf` at the source). */
+  hasNetwork?(name: string): boolean;
+  /** How to make a missing network (part of the destination's refusal). */
+  readonly networkHint?: string;
+  /**
    * Runtimes whose dump ends the processes: the command that restores the source from the checkpoint it keeps, for
    * a post-copy that failed after the switchover (the driver's message).
    */

@@ -26,6 +26,8 @@ export const ROOTFS_PACKAGES: readonly string[] = [
   'python3-pycriu',
   'iproute2',
   'iptables',
+  // nft: the destination holds a moved container's address while Podman restores it (podman.ts, AddressLock).
+  'nftables',
   'iputils-ping',
   'iputils-arping',
   'procps',
@@ -47,6 +49,7 @@ export const ROOTFS_REQUIRED_FILES: readonly string[] = [
   'usr/sbin/ip',
   'usr/sbin/tc',
   'usr/sbin/iptables',
+  'usr/sbin/nft',
   'usr/bin/ps',
   'usr/bin/ping',
   'usr/bin/arping',
