@@ -1167,10 +1167,11 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   if (pc.length) {
     out.push('', `## Post-copy after the switchover (medians)`, '');
     out.push(
-      'pages: sent after the container resumed at the destination; remote faults: requests of `criu lazy-pages` ' +
-        "that had to wait for pages from the source (the rest were served from the destination agent's store, " +
-        'already pushed); latency: from such a request to its pages arriving (ms); degraded: from the container ' +
-        'running at the destination until its last page was in (ms).',
+      "pages: sent after the container resumed at the destination; remote faults: the workload's page faults " +
+        "(one-page requests of `criu lazy-pages`) on pages not yet in the destination agent's store, which had to " +
+        'come from the source (runs before 2026-12-05 07:30 counted every request that waited, its background ' +
+        'chunks too); latency: from such a request to its reply (ms); degraded: from the container running at ' +
+        'the destination until its last page was in (ms).',
       '',
     );
     out.push(

@@ -20,6 +20,10 @@ export const SWITCHOVER_SECTION = 'switchover-model';
 export const LIVE_EMULATED_SECTION = 'bench:live:emulated';
 /** Each step of the stop above the floor: a minimal container moved in the same run (bench:live, issue 13). */
 export const LIVE_FLOOR_SECTION = 'bench:live:floor';
+/** Post-copy's push paced by the destination's acknowledgements, faults served first (issue 13, part 2). */
+export const LIVE_POSTCOPY_PACED_SECTION = 'bench:live:postcopy-paced';
+/** The same cells measured on the code before the pacing (commit 7dbf8e6), the baseline of that section. */
+export const LIVE_POSTCOPY_UNPACED_SECTION = 'bench:live:postcopy-unpaced';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -34,6 +38,8 @@ export const KEPT_SECTIONS: readonly string[] = [
   SWITCHOVER_SECTION,
   LIVE_EMULATED_SECTION,
   LIVE_FLOOR_SECTION,
+  LIVE_POSTCOPY_PACED_SECTION,
+  LIVE_POSTCOPY_UNPACED_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;

@@ -105,16 +105,22 @@ async function daemon(
 }
 
 describe('lazy page server (post-copy, serving side)', () => {
-  test('answers GETs in order with the source’s pages, fewer when the source has fewer, then CLOSE', async () => {
+  test('asks the source for each GET as it arrives, answers in order with its pages, fewer when it has fewer, then CLOSE', async () => {
     const asked: string[] = [];
+    let askedBeforeFirstAnswer = 0;
+    const replied: string[] = [];
     const server = new LazyPageServer({
       source: async (pid, vaddr, nr) => {
         asked.push(`${pid}:${vaddr.toString(16)}:${nr}`);
         // The first request is answered last: replies must still go out in request order.
-        if (vaddr === 0x10000n) await new Promise((r) => setTimeout(r, 50));
+        if (vaddr === 0x10000n) {
+          await new Promise((r) => setTimeout(r, 50));
+          askedBeforeFirstAnswer = asked.length;
+        }
         const n = vaddr === 0x40000n ? 1 : nr; // a source that holds only one page there
         return Buffer.concat(Array.from({ length: n }, (_, k) => pageOf(pid, vaddr + BigInt(k * PAGE_SIZE))));
       },
+      onReply: (g) => replied.push(g.vaddr.toString(16)),
     });
     const d = await daemon(server);
     // CRIU 4.2 leaves the 4 bytes of padding after cmd uninitialised: garbage there must not matter.
@@ -150,6 +156,9 @@ describe('lazy page server (post-copy, serving side)', () => {
     const stats = await server.done;
     assert.deepEqual([stats.requests, stats.pages, stats.layout], [3, 4, 32]);
     assert.deepEqual(asked, ['7:10000:2', '8:20000:1', '7:40000:3']);
+    // Each request goes to the source as it arrives (a fault behind a slow request is already on its way).
+    assert.equal(askedBeforeFirstAnswer, 3);
+    assert.deepEqual(replied, ['10000', '20000', '40000']);
     assert.equal(stats.latenciesMs.length, 3);
     server.close();
   });

@@ -9,7 +9,7 @@ import { encodeFrame, FrameType } from '../transport/frame.ts';
 import type { ResumedWorkload } from '../engine/destination.ts';
 import type { ResumedMessage } from '../engine/messages.ts';
 import type { PageStore } from '../engine/pagestore.ts';
-import { LazyPageServer, type LazyServeStats } from '../criu/lazyserver.ts';
+import { LazyPageServer, type LazyGet, type LazyServeStats } from '../criu/lazyserver.ts';
 import type { PostcopyPages } from '../migrate/state.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -18,6 +18,9 @@ export function isPostcopySpec(spec: string): boolean {
   return /^(postcopy|hybrid)(:|$)/.test(spec);
 }
 
+/** Most pages one FAULT asks for: a run that starts with a missing page (64 KiB, CRIU's first background chunk). */
+const FAULT_RUN = 16;
+
 export class ContainerPostcopy implements ResumedWorkload {
   readonly server: LazyPageServer;
   private store: PageStore | null = null;
@@ -25,9 +28,14 @@ export class ContainerPostcopy implements ResumedWorkload {
   private sendFault: ((frame: Buffer) => void) | null = null;
   private readonly waiting = new Map<number, (() => void)[]>();
   private readonly log: Logger;
+  /** The workload's faults on pages not here yet (the daemon's one-page requests for a missing page). */
   faults = 0;
-  /** Seconds from a request for missing pages to their arrival. */
+  /** Seconds from each such request to its reply (its wait behind earlier requests included). */
   readonly faultLatencies: number[] = [];
+  /** The daemon's background requests that began with a missing page (answered once that page landed). */
+  backgroundWaits = 0;
+  /** Faults (task:vaddr) not replied to yet, whose wait goes into faultLatencies. */
+  private readonly faulting = new Set<string>();
   /** Pages the daemon asked for, and of those, pages that had to come from the source first. */
   pagesRequested = 0;
   faultedPages = 0;
@@ -38,7 +46,13 @@ export class ContainerPostcopy implements ResumedWorkload {
     server.done.then(
       (s: LazyServeStats) =>
         log.info(
-          { requests: s.requests, pages: s.pages, faults: this.faults, faultedPages: this.faultedPages },
+          {
+            requests: s.requests,
+            pages: s.pages,
+            faults: this.faults,
+            backgroundWaits: this.backgroundWaits,
+            faultedPages: this.faultedPages,
+          },
           'lazy-pages daemon done',
         ),
       (err: Error) => log.warn({ reason: err.message }, 'lazy page server failed'),
@@ -56,6 +70,7 @@ export class ContainerPostcopy implements ResumedWorkload {
         if (!self) throw new Error('no post-copy in progress');
         return self.serve(task, vaddr, nrPages);
       },
+      onReply: (get, ms) => self?.replied(get, ms),
     });
     self = new ContainerPostcopy(server, log);
     return Promise.resolve(self);
@@ -125,23 +140,35 @@ export class ContainerPostcopy implements ResumedWorkload {
       return data;
     }
     const n = Math.min(nrPages, where.left);
-    this.pagesRequested += n;
-    const missing: number[] = [];
-    for (let g = where.first; g < where.first + n; g++) if (!store.present.get(g)) missing.push(g);
-    if (missing.length) {
-      const t0 = performance.now();
-      this.faults++;
-      this.faultedPages += missing.length;
-      const landed = missing.map(
-        (g) => new Promise<void>((resolve) => this.waiting.set(g, [...(this.waiting.get(g) ?? []), resolve])),
+    const { first } = where;
+    if (!store.present.get(first)) {
+      // Missing here: a FAULT for the run of missing pages it starts (at most FAULT_RUN), answered as soon as its
+      // first page lands. The daemon asks for one page when the workload faults, and for growing chunks in the
+      // background: a chunk is answered with what is here, so a fault asked after it does not wait for all of it.
+      const run: number[] = [];
+      for (let g = first; g < first + n && run.length < FAULT_RUN && !store.present.get(g); g++) run.push(g);
+      if (nrPages === 1) {
+        this.faults++;
+        this.faulting.add(`${task}:${vaddr}`);
+      } else this.backgroundWaits++;
+      this.faultedPages += run.length;
+      const landed = new Promise<void>((resolve) =>
+        this.waiting.set(first, [...(this.waiting.get(first) ?? []), resolve]),
       );
-      const ids = Buffer.allocUnsafe(missing.length * 4);
-      missing.forEach((g, k) => ids.writeUInt32LE(g, k * 4));
+      const ids = Buffer.allocUnsafe(run.length * 4);
+      run.forEach((g, k) => ids.writeUInt32LE(g, k * 4));
       this.sendFault!(encodeFrame(FrameType.Fault, ids));
-      await Promise.all(landed);
-      this.faultLatencies.push((performance.now() - t0) / 1000);
+      await landed;
     }
-    return Buffer.from(store.backing.readRun(where.first, n));
+    let k = 1;
+    while (k < n && store.present.get(first + k)) k++;
+    this.pagesRequested += k;
+    return Buffer.from(store.backing.readRun(first, k));
+  }
+
+  /** The lazy server wrote a reply: a workload fault's wait, from its request to its page, goes in the latencies. */
+  private replied(get: LazyGet, ms: number): void {
+    if (this.faulting.delete(`${get.pid}:${get.vaddr}`)) this.faultLatencies.push(ms / 1000);
   }
 
   /**

@@ -31,7 +31,11 @@ import {
 import { PAGE_SIZE, PE_PRESENT } from './pages.ts';
 import { ProtocolError } from '../util/errors.ts';
 
-/** Where the pages come from: `nrPages` pages of task `pid` (as the dump names it) from `vaddr`, or fewer (>= 1). */
+/**
+ * Where the pages come from: `nrPages` pages of task `pid` (as the dump names it) from `vaddr`, or fewer (>= 1: the
+ * daemon puts the rest of the range back on its list and asks again). Called as each request arrives, several at
+ * once.
+ */
 export type LazyPageSource = (pid: number, vaddr: bigint, nrPages: number) => Promise<Buffer> | Buffer;
 
 export interface LazyServeStats {
@@ -43,6 +47,13 @@ export interface LazyServeStats {
   layout: IovLayout;
   /** Milliseconds from each GET's arrival to its reply (in order). */
   latenciesMs: number[];
+}
+
+export interface LazyServerOptions {
+  source: LazyPageSource;
+  layout?: IovLayout | null;
+  /** After each reply is written: the request and milliseconds from its arrival (its wait in line included). */
+  onReply?: (get: LazyGet, ms: number) => void;
 }
 
 /** The most pages one GET may ask for (the daemon asks for a fault's page or a background chunk). */
@@ -147,11 +158,11 @@ export class LazyPageServer implements PsConnection {
   readonly done: Promise<LazyServeStats>;
   private socket: net.Socket | null = null;
   private closed = false;
-  private readonly o: { source: LazyPageSource; layout?: IovLayout | null };
+  private readonly o: LazyServerOptions;
   private resolveDone!: (s: LazyServeStats) => void;
   private rejectDone!: (e: Error) => void;
 
-  constructor(o: { source: LazyPageSource; layout?: IovLayout | null }) {
+  constructor(o: LazyServerOptions) {
     this.o = o;
     this.done = new Promise<LazyServeStats>((res, rej) => {
       this.resolveDone = res;
@@ -189,10 +200,13 @@ export class LazyPageServer implements PsConnection {
       }
       const arrived = performance.now();
       for (const get of parsed.gets) {
-        // In order: each reply waits for the one before it (the daemon matches replies to requests by order).
+        // Asked at once (a fault's page is on its way from the source while an earlier request still waits), but
+        // replied in order: the daemon matches replies to requests by order.
+        const asked = (async () => o.source(get.pid, get.vaddr, get.nrPages))();
+        asked.catch(() => {}); // its error is taken in turn below
         chain = chain.then(async () => {
           if (failed) return;
-          const data = await o.source(get.pid, get.vaddr, get.nrPages);
+          const data = await asked;
           const n = Math.floor(data.length / PAGE_SIZE);
           if (n < 1 || n > get.nrPages || data.length % PAGE_SIZE !== 0)
             throw new Error(
@@ -203,7 +217,9 @@ export class LazyPageServer implements PsConnection {
           stats.requests++;
           stats.pages += n;
           stats.bytes += data.length;
-          stats.latenciesMs.push(performance.now() - arrived);
+          const ms = performance.now() - arrived;
+          stats.latenciesMs.push(ms);
+          o.onReply?.(get, ms);
         });
       }
       chain = chain.catch((err: Error) => fail(err));

@@ -184,13 +184,13 @@ export class MigrationDestination {
           for (let g = 0; g < store.layout.pageCount; g++) if (!store.present.get(g)) missing.set(g);
           const sw: SwitchoverMessage = { missing: bitmapToBase64(missing) };
           return [
-            { frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at },
+            { frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION, acks: true }), at },
             { frame: jsonFrame(FrameType.Layout, store.layout), at },
             { frame: jsonFrame(FrameType.Switchover, sw), at },
           ];
         }
         this.state = 'layout';
-        return [{ frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION }), at }];
+        return [{ frame: jsonFrame(FrameType.HelloAck, { version: PROTOCOL_VERSION, acks: true }), at }];
       }
       case FrameType.Layout: {
         this.expect('layout');
@@ -220,7 +220,8 @@ export class MigrationDestination {
         });
         store.backing.flush();
         this.lastArrival = at;
-        return [];
+        // During a post-copy each batch is acknowledged once stored: the source paces its push by these.
+        return postcopy ? [{ frame: encodeFrame(FrameType.PagesAck, EMPTY), at }] : [];
       }
       case FrameType.RoundEnd:
         this.expect('receiving');
@@ -310,6 +311,8 @@ export class MigrationDestination {
     });
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 export function bitmapToBase64(b: Bitmap): string {
   return Buffer.from(b.words.buffer, b.words.byteOffset, b.words.byteLength).toString('base64');

@@ -10,6 +10,7 @@ import { bitmapToBase64 } from './destination.ts';
 import type { DoneAck, HelloMessage, ResumedMessage } from './messages.ts';
 import { PROTOCOL_VERSION } from '../transport/frame.ts';
 import type { Link, MemorySource } from './types.ts';
+import { PushWindow, type PushWindowOptions } from './pushwindow.ts';
 
 export interface SourceOptions {
   codec: readonly Codec[];
@@ -51,6 +52,12 @@ export interface SourceOptions {
    * emulator charges the dump's cost here: src/sim/switchover.ts).
    */
   atStop?: (pendingPages: number, liveRounds: number) => void;
+  /**
+   * Post-copy: pace the background push by the destination's acknowledgements (when it sends them), so that a
+   * faulted page waits behind little (src/engine/pushwindow.ts). Default true.
+   */
+  pacePostcopy?: boolean;
+  pushWindow?: PushWindowOptions;
 }
 
 /** Bytes of state per STATE frame (below the frame limit). */
@@ -77,6 +84,9 @@ export class MigrationSource {
   private readonly scratch: Buffer;
   private readonly writer: BatchWriter;
   private readonly rounds: RoundRecord[] = [];
+  /** Whether the destination acknowledges a post-copy's PAGES (HELLO_ACK said so) and the push is paced by them. */
+  private paced = false;
+  private pushWindow: { bytes: number; minRtt: number } | undefined;
 
   constructor(mem: MemorySource, link: Link, strategy: Strategy, options: SourceOptions) {
     this.mem = mem;
@@ -117,7 +127,10 @@ export class MigrationSource {
         ...(this.o.purpose ? { purpose: this.o.purpose } : {}),
         ...(this.o.container ? { container: this.o.container } : {}),
       };
-      await this.link.request(jsonFrame(FrameType.Hello, hello), FrameType.HelloAck);
+      const ack = parseJson<{ acks?: boolean }>(
+        decodeFrame(await this.link.request(jsonFrame(FrameType.Hello, hello), FrameType.HelloAck)),
+      );
+      this.paced = ack.acks === true && this.o.pacePostcopy !== false;
       await this.link.send(jsonFrame(FrameType.Layout, this.mem.layout));
       const preparationTime = clock.now() - t0;
 
@@ -273,6 +286,7 @@ export class MigrationSource {
           faultLatencyMedian: median(done.faultLatencies),
           faultLatencyP99: quantile(done.faultLatencies, 0.99),
           degradedTime: end - resumedAt,
+          ...(this.pushWindow ? { pushWindow: this.pushWindow } : {}),
         },
         rounds: this.rounds,
       };
@@ -352,7 +366,11 @@ export class MigrationSource {
     return rec;
   }
 
-  /** Pushes every missing page, serving the destination's faults first. */
+  /**
+   * Pushes every missing page, serving the destination's faults first. With a destination that acknowledges the
+   * push (PAGES_ACK), the background pages go paced by a PushWindow, so that a faulted page does not queue behind
+   * more than ~10 ms of them; without, in full batches.
+   */
   private async pushPostcopy(missing: Bitmap, round: number): Promise<RoundRecord> {
     const rec = this.startRecord(round, 'postcopy');
     const order = missing.toArray();
@@ -360,11 +378,14 @@ export class MigrationSource {
     const urgent: number[] = [];
     const per = this.perBatch;
     const batch = new Uint32Array(per);
+    const clock = this.link.clock;
+    const pace = this.paced ? new PushWindow(this.o.pushWindow) : null;
     let cursor = 0;
     let left = order.length;
     while (left > 0) {
       for (const raw of this.link.receive()) {
         const f = decodeFrame(raw);
+        if (f.type === FrameType.PagesAck) pace?.acked(clock.now());
         if (f.type !== FrameType.Fault) continue;
         for (let at = 0; at + 4 <= f.payload.length; at += 4) {
           const id = f.payload.readUInt32LE(at);
@@ -380,16 +401,24 @@ export class MigrationSource {
       }
       // Faulted pages travel alone, so that they do not wait behind a full batch of background pages.
       if (n === 0) {
-        for (; n < per && cursor < order.length; cursor++) {
+        if (pace && !pace.room) {
+          await this.link.wait(); // an acknowledgement or a fault
+          continue;
+        }
+        const most = pace ? pace.batchPages(this.pageSize, per) : per;
+        for (; n < most && cursor < order.length; cursor++) {
           const id = order[cursor];
           if (sent.get(id)) continue;
           sent.set(id);
           batch[n++] = id;
         }
       }
+      const before = this.link.bytesSent;
       await this.sendBatch(batch.subarray(0, n), round, rec);
+      pace?.sent(this.link.bytesSent - before, clock.now());
       left -= n;
     }
+    if (pace) this.pushWindow = { bytes: Math.round(pace.window), minRtt: pace.minRtt };
     return rec;
   }
 }

@@ -64,4 +64,9 @@ export interface Link {
   request(frame: Buffer, replyType: number): Promise<Buffer>;
   /** Messages from the peer that have arrived by now, without waiting. */
   receive(): Buffer[];
+  /**
+   * Waits until a message from the peer has arrived (returns at once when one is there), or for a while: an
+   * emulated link advances its clock to the next arrival, by at most a millisecond at a time.
+   */
+  wait(): Promise<void>;
 }

@@ -28,6 +28,8 @@ export interface PostcopyMetrics {
   faultLatencyP99: number;
   /** From resume at the destination until the last page arrived. */
   degradedTime: number;
+  /** The paced push's window at its end (bytes) and the lowest round trip it saw (seconds); absent: not paced. */
+  pushWindow?: { bytes: number; minRtt: number };
 }
 
 export interface RunMetrics {

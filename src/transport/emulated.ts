@@ -69,6 +69,16 @@ export class EmulatedLink implements Link {
     return ready.map((a) => a.frame);
   }
 
+  async wait(): Promise<void> {
+    this.queue(this.peer.tick(this.clock.now()));
+    // Nothing on its way: the far end answers frames, so nothing ever will be (waiting would spin for ever).
+    if (this.inbox.length === 0)
+      throw new ProtocolError('waiting for the peer, which has nothing on its way');
+    const next = Math.min(...this.inbox.map((a) => a.at));
+    // In steps of at most 1 ms, so that the far end's faults in between are not skipped over.
+    if (next > this.clock.now()) this.clock.advanceTo(Math.min(next, this.clock.now() + 0.001));
+  }
+
   async request(frame: Buffer, replyType: number): Promise<Buffer> {
     this.send(frame);
     const i = this.inbox.findIndex(

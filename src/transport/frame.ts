@@ -38,6 +38,11 @@ export enum FrameType {
   Control = 15,
   /** An agent's answer to a Control request: progress, the report, an error. JSON. */
   Event = 16,
+  /**
+   * The destination's receipt of one PAGES frame during a post-copy (empty payload), sent by destinations that said
+   * `acks: true` in HELLO_ACK: the source paces its background push by them (src/engine/pushwindow.ts).
+   */
+  PagesAck = 17,
 }
 
 export interface Frame {

@@ -176,6 +176,12 @@ export class SocketLink implements Link {
     }
   }
 
+  async wait(): Promise<void> {
+    if (this.inbox.length > 0) return;
+    if (this.failure) throw this.failure;
+    await new Promise<void>((resolve) => (this.waiter = resolve));
+  }
+
   receive(): Buffer[] {
     const out = this.inbox;
     this.inbox = [];
