@@ -28,6 +28,7 @@ import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport
 import { Bitmap } from '../util/bitmap.ts';
 import { lastAtOrBelow } from '../util/search.ts';
 import { bitmapFromBase64 } from '../engine/destination.ts';
+import { PushWindow } from '../engine/pushwindow.ts';
 import { ProtocolError } from '../util/errors.ts';
 
 export interface ResumeOptions {
@@ -126,10 +127,15 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
         );
         let layout: Layout | null = null;
         const urgent: number[] = [];
+        // Paced by the destination's PAGES_ACK when its HELLO_ACK offers them (as the first push: pushwindow.ts).
+        let pace: PushWindow | null = null;
         const takeFaults = (frames: Buffer[]) => {
           for (const raw of frames) {
             const f = decodeFrame(raw);
-            if (f.type === FrameType.Layout) layout = parseJson<Layout>(f);
+            if (f.type === FrameType.HelloAck && parseJson<{ acks?: boolean }>(f).acks === true)
+              pace = new PushWindow();
+            else if (f.type === FrameType.PagesAck) pace?.acked(performance.now() / 1000);
+            else if (f.type === FrameType.Layout) layout = parseJson<Layout>(f);
             else if (f.type === FrameType.Fault)
               for (let at = 0; at + 4 <= f.payload.length; at += 4) urgent.push(f.payload.readUInt32LE(at));
           }
@@ -163,8 +169,14 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
             writer.add(id, page);
             n++;
           }
+          const window = pace as PushWindow | null;
+          if (n === 0 && window && !window.room) {
+            await link.wait(); // an acknowledgement or a fault
+            continue;
+          }
+          const most = window ? window.batchPages(PAGE_SIZE, per) : per;
           if (n === 0)
-            for (; n < per && cursor < order.length; cursor++) {
+            for (; n < most && cursor < order.length; cursor++) {
               const id = order[cursor];
               if (sent.get(id)) continue;
               sent.set(id);
@@ -175,6 +187,7 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
           if (n === 0) break;
           const { frame } = writer.seal(1);
           await link.send(frame);
+          window?.sent(frame.length, performance.now() / 1000);
           left -= n;
         }
         const ack = parseJson<DoneAck>(
