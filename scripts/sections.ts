@@ -24,6 +24,8 @@ export const LIVE_FLOOR_SECTION = 'bench:live:floor';
 export const LIVE_POSTCOPY_PACED_SECTION = 'bench:live:postcopy-paced';
 /** The same cells measured on the code before the pacing (commit 7dbf8e6), the baseline of that section. */
 export const LIVE_POSTCOPY_UNPACED_SECTION = 'bench:live:postcopy-unpaced';
+/** Pre-copy, post-copy and hybrid at 256 MiB and 1 GiB on both links, with the floor (issue 13's grid, part). */
+export const LIVE_STOP_GRID_SECTION = 'bench:live:stop-grid';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -40,6 +42,7 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_FLOOR_SECTION,
   LIVE_POSTCOPY_PACED_SECTION,
   LIVE_POSTCOPY_UNPACED_SECTION,
+  LIVE_STOP_GRID_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;

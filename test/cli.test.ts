@@ -30,6 +30,16 @@ test('bad input: one line naming the value and what is accepted, exit code 2, no
     ],
     [['simulate', '--sweep', 'colour=red'], /--sweep "colour=red" must be KEY=v1,v2/],
     [['simulate', '--repeat', '0'], /--repeat "0" must be a whole number >= 1/],
+    // before: a million runs were accepted silently, and a JSON path in a missing directory failed after the run
+    [
+      ['simulate', '--repeat', '1000000'],
+      /5000000 runs \(workloads x strategies x memories x bandwidths x --repeat\) is more than 10000: narrow the sweep or lower --repeat/,
+    ],
+    [
+      ['simulate', '--memory', '64KiB', '--json', '/no/such/dir/x.json'],
+      /--json \/no\/such\/dir\/x.json: the directory \/no\/such\/dir does not exist/,
+    ],
+    [['simulate', '--memory', '64KiB', '--json', dir], /that is a directory; name a file/],
     [['simulate', '--frobnicate'], /unknown option '--frobnicate'/],
     [['teleport'], /unknown command 'teleport'/],
     // every command's parse errors are usage errors too
@@ -50,6 +60,20 @@ test('bad input: one line naming the value and what is accepted, exit code 2, no
     assert.match(r.stderr, re, args.join(' '));
     assert.doesNotMatch(r.stderr, /\n\s+at /, `${args.join(' ')}: no stack trace`);
   }
+});
+
+test('a reader that stops early ends the output quietly (no EPIPE stack trace)', () => {
+  // Before: `precog simulate | head -1` died with an EPIPE stack trace once head had closed the pipe.
+  const r = spawnSync(
+    'sh',
+    [
+      '-c',
+      `"${process.execPath}" "${BIN}" simulate --memory 1MiB --strategy cold --repeat 200 --json - | head -c 100 >/dev/null`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.doesNotMatch(r.stderr, /EPIPE|\n\s+at /, r.stderr);
+  assert.equal(r.stderr, '');
 });
 
 test('simulate prints a comparison table and writes the documented JSON', () => {

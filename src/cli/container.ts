@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { defaultRuntime, type ContainerInfo } from '../runtime/container.ts';
 import { parseHost, parseServiceAddress, requireRoot } from '../runtime/testbed.ts';
-import { UsageError } from '../util/errors.ts';
+import { checkWritable, UsageError } from '../util/errors.ts';
 import { parseSize } from '../util/units.ts';
 import { migrateCommand } from './migrate.ts';
 
@@ -154,6 +154,7 @@ export function containerCommands(): Command[] {
     .requiredOption('--out <file>', 'output file, e.g. layer.tar.zst')
     .action(async (name: string, flags: { out: string }) => {
       needRoot('export');
+      checkWritable(flags.out, '--out');
       await defaultRuntime().exportLayer(name, flags.out);
       say(`${name}: writable layer exported to ${flags.out}`);
     });

@@ -34,6 +34,13 @@ program.addCommand(trainCommand());
 program.addCommand(predictEvalCommand());
 for (const c of containerCommands()) program.addCommand(c.exitOverride());
 
+// A reader that stops early (`precog simulate | head -1`) closes the pipe: the output ends there, quietly.
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

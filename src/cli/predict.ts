@@ -8,7 +8,7 @@ import { TRAIN_DEFAULTS, trainForest, type TrainingTrace } from '../predict/fore
 import { createPredictor, parsePredictorList } from '../predict/index.ts';
 import { checkWindow, WINDOW_DEFAULTS } from '../predict/window.ts';
 import { renderTable, type Column } from '../report/table.ts';
-import { UsageError } from '../util/errors.ts';
+import { checkWritable, UsageError } from '../util/errors.ts';
 import { splitList } from '../util/spec.ts';
 import { parseCount } from '../util/units.ts';
 
@@ -89,6 +89,7 @@ export function trainCommand(): Command {
       if (!f.traces || f.traces.length === 0)
         throw new UsageError('--traces is required: trace files or directories to train on');
       if (!f.out) throw new UsageError('--out is required: the model file to write');
+      checkWritable(f.out, '--out');
       const window = {
         m: parseCount(f.m, '--m', 1),
         n: parseCount(f.n, '--n', 1),

@@ -7,7 +7,7 @@ import { summaryTable } from '../report/summary.ts';
 import { runExperiment, type Experiment } from '../sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../sim/run.ts';
 import { DEFAULT_SWITCHOVER_MODEL, loadSwitchoverModel } from '../sim/switchover.ts';
-import { UsageError } from '../util/errors.ts';
+import { checkWritable, UsageError } from '../util/errors.ts';
 import { splitList } from '../util/spec.ts';
 import { parseBandwidth, parseCount, parseDuration, parseSize } from '../util/units.ts';
 
@@ -95,6 +95,9 @@ export function experimentFromFlags(f: SimulateFlags): Experiment {
   };
 }
 
+/** Most emulated runs one simulate takes (a typo in --repeat must not start a run of days). */
+const MAX_RUNS = 10_000;
+
 export function simulateCommand(): Command {
   return new Command('simulate')
     .exitOverride()
@@ -149,6 +152,13 @@ export function simulateCommand(): Command {
         experiment.memories.length *
         experiment.bandwidths.length *
         experiment.seeds.length;
+      if (total > MAX_RUNS)
+        throw new UsageError(
+          `${total} runs (workloads x strategies x memories x bandwidths x --repeat) is more than ${MAX_RUNS}: ` +
+            'narrow the sweep or lower --repeat',
+        );
+      // Where the JSON goes is checked now, not after a long run.
+      if (flags.json && flags.json !== '-') checkWritable(flags.json, '--json');
       const progress = !flags.quiet && process.stderr.isTTY && total > 1;
       const { runs, summary } = await runExperiment(experiment, (r, done, n) => {
         if (progress)

@@ -5,7 +5,7 @@ import { LiveProcessMemory } from '../memory/live.ts';
 import { LiveMemoryError } from '../memory/procfs.ts';
 import { serializeTrace, type Trace } from '../memory/trace.ts';
 import type { Bitmap } from '../util/bitmap.ts';
-import { UsageError } from '../util/errors.ts';
+import { checkWritable, UsageError } from '../util/errors.ts';
 import { formatBytes, parseDuration } from '../util/units.ts';
 
 export const TRACE_RECORD_JSON_SCHEMA = 'precog.trace-record/v1';
@@ -132,6 +132,7 @@ function parseRecordFlags(f: RecordFlags): { pid: number; interval: number; samp
   if (!/^\d+$/.test(f.pid) || Number(f.pid) <= 0)
     throw new UsageError(`--pid "${f.pid}" must be a process id (a whole number > 0)`);
   if (f.out === undefined || f.out === '') throw new UsageError('--out is required: the trace file to write');
+  checkWritable(f.out, '--out');
   const interval = parseDuration(f.interval, '--interval');
   const duration = parseDuration(f.duration, '--duration');
   if (interval < 0.001) throw new UsageError(`--interval "${f.interval}" must be at least 1ms`);
