@@ -41,7 +41,7 @@ import { ContainerPostcopy } from './postcopy.ts';
 import { ContainerRestorer } from './restore.ts';
 import { ControlServer, LIMITS, num } from './control.ts';
 import { cannotMove } from '../runtime/check.ts';
-import type { MovableRuntime } from '../runtime/registry.ts';
+import { NETWORK_NAME, type MovableRuntime } from '../runtime/registry.ts';
 import { RESTORE_FAILED, type ContainerHello } from '../engine/messages.ts';
 import { ProtocolError } from '../util/errors.ts';
 
@@ -318,7 +318,7 @@ export class Agent {
       if (
         !Array.isArray(c.networks) ||
         c.networks.length > 64 ||
-        !c.networks.every((n) => typeof n === 'string' && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(n))
+        !c.networks.every((n) => typeof n === 'string' && NETWORK_NAME.test(n))
       )
         throw new ProtocolError('a container HELLO names its networks as a list of at most 64 network names');
       const missing = c.networks.filter((n) => !rt.hasNetwork?.(n));

@@ -29,7 +29,12 @@ import {
   type ContainerStatus,
   type LazyResult,
 } from './container.ts';
-import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
+import {
+  NETWORK_NAME,
+  type MovableRuntime,
+  type MoveRestoreOptions,
+  type PostcopyPending,
+} from './registry.ts';
 import { isPageImage } from '../criu/localdump.ts';
 import { cleanAbsolute, specRefusal, under, type OciSpec, type SpecPolicy } from './peerspec.ts';
 import { runTool } from './rootfs.ts';
@@ -500,9 +505,6 @@ export function podmanImportRefusal(upper: string, roots: string[]): string | nu
   const policy = podmanPolicy(roots);
   return specRefusal(spec, policy) ?? (config.spec ? specRefusal(config.spec as OciSpec, policy) : null);
 }
-
-/** A Podman network name (as `podman network create` takes it). */
-const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 /** Every "ipnet" address in a checkpoint's network.status (JSON from the peer), without its prefix length. */
 export function ipnetsOf(status: unknown): string[] {

@@ -104,6 +104,9 @@ export interface MovableRuntime {
   postcopyPending(name: string, host: string): Promise<PostcopyPending | undefined>;
 }
 
+/** A network name as a runtime's networks take it (Podman's pattern); checked on every name a peer sends. */
+export const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
 /** Makes a runtime: for the host this process runs in (`site`, an agent), or for the test hosts seen from outside. */
 export type RuntimeFactory = (site?: Site) => MovableRuntime;
 
