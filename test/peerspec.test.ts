@@ -86,6 +86,18 @@ test('hooks, read-write host binds, host namespaces, devices and host-level capa
       /host devices/,
     ],
     [
+      // runc hands CRIU this file: its action-script lines run as root on the destination.
+      'CRIU config',
+      (s) => (s.annotations = { 'org.criu.config': '/var/lib/precog/oci/x/bundle/rootfs/evil.conf' }),
+      /annotation org\.criu\.config .*host file or command/,
+    ],
+    [
+      'crun handler',
+      (s) => (s.annotations = { 'io.container.manager': 'libpod', 'run.oci.handler': 'krun' }),
+      /annotation run\.oci\.handler/,
+    ],
+    ['annotations not an object', (s) => (s.annotations = [] as never), /annotations are not a JSON object/],
+    [
       'CAP_SYS_ADMIN',
       (s) => (s.process!.capabilities = { effective: ['CAP_CHOWN', 'CAP_SYS_ADMIN'] }),
       /CAP_SYS_ADMIN/,
@@ -99,6 +111,23 @@ test('hooks, read-write host binds, host namespaces, devices and host-level capa
     change(p);
     assert.match(specRefusal(p, podmanPolicy(ROOTS)) ?? 'passed', why, `podman spec, ${what}`);
   }
+});
+
+test("a CRIU configuration file is allowed only inside precog's own directory of them, never the directory itself", () => {
+  const policy = { ...podmanPolicy(ROOTS), criuConfigUnder: ['/var/lib/precog/podman-lazy'] };
+  const withConfig = (v: string) => ({ ...podmanSpec(), annotations: { 'org.criu.config': v } });
+  assert.equal(specRefusal(withConfig('/var/lib/precog/podman-lazy/pm/criu.conf'), policy), null);
+  assert.equal(specRefusal(withConfig(''), podmanPolicy(ROOTS)), null);
+  for (const v of [
+    '/var/lib/precog/podman-lazy',
+    '/var/lib/precog/podman-lazy/../x.conf',
+    '/etc/criu/x.conf',
+  ])
+    assert.match(specRefusal(withConfig(v), policy) ?? 'passed', /org\.criu\.config/, v);
+  assert.match(
+    specRefusal(withConfig('/var/lib/precog/podman-lazy/pm/criu.conf'), podmanPolicy(ROOTS)) ?? 'passed',
+    /org\.criu\.config/,
+  );
 });
 
 test('a root outside the bundle, or outside the storage a policy names, is refused', () => {

@@ -254,16 +254,24 @@ export const lazyTimeoutMs = (): number => Number(process.env.PRECOG_LAZY_TIMEOU
 export const LAZY_STATUS =
   'echo $? >"$1/../lazy-pages.rc.part" && mv "$1/../lazy-pages.rc.part" "$1/../lazy-pages.rc"';
 
+/** Where a lazy restore's daemon read its images and wrote its log (default: WD/images, and the log in it). */
+export interface LazyFiles {
+  images: string;
+  log: string;
+}
+
 /**
- * Waits until the `criu lazy-pages` of a lazy restore whose work directory is WD has copied every page in (its exit
- * status lands in lazy-pages.rc), then removes the images it read; resolves with the milliseconds since `running`.
- * Rejects with the daemon's error lines when it failed, after the lazy timeout, or once `cancelled()` says so.
+ * Waits until the `criu lazy-pages` of a lazy restore whose images are in WD/images (or FILES.images, whose parent
+ * is WD) has copied every page in (its exit status lands in WD/lazy-pages.rc), then removes the images it read;
+ * resolves with the milliseconds since `running`. Rejects with the daemon's error lines when it failed, after the
+ * lazy timeout, or once `cancelled()` says so.
  */
 export async function lazyFinished(
   wd: string,
   running: number,
   cancelled = (): boolean => false,
   limit = lazyTimeoutMs(),
+  files: LazyFiles = { images: join(wd, 'images'), log: join(wd, 'images', 'lazy-pages.log') },
 ): Promise<number> {
   const rcFile = join(wd, 'lazy-pages.rc');
   const deadline = performance.now() + limit;
@@ -272,7 +280,7 @@ export async function lazyFinished(
     if (performance.now() > deadline)
       throw new Error(
         `criu lazy-pages did not copy every page in within ${limit / 1000} s ` +
-          `(PRECOG_LAZY_TIMEOUT_MS; log: ${wd}/images/lazy-pages.log)`,
+          `(PRECOG_LAZY_TIMEOUT_MS; log: ${files.log})`,
       );
     await sleep(10);
   }
@@ -282,7 +290,7 @@ export async function lazyFinished(
   if (rc !== '0') {
     let lines = '';
     try {
-      lines = readFileSync(join(wd, 'images', 'lazy-pages.log'), 'utf8')
+      lines = readFileSync(files.log, 'utf8')
         .split('\n')
         .filter((l) => /Error|error|fail/.test(l))
         .slice(-8)
@@ -292,7 +300,7 @@ export async function lazyFinished(
     }
     throw new Error(`criu lazy-pages failed (exit ${rc}) while copying pages in:\n${lines}`);
   }
-  await removeTree(join(wd, 'images')).catch(() => {});
+  await removeTree(files.images).catch(() => {});
   return ms;
 }
 
@@ -302,10 +310,17 @@ export class LazyWatches {
   private readonly cancels = new Map<string, () => void>();
 
   /** Watches the lazy restore of NAME whose work directory is WD (lazyFinished); done() gives its end. */
-  watch(name: string, wd: string, mark: LazyMarkResult, running: number, limitMs?: number): void {
+  watch(
+    name: string,
+    wd: string,
+    mark: LazyMarkResult,
+    running: number,
+    limitMs?: number,
+    files?: LazyFiles,
+  ): void {
     let cancelled = false;
     this.cancels.set(name, () => (cancelled = true));
-    const w = lazyFinished(wd, running, () => cancelled, limitMs).then((ms) => ({
+    const w = lazyFinished(wd, running, () => cancelled, limitMs, files).then((ms) => ({
       lazyPages: mark.lazyPages,
       eagerPages: mark.eagerPages,
       ms,

@@ -12,7 +12,7 @@ registerRuntime(
 
 registerRuntime(
   'podman',
-  'Podman containers by name or ID, moved through podman container checkpoint/restore (full restore, no post-copy)',
+  'Podman containers by name or ID, moved through podman container checkpoint/restore (lazy restore and post-copy through a CRIU configuration file)',
   (site) => new PodmanRuntime(site),
 );
 

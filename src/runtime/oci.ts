@@ -29,13 +29,11 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import type { Socket } from 'node:net';
 import { join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
   duBytes,
   LazyWatches,
-  LAZY_STATUS,
   lazyTimeoutMs,
   readPending,
   writePending,
@@ -49,7 +47,8 @@ import {
 import type { MovableRuntime, MoveRestoreOptions, PostcopyPending } from './registry.ts';
 import { isPageImage } from '../criu/localdump.ts';
 import { markLazy } from '../criu/lazy.ts';
-import { PS_SOCKET_FD, type PsConnection } from '../criu/pageserver.ts';
+import type { PsConnection } from '../criu/pageserver.ts';
+import { killGroup, startLazyPages } from './lazypages.ts';
 import { removeTree, runTool } from './rootfs.ts';
 import { bundleFilesRefusal, cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
 import { HOST_DATA_DIR, localSite, type Site } from './site.ts';
@@ -317,31 +316,12 @@ export class OciRuntime implements MovableRuntime {
     const imagesHere = this.site.fsPath(images);
     let daemon: number | undefined;
     try {
-      if (lazy) {
-        // Post-copy: the daemon's page-server connection is a socket pair (descriptor PS_SOCKET_FD), not a port.
-        const ps = lazy.pageServer ? `--page-server --ps-socket ${PS_SOCKET_FD}` : '';
-        const c = this.site.command([
-          'sh',
-          '-c',
-          `criu lazy-pages -D "$1" -W "$1" -o lazy-pages.log -v4 ${ps} </dev/null >/dev/null 2>&1; ${LAZY_STATUS}`,
-          'precog-lazy',
+      if (lazy)
+        daemon = await startLazyPages(this.site, {
           images,
-        ]);
-        const child = spawn(c.cmd, c.args, {
-          env: c.env,
-          stdio: lazy.pageServer ? ['ignore', 'ignore', 'ignore', 'pipe'] : 'ignore',
-          detached: true,
+          workDir: images,
+          ...(lazy.pageServer ? { pageServer: lazy.pageServer } : {}),
         });
-        if (lazy.pageServer) lazy.pageServer.attach(child.stdio[PS_SOCKET_FD] as Socket);
-        child.unref();
-        daemon = child.pid;
-        const rc = join(imagesHere, '..', 'lazy-pages.rc');
-        for (let i = 0; !existsSync(join(imagesHere, 'lazy-pages.socket')); i++) {
-          if (i >= 1000 || existsSync(rc))
-            throw new Error(`criu lazy-pages did not start (log: ${images}/lazy-pages.log)`);
-          await new Promise((r) => setTimeout(r, 10));
-        }
-      }
       const c = this.site.command([
         this.binary,
         'restore',
@@ -382,13 +362,7 @@ export class OciRuntime implements MovableRuntime {
         );
       }
     } catch (err) {
-      if (daemon) {
-        try {
-          process.kill(-daemon, 'SIGKILL');
-        } catch {
-          // gone already
-        }
-      }
+      if (daemon) killGroup(daemon);
       if (this.state(name)) await this.oci(['delete', '--force', name]).catch(() => {});
       throw err;
     }

@@ -16,6 +16,7 @@ export interface OciSpec {
   root?: { path?: string };
   mounts?: { destination?: string; type?: string; source?: string; options?: string[] }[];
   hooks?: Record<string, unknown>;
+  annotations?: Record<string, unknown>;
   linux?: {
     namespaces?: { type?: string; path?: string }[];
     devices?: unknown[];
@@ -67,7 +68,27 @@ export interface SpecPolicy {
    * anything ('set-by-runtime': the runtime mounts a root of its own and replaces the path, as Podman's restore).
    */
   root: 'relative' | 'set-by-runtime' | string[];
+  /**
+   * Where a CRIU configuration file the spec names (annotation org.criu.config) may be: precog's own directory of
+   * them on every host (a Podman container precog restored lazily keeps the annotation); none by default.
+   */
+  criuConfigUnder?: string[];
 }
+
+/** The annotation with which runc hands CRIU a configuration file of the container's choosing. */
+export const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
+
+/**
+ * Annotations that make the runtime or CRIU read or write host files or run host commands: a CRIU configuration
+ * file (it can name action scripts, run as root), crun's handler (another executor) and crun's files for hook
+ * output.
+ */
+const HOST_ANNOTATIONS = [
+  CRIU_CONFIG_ANNOTATION,
+  'run.oci.handler',
+  'run.oci.hooks.stdout',
+  'run.oci.hooks.stderr',
+];
 
 /** Why SPEC must not run here as a peer sent it, or null. */
 export function specRefusal(spec: OciSpec, policy: SpecPolicy): string | null {
@@ -85,6 +106,19 @@ export function specRefusal(spec: OciSpec, policy: SpecPolicy): string | null {
     // not used as sent
   } else if (!cleanAbsolute(root) || !policy.root.some((d) => under(root, d)))
     return `its root (root.path ${JSON.stringify(root)}) is not in the runtime's storage (${policy.root.join(', ')})`;
+  const notes = spec.annotations ?? {};
+  if (typeof notes !== 'object' || notes === null || Array.isArray(notes))
+    return 'its annotations are not a JSON object';
+  for (const key of HOST_ANNOTATIONS) {
+    const v = notes[key];
+    if (v === undefined || v === '') continue;
+    const ours =
+      key === CRIU_CONFIG_ANNOTATION &&
+      cleanAbsolute(v) &&
+      (policy.criuConfigUnder ?? []).some((d) => under(v, d) && v !== d);
+    if (!ours)
+      return `its annotation ${key} (${JSON.stringify(v)}) makes the runtime use a host file or command: precog does not move such containers`;
+  }
   for (const [kind, list] of Object.entries(spec.hooks ?? {}))
     if (Array.isArray(list) && list.length > 0)
       return `it has ${kind} hooks (commands run on the host): precog does not move containers with hooks`;

@@ -11,15 +11,18 @@
  * - the destination agent rebuilds images/ from its page store, puts the archive back together and runs
  *   `podman container restore --import` on it;
  * - a failed move restores the source in place from the checkpoint Podman kept (`--keep`).
- * Podman's restore has no lazy mode, so a Podman container restores in full and cannot be moved post-copy.
+ * Podman's restore has no lazy mode of its own: precog makes it lazy (post-copy, and a pre-copy's lazy restore) with
+ * a CRIU configuration file the container's spec names for that restore (podman-lazy.ts).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { isIP, isIPv4, isIPv6 } from 'node:net';
-import { join, posix } from 'node:path';
+import { basename, dirname, join, posix } from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import {
   duBytes,
+  LazyWatches,
+  lazyTimeoutMs,
   readPending,
   validateName,
   writePending,
@@ -36,6 +39,8 @@ import {
   type PostcopyPending,
 } from './registry.ts';
 import { isPageImage } from '../criu/localdump.ts';
+import { markLazy } from '../criu/lazy.ts';
+import { PODMAN_LAZY_DIR, prepareLazy, setCriuConfig } from './podman-lazy.ts';
 import { cleanAbsolute, specRefusal, under, type OciSpec, type SpecPolicy } from './peerspec.ts';
 import { runTool } from './rootfs.ts';
 import { hasTool, HOST_DATA_DIR, localSite, PODMAN_ENV, type Site } from './site.ts';
@@ -71,13 +76,15 @@ const STATUS: Record<string, ContainerStatus> = {
 
 export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
-  readonly lazyRestore = false;
+  readonly lazyRestore = true;
   readonly keepsProcessesAfterDump = false;
   readonly lazyDump = false;
   readonly imageHint =
     'pull it by digest from the registry the source used, or podman save IMAGE there | podman load here';
   private readonly site: Site;
   private roots: string[] | undefined;
+  /** Lazy restores whose pages are still being copied in. */
+  private readonly lazy = new LazyWatches();
 
   constructor(site?: Site) {
     this.site = site ?? localSite();
@@ -262,24 +269,51 @@ export class PodmanRuntime implements MovableRuntime {
 
   /**
    * Puts Podman's export archive back together from DIR (images/ as checkpoint/, upper/ as the rest) and imports
-   * it: `podman container restore --import`. Full restore only (opts.lazy is not possible with Podman).
+   * it: `podman container restore --import`. Lazily (opts.lazy, or post-copy with opts.lazyPageServer) through a
+   * CRIU configuration file of precog's that the spec names (podman-lazy.ts): the container runs once its
+   * non-memory state is restored, and `criu lazy-pages` copies its pages in (lazyDone).
    */
-  async restore(dir: string, host: string, _opts: MoveRestoreOptions = {}): Promise<ContainerInfo> {
+  async restore(dir: string, host: string, opts: MoveRestoreOptions = {}): Promise<ContainerInfo> {
     const d = this.site.fsPath(dir);
     const state = JSON.parse(readFileSync(join(d, 'state.json'), 'utf8')) as ContainerInfo;
-    validateName(state.name);
-    const refusal = podmanImportRefusal(join(d, 'upper'), this.storage());
-    if (refusal) throw new UsageError(`refusing to import Podman container ${state.name}: ${refusal}`);
+    const name = validateName(state.name);
+    const upper = join(d, 'upper');
+    const refusal = podmanImportRefusal(upper, this.storage());
+    if (refusal) throw new UsageError(`refusing to import Podman container ${name}: ${refusal}`);
+    const lazy = opts.lazy === true || opts.lazyPageServer !== undefined;
+    const mark = lazy ? markLazy(join(d, 'images')) : null;
+    if (lazy && !mark)
+      throw new UsageError(
+        'a lazy restore needs to tell the stack pages, which precog can only on x86_64: use --restore full',
+      );
+    // Lazy: CRIU reads the images (and finds the daemon) where precog put them; the archive needs no memory.
+    const held = mark
+      ? await prepareLazy(this.site, name, join(d, 'images'), opts.lazyPageServer)
+      : undefined;
+    const images = held?.images ?? join(d, 'images');
     const archive = join(d, ARCHIVE);
-    const r = spawnSync(
-      'tar',
-      ['-cf', archive, '-C', join(d, 'upper'), '.', '-C', d, '--transform=s,^images,checkpoint,', 'images'],
-      { encoding: 'utf8' },
-    );
-    if (r.status !== 0) throw new Error(`cannot assemble the Podman checkpoint archive: ${r.stderr.trim()}`);
     let release: (() => Promise<void>) | undefined;
     try {
-      release = await this.holdAddresses(state.name, join(d, 'upper'));
+      setCriuConfig(join(upper, 'spec.dump'), held?.conf ?? null);
+      const r = spawnSync(
+        'tar',
+        [
+          '-cf',
+          archive,
+          '-C',
+          upper,
+          '.',
+          ...(held ? ['--exclude=pages-*.img'] : []),
+          '-C',
+          dirname(images),
+          `--transform=s,^${basename(images)},checkpoint,`,
+          basename(images),
+        ],
+        { encoding: 'utf8' },
+      );
+      if (r.status !== 0)
+        throw new Error(`cannot assemble the Podman checkpoint archive: ${r.stderr.trim()}`);
+      release = await this.holdAddresses(name, upper);
       await this.podman([
         'container',
         'restore',
@@ -287,17 +321,32 @@ export class PodmanRuntime implements MovableRuntime {
         '--tcp-established',
       ]);
     } catch (err) {
-      await this.podman(['rm', '--force', '--time', '0', state.name]).catch(() => {});
+      await this.podman(['rm', '--force', '--time', '0', name]).catch(() => {});
+      if (held) {
+        held.finish(false);
+        // CRIU's log went to the work directory precog gave it: kept beside the move's state.
+        try {
+          copyFileSync(join(held.watchDir, 'work', 'restore.log'), join(d, 'restore-failed.log'));
+        } catch {
+          // no log
+        }
+        rmSync(held.watchDir, { recursive: true, force: true });
+      }
       throw err;
     } finally {
       rmSync(archive, { force: true });
       await release?.();
     }
-    const restored = await this.inspect(state.name);
-    if (!restored) throw new Error(`podman container restore left no container ${state.name} on ${host}`);
-    const info = this.toInfo(restored, host);
-    if (restored.HostConfig?.NetworkMode === 'none') await this.loopbackUp(info);
-    return info;
+    if (held && mark) {
+      held.finish(true);
+      const timeoutMs = opts.lazyTimeoutMs ?? lazyTimeoutMs();
+      this.lazy.watch(name, held.watchDir, mark, performance.now(), timeoutMs, held.files);
+    }
+    const info = await this.inspect(name);
+    if (!info) throw new Error(`podman container restore left no container ${name} on ${host}`);
+    const out = this.toInfo(info, host);
+    if (info.HostConfig?.NetworkMode === 'none') await this.loopbackUp(out);
+    return out;
   }
 
   /**
@@ -331,11 +380,13 @@ export class PodmanRuntime implements MovableRuntime {
     return null;
   }
 
-  lazyDone(): Promise<LazyResult> | undefined {
-    return undefined;
+  lazyDone(name: string): Promise<LazyResult> | undefined {
+    return this.lazy.done(name);
   }
 
-  forgetLazy(): void {}
+  forgetLazy(name: string): void {
+    this.lazy.forget(name);
+  }
 
   /**
    * The image ID. A container whose configuration the destination would refuse (peerspec.ts: a read-write bind
@@ -469,7 +520,13 @@ export class PodmanRuntime implements MovableRuntime {
 /** What a Podman container's OCI spec may ask for on a host whose Podman storage is ROOTS (peerspec.ts). */
 export function podmanPolicy(roots: string[]): SpecPolicy {
   // Podman's restore mounts the container's own storage as its root: the path in the spec is not used.
-  return { root: 'set-by-runtime', writableUnder: roots, netnsUnder: ['/run/netns', '/var/run/netns'] };
+  return {
+    root: 'set-by-runtime',
+    writableUnder: roots,
+    netnsUnder: ['/run/netns', '/var/run/netns'],
+    // A container precog restored lazily here names the (removed) configuration file of that restore.
+    criuConfigUnder: [PODMAN_LAZY_DIR],
+  };
 }
 
 /**
