@@ -3,7 +3,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -18,7 +27,7 @@ import { CriuRunner } from '../src/criu/runner.ts';
 import { lazyRuns, receiveFromImages } from '../src/criu/localdump.ts';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
 import { PS_IOV_CLOSE } from '../src/criu/pageserver.ts';
-import { dumpRoute } from '../src/migrate/live.ts';
+import { dumpRoute, restoreModeFor } from '../src/migrate/live.ts';
 import { parseStrategy } from '../src/policy/index.ts';
 import { InputError, UsageError } from '../src/util/errors.ts';
 
@@ -268,6 +277,58 @@ test('LazyDumpEnd ends CRIU\u2019s lazy page server with CLOSE, once', () => {
   assert.ok(all.subarray(4).equals(Buffer.alloc(28)));
 });
 
+test("a runtime's kept dump: pages the destination never had are listed with their place in the pages file, not read", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'precog-localdump-'));
+  try {
+    // A full dump (runc's, Podman's): 2 runs in pages-1.img, 3 pages then 2.
+    const data = [page(10), page(11), page(12), page(20), page(21)];
+    writePagemap(
+      dir,
+      7,
+      [
+        { vaddr: 0x10000n, data: Buffer.concat(data.slice(0, 3)), flags: PE_PRESENT },
+        { vaddr: 0x40000n, data: Buffer.concat(data.slice(3)), flags: PE_PRESENT },
+      ],
+      { pagesId: 1 },
+    );
+    // Sent before: 0x11000 (held as it is) and 0x41000 (held with other bytes); never sent: the other three.
+    const sent = new Set([0x11000n, 0x41000n]);
+    const got = receiveFromImages(dir, (_id, vaddr, bytes) => vaddr === 0x11000n && bytes.equals(page(11)), {
+      keep: true,
+      deferPresent: (_id, vaddr) => !sent.has(vaddr),
+    });
+    const m = got.tasks.get(7)!;
+    assert.deepEqual(
+      m.changed.map((p) => p.vaddr),
+      [0x41000n],
+    );
+    assert.ok(m.changed[0].bytes.equals(page(21)));
+    assert.equal(m.counts.unchanged, 1);
+    assert.equal(m.counts.changed, 4, 'the deferred pages count as changed: the destination lacks them');
+    assert.deepEqual(m.runs[0].deferred, [0x10000n, 0x12000n]);
+    assert.deepEqual(m.runs[1].deferred, [0x40000n]);
+    // Where each deferred page is: read there, it is the page.
+    const fd = openSync(m.runs[0].source!.file, 'r');
+    try {
+      for (const [run, vaddr, want] of [
+        [m.runs[0], 0x12000n, page(12)],
+        [m.runs[1], 0x40000n, page(20)],
+      ] as const) {
+        const b = Buffer.alloc(PAGE_SIZE);
+        readSync(fd, b, 0, PAGE_SIZE, run.source!.offset + Number(vaddr - run.vaddr));
+        assert.ok(b.equals(want), vaddr.toString(16));
+      }
+    } finally {
+      closeSync(fd);
+    }
+    // Without keep the file would go: nothing is deferred then.
+    const all = receiveFromImages(dir, () => false, { deferPresent: () => true });
+    assert.equal(all.tasks.get(7)!.changed.length, 5);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the dump route: lazy where the runtime can (post-copy too), images for other runtimes, refusals named', () => {
   const precog = { kind: 'precog', lazyDump: true };
   const podman = { kind: 'podman', lazyDump: false };
@@ -283,6 +344,21 @@ test('the dump route: lazy where the runtime can (post-copy too), images for oth
     () => dumpRoute('page-server', precog, parseStrategy('hybrid')),
     /frozen source or a local dump/,
   );
+});
+
+test('the restore mode: post-copy lazy; as asked; lazy for a runtime that prefers it even for cold; else the strategy', () => {
+  const precog = { kind: 'precog', lazyRestore: true };
+  const podman = { kind: 'podman', lazyRestore: true, prefersLazyRestore: true };
+  const crun = { kind: 'crun', lazyRestore: false };
+  const cold = parseStrategy('cold');
+  assert.equal(restoreModeFor(undefined, precog, cold), 'full');
+  assert.equal(restoreModeFor(undefined, podman, cold), 'lazy');
+  assert.equal(restoreModeFor('full', podman, cold), 'full');
+  assert.equal(restoreModeFor(undefined, precog, parseStrategy('precopy')), 'lazy');
+  assert.equal(restoreModeFor(undefined, crun, parseStrategy('precopy')), 'full');
+  assert.equal(restoreModeFor(undefined, podman, parseStrategy('postcopy')), 'lazy');
+  assert.throws(() => restoreModeFor(undefined, crun, parseStrategy('postcopy')), /crun runtime cannot do/);
+  assert.throws(() => restoreModeFor('lazy', crun, cold), /restores in full only/);
 });
 
 test(

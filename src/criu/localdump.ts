@@ -54,6 +54,12 @@ export function receiveFromImages(
      * the frozen tasks when it sends them). They stay in their run, neither changed nor unchanged.
      */
     deferLazy?: (id: number, vaddr: bigint) => boolean;
+    /**
+     * Pages of a task's runs in the pages file not to read now (a cold move's or a post-copy's pages the destination
+     * never had): listed in their run's `deferred`, read from the file when sent. Only with `keep` (the file must
+     * outlive the move).
+     */
+    deferPresent?: (id: number, vaddr: bigint) => boolean;
   } = {},
 ): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
@@ -109,6 +115,35 @@ export function receiveFromImages(
         }
         run.changed = [];
         run.unchanged = 0;
+        if (!lazy && opts.deferPresent && opts.keep) {
+          const defer = opts.deferPresent;
+          const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
+          const deferred: bigint[] = [];
+          // The pages to read, in stretches of up to 1 MiB; the deferred ones only listed.
+          for (let i = 0; i < e.nr_pages;) {
+            if (defer(id, at(i))) {
+              deferred.push(at(i));
+              i++;
+              continue;
+            }
+            let k = 1;
+            while (i + k < e.nr_pages && k < 256 && !defer(id, at(i + k))) k++;
+            const stretch = Buffer.allocUnsafe(k * PAGE_SIZE);
+            readFully(fd, stretch, 0, stretch.length, pos + i * PAGE_SIZE, file);
+            for (let j = 0; j < k; j++) {
+              const bytes = stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
+              if (have(id, at(i + j), bytes, kind)) run.unchanged++;
+              else run.changed.push({ vaddr: at(i + j), bytes } satisfies ReceivedPage);
+            }
+            i += k;
+          }
+          if (deferred.length) {
+            run.deferred = deferred;
+            run.source = { file, offset: pos };
+          }
+          pos += len;
+          continue;
+        }
         const hashes = lazy ? opts.lazyHashes?.of(id, e.vaddr) : undefined;
         if (hashes && hashes.length !== e.nr_pages)
           throw new Error(`pagemap-${id}: ${hashes.length} hashes for a run of ${e.nr_pages} pages`);

@@ -166,6 +166,12 @@ export interface ReceivedRun {
   unchanged?: number;
   /** Stream offset of the command's header (for error messages). */
   offset: number;
+  /**
+   * A local dump's run (src/criu/localdump.ts, deferPresent): pages with data the destination lacks that were not
+   * read, by address; they are read from `source` (the pages file, where the run's data starts) when sent.
+   */
+  deferred?: bigint[];
+  source?: { file: string; offset: number };
 }
 
 export interface ReceivedPage {
@@ -657,6 +663,7 @@ export function classify(
   const pages: ReceivedPage[] = [];
   const changed: ReceivedPage[] = [];
   const counts: PageCounts = { pages: 0, changed: 0, unchanged: 0, absent: 0 };
+  let deferred = 0;
   for (const run of sorted) {
     if (run.changed) {
       // Classified as it arrived (keepOnlyChanged): only the changed pages are here.
@@ -665,6 +672,7 @@ export function classify(
         changed.push(page);
       }
       counts.unchanged += run.unchanged ?? 0;
+      deferred += run.deferred?.length ?? 0;
       continue;
     }
     if (!run.data) {
@@ -681,8 +689,8 @@ export function classify(
       else changed.push(page);
     }
   }
-  counts.pages = pages.length + (sorted.some((r) => r.changed) ? counts.unchanged : 0);
-  counts.changed = changed.length;
+  counts.pages = pages.length + deferred + (sorted.some((r) => r.changed) ? counts.unchanged : 0);
+  counts.changed = changed.length + deferred;
   return { kind, id, runs: sorted, pages, changed, counts };
 }
 

@@ -40,6 +40,30 @@ export function dumpRoute(
   return via;
 }
 
+/**
+ * How the destination restores (see LiveMigrationOptions.restore): post-copy lazily; otherwise as asked, else lazily
+ * where the runtime prefers it whatever the strategy says, else as the strategy prefers (cold: full), else lazily
+ * where the runtime can. A UsageError for what the runtime cannot do.
+ */
+export function restoreModeFor(
+  requested: 'lazy' | 'full' | undefined,
+  rt: Pick<MovableRuntime, 'kind' | 'lazyRestore' | 'prefersLazyRestore'>,
+  strategy: Strategy,
+): 'lazy' | 'full' {
+  const postcopy = isPostcopy(strategy);
+  if (postcopy && !rt.lazyRestore)
+    throw new UsageError(
+      `${strategy.name} needs a lazy restore at the destination, which the ${rt.kind} runtime cannot do; ` +
+        'use a pre-copy strategy (precopy, iterpredict, ...) or cold',
+    );
+  if (requested === 'lazy' && !rt.lazyRestore)
+    throw new UsageError(`--restore lazy: the ${rt.kind} runtime restores in full only; use --restore full`);
+  if (postcopy) return 'lazy';
+  if (requested) return requested;
+  if (!rt.lazyRestore) return 'full';
+  return rt.prefersLazyRestore ? 'lazy' : (strategy.restore ?? 'lazy');
+}
+
 /** CRIU's lazy dump does not work on the source host (its probe, before the container stopped). */
 export class LazyDumpRefused extends Error {
   override readonly name = 'LazyDumpRefused';
@@ -235,16 +259,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
     const why = await lazyRefused;
     if (why) throw new LazyDumpRefused(o.from, why, true);
   }
-  if (postcopy && !rt.lazyRestore)
-    throw new UsageError(
-      `${o.strategy.name} needs a lazy restore at the destination, which the ${rt.kind} runtime cannot do; ` +
-        'use a pre-copy strategy (precopy, iterpredict, ...) or cold',
-    );
-  if (o.restore === 'lazy' && !rt.lazyRestore)
-    throw new UsageError(`--restore lazy: the ${rt.kind} runtime restores in full only; use --restore full`);
-  const restoreMode = postcopy
-    ? 'lazy'
-    : (o.restore ?? (rt.lazyRestore ? (o.strategy.restore ?? 'lazy') : 'full'));
+  const restoreMode = restoreModeFor(o.restore, rt, o.strategy);
   let postcopyReport = null as LiveMigrationReport['postcopy'];
   let frozenAt = -1;
   /** performance.now() at each step of the switchover. */
@@ -317,8 +332,11 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             if (via === 'images') {
               // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
               const ck = await checkpoint(srcDir);
+              // Pages the destination never had are read from the runtime's kept images as they are sent (they
+              // stay until the move ends), not at the stop: a cold move's or a post-copy's stop reads no memory.
               received = receiveFromImages(ck.pagesDir ?? join(srcDir, 'images'), (...a) => mem.holds(...a), {
                 keep: ck.pagesDir !== undefined,
+                ...(ck.pagesDir !== undefined ? { deferPresent: mem.neverSent } : {}),
               });
               marks.dumped = performance.now();
               o.onPhase?.('final');

@@ -1,5 +1,5 @@
 import { xxh64 } from '@node-rs/xxhash';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
 import type { Layout, MemorySource } from '../engine/types.ts';
 import { PAGE_SIZE } from '../engine/types.ts';
 import type { PagemapKind, ReceivedDump } from '../criu/pageserver.ts';
@@ -69,6 +69,8 @@ export class ContainerMemory implements MemorySource {
     extras: ExtraPage[];
     /** Pages to send that were not read at the stop: read from the frozen processes when sent (deferUnsent). */
     deferred: Bitmap | null;
+    /** Pages to send that were not read at the stop: read from the dump's pages files when sent (deferPresent). */
+    inFiles: Map<number, { file: string; offset: number }>;
   } | null = null;
   private readonly dump: () => Promise<ReceivedDump>;
   private readonly undump: () => Promise<void>;
@@ -171,12 +173,40 @@ export class ContainerMemory implements MemorySource {
 
   async readPages(ids: ArrayLike<number>, out: Uint8Array): Promise<void> {
     if (this.final) {
-      const { data, deferred } = this.final;
+      const { data, deferred, inFiles } = this.final;
       const later: number[] = [];
       const slots: number[] = [];
+      const fds = new Map<string, number>();
+      try {
+        // Pages next to each other in a file and in the batch are read together.
+        for (let k = 0; k < ids.length;) {
+          const at = inFiles.get(ids[k]);
+          if (!at) {
+            k++;
+            continue;
+          }
+          let n = 1;
+          for (let next; k + n < ids.length; n++) {
+            next = inFiles.get(ids[k + n]);
+            if (!next || next.file !== at.file || next.offset !== at.offset + n * PAGE_SIZE) break;
+          }
+          let fd = fds.get(at.file);
+          if (fd === undefined) fds.set(at.file, (fd = openSync(at.file, 'r')));
+          const len = n * PAGE_SIZE;
+          for (let got = 0; got < len;) {
+            const r = readSync(fd, out, k * PAGE_SIZE + got, len - got, at.offset + got);
+            if (r === 0) throw new Error(`${at.file}: ends before offset ${at.offset + len}`);
+            got += r;
+          }
+          k += n;
+        }
+      } finally {
+        for (const fd of fds.values()) closeSync(fd);
+      }
       for (let k = 0; k < ids.length; k++) {
         const page = data.get(ids[k]);
         if (page) out.set(page, k * PAGE_SIZE);
+        else if (inFiles.has(ids[k])) continue;
         else if (deferred?.get(ids[k])) {
           later.push(ids[k]);
           slots.push(k);
@@ -221,7 +251,28 @@ export class ContainerMemory implements MemorySource {
     const dirty = new Bitmap(this.layout.pageCount);
     const data = new Map<number, Buffer>();
     const extras: ExtraPage[] = [];
+    const inFiles = new Map<number, { file: string; offset: number }>();
     for (const m of dump.tasks.values()) {
+      for (const run of m.runs) {
+        if (!run.deferred || !run.source) continue;
+        for (const vaddr of run.deferred) {
+          const g = this.pageOf(m.id, vaddr);
+          const at = { file: run.source.file, offset: run.source.offset + Number(vaddr - run.vaddr) };
+          if (g >= 0) {
+            dirty.set(g);
+            inFiles.set(g, at);
+          } else {
+            const bytes = Buffer.alloc(PAGE_SIZE);
+            const fd = openSync(at.file, 'r');
+            try {
+              readSync(fd, bytes, 0, PAGE_SIZE, at.offset);
+            } finally {
+              closeSync(fd);
+            }
+            extras.push({ id: m.id, vaddr, bytes });
+          }
+        }
+      }
       for (const p of m.changed) {
         const g = this.pageOf(m.id, p.vaddr);
         if (g >= 0) {
@@ -249,7 +300,7 @@ export class ContainerMemory implements MemorySource {
       ids.forEach((g, k) => data.set(g, buf.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)));
     }
     this.unchanged = dump.counts.unchanged;
-    this.final = { dirty, data, extras, deferred };
+    this.final = { dirty, data, extras, deferred, inFiles };
   }
 
   finalDirty(): Bitmap {

@@ -77,6 +77,8 @@ const STATUS: Record<string, ContainerStatus> = {
 export class PodmanRuntime implements MovableRuntime {
   readonly kind = 'podman';
   readonly lazyRestore = true;
+  // Podman's full restore archives, unpacks and restores every page before the container runs (7-10 s for 1 GiB).
+  readonly prefersLazyRestore = true;
   readonly keepsProcessesAfterDump = false;
   readonly lazyDump = false;
   readonly imageHint =
@@ -107,6 +109,12 @@ export class PodmanRuntime implements MovableRuntime {
       .slice(-3)
       .join(' | ');
     throw new Error(`podman ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${why}`);
+  }
+
+  /** Whether the host has the command TOOL. */
+  private hostHas(tool: string): boolean {
+    const c = this.site.command(['sh', '-c', `command -v ${tool}`]);
+    return spawnSync(c.cmd, c.args, { env: c.env, stdio: 'ignore' }).status === 0;
   }
 
   private podmanOk(args: readonly string[]): boolean {
@@ -191,9 +199,21 @@ export class PodmanRuntime implements MovableRuntime {
     rmSync(archive, { force: true });
     const fifo = spawnSync('mkfifo', ['-m', '600', archive], { encoding: 'utf8' });
     if (fifo.status !== 0) throw new Error(`cannot make a pipe at ${archive}: ${fifo.stderr.trim()}`);
+    // zstd when the host has it: Podman writes a compressed archive faster than a plain one (2.5 s against 4.1 s
+    // for 1 GiB here, docs/runtimes.md), and the memory in it is thrown away by this tar anyway.
+    const zstd = this.hostHas('zstd');
     const untar = spawn(
       'tar',
-      ['-xf', archive, '-C', upper, '--no-same-owner', '--delay-directory-restore', '--exclude=checkpoint'],
+      [
+        '-xf',
+        archive,
+        ...(zstd ? ['--zstd'] : []),
+        '-C',
+        upper,
+        '--no-same-owner',
+        '--delay-directory-restore',
+        '--exclude=checkpoint',
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
       },
@@ -208,7 +228,7 @@ export class PodmanRuntime implements MovableRuntime {
         'checkpoint',
         name,
         `--export=${this.site.path(posix.join(dir, ARCHIVE))}`,
-        '--compress=none',
+        `--compress=${zstd ? 'zstd' : 'none'}`,
         '--tcp-established',
         '--keep',
         ...(opts.keepFrozen || opts.leaveStopped ? [] : ['--leave-running']),

@@ -37,6 +37,12 @@ export interface MovableRuntime {
   readonly kind: string;
   /** Whether restore() can run the container before its pages are in (lazy): post-copy and lazy restore need it. */
   readonly lazyRestore: boolean;
+  /**
+   * Whether a restore is lazy unless the user asks for a full one, whatever the strategy prefers (cold prefers
+   * full): a runtime whose full restore costs far more than its lazy one (Podman's re-archives and unpacks the whole
+   * memory before CRIU restores it).
+   */
+  readonly prefersLazyRestore?: boolean;
   /** Whether checkpoint() with keepFrozen leaves the processes (frozen) in place; false: the dump ends them. */
   readonly keepsProcessesAfterDump: boolean;
   /**

@@ -28,6 +28,8 @@ export const ROOTFS_PACKAGES: readonly string[] = [
   'iptables',
   // nft: the destination holds a moved container's address while Podman restores it (podman.ts, AddressLock).
   'nftables',
+  // zstd: Podman's checkpoint archive comes zstd-compressed through a pipe into tar (podman.ts, checkpoint).
+  'zstd',
   'iputils-ping',
   'iputils-arping',
   'procps',
@@ -50,6 +52,7 @@ export const ROOTFS_REQUIRED_FILES: readonly string[] = [
   'usr/sbin/tc',
   'usr/sbin/iptables',
   'usr/sbin/nft',
+  'usr/bin/zstd',
   'usr/bin/ps',
   'usr/bin/ping',
   'usr/bin/arping',
