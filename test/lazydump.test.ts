@@ -24,7 +24,7 @@ import { ContainerMemory } from '../src/migrate/memory.ts';
 import { ProcessTreeMemory } from '../src/memory/tree.ts';
 import { defaultWriter, expectedPage, startWriter } from './workloads/writer.ts';
 import { CriuRunner } from '../src/criu/runner.ts';
-import { lazyRuns, receiveFromImages } from '../src/criu/localdump.ts';
+import { lazyRuns, presentRuns, receiveFromImages } from '../src/criu/localdump.ts';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
 import { PS_IOV_CLOSE } from '../src/criu/pageserver.ts';
 import { dumpRoute, restoreModeFor } from '../src/migrate/live.ts';
@@ -205,6 +205,29 @@ test('HashPool hashes another process\u2019s memory page by page, and names the 
   }
 });
 
+test('HashPool hashes ranges of a file (a dump\u2019s pages image) across jobs and workers, and names the file it cannot read', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'precog-hashfile-'));
+  const pool = new HashPool(2);
+  try {
+    // 5000 pages: more than one job of 2048, so both workers take part and the results are put back in order.
+    const pages = Array.from({ length: 5000 }, (_, n) => page(n));
+    const file = join(dir, 'pages-1.img');
+    writeFileSync(file, Buffer.concat(pages));
+    const [a, b] = await pool.hash([
+      { file, offset: 0, pages: 3000 },
+      { file, offset: 3000 * PAGE_SIZE, pages: 2000 },
+    ]);
+    assert.deepEqual(
+      [...a, ...b],
+      pages.map((p) => xxh64(p)),
+    );
+    await assert.rejects(pool.hash([{ file: join(dir, 'nope.img'), offset: 0, pages: 1 }]), /nope\.img/);
+  } finally {
+    await pool.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /**
  * A stand-in for CRIU: records the task it was asked to dump (and whether it lived), reads what precog writes on
  * its page-server socket (fd 3), and exits 0, or 1 with an error line in its log when REFUSE is set.
@@ -321,6 +344,39 @@ test("a runtime's kept dump: pages the destination never had are listed with the
     } finally {
       closeSync(fd);
     }
+    // The hashes of the present runs (as HashPool computes them from the file at presentRuns' offsets): a page whose
+    // hash the destination holds is not read, one whose hash differs is read without comparing its bytes again.
+    const runs = presentRuns(dir);
+    assert.deepEqual(
+      runs.map((r) => [r.vaddr, r.nrPages, r.offset]),
+      [
+        [0x10000n, 3, 0],
+        [0x40000n, 2, 3 * PAGE_SIZE],
+      ],
+    );
+    const hashOf = new Map(
+      runs.map((r, i) => [
+        r.vaddr,
+        BigUint64Array.from(data.slice(i === 0 ? 0 : 3, i === 0 ? 3 : 5).map((p) => xxh64(p))),
+      ]),
+    );
+    const held = new Set([xxh64(page(10)), xxh64(page(12)), xxh64(page(20))]);
+    const hashed = receiveFromImages(
+      dir,
+      () => assert.fail('a page with a known hash is not compared again'),
+      {
+        keep: true,
+        deferPresent: (_id, vaddr) => vaddr === 0x11000n,
+        presentHashes: { of: (_id, vaddr) => hashOf.get(vaddr), have: (_id, _vaddr, h) => held.has(h) },
+      },
+    ).tasks.get(7)!;
+    assert.deepEqual(
+      hashed.changed.map((p) => p.vaddr),
+      [0x41000n],
+    );
+    assert.ok(hashed.changed[0].bytes.equals(page(21)));
+    assert.equal(hashed.counts.unchanged, 3);
+    assert.deepEqual(hashed.runs[0].deferred, [0x11000n]);
     // Without keep the file would go: nothing is deferred then.
     const all = receiveFromImages(dir, () => false, { deferPresent: () => true });
     assert.equal(all.tasks.get(7)!.changed.length, 5);

@@ -1,19 +1,20 @@
 /**
- * Page hashes of stopped processes, on worker threads (one per core, at most 4): the lazy dump route reads and
- * hashes every page of a container's anonymous memory while it is stopped (src/criu/lazydump.ts), and that read is
- * the stop's largest cost; split over the cores it takes about half the time of one thread here. Start the pool
+ * Page hashes of stopped processes or of a dump's pages files, on worker threads (one per core, at most 4): the stop
+ * reads and hashes every page of a container's anonymous memory (the lazy dump route from the stopped tasks,
+ * src/criu/lazydump.ts; the images route from the pages files), and that read is the stop's largest cost; split
+ * over the cores it takes about half the time of one thread here. Start the pool
  * before the stop (a worker takes tens of milliseconds to start).
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { PAGE_SIZE } from './pages.ts';
 
-/** A range of a process's memory: its machine PID, the first page's address, the number of pages. */
-export interface MemoryRange {
-  pid: number;
-  vaddr: number;
-  pages: number;
-}
+/**
+ * A range of a process's memory (its machine PID, the first page's address) or of a file (a dump's pages image, the
+ * first page's offset), and the number of pages.
+ */
+export type MemoryRange =
+  { pid: number; vaddr: number; pages: number } | { file: string; offset: number; pages: number };
 
 /** Pages per job: small enough to balance the workers, large enough that messages cost nothing. */
 const JOB_PAGES = 2048;
@@ -57,7 +58,12 @@ export class HashPool {
               seq = next++;
               const j = jobs[seq];
               const r = ranges[j.range];
-              w.postMessage({ seq, pid: r.pid, vaddr: r.vaddr + j.first * PAGE_SIZE, pages: j.pages });
+              const skip = j.first * PAGE_SIZE;
+              w.postMessage(
+                'file' in r
+                  ? { seq, file: r.file, offset: r.offset + skip, pages: j.pages }
+                  : { seq, pid: r.pid, vaddr: r.vaddr + skip, pages: j.pages },
+              );
             };
             const onMessage = (m: { seq: number; hashes?: BigUint64Array; error?: string }) => {
               if (m.seq !== seq) return;

@@ -1,5 +1,6 @@
 // A worker of HashPool (src/criu/hashpool.ts): hashes (xxh64) every page of a range of a process's memory, read
-// from /proc/PID/mem. Plain JavaScript, so that it starts without the TypeScript loader.
+// from /proc/PID/mem, or of a range of a file (a dump's pages image). Plain JavaScript, so that it starts without
+// the TypeScript loader.
 import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { xxh64 } from '@node-rs/xxhash';
@@ -18,12 +19,15 @@ parentPort.on('message', (job) => {
     fds.clear();
     return;
   }
-  const { seq, pid, vaddr, pages } = job;
+  const { seq, pid, file, pages } = job;
+  // A process's memory at vaddr, or a file at offset.
+  const path = file ?? `/proc/${pid}/mem`;
+  const vaddr = file ? job.offset : job.vaddr;
   try {
-    let fd = fds.get(pid);
+    let fd = fds.get(path);
     if (fd === undefined) {
-      fd = openSync(`/proc/${pid}/mem`, 'r');
-      fds.set(pid, fd);
+      fd = openSync(path, 'r');
+      fds.set(path, fd);
     }
     const hashes = new BigUint64Array(pages);
     const len = pages * PAGE;
@@ -41,7 +45,9 @@ parentPort.on('message', (job) => {
   } catch (err) {
     parentPort.postMessage({
       seq,
-      error: `reading the memory of PID ${pid} at 0x${vaddr.toString(16)}: ${err.message}`,
+      error: file
+        ? `reading ${file} at ${vaddr}: ${err.message}`
+        : `reading the memory of PID ${pid} at 0x${vaddr.toString(16)}: ${err.message}`,
     });
   }
 });

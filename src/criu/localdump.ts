@@ -60,6 +60,14 @@ export function receiveFromImages(
      * outlive the move).
      */
     deferPresent?: (id: number, vaddr: bigint) => boolean;
+    /**
+     * The xxh64 of every page of a task's present run (hashed beforehand from the pages file, see presentRuns and
+     * src/criu/hashpool.ts), and the `have` test on a hash: then only the pages whose hash differs are read.
+     */
+    presentHashes?: {
+      of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
+      have: (id: number, vaddr: bigint, hash: bigint) => boolean;
+    };
   } = {},
 ): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
@@ -115,24 +123,37 @@ export function receiveFromImages(
         }
         run.changed = [];
         run.unchanged = 0;
-        if (!lazy && opts.deferPresent && opts.keep) {
-          const defer = opts.deferPresent;
+        const known = !lazy ? opts.presentHashes?.of(id, e.vaddr) : undefined;
+        if (known && known.length !== e.nr_pages)
+          throw new Error(`pagemap-${id}: ${known.length} hashes for a run of ${e.nr_pages} pages`);
+        const defer = !lazy && opts.keep ? opts.deferPresent : undefined;
+        if (defer || known) {
           const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
+          /** What a page needs: to be read (null), nothing yet (deferred), or nothing since it is held (by hash). */
+          const skip = (i: number): 'deferred' | 'unchanged' | null =>
+            defer?.(id, at(i))
+              ? 'deferred'
+              : known && opts.presentHashes!.have(id, at(i), known[i])
+                ? 'unchanged'
+                : null;
           const deferred: bigint[] = [];
           // The pages to read, in stretches of up to 1 MiB; the deferred ones only listed.
           for (let i = 0; i < e.nr_pages;) {
-            if (defer(id, at(i))) {
-              deferred.push(at(i));
+            const why = skip(i);
+            if (why) {
+              if (why === 'deferred') deferred.push(at(i));
+              else run.unchanged++;
               i++;
               continue;
             }
             let k = 1;
-            while (i + k < e.nr_pages && k < 256 && !defer(id, at(i + k))) k++;
+            while (i + k < e.nr_pages && k < 256 && skip(i + k) === null) k++;
             const stretch = Buffer.allocUnsafe(k * PAGE_SIZE);
             readFully(fd, stretch, 0, stretch.length, pos + i * PAGE_SIZE, file);
             for (let j = 0; j < k; j++) {
               const bytes = stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
-              if (have(id, at(i + j), bytes, kind)) run.unchanged++;
+              // With the hashes known, a page read is one whose hash differs: changed.
+              if (!known && have(id, at(i + j), bytes, kind)) run.unchanged++;
               else run.changed.push({ vaddr: at(i + j), bytes } satisfies ReceivedPage);
             }
             i += k;
@@ -208,6 +229,30 @@ export function receiveFromImages(
   // keep: the images belong to someone else (a runtime's own checkpoint, kept for its rollback).
   if (!opts.keep) removePageImages(dir, names);
   return { tasks, shmem, counts: total, bytes, commands: {}, layout };
+}
+
+/**
+ * The runs of the tasks' pages files in DIR (PE_PRESENT, not lazy): each with its pages file and the offset of its
+ * first page there, for hashing them (HashPool) before receiveFromImages reads them.
+ */
+export function presentRuns(
+  dir: string,
+): { id: number; vaddr: bigint; nrPages: number; file: string; offset: number }[] {
+  const out: { id: number; vaddr: bigint; nrPages: number; file: string; offset: number }[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = /^pagemap-(\d+)\.img$/.exec(name);
+    if (!m) continue;
+    const id = Number(m[1]);
+    const map = readPagemap(dir, id);
+    const file = pagesFile(dir, map.pagesId);
+    let pos = 0;
+    for (const e of map.entries) {
+      if (!(pagemapFlags(e) & PE_PRESENT)) continue;
+      out.push({ id, vaddr: e.vaddr, nrPages: e.nr_pages, file, offset: pos });
+      pos += e.nr_pages * PAGE_SIZE;
+    }
+  }
+  return out;
 }
 
 /** The runs a lazy dump left in the tasks (PE_LAZY without PE_PRESENT), per task pagemap of DIR. */

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
 import { FrozenMemoryReader } from '../criu/lazydump.ts';
 import { HashPool } from '../criu/hashpool.ts';
-import { lazyRuns, receiveFromImages, removePageImages } from '../criu/localdump.ts';
+import { lazyRuns, presentRuns, receiveFromImages, removePageImages } from '../criu/localdump.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
@@ -270,7 +270,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
   let lazySteps: LiveMigrationReport['lazyDumpSteps'] = null;
   const progress: MoveProgress = { migrationId, resumedThere: false };
   // Started now, not at the stop: a worker takes tens of milliseconds to start.
-  let hashPool = via === 'lazy' ? new HashPool() : undefined;
+  const hashPool = via === 'lazy' || via === 'images' ? new HashPool() : undefined;
   try {
     await moveContainer(
       { rt, name: o.name, from: o.from, to: o.to, lazyTimeoutMs: o.lazyTimeoutMs ?? lazyTimeoutMs() },
@@ -332,11 +332,24 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
             if (via === 'images') {
               // A local dump, its pages compared as they are read back (src/criu/localdump.ts: faster here).
               const ck = await checkpoint(srcDir);
+              const pagesDir = ck.pagesDir ?? join(srcDir, 'images');
+              // The pages sent before are hashed from the pages files on every core; only those whose hash
+              // differs are read.
+              let presentHashes: NonNullable<Parameters<typeof receiveFromImages>[2]>['presentHashes'];
+              if (mem.anySent && hashPool) {
+                const runs = presentRuns(pagesDir);
+                const hashes = await hashPool.hash(
+                  runs.map((r) => ({ file: r.file, offset: r.offset, pages: r.nrPages })),
+                );
+                const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
+                presentHashes = { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash };
+              }
               // Pages the destination never had are read from the runtime's kept images as they are sent (they
               // stay until the move ends), not at the stop: a cold move's or a post-copy's stop reads no memory.
-              received = receiveFromImages(ck.pagesDir ?? join(srcDir, 'images'), (...a) => mem.holds(...a), {
+              received = receiveFromImages(pagesDir, (...a) => mem.holds(...a), {
                 keep: ck.pagesDir !== undefined,
                 ...(ck.pagesDir !== undefined ? { deferPresent: mem.neverSent } : {}),
+                ...(presentHashes ? { presentHashes } : {}),
               });
               marks.dumped = performance.now();
               o.onPhase?.('final');
@@ -371,8 +384,6 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               via = 'images';
               dumpFallback = new LazyDumpRefused(o.from, why, false).message;
               o.onFallback?.(dumpFallback);
-              await hashPool?.close();
-              hashPool = undefined;
             },
           },
         );
