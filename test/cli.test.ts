@@ -15,6 +15,20 @@ test('--help lists every command with one line', () => {
   assert.match(r.stdout, /simulate \[options\]\s+run migrations in the emulator/);
 });
 
+test('every strategy that migrate --help offers is one the parser takes', async () => {
+  const { parseStrategy } = await import('../src/policy/index.ts');
+  const r = precog('migrate', '--help');
+  assert.equal(r.status, 0);
+  const text = /--strategy <spec>\s+([\s\S]*?)\(docs\/strategies\.md\)/.exec(r.stdout)?.[1];
+  assert.ok(text, r.stdout);
+  const offered = text
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+  assert.ok(offered.length >= 10, offered.join(' | '));
+  for (const spec of offered) assert.doesNotThrow(() => parseStrategy(spec), spec);
+});
+
 test('bad input: one line naming the value and what is accepted, exit code 2, no stack trace', () => {
   const bad = join(dir, 'bad.json');
   writeFileSync(bad, '{"1000": {"isDirtyList": [1, 0]}, "2000": {"isDirtyList": [1]}}');

@@ -17,6 +17,11 @@ test('bandwidths, rates and durations', () => {
   assert.equal(parseBandwidth('100Mbit'), 1e8);
   assert.equal(parseBandwidth('1Gbit'), 1e9);
   assert.equal(parseBandwidth('12.5MB/s'), 1e8);
+  // As users type them: Mbps and Gbps are bits (network equipment's units), MBps bytes.
+  assert.equal(parseBandwidth('100Mbps'), 1e8);
+  assert.equal(parseBandwidth('1Gbps'), 1e9);
+  assert.equal(parseBandwidth('100mbit/s'), 1e8);
+  assert.equal(parseBandwidth('12.5MBps'), 1e8);
   assert.throws(() => parseBandwidth('0'), /greater than zero/);
   assert.throws(() => parseBandwidth('5furlongs'), /unknown unit/);
   assert.equal(parseRate('12MB/s'), 12e6);

@@ -148,7 +148,7 @@ export function migrateCommand(): Command {
     .option('--name <name>', 'the client certificate in --pki (default: operator)')
     .option(
       '-s, --strategy <spec>',
-      'cold, precopy, precopy:qemu, iterpredict, markov, pr, mbdp, mbdpc, u2c, postcopy, hybrid (docs/strategies.md)',
+      'cold, precopy, precopy:rule=qemu, iterpredict, markov, pr, mbdp, mbdpc, u2c, postcopy, hybrid (docs/strategies.md)',
       'precopy',
     )
     .option(

@@ -48,16 +48,23 @@ const RATE_UNITS: Record<string, number> = {
   'mbit/s': 1e6,
   gbit: 1e9,
   'gbit/s': 1e9,
+  // Mbps as network equipment writes it: megabits per second.
+  kbps: 1e3,
+  mbps: 1e6,
+  gbps: 1e9,
   'kb/s': 8e3,
   'mb/s': 8e6,
   'gb/s': 8e9,
 };
+/** Bytes per second written with a capital B and "ps" (MBps), told apart from Mbps (bits) by case. */
+const BYTE_PS: Record<string, number> = { kBps: 8e3, KBps: 8e3, MBps: 8e6, GBps: 8e9 };
 
-/** Link speeds in bit/s: "100Mbit", "1Gbit", "12.5MB/s", "1e8". */
+/** Link speeds in bit/s: "100Mbit", "100Mbps", "1Gbit", "12.5MB/s", "12.5MBps", "1e8". */
 export function parseBandwidth(text: string, what = 'bandwidth'): number {
-  const accepted = 'a number with bit, kbit, Mbit, Gbit (bit/s) or kB/s, MB/s, GB/s (bytes/s)';
+  const accepted =
+    'a number with bit, kbit, Mbit, Gbit, Mbps, Gbps (bit/s) or kB/s, MB/s, GB/s, MBps (bytes/s)';
   const [n, unit] = split(text, what, accepted);
-  const mult = RATE_UNITS[unit.toLowerCase()];
+  const mult = BYTE_PS[unit] ?? RATE_UNITS[unit.toLowerCase()];
   if (mult === undefined)
     throw new UsageError(`${what} "${text}" has an unknown unit "${unit}"; accepted: ${accepted}`);
   const bits = n * mult;
