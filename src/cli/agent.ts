@@ -62,7 +62,7 @@ export function agentCommand(): Command {
     )
     .option('--state-dir <dir>', 'where migrations keep their pages and images', '/var/lib/precog/agent')
     .option('--pki <dir>', 'PKI directory with ca.pem, NAME.pem and NAME-key.pem (precog pki)')
-    .option('--name <name>', "this host's certificate name (default: the host name in the PKI)")
+    .option('--name <name>', "this host's certificate name in --pki (required with it, or name: in --config)")
     .option('--spill-size <size>', 'keep pages of larger migrations in a file', '1GiB')
     .option(
       '--idle-timeout <duration>',
