@@ -17,28 +17,24 @@ const bit = (bm: Uint8Array, i: number): boolean => (bm[i >>> 3] & (1 << (i & 7)
 const popcount = (bm: Uint8Array): number =>
   bm.reduce((a, b) => a + b.toString(2).replaceAll('0', '').length, 0);
 
-test(
-  'the public npb-cg-B trace loads: 29,109 pages x 12 samples, pages in address order',
-  { skip: !PUBLIC },
-  () => {
-    const t = loadTrace(PUBLIC);
-    assert.equal(t.pageCount, 29109);
-    assert.equal(t.samples, 12);
-    assert.ok(t.accessed, 'the public trace carries accessed bits');
-    assert.equal(
-      t.regions.reduce((a, r) => a + r.pages, 0),
-      29109,
-    );
-    assert.equal(t.regions[0].start, '0x400000');
-    // The trace's first page (0x400000) is dirty in every sample; the next one (0x606000) only in the first.
-    for (let s = 0; s < 12; s++) assert.ok(bit(t.dirty[s], 0));
-    assert.ok(bit(t.dirty[0], 1));
-    for (let s = 1; s < 12; s++) assert.ok(!bit(t.dirty[s], 1));
-    // ENVIRONMENT.md: the same ~1.6 % of pages are dirty in every later sample.
-    const later = popcount(t.dirty[5]) / t.pageCount;
-    assert.ok(later > 0.01 && later < 0.03, `dirty share in sample 5 is ${later}`);
-  },
-);
+test('the public npb-cg-B trace loads: 29,109 pages x 12 samples, pages in address order', () => {
+  const t = loadTrace(PUBLIC);
+  assert.equal(t.pageCount, 29109);
+  assert.equal(t.samples, 12);
+  assert.ok(t.accessed, 'the public trace carries accessed bits');
+  assert.equal(
+    t.regions.reduce((a, r) => a + r.pages, 0),
+    29109,
+  );
+  assert.equal(t.regions[0].start, '0x400000');
+  // The trace's first page (0x400000) is dirty in every sample; the next one (0x606000) only in the first.
+  for (let s = 0; s < 12; s++) assert.ok(bit(t.dirty[s], 0));
+  assert.ok(bit(t.dirty[0], 1));
+  for (let s = 1; s < 12; s++) assert.ok(!bit(t.dirty[s], 1));
+  // ENVIRONMENT.md: the same ~1.6 % of pages are dirty in every later sample.
+  const later = popcount(t.dirty[5]) / t.pageCount;
+  assert.ok(later > 0.01 && later < 0.03, `dirty share in sample 5 is ${later}`);
+});
 
 test('precog trace format round-trips', () => {
   const t = parsePublicTrace(
