@@ -904,7 +904,8 @@ async function runEmulator(): Promise<EmulatedRun[]> {
 function writeReport(emulated: EmulatedRun[], partial?: string): void {
   const out: string[] = [];
   out.push(
-    `# Live migration: ${runs} run(s) per cell, medians${partial ? ` (${partial})` : ''}`,
+    // The section's name in the title: results.md holds several of these, each under a title of its own.
+    `# Live migration, ${flags.section}: ${runs} run(s) per cell, medians${partial ? ` (${partial})` : ''}`,
     '',
     `${workloads.map((w) => (w === 'redis' ? 'redis (redis-server and its client, workloads/redisload.py)' : w === 'redis-lan' ? `redis-lan (the same with its own address, ${SERVICE_ADDRESS}, and a second client on the service LAN)` : `memchange (${pattern})`)).join(' and ')} ` +
       `in host a, migrated to b with \`precog migrate --json\`; downtime measured by the probe ` +
