@@ -15,7 +15,7 @@ test('--help lists every command with one line', () => {
   assert.match(r.stdout, /simulate \[options\]\s+run migrations in the emulator/);
 });
 
-test('every strategy that migrate --help offers is one the parser takes', async () => {
+test('every strategy that migrate --help offers is one the parser takes; -q is taken as in simulate', async () => {
   const { parseStrategy } = await import('../src/policy/index.ts');
   const r = precog('migrate', '--help');
   assert.equal(r.status, 0);
@@ -27,6 +27,9 @@ test('every strategy that migrate --help offers is one the parser takes', async 
     .filter(Boolean);
   assert.ok(offered.length >= 10, offered.join(' | '));
   for (const spec of offered) assert.doesNotThrow(() => parseStrategy(spec), spec);
+  // -q as in simulate: taken (the run then fails for want of certificates, not of the option).
+  const q = precog('migrate', 'x', '-q', '--from', 'a', '--to', 'b', '--pki', join(dir, 'none'));
+  assert.doesNotMatch(q.stderr, /unknown option/);
 });
 
 test('bad input: one line naming the value and what is accepted, exit code 2, no stack trace', () => {

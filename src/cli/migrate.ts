@@ -25,6 +25,7 @@ interface MigrateFlags {
   dumpVia: string;
   json?: boolean;
   progress?: boolean;
+  quiet?: boolean;
   resume?: boolean;
 }
 
@@ -171,7 +172,8 @@ export function migrateCommand(): Command {
       'auto',
     )
     .option('--json', 'print the report as JSON')
-    .option('--no-progress', 'no progress line on a terminal')
+    .option('-q, --quiet', 'no progress on stderr (as simulate -q)')
+    .option('--no-progress', 'the same as --quiet')
     .option(
       '--resume',
       'take up a post-copy whose link was lost after the switchover: send the destination the pages it still lacks ' +
@@ -206,7 +208,9 @@ export function migrateCommand(): Command {
       const agents = agentsFor(f.from, f.to);
       const identity = clientIdentity(f, !!agents.testbed, f.from);
       if (await fromProbeNamespace(agents.testbed, 'migrate')) return;
-      const progress = new Progress(f.progress !== false && !f.json && process.stderr.isTTY === true);
+      const progress = new Progress(
+        f.progress !== false && !f.quiet && !f.json && process.stderr.isTTY === true,
+      );
       // Ctrl-C or SIGTERM: the source agent gives up cleanly (the source thaws) unless the restore has begun.
       const interrupt = new AbortController();
       const onSignal = (sig: NodeJS.Signals) => {
