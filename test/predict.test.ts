@@ -458,7 +458,8 @@ test('precog train and predict-eval: a model trained from trace files predicts a
 });
 
 test('precog predict-eval on npb-cg-B: datashift accuracy on the pages it calls stable is 1.0', () => {
-  const r = precog(['predict-eval', '--trace', NPB, '--predictors', 'datashift,oracle', '--json']);
+  // --traces, as in train (--trace, its former name, still works: the other tests use it).
+  const r = precog(['predict-eval', '--traces', NPB, '--predictors', 'datashift,oracle', '--json']);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as {
     traces: { results: { spec: string; auc: number; stable?: { coverage: number; accuracy: number } }[] }[];
@@ -472,7 +473,7 @@ test('precog predict-eval on npb-cg-B: datashift accuracy on the pages it calls 
 test('precog train and predict-eval: bad flags exit 2 with the problem named', () => {
   const trace = writeTrace('small.trace', 100, waveTrace(100, 4, 6).samples);
   const cases: [string[], RegExp][] = [
-    [['predict-eval'], /--trace is required/],
+    [['predict-eval'], /--traces is required/],
     [['predict-eval', '--trace', trace, '--predictors', 'lstm'], /unknown predictor "lstm"/],
     [['predict-eval', '--trace', trace, '--horizon', '0'], /--horizon "0" must be a whole number >= 1/],
     [
@@ -489,6 +490,7 @@ test('precog train and predict-eval: bad flags exit 2 with the problem named', (
     [['train', '--out', join(dir, 'x.json')], /--traces is required/],
     [['train', '--traces', trace, '--out', join(dir, 'x.json'), '--n', '4'], /--n = 4 must be an odd/],
     [['train', '--traces', join(dir, 'nope'), '--out', join(dir, 'x.json')], /"\S+nope" does not exist/],
+    [['train', '--traces', trace, '--out', join(dir, 'x.json'), '--kind', 'lstm'], /invalid|lstm/],
     [['train', '--traces', trace, '--out', join(dir, 'x.json'), '--model', 'lstm'], /invalid|lstm/],
   ];
   for (const [args, why] of cases) {

@@ -52,7 +52,8 @@ function trainingTrace(file: string): TrainingTrace {
 
 interface TrainFlags {
   traces?: string[];
-  model: string;
+  kind: string;
+  model?: string;
   out?: string;
   trees: string;
   depth: string;
@@ -66,93 +67,107 @@ interface TrainFlags {
 }
 
 export function trainCommand(): Command {
-  return new Command('train')
-    .exitOverride()
-    .showHelpAfterError('(run precog train --help for usage)')
-    .description('train a dirty-page prediction model offline on recorded or emulated traces')
-    .option(
-      '-t, --traces <paths...>',
-      'trace files, or directories of them (*.trace[.gz], public *.json[.gz])',
-    )
-    .addOption(new Option('--model <kind>', 'the model to train').choices(['forest']).default('forest'))
-    .option('-o, --out <file>', 'the model file to write (JSON)')
-    .option('--trees <n>', 'trees per horizon', String(TRAIN_DEFAULTS.trees))
-    .option('--depth <n>', 'maximum tree depth', String(TRAIN_DEFAULTS.depth))
-    .option('--m <rounds>', 'rounds of history per page in the window', String(WINDOW_DEFAULTS.m))
-    .option('--n <pages>', 'pages in the window, centred on the page (odd)', String(WINDOW_DEFAULTS.n))
-    .option('--l <rounds>', 'rounds of the longer history (share of dirty rounds)', String(WINDOW_DEFAULTS.l))
-    .option('--horizons <list>', 'horizons (rounds) to train a forest for', TRAIN_DEFAULTS.horizons.join(','))
-    .option('--min-leaf <rows>', 'minimum weight on each side of a split', String(TRAIN_DEFAULTS.minLeaf))
-    .option('--seed <n>', 'seed of the bootstrap and feature sampling', String(TRAIN_DEFAULTS.seed))
-    .option('--json', 'print the summary as JSON')
-    .action((f: TrainFlags) => {
-      if (!f.traces || f.traces.length === 0)
-        throw new UsageError('--traces is required: trace files or directories to train on');
-      if (!f.out) throw new UsageError('--out is required: the model file to write');
-      checkWritable(f.out, '--out');
-      const window = {
-        m: parseCount(f.m, '--m', 1),
-        n: parseCount(f.n, '--n', 1),
-        l: parseCount(f.l, '--l', 1),
-      };
-      const bad = checkWindow(window);
-      if (bad) throw new UsageError(`window: ${bad.replace(/^(\w) =/, '--$1 =')}`);
-      const horizons = splitList(f.horizons).map((h) => parseCount(h, '--horizons', 1));
-      if (horizons.length === 0) throw new UsageError('--horizons needs at least one horizon, e.g. 1,2,3');
-      if (new Set(horizons).size !== horizons.length)
-        throw new UsageError(`--horizons "${f.horizons}" repeats a horizon`);
-      const options = {
-        window,
-        horizons,
-        trees: parseCount(f.trees, '--trees', 1),
-        depth: parseCount(f.depth, '--depth', 1),
-        minLeaf: parseCount(f.minLeaf, '--min-leaf', 1),
-        seed: parseCount(f.seed, '--seed', 0),
-      };
-      if (options.depth > 30) throw new UsageError(`--depth "${f.depth}" must be at most 30`);
-      const files = expandTraces(f.traces);
-      const t0 = performance.now();
-      const traces = files.map(trainingTrace);
-      const short = traces.find((t) => t.samples.length < 2);
-      if (short)
-        throw new UsageError(
-          `trace ${short.name} has ${short.samples.length} sample: training needs at least 2`,
+  return (
+    new Command('train')
+      .exitOverride()
+      .showHelpAfterError('(run precog train --help for usage)')
+      .description('train a dirty-page prediction model offline on recorded or emulated traces')
+      .option(
+        '-t, --traces <paths...>',
+        'trace files, or directories of them (*.trace[.gz], public *.json[.gz])',
+      )
+      // --kind: what to train; --model names a model file everywhere (predict-eval), so here it is only a hidden alias.
+      .addOption(new Option('--kind <kind>', 'the model to train').choices(['forest']).default('forest'))
+      .addOption(new Option('--model <kind>', 'the same as --kind').choices(['forest']).hideHelp())
+      .option('-o, --out <file>', 'the model file to write (JSON)')
+      .option('--trees <n>', 'trees per horizon', String(TRAIN_DEFAULTS.trees))
+      .option('--depth <n>', 'maximum tree depth', String(TRAIN_DEFAULTS.depth))
+      .option('--m <rounds>', 'rounds of history per page in the window', String(WINDOW_DEFAULTS.m))
+      .option('--n <pages>', 'pages in the window, centred on the page (odd)', String(WINDOW_DEFAULTS.n))
+      .option(
+        '--l <rounds>',
+        'rounds of the longer history (share of dirty rounds)',
+        String(WINDOW_DEFAULTS.l),
+      )
+      .option(
+        '--horizons <list>',
+        'horizons (rounds) to train a forest for',
+        TRAIN_DEFAULTS.horizons.join(','),
+      )
+      .option('--min-leaf <rows>', 'minimum weight on each side of a split', String(TRAIN_DEFAULTS.minLeaf))
+      .option('--seed <n>', 'seed of the bootstrap and feature sampling', String(TRAIN_DEFAULTS.seed))
+      .option('--json', 'print the summary as JSON')
+      .action((f: TrainFlags) => {
+        if (!f.traces || f.traces.length === 0)
+          throw new UsageError('--traces is required: trace files or directories to train on');
+        if (!f.out) throw new UsageError('--out is required: the model file to write');
+        checkWritable(f.out, '--out');
+        const window = {
+          m: parseCount(f.m, '--m', 1),
+          n: parseCount(f.n, '--n', 1),
+          l: parseCount(f.l, '--l', 1),
+        };
+        const bad = checkWindow(window);
+        if (bad) throw new UsageError(`window: ${bad.replace(/^(\w) =/, '--$1 =')}`);
+        const horizons = splitList(f.horizons).map((h) => parseCount(h, '--horizons', 1));
+        if (horizons.length === 0) throw new UsageError('--horizons needs at least one horizon, e.g. 1,2,3');
+        if (new Set(horizons).size !== horizons.length)
+          throw new UsageError(`--horizons "${f.horizons}" repeats a horizon`);
+        const options = {
+          window,
+          horizons,
+          trees: parseCount(f.trees, '--trees', 1),
+          depth: parseCount(f.depth, '--depth', 1),
+          minLeaf: parseCount(f.minLeaf, '--min-leaf', 1),
+          seed: parseCount(f.seed, '--seed', 0),
+        };
+        if (options.depth > 30) throw new UsageError(`--depth "${f.depth}" must be at most 30`);
+        const files = expandTraces(f.traces);
+        const t0 = performance.now();
+        const traces = files.map(trainingTrace);
+        const short = traces.find((t) => t.samples.length < 2);
+        if (short)
+          throw new UsageError(
+            `trace ${short.name} has ${short.samples.length} sample: training needs at least 2`,
+          );
+        const report = trainForest(traces, options);
+        const text = JSON.stringify(report.model) + '\n';
+        writeFileSync(f.out, text);
+        const seconds = (performance.now() - t0) / 1000;
+        const summary = {
+          out: f.out,
+          bytes: text.length,
+          traces: files,
+          pages: traces.reduce((a, t) => a + t.pageCount, 0),
+          distinctRows: report.rows,
+          horizons,
+          pairs: report.pairs,
+          positiveShare: report.positiveShare,
+          trees: options.trees,
+          nodes: report.nodes,
+          seconds: Math.round(seconds * 100) / 100,
+        };
+        if (f.json) {
+          process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+          return;
+        }
+        process.stdout.write(
+          [
+            `precog train: forest, window m=${window.m} n=${window.n} l=${window.l}, ${options.trees} trees per horizon, depth <= ${options.depth}`,
+            `  traces: ${files.length} (${summary.pages} pages): ${files.map((x) => basename(x)).join(', ')}`,
+            `  rows: ${report.rows} distinct windows from ${report.pairs.map((p, i) => `${p} pairs (h=${horizons[i]}, ${(report.positiveShare[i] * 100).toFixed(1)}% dirty)`).join(', ')}`,
+            `  nodes: ${report.nodes} in ${horizons.length * options.trees} trees`,
+            `wrote ${f.out} (${(text.length / 1024).toFixed(1)} KiB) in ${seconds.toFixed(1)} s`,
+            '',
+          ].join('\n'),
         );
-      const report = trainForest(traces, options);
-      const text = JSON.stringify(report.model) + '\n';
-      writeFileSync(f.out, text);
-      const seconds = (performance.now() - t0) / 1000;
-      const summary = {
-        out: f.out,
-        bytes: text.length,
-        traces: files,
-        pages: traces.reduce((a, t) => a + t.pageCount, 0),
-        distinctRows: report.rows,
-        horizons,
-        pairs: report.pairs,
-        positiveShare: report.positiveShare,
-        trees: options.trees,
-        nodes: report.nodes,
-        seconds: Math.round(seconds * 100) / 100,
-      };
-      if (f.json) {
-        process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-        return;
-      }
-      process.stdout.write(
-        [
-          `precog train: forest, window m=${window.m} n=${window.n} l=${window.l}, ${options.trees} trees per horizon, depth <= ${options.depth}`,
-          `  traces: ${files.length} (${summary.pages} pages): ${files.map((x) => basename(x)).join(', ')}`,
-          `  rows: ${report.rows} distinct windows from ${report.pairs.map((p, i) => `${p} pairs (h=${horizons[i]}, ${(report.positiveShare[i] * 100).toFixed(1)}% dirty)`).join(', ')}`,
-          `  nodes: ${report.nodes} in ${horizons.length * options.trees} trees`,
-          `wrote ${f.out} (${(text.length / 1024).toFixed(1)} KiB) in ${seconds.toFixed(1)} s`,
-          '',
-        ].join('\n'),
-      );
-    });
+      })
+  );
 }
 
 interface EvalFlags {
+  traces?: string[];
+  /** The former name of --traces, kept as a hidden alias. */
   trace?: string[];
   predictors: string;
   horizon: string;
@@ -191,7 +206,8 @@ export function predictEvalCommand(): Command {
     .description(
       'replay traces through dirty-page predictors: observe sample t, predict t+1..t+horizon; AUC, precision, recall, F1, speed',
     )
-    .option('-t, --trace <files...>', 'trace files (precog format or the public JSON, gzipped or not)')
+    .option('-t, --traces <files...>', 'trace files (precog format or the public JSON, gzipped or not)')
+    .addOption(new Option('--trace <files...>', 'the same as --traces').hideHelp())
     .option(
       '-p, --predictors <list>',
       'comma-separated predictor specs: markov[:prior=1], pr[:p=0.5:r=0.5:half-life=1], forest[:model=FILE], datashift[:window=2:p=0.5], tempo[:decay=0.5:min-run=64:margin=0.25], recent[:window=5] (the baseline), oracle',
@@ -204,8 +220,8 @@ export function predictEvalCommand(): Command {
     .addOption(new Option('--format <f>', 'table format').choices(['text', 'markdown']).default('text'))
     .option('--json', 'print the results as JSON')
     .action((f: EvalFlags) => {
-      if (!f.trace || f.trace.length === 0)
-        throw new UsageError('--trace is required: the trace file(s) to replay');
+      const traces = [...(f.traces ?? []), ...(f.trace ?? [])];
+      if (traces.length === 0) throw new UsageError('--traces is required: the trace file(s) to replay');
       const specs = parsePredictorList(f.predictors);
       const horizon = parseCount(f.horizon, '--horizon', 1);
       const warmup = parseCount(f.warmup, '--warmup', 1);
@@ -215,7 +231,7 @@ export function predictEvalCommand(): Command {
       const needsModel = specs.some((s) => s.split(':')[0].trim().toLowerCase() === 'forest');
       const model = needsModel ? loadForestModel(f.model ?? DEFAULT_FOREST_MODEL) : undefined;
       const all: { trace: string; pages: number; samples: number; results: Row[] }[] = [];
-      for (const file of f.trace) {
+      for (const file of traces) {
         const trace = loadTrace(file);
         if (trace.samples < warmup + horizon)
           throw new UsageError(
