@@ -49,6 +49,13 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
 
   const { memcheck, waitChecks } = memcheckOf((host, name, argv) => podman(host, 'exec', name, ...argv));
   const agentLeftovers = (host: string): string[] => leftovers(state, host);
+  /** What precog keeps of Podman's lazy restores on host H (podman-lazy.ts), by this process's path. */
+  const lazyDir = (h: string) =>
+    hostPath(
+      state.hosts.find((x) => x.name === h)!,
+      PODMAN_LAZY_DIR,
+    );
+  const lazyLeftovers = (h: string): string[] => (existsSync(lazyDir(h)) ? readdirSync(lazyDir(h)) : []);
   /** Moves pmc FROM -> TO with STRATEGY; its JSON report. */
   const movePmc = (from: string, to: string, strategy: string): Record<string, unknown> =>
     JSON.parse(
@@ -224,11 +231,6 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
   });
 
   test("post-copy a -> b, then hybrid back: Podman's restore made lazy, pages from the source, memory intact, no file of the restore left", async () => {
-    const lazyDir = (h: string) =>
-      hostPath(
-        state.hosts.find((x) => x.name === h)!,
-        PODMAN_LAZY_DIR,
-      );
     const before = memcheck('a', 'pmc');
     const report = movePmc('a', 'b', 'postcopy');
     const pc = report.postcopy as { pages: number } | null;
@@ -246,7 +248,7 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
       'written before the move\n',
     );
     // The configuration file, images and daemon log of the lazy restore are gone once every page is in.
-    assert.deepEqual(existsSync(lazyDir('b')) ? readdirSync(lazyDir('b')) : [], []);
+    assert.deepEqual(lazyLeftovers('b'), []);
     // The container keeps Podman's own checkpoint and restore (its spec names the removed file: CRIU ignores it).
     must(podman('b', 'container', 'checkpoint', 'pmc'), 'checkpoint at b');
     must(podman('b', 'container', 'restore', 'pmc'), 'restore at b');
@@ -288,6 +290,8 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     assert.match(r.stderr, /podman container restore failed.*precog-base/);
     assert.match(r.stderr, /source keeps running on a/);
     await sourceWentOn('a', 'b', before);
+    // The lazy restore's images and configuration file went with the failed restore.
+    assert.deepEqual(lazyLeftovers('b'), []);
   });
 
   test('redis in Podman: keys written before the move are read back at the destination', () => {
