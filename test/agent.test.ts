@@ -219,7 +219,9 @@ test('a second session with the id of a committed or running migration is refuse
     regions: [{ start: '0x1000', pages: 4 }],
   });
   const first = exchange(hello('dup-2'), layout);
-  await new Promise((r) => setTimeout(r, 50));
+  // Its directory appears once the agent took its HELLO (a TLS handshake first: up to seconds on 2 loaded cores).
+  for (let i = 0; i < 200 && !existsSync(join(stateDir, 'dup-2')); i++)
+    await new Promise((r) => setTimeout(r, 10));
   assert.ok(existsSync(join(stateDir, 'dup-2')));
   assert.match(await exchange(hello('dup-2'), layout), /migration id dup-2 is in use on this agent/);
   assert.ok(existsSync(join(stateDir, 'dup-2')), "the refused session left the first one's directory alone");

@@ -114,7 +114,8 @@ test('hooks, read-write host binds, host namespaces, devices and host-level capa
 });
 
 test("a CRIU configuration file is allowed only inside precog's own directory of them, never the directory itself", () => {
-  const policy = { ...podmanPolicy(ROOTS), criuConfigUnder: ['/var/lib/precog/podman-lazy'] };
+  const policy = podmanPolicy(ROOTS);
+  assert.deepEqual(policy.criuConfigUnder, ['/var/lib/precog/podman-lazy']);
   const withConfig = (v: string) => ({ ...podmanSpec(), annotations: { 'org.criu.config': v } });
   assert.equal(specRefusal(withConfig('/var/lib/precog/podman-lazy/pm/criu.conf'), policy), null);
   assert.equal(specRefusal(withConfig(''), podmanPolicy(ROOTS)), null);
@@ -124,8 +125,12 @@ test("a CRIU configuration file is allowed only inside precog's own directory of
     '/etc/criu/x.conf',
   ])
     assert.match(specRefusal(withConfig(v), policy) ?? 'passed', /org\.criu\.config/, v);
+  // Only a policy that names the directory allows it: a runc bundle's never does.
   assert.match(
-    specRefusal(withConfig('/var/lib/precog/podman-lazy/pm/criu.conf'), podmanPolicy(ROOTS)) ?? 'passed',
+    bundleRefusal({
+      ...bundle(),
+      annotations: { 'org.criu.config': '/var/lib/precog/podman-lazy/pm/criu.conf' },
+    }) ?? 'passed',
     /org\.criu\.config/,
   );
 });
