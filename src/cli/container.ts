@@ -1,7 +1,8 @@
 import { Command } from 'commander';
 import { defaultRuntime, type ContainerInfo } from '../runtime/container.ts';
 import { parseHost, parseServiceAddress, requireRoot } from '../runtime/testbed.ts';
-import { checkWritable, UsageError } from '../util/errors.ts';
+import { UsageError } from '../util/errors.ts';
+import { checkWritable } from '../util/paths.ts';
 import { parseSize } from '../util/units.ts';
 import { migrateCommand } from './migrate.ts';
 

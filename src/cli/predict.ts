@@ -8,7 +8,8 @@ import { TRAIN_DEFAULTS, trainForest, type TrainingTrace } from '../predict/fore
 import { createPredictor, parsePredictorList } from '../predict/index.ts';
 import { checkWindow, WINDOW_DEFAULTS } from '../predict/window.ts';
 import { renderTable, type Column } from '../report/table.ts';
-import { checkWritable, UsageError } from '../util/errors.ts';
+import { UsageError } from '../util/errors.ts';
+import { checkWritable } from '../util/paths.ts';
 import { splitList } from '../util/spec.ts';
 import { parseCount } from '../util/units.ts';
 

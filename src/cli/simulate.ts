@@ -7,7 +7,8 @@ import { summaryTable } from '../report/summary.ts';
 import { runExperiment, type Experiment } from '../sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../sim/run.ts';
 import { DEFAULT_SWITCHOVER_MODEL, loadSwitchoverModel } from '../sim/switchover.ts';
-import { checkWritable, UsageError } from '../util/errors.ts';
+import { UsageError } from '../util/errors.ts';
+import { checkWritable } from '../util/paths.ts';
 import { splitList } from '../util/spec.ts';
 import { parseBandwidth, parseCount, parseDuration, parseSize } from '../util/units.ts';
 

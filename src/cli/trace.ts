@@ -5,7 +5,8 @@ import { LiveProcessMemory } from '../memory/live.ts';
 import { LiveMemoryError } from '../memory/procfs.ts';
 import { serializeTrace, type Trace } from '../memory/trace.ts';
 import type { Bitmap } from '../util/bitmap.ts';
-import { checkWritable, UsageError } from '../util/errors.ts';
+import { UsageError } from '../util/errors.ts';
+import { checkWritable } from '../util/paths.ts';
 import { formatBytes, parseDuration } from '../util/units.ts';
 
 export const TRACE_RECORD_JSON_SCHEMA = 'precog.trace-record/v1';

@@ -1,6 +1,4 @@
 /** Errors users see. Each names what went wrong and what to do; the CLI maps them to exit codes. */
-import { accessSync, constants, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
 
 /** Bad flags or values: exit code 2, one line, no stack trace. */
 export class UsageError extends Error {
@@ -42,33 +40,4 @@ export function exitCodeOf(err: unknown): number {
     return err.exitCode;
   }
   return 1;
-}
-
-/**
- * Checks before any work that FILE can be written (its directory exists and takes files; a file there is not a
- * directory): a UsageError naming the option and the fix otherwise.
- */
-export function checkWritable(file: string, option: string): void {
-  const dir = dirname(resolve(file));
-  let st;
-  try {
-    st = statSync(dir);
-  } catch {
-    throw new UsageError(
-      `${option} ${file}: the directory ${dir} does not exist (create it, or pick another path)`,
-    );
-  }
-  if (!st.isDirectory()) throw new UsageError(`${option} ${file}: ${dir} is not a directory`);
-  try {
-    accessSync(dir, constants.W_OK);
-  } catch {
-    throw new UsageError(`${option} ${file}: the directory ${dir} is not writable`);
-  }
-  try {
-    if (statSync(file).isDirectory())
-      throw new UsageError(`${option} ${file}: that is a directory; name a file`);
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    // no such file yet: it will be created
-  }
 }
