@@ -21,7 +21,7 @@ import {
 import { dirname } from 'node:path';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
-import { agentLeftovers as leftovers, memcheckOf, migrateWhile } from './support/moves.ts';
+import { agentLeftovers as leftovers, memcheckOf, migrateJson, migrateWhile } from './support/moves.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
@@ -57,25 +57,8 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     );
   const lazyLeftovers = (h: string): string[] => (existsSync(lazyDir(h)) ? readdirSync(lazyDir(h)) : []);
   /** Moves pmc FROM -> TO with STRATEGY; its JSON report. */
-  const movePmc = (from: string, to: string, strategy: string): Record<string, unknown> =>
-    JSON.parse(
-      must(
-        cli(
-          'migrate',
-          'pmc',
-          '--runtime',
-          'podman',
-          '--from',
-          from,
-          '--to',
-          to,
-          '--strategy',
-          strategy,
-          '--json',
-        ),
-        `migrate ${strategy} ${from} -> ${to}`,
-      ).stdout,
-    ) as Record<string, unknown>;
+  const movePmc = (from: string, to: string, strategy: string) =>
+    migrateJson('pmc', 'podman', from, to, strategy);
   /** The source went on: the container runs on HOST with its memory checks going on, the other agent keeps nothing. */
   const sourceWentOn = async (host: string, other: string, before: { checks: number }) => {
     const s = await waitChecks(host, 'pmc', before.checks);

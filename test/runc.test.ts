@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { hostCommand, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
 import { must, precog, type Ran } from './support/cli.ts';
-import { agentLeftovers as leftovers, memcheckOf, migrateWhile } from './support/moves.ts';
+import { agentLeftovers as leftovers, memcheckOf, migrateJson, migrateWhile } from './support/moves.ts';
 import { testbedSkip } from './support/testbed.ts';
 import { bundleScript } from './support/oci.ts';
 
@@ -35,23 +35,7 @@ describe('runc containers (OCI bundles) moved between the test hosts', { skip },
   /** A move a -> b or back, checked: every page intact, the checks went on, the file written before it arrived. */
   const moved = async (from: string, to: string, strategy: string) => {
     const before = memcheck(from, 'rmc');
-    const r = must(
-      cli(
-        'migrate',
-        'rmc',
-        '--runtime',
-        'runc',
-        '--from',
-        from,
-        '--to',
-        to,
-        '--strategy',
-        strategy,
-        '--json',
-      ),
-      `migrate ${strategy}`,
-    );
-    const report = JSON.parse(r.stdout) as Record<string, number | string>;
+    const report = migrateJson('rmc', 'runc', from, to, strategy);
     process.stdout.write(`# runc ${strategy} 64 MiB: ${JSON.stringify({ ...report, metrics: undefined })}\n`);
     assert.ok(names(to).includes('rmc running'), names(to).join(', '));
     assert.deepEqual(names(from), [], `${from} keeps no runc container`);

@@ -30,6 +30,22 @@ export const isPageImage = (name: string): boolean => /^(pagemap-(shmem-)?\d+|pa
 /** Bytes read from a pages image at a time. */
 const CHUNK = 4 << 20;
 
+/** The xxh64 of every page of a run, by task and first address, and whether the destination holds a page's hash. */
+export interface RunHashes {
+  of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
+  have: (id: number, vaddr: bigint, hash: bigint) => boolean;
+}
+
+/** RunHashes for RUNS from HASHES (one array per run, in the same order: HashPool.hash's answer). */
+export function runHashes(
+  runs: readonly { id: number; vaddr: bigint }[],
+  hashes: readonly BigUint64Array[],
+  have: RunHashes['have'],
+): RunHashes {
+  const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
+  return { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have };
+}
+
 export function receiveFromImages(
   dir: string,
   have: HavePredicate,
@@ -45,10 +61,7 @@ export function receiveFromImages(
      * The xxh64 of every page of a lazy run (hashed beforehand, see lazyRuns and src/criu/hashpool.ts), and the
      * `have` test on a hash: then only the pages whose hash differs are read (with readLazy).
      */
-    lazyHashes?: {
-      of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
-      have: (id: number, vaddr: bigint, hash: bigint) => boolean;
-    };
+    lazyHashes?: RunHashes;
     /**
      * Pages of lazy runs not to read at all (a post-copy's pages the destination never had: precog reads them from
      * the frozen tasks when it sends them). They stay in their run, neither changed nor unchanged.
@@ -64,10 +77,7 @@ export function receiveFromImages(
      * The xxh64 of every page of a task's present run (hashed beforehand from the pages file, see presentRuns and
      * src/criu/hashpool.ts), and the `have` test on a hash: then only the pages whose hash differs are read.
      */
-    presentHashes?: {
-      of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
-      have: (id: number, vaddr: bigint, hash: bigint) => boolean;
-    };
+    presentHashes?: RunHashes;
   } = {},
 ): ReceivedDump {
   const tasks = new Map<number, ReceivedMemory>();
@@ -123,36 +133,40 @@ export function receiveFromImages(
         }
         run.changed = [];
         run.unchanged = 0;
-        const known = !lazy ? opts.presentHashes?.of(id, e.vaddr) : undefined;
+        // Pages to skip (deferred: read later, or held by hash) and pages to read in stretches: from the task for
+        // a lazy run (readLazy), from the pages file otherwise.
+        const hashed = lazy ? opts.lazyHashes : opts.presentHashes;
+        const known = hashed?.of(id, e.vaddr);
         if (known && known.length !== e.nr_pages)
           throw new Error(`pagemap-${id}: ${known.length} hashes for a run of ${e.nr_pages} pages`);
-        const defer = !lazy && opts.keep ? opts.deferPresent : undefined;
+        const defer = lazy ? opts.deferLazy : opts.keep ? opts.deferPresent : undefined;
         if (defer || known) {
           const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
           /** What a page needs: to be read (null), nothing yet (deferred), or nothing since it is held (by hash). */
           const skip = (i: number): 'deferred' | 'unchanged' | null =>
-            defer?.(id, at(i))
-              ? 'deferred'
-              : known && opts.presentHashes!.have(id, at(i), known[i])
-                ? 'unchanged'
-                : null;
+            defer?.(id, at(i)) ? 'deferred' : known && hashed!.have(id, at(i), known[i]) ? 'unchanged' : null;
+          const read = (i: number, out: Buffer) =>
+            lazy
+              ? opts.readLazy!(id, at(i), out, out.length)
+              : readFully(fd, out, 0, out.length, pos + i * PAGE_SIZE, file);
+          // A deferred page of the pages file is listed with where it is; a lazy run's stays in the task (deferLazy).
           const deferred: bigint[] = [];
-          // The pages to read, in stretches of up to 1 MiB; the deferred ones only listed.
+          // Consecutive pages to read are read together (a cold move: every page, in reads of up to 1 MiB).
           for (let i = 0; i < e.nr_pages;) {
             const why = skip(i);
             if (why) {
-              if (why === 'deferred') deferred.push(at(i));
-              else run.unchanged++;
+              if (why === 'unchanged') run.unchanged++;
+              else if (!lazy) deferred.push(at(i));
               i++;
               continue;
             }
             let k = 1;
             while (i + k < e.nr_pages && k < 256 && skip(i + k) === null) k++;
             const stretch = Buffer.allocUnsafe(k * PAGE_SIZE);
-            readFully(fd, stretch, 0, stretch.length, pos + i * PAGE_SIZE, file);
+            read(i, stretch);
             for (let j = 0; j < k; j++) {
               const bytes = stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
-              // With the hashes known, a page read is one whose hash differs: changed.
+              // With the hashes known, a page read is one whose hash differs: changed; else it is compared now.
               if (!known && have(id, at(i + j), bytes, kind)) run.unchanged++;
               else run.changed.push({ vaddr: at(i + j), bytes } satisfies ReceivedPage);
             }
@@ -162,41 +176,7 @@ export function receiveFromImages(
             run.deferred = deferred;
             run.source = { file, offset: pos };
           }
-          pos += len;
-          continue;
-        }
-        const hashes = lazy ? opts.lazyHashes?.of(id, e.vaddr) : undefined;
-        if (hashes && hashes.length !== e.nr_pages)
-          throw new Error(`pagemap-${id}: ${hashes.length} hashes for a run of ${e.nr_pages} pages`);
-        if (lazy && (hashes || opts.deferLazy)) {
-          const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
-          /** What a page needs: to be read (null), nothing (deferred), or nothing since it is held (by hash). */
-          const skip = (i: number): 'deferred' | 'unchanged' | null =>
-            opts.deferLazy?.(id, at(i))
-              ? 'deferred'
-              : hashes && opts.lazyHashes!.have(id, at(i), hashes[i])
-                ? 'unchanged'
-                : null;
-          // Consecutive pages to read are read together (a cold move: every page, in reads of up to 1 MiB).
-          for (let i = 0; i < e.nr_pages;) {
-            const why = skip(i);
-            if (why) {
-              if (why === 'unchanged') run.unchanged++;
-              i++;
-              continue;
-            }
-            let k = 1;
-            while (i + k < e.nr_pages && k < 256 && skip(i + k) === null) k++;
-            const stretch = Buffer.allocUnsafe(k * PAGE_SIZE);
-            opts.readLazy!(id, at(i), stretch, stretch.length);
-            for (let j = 0; j < k; j++) {
-              const bytes = stretch.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
-              // Without hashes the page is compared now.
-              if (!hashes && have(id, at(i + j), bytes, kind)) run.unchanged++;
-              else run.changed.push({ vaddr: at(i + j), bytes } satisfies ReceivedPage);
-            }
-            i += k;
-          }
+          if (!lazy) pos += len;
           continue;
         }
         for (let done = 0; done < len;) {

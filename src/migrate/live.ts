@@ -3,7 +3,14 @@ import { join } from 'node:path';
 import { codecChain } from '../codec/index.ts';
 import { FrozenMemoryReader } from '../criu/lazydump.ts';
 import { HashPool } from '../criu/hashpool.ts';
-import { lazyRuns, presentRuns, receiveFromImages, removePageImages } from '../criu/localdump.ts';
+import {
+  lazyRuns,
+  presentRuns,
+  receiveFromImages,
+  removePageImages,
+  runHashes,
+  type RunHashes,
+} from '../criu/localdump.ts';
 import { PageServer, type ReceivedDump } from '../criu/pageserver.ts';
 import { MigrationSource } from '../engine/source.ts';
 import { ProcessTreeMemory } from '../memory/tree.ts';
@@ -297,7 +304,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                 const ck = await checkpoint(srcDir, {
                   lazyMemory: async (images) => {
                     // A post-copy that sent nothing yet reads nothing now (every page is deferred): no hashes.
-                    let lazyHashes: NonNullable<Parameters<typeof receiveFromImages>[2]>['lazyHashes'];
+                    let lazyHashes: RunHashes | undefined;
                     if (mem.anySent || !postcopy) {
                       const runs = lazyRuns(images);
                       const ranges = runs.map((r) => ({
@@ -308,8 +315,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                       const h0 = performance.now();
                       const hashes = await hashPool!.hash(ranges);
                       hashMs = performance.now() - h0;
-                      const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
-                      lazyHashes = { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash };
+                      lazyHashes = runHashes(runs, hashes, mem.holdsHash);
                     }
                     received = receiveFromImages(images, (...a) => mem.holds(...a), {
                       keep: true,
@@ -335,14 +341,13 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
               const pagesDir = ck.pagesDir ?? join(srcDir, 'images');
               // The pages sent before are hashed from the pages files on every core; only those whose hash
               // differs are read.
-              let presentHashes: NonNullable<Parameters<typeof receiveFromImages>[2]>['presentHashes'];
+              let presentHashes: RunHashes | undefined;
               if (mem.anySent && hashPool) {
                 const runs = presentRuns(pagesDir);
                 const hashes = await hashPool.hash(
                   runs.map((r) => ({ file: r.file, offset: r.offset, pages: r.nrPages })),
                 );
-                const byRun = new Map(runs.map((r, i) => [`${r.id}:${r.vaddr}`, hashes[i]]));
-                presentHashes = { of: (id, vaddr) => byRun.get(`${id}:${vaddr}`), have: mem.holdsHash };
+                presentHashes = runHashes(runs, hashes, mem.holdsHash);
               }
               // Pages the destination never had are read from the runtime's kept images as they are sent (they
               // stay until the move ends), not at the stop: a cold move's or a post-copy's stop reads no memory.

@@ -25,7 +25,6 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   writeFileSync,
 } from 'node:fs';
@@ -49,7 +48,7 @@ import { isPageImage } from '../criu/localdump.ts';
 import { markLazy } from '../criu/lazy.ts';
 import type { PsConnection } from '../criu/pageserver.ts';
 import { killGroup, startLazyPages } from './lazypages.ts';
-import { removeTree, runTool } from './rootfs.ts';
+import { moveTree, removeTree, runTool } from './rootfs.ts';
 import { bundleFilesRefusal, cleanAbsolute, isBindMount, specRefusal, type OciSpec } from './peerspec.ts';
 import { HOST_DATA_DIR, localSite, type Site } from './site.ts';
 import { procStart } from './testbed.ts';
@@ -389,18 +388,9 @@ export class OciRuntime implements MovableRuntime {
     await removeTree(here).catch(() => {});
     // Root only: the bundle a peer sent may hold setuid files and device-free but owner-kept trees (the container's).
     mkdirSync(here, { recursive: true, mode: 0o700 });
-    const take = (from: string, to: string) => {
-      try {
-        renameSync(from, to);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-        const r = spawnSync('cp', ['-a', from, to], { encoding: 'utf8' });
-        if (r.status !== 0) throw new Error(`cannot copy ${from}: ${r.stderr.trim()}`);
-      }
-    };
     try {
-      take(join(d, 'upper'), join(here, 'bundle'));
-      take(join(d, 'images'), join(here, 'images'));
+      moveTree(join(d, 'upper'), join(here, 'bundle'));
+      moveTree(join(d, 'images'), join(here, 'images'));
       const mark = lazy ? markLazy(join(here, 'images')) : null;
       if (lazy && !mark)
         throw new UsageError(

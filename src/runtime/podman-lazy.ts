@@ -15,12 +15,12 @@
  * configuration and names a file that no longer exists, which CRIU ignores (a later checkpoint works as usual; the
  * next move's destination rewrites the annotation). The images and the daemon's log go once every page is in.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import type { PsConnection } from '../criu/pageserver.ts';
 import { validateName, type LazyFiles } from './container.ts';
 import { killGroup, startLazyPages } from './lazypages.ts';
+import { moveTree } from './rootfs.ts';
 import { CRIU_CONFIG_ANNOTATION } from './peerspec.ts';
 import { HOST_DATA_DIR, type Site } from './site.ts';
 
@@ -70,13 +70,7 @@ export async function prepareLazy(
   const dir = site.fsPath(inHost);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(join(dir, 'work'), { recursive: true, mode: 0o700 });
-  try {
-    renameSync(images, join(dir, 'images'));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-    const r = spawnSync('cp', ['-a', images, join(dir, 'images')], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`cannot copy ${images}: ${r.stderr.trim()}`);
-  }
+  moveTree(images, join(dir, 'images'));
   const conf = posix.join(inHost, 'criu.conf');
   const imagesIn = posix.join(inHost, 'images');
   const work = posix.join(inHost, 'work');

@@ -6,7 +6,7 @@
  * file and only then renamed to `<cache>/rootfs-trixie`: a tree without a valid stamp is never used, so an
  * interrupted or failed build is simply redone on the next run.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   createWriteStream,
   existsSync,
@@ -221,6 +221,20 @@ export function mountsUnder(dir: string): string[] {
     .map((l) => unescapeMountField(l.split(' ')[4]))
     .filter((p) => p === base || p.startsWith(base + '/'));
   return [...new Set(points)].sort((a, b) => b.length - a.length);
+}
+
+/**
+ * Moves the tree FROM to TO: a rename, or a copy that keeps links, owners and modes (cp -a, never dereferencing)
+ * when they are on different file systems.
+ */
+export function moveTree(from: string, to: string): void {
+  try {
+    renameSync(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    const r = spawnSync('cp', ['-a', from, to], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`cannot copy ${from}: ${r.stderr.trim()}`);
+  }
 }
 
 /**

@@ -38,6 +38,33 @@ export function memcheckOf(exec: (host: string, name: string, argv: string[]) =>
 }
 
 /** What a host's agent keeps in its state directory (nothing, once every migration is over). */
+/** `precog migrate NAME --runtime RUNTIME --from FROM --to TO --strategy STRATEGY --json`, which must succeed: its report. */
+export function migrateJson(
+  name: string,
+  runtime: string,
+  from: string,
+  to: string,
+  strategy: string,
+): Record<string, unknown> {
+  const args = [
+    'migrate',
+    name,
+    '--runtime',
+    runtime,
+    '--from',
+    from,
+    '--to',
+    to,
+    '--strategy',
+    strategy,
+    '--json',
+  ];
+  return JSON.parse(must(precog(args), `migrate ${strategy} ${from} -> ${to}`).stdout) as Record<
+    string,
+    unknown
+  >;
+}
+
 export function agentLeftovers(state: TestbedState, host: string): string[] {
   const dir = hostPath(
     state.hosts.find((h) => h.name === host)!,
