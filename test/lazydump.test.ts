@@ -24,12 +24,18 @@ import { ContainerMemory } from '../src/migrate/memory.ts';
 import { ProcessTreeMemory } from '../src/memory/tree.ts';
 import { defaultWriter, expectedPage, startWriter } from './workloads/writer.ts';
 import { CriuRunner } from '../src/criu/runner.ts';
-import { lazyRuns, presentRuns, receiveFromImages } from '../src/criu/localdump.ts';
+import { lazyRuns, pageWise, presentRuns, receiveFromImages, type RunHashes } from '../src/criu/localdump.ts';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writePagemap } from '../src/criu/pages.ts';
 import { PS_IOV_CLOSE } from '../src/criu/pageserver.ts';
 import { dumpRoute, restoreModeFor } from '../src/migrate/live.ts';
 import { parseStrategy } from '../src/policy/index.ts';
 import { InputError, UsageError } from '../src/util/errors.ts';
+
+/** RunHashes' test on a run, from a test on one page's hash. */
+const hashWise =
+  (test: (id: number, vaddr: bigint, hash: bigint) => boolean): RunHashes['have'] =>
+  (id, vaddr, hashes) =>
+    Uint8Array.from(hashes, (h, i) => (test(id, vaddr + BigInt(i * PAGE_SIZE), h) ? 1 : 0));
 
 const page = (seed: number): Buffer => {
   const b = Buffer.alloc(PAGE_SIZE);
@@ -110,7 +116,7 @@ test('with the hashes given, only the pages whose hash differs are read from the
       },
       lazyHashes: {
         of: (id, vaddr) => (id === 7 && vaddr === 0x10000n ? hashes : undefined),
-        have: (_id, vaddr, hash) => vaddr < 0x12000n && hash === xxh64(memory(vaddr)),
+        have: hashWise((_id, vaddr, hash) => vaddr < 0x12000n && hash === xxh64(memory(vaddr))),
       },
     });
     assert.deepEqual(reads, [0x12000n], 'pages 2 and 3 in one read');
@@ -134,7 +140,7 @@ test('post-copy: the pages the destination never had are not read at the stop; t
         reads.push([vaddr, len / PAGE_SIZE]);
         for (let at = 0; at < len; at += PAGE_SIZE) memory(vaddr + BigInt(at)).copy(out, at);
       },
-      deferLazy: (_id, vaddr) => vaddr === 0x11000n || vaddr === 0x12000n,
+      deferLazy: pageWise((_id, vaddr) => vaddr === 0x11000n || vaddr === 0x12000n),
     });
     assert.deepEqual(reads, [
       [0x10000n, 1],
@@ -318,7 +324,7 @@ test("a runtime's kept dump: pages the destination never had are listed with the
     const sent = new Set([0x11000n, 0x41000n]);
     const got = receiveFromImages(dir, (_id, vaddr, bytes) => vaddr === 0x11000n && bytes.equals(page(11)), {
       keep: true,
-      deferPresent: (_id, vaddr) => !sent.has(vaddr),
+      deferPresent: pageWise((_id, vaddr) => !sent.has(vaddr)),
     });
     const m = got.tasks.get(7)!;
     assert.deepEqual(
@@ -366,8 +372,11 @@ test("a runtime's kept dump: pages the destination never had are listed with the
       () => assert.fail('a page with a known hash is not compared again'),
       {
         keep: true,
-        deferPresent: (_id, vaddr) => vaddr === 0x11000n,
-        presentHashes: { of: (_id, vaddr) => hashOf.get(vaddr), have: (_id, _vaddr, h) => held.has(h) },
+        deferPresent: pageWise((_id, vaddr) => vaddr === 0x11000n),
+        presentHashes: {
+          of: (_id, vaddr) => hashOf.get(vaddr),
+          have: hashWise((_id, _vaddr, h) => held.has(h)),
+        },
       },
     ).tasks.get(7)!;
     assert.deepEqual(
@@ -378,7 +387,7 @@ test("a runtime's kept dump: pages the destination never had are listed with the
     assert.equal(hashed.counts.unchanged, 3);
     assert.deepEqual(hashed.runs[0].deferred, [0x11000n]);
     // Without keep the file would go: nothing is deferred then.
-    const all = receiveFromImages(dir, () => false, { deferPresent: () => true });
+    const all = receiveFromImages(dir, () => false, { deferPresent: pageWise(() => true) });
     assert.equal(all.tasks.get(7)!.changed.length, 5);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -455,7 +464,7 @@ test(
               readLazy: (...a) => reader.read(...a),
               lazyHashes: {
                 of: (id, vaddr) => (id === 1 && vaddr === addr ? hashes : undefined),
-                have: mem.holdsHash,
+                have: mem.holdsRun,
               },
             });
           } finally {

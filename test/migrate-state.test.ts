@@ -306,6 +306,30 @@ describe('migration state and the destination rebuild', () => {
     assert.ok(got.get(0x13000n)!.equals(page(103)), 'an unmodified file page is kept as the source read it');
     assert.equal(got.has(0x40000n), false, 'an unmapped page is cut');
     assert.equal(statSync(join(out, 'images', 'pages-1.img')).size, 5 * PAGE, 'the file, cut, is the image');
+    // The same dump without the page made after the start in the state: that page is in neither, and is named.
+    const bare = encodeState({
+      container: { name: 'c1' },
+      pids: [[1, 900]],
+      dump,
+      extras: [],
+      imagesDir: images,
+      upperDir: upper,
+    });
+    const out2 = join(dir, 'rebuilt-self-2');
+    mkdirSync(join(out2, 'images', PARENT_DIR), { recursive: true });
+    const files2 = new ProcessFilesBacking(layout, (k) =>
+      join(out2, 'images', PARENT_DIR, `pages-${k + 1}.img`),
+    );
+    held.forEach((b, g) => {
+      b.copy(files2.slot(g));
+      files2.settle();
+    });
+    files2.close();
+    assert.throws(
+      () => rebuildFromFiles(stored(bare), layout, files2.processes, out2),
+      (e: Error) =>
+        e instanceof InputError && /page 0x90000 of task 1 is neither in the page store/.test(e.message),
+    );
   });
 
   test('a page neither in the store nor in the state, and malformed blobs, are refused with what is wrong', () => {

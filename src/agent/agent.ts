@@ -35,6 +35,7 @@ import {
   rebuildFromFiles,
   StateReceiver,
   type StoredState,
+  type FilesRebuildResult,
   type RebuildResult,
 } from '../migrate/state.ts';
 import { ContainerPostcopy } from './postcopy.ts';
@@ -693,7 +694,8 @@ export class Agent {
         const what = `migration ${id}'s state`;
         const out = join(dir, COMMITTED_FILES.checkpoint);
         store.backing.flush();
-        const r: RebuildResult & { layout?: string; why?: string | null; cuts?: number; cutMs?: number } =
+        const flushMs = performance.now() - t0;
+        const r: RebuildResult & Partial<Omit<FilesRebuildResult, keyof RebuildResult>> =
           store.backing instanceof ProcessFilesBacking
             ? rebuildFromFiles(state, store.layout, store.backing.processes, out, what)
             : rebuildCheckpoint(
@@ -712,7 +714,19 @@ export class Agent {
             fromStore: r.fromStore,
             fromState: r.fromState,
             layout: r.layout ?? 'copied',
-            ...(r.cuts !== undefined ? { cuts: r.cuts, cutMs: Math.round(r.cutMs!) } : {}),
+            ...(r.cuts !== undefined
+              ? {
+                  cuts: r.cuts,
+                  // Where the commit's time goes (ms).
+                  steps: {
+                    flush: Math.round(flushMs),
+                    unpack: Math.round(r.unpackMs!),
+                    plan: Math.round(r.planMs!),
+                    cut: Math.round(r.cutMs!),
+                    write: Math.round(r.writeMs!),
+                  },
+                }
+              : {}),
             ...(r.why ? { why: r.why } : {}),
             ms: Math.round(performance.now() - t0),
           },

@@ -30,10 +30,28 @@ export const isPageImage = (name: string): boolean => /^(pagemap-(shmem-)?\d+|pa
 /** Bytes read from a pages image at a time. */
 const CHUNK = 4 << 20;
 
-/** The xxh64 of every page of a run, by task and first address, and whether the destination holds a page's hash. */
+/**
+ * A test on every page of a task's run of N pages from VADDR at once: 1 for each page it holds for, 0 otherwise. A
+ * run at a time, not a page: the stop asks it of every page of the container's memory (a GiB is 262,144 pages).
+ */
+export type RunTest = (id: number, vaddr: bigint, n: number) => Uint8Array;
+
+/** A RunTest from a test on one page (for small dumps and tests). */
+export const pageWise =
+  (test: (id: number, vaddr: bigint) => boolean): RunTest =>
+  (id, vaddr, n) => {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = test(id, vaddr + BigInt(i * PAGE_SIZE)) ? 1 : 0;
+    return out;
+  };
+
+/**
+ * The xxh64 of every page of a run, by task and first address, and which pages of a run the destination holds, given
+ * their hashes (1: it holds the same bytes).
+ */
 export interface RunHashes {
   of: (id: number, vaddr: bigint) => BigUint64Array | undefined;
-  have: (id: number, vaddr: bigint, hash: bigint) => boolean;
+  have: (id: number, vaddr: bigint, hashes: BigUint64Array) => Uint8Array;
 }
 
 /** RunHashes for RUNS from HASHES (one array per run, in the same order: HashPool.hash's answer). */
@@ -66,13 +84,13 @@ export function receiveFromImages(
      * Pages of lazy runs not to read at all (a post-copy's pages the destination never had: precog reads them from
      * the frozen tasks when it sends them). They stay in their run, neither changed nor unchanged.
      */
-    deferLazy?: (id: number, vaddr: bigint) => boolean;
+    deferLazy?: RunTest;
     /**
      * Pages of a task's runs in the pages file not to read now (a cold move's or a post-copy's pages the destination
      * never had): listed in their run's `deferred`, read from the file when sent. Only with `keep` (the file must
      * outlive the move).
      */
-    deferPresent?: (id: number, vaddr: bigint) => boolean;
+    deferPresent?: RunTest;
     /**
      * The xxh64 of every page of a task's present run (hashed beforehand from the pages file, see presentRuns and
      * src/criu/hashpool.ts), and the `have` test on a hash: then only the pages whose hash differs are read.
@@ -142,9 +160,11 @@ export function receiveFromImages(
         const defer = lazy ? opts.deferLazy : opts.keep ? opts.deferPresent : undefined;
         if (defer || known) {
           const at = (i: number) => e.vaddr + BigInt(i * PAGE_SIZE);
+          const later = defer?.(id, e.vaddr, e.nr_pages);
+          const held = known ? hashed!.have(id, e.vaddr, known) : undefined;
           /** What a page needs: to be read (null), nothing yet (deferred), or nothing since it is held (by hash). */
           const skip = (i: number): 'deferred' | 'unchanged' | null =>
-            defer?.(id, at(i)) ? 'deferred' : known && hashed!.have(id, at(i), known[i]) ? 'unchanged' : null;
+            later?.[i] ? 'deferred' : held?.[i] ? 'unchanged' : null;
           const read = (i: number, out: Buffer) =>
             lazy
               ? opts.readLazy!(id, at(i), out, out.length)

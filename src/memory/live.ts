@@ -167,6 +167,17 @@ export class LiveProcessMemory implements MemorySource {
     return this.regionFirst[r] + Math.floor((a - this.regionAddr[r]) / PAGE);
   }
 
+  /**
+   * The layout index of the page at ADDR and how many pages of its region there are from it on (it included), or
+   * null when no region holds it: a run of pages is mapped one region at a time.
+   */
+  pageSpanAt(addr: number): { page: number; pages: number } | null {
+    const r = this.regionAt(addr);
+    if (r < 0) return null;
+    const k = Math.floor((addr - this.regionAddr[r]) / PAGE);
+    return { page: this.regionFirst[r] + k, pages: this.layout.regions[r].pages - k };
+  }
+
   /** The virtual address of a page of the layout. */
   addressOf(page: number): number {
     const r = this.regionOf(page);

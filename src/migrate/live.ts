@@ -168,9 +168,13 @@ export interface LiveMigrationReport {
   lazyDumpSteps: {
     criuMs: number;
     layerMs: number;
-    /** The memory read and comparison, of which hashMs the worker threads' read and hash of every page. */
+    /**
+     * The memory read and comparison, of which hashMs the worker threads' read and hash of every page, and
+     * compareMs the comparison of the hashes with what was sent and the read of the pages that differ.
+     */
     memoryMs: number;
     hashMs: number;
+    compareMs: number;
     endMs: number;
   } | null;
   /**
@@ -300,6 +304,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                 (id) => mem.machinePid(id) ?? taskInNamespaceOf(root, id),
               );
               let hashMs = 0;
+              let compareMs = 0;
               try {
                 const ck = await checkpoint(srcDir, {
                   lazyMemory: async (images) => {
@@ -315,8 +320,9 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                       const h0 = performance.now();
                       const hashes = await hashPool!.hash(ranges);
                       hashMs = performance.now() - h0;
-                      lazyHashes = runHashes(runs, hashes, mem.holdsHash);
+                      lazyHashes = runHashes(runs, hashes, mem.holdsRun);
                     }
+                    const c0 = performance.now();
                     received = receiveFromImages(images, (...a) => mem.holds(...a), {
                       keep: true,
                       readLazy: (...a) => reader.read(...a),
@@ -324,9 +330,10 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                       // Post-copy: what the destination never had is read from the frozen tasks as it is sent.
                       ...(postcopy ? { deferLazy: mem.neverSent } : {}),
                     });
+                    compareMs = performance.now() - c0;
                   },
                 });
-                lazySteps = ck.lazySteps ? { ...ck.lazySteps, hashMs } : null;
+                lazySteps = ck.lazySteps ? { ...ck.lazySteps, hashMs, compareMs } : null;
               } finally {
                 reader.close();
               }
@@ -347,7 +354,7 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
                 const hashes = await hashPool.hash(
                   runs.map((r) => ({ file: r.file, offset: r.offset, pages: r.nrPages })),
                 );
-                presentHashes = runHashes(runs, hashes, mem.holdsHash);
+                presentHashes = runHashes(runs, hashes, mem.holdsRun);
               }
               // Pages the destination never had are read from the runtime's kept images as they are sent (they
               // stay until the move ends), not at the stop: a cold move's or a post-copy's stop reads no memory.

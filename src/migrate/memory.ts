@@ -134,10 +134,37 @@ export class ContainerMemory implements MemorySource {
     return g >= 0 && this.sentHash[g] === xxh64(bytes);
   };
 
-  /** `holds` for a page known by its xxh64 (the lazy dump route hashes on worker threads). */
-  readonly holdsHash = (id: number, vaddr: bigint, hash: bigint): boolean => {
-    const g = this.sentPageOf(id, vaddr);
-    return g >= 0 && this.sentHash[g] === hash;
+  /**
+   * Per page of a task's run of N pages from VADDR: its global page index, or -1 when the live layout does not hold
+   * it. One region lookup per region the run crosses.
+   */
+  private runPages(id: number, vaddr: bigint, n: number): Int32Array {
+    const out = new Int32Array(n).fill(-1);
+    const i = this.byCriuId.get(id);
+    if (i === undefined) return out;
+    const p = this.tree.processes[i];
+    const base = this.tree.firstPage(i);
+    let a = Number(vaddr);
+    for (let k = 0; k < n;) {
+      const span = p.pageSpanAt(a);
+      const m = span ? Math.min(span.pages, n - k) : 1;
+      if (span) for (let j = 0; j < m; j++) out[k + j] = base + span.page + j;
+      k += m;
+      a += m * PAGE_SIZE;
+    }
+    return out;
+  }
+
+  /**
+   * `holds` for a run of pages known by their xxh64 (the stop hashes on worker threads): 1 for each page whose hash
+   * is that of what the destination was sent.
+   */
+  readonly holdsRun = (id: number, vaddr: bigint, hashes: BigUint64Array): Uint8Array => {
+    const g = this.runPages(id, vaddr, hashes.length);
+    const out = new Uint8Array(hashes.length);
+    for (let k = 0; k < g.length; k++)
+      if (g[k] >= 0 && this.sent.get(g[k]) && this.sentHash[g[k]] === hashes[k]) out[k] = 1;
+    return out;
   };
 
   /** The global page index of a task's page that was sent to the destination, or -1 (hashes nothing). */
@@ -151,10 +178,15 @@ export class ContainerMemory implements MemorySource {
     return !this.sent.isEmpty();
   }
 
-  /** A task's page of the live layout that was never sent (deferLazy of a post-copy's lazy dump). */
-  readonly neverSent = (id: number, vaddr: bigint): boolean => {
-    const g = this.pageOf(id, vaddr);
-    return g >= 0 && !this.sent.get(g);
+  /**
+   * 1 for each page of a task's run that is in the live layout and was never sent (the stop defers them: deferLazy,
+   * deferPresent).
+   */
+  readonly neverSent = (id: number, vaddr: bigint, n: number): Uint8Array => {
+    const g = this.runPages(id, vaddr, n);
+    const out = new Uint8Array(n);
+    for (let k = 0; k < n; k++) if (g[k] >= 0 && !this.sent.get(g[k])) out[k] = 1;
+    return out;
   };
 
   /** Seconds-from-epoch (performance.now() ms) at which the switchover froze the container; -1 before. */
