@@ -1,5 +1,5 @@
 /**
- * Emulator speed: wall time of a 1 GiB idle-workload pre-copy migration (issue 2's target: at most 5 s), median of
+ * Emulator speed: wall time of a 1 GiB idle-workload pre-copy migration (target: at most 5 s), median of
  * several runs, against a baseline measured in the same run: copying the same GiB twice with Buffer.copy, the
  * least any emulated migration of it must do (source -> frame -> destination).
  *

@@ -1,7 +1,7 @@
 /**
  * Speed of U2CMigration's predictors: median time per round for 262,144 pages (1 GiB of 4 KiB pages) on one core,
  * after 8 observed rounds (the attention's window), each timed round = observe the new round + predict every page.
- * u2c predicts for its k = 3 rounds (U2C_HORIZON), attention for 1 round. Target (issue 5): u2c within 50 ms.
+ * u2c predicts for its k = 3 rounds (U2C_HORIZON), attention for 1 round. Target: u2c within 50 ms.
  *
  * Rounds come from:
  *   redis        the recorded redis-server trace (traces/redis-benchmark.trace.gz, 48,175 pages) tiled over 1 GiB

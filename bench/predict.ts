@@ -1,7 +1,7 @@
 /**
  * Predictor speed: median time to predict every page of 1 GiB (262,144 pages of 4 KiB) for one round, on one core,
  * after 5 observed rounds. Each timed prediction follows a new observed round, as in a migration (the forest's
- * cache of predictions by feature words carries over between rounds, as it does in a migration). Target (issue 5):
+ * cache of predictions by feature words carries over between rounds, as it does in a migration). Target:
  * the forest within 50 ms.
  *
  * Rounds come from:

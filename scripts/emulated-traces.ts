@@ -1,6 +1,6 @@
 /**
  * Writes dirty-page traces of the emulator's workloads (precog's trace format, gzipped) for training and evaluating
- * the predictors: memchange sequential / random / hotspot at the seed research's low and high rates, and hotcold.
+ * the predictors: memchange sequential / random / hotspot at the published research's low and high rates, and hotcold.
  * Deterministic: the same seed writes the same bytes.
  *
  *   npx tsx scripts/emulated-traces.ts                  # traces/emulated/*.trace.gz, 256 MiB, 40 samples of 1 s

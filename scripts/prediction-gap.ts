@@ -1,5 +1,5 @@
 /**
- * How far the predictive strategies are from the oracle, in the emulator (issue 15, must-show 1): every memchange
+ * How far the predictive strategies are from the oracle, in the emulator: every memchange
  * pattern at both rates, hotcold and the recorded traces of five real programs, at 100 Mbit/s and 1 Gbit/s, each strategy against pre-copy and the oracle on
  * downtime, total time and data, medians over seeds. tempo's rounds are capped at an eighth of memory and its round
  * cap is 60, so pre-copy and the oracle run with max-rounds=60 too, as controls (the data cap, 3x memory, is the

@@ -3,28 +3,28 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 
 export const LIVE_SECTION = 'bench:live';
-/** The live runs of the predictive strategies (issue 5), memchange and redis. */
+/** The live runs of the predictive strategies, memchange and redis. */
 export const LIVE_PREDICTIVE_SECTION = 'bench:live:predictive';
-/** The live runs of post-copy and hybrid next to cold, pre-copy and the best predictive strategy (issue 6). */
+/** The live runs of post-copy and hybrid next to cold, pre-copy and the best predictive strategy. */
 export const LIVE_POSTCOPY_SECTION = 'bench:live:postcopy';
-/** A service on its own address (redis-lan) under a client on the service LAN, every strategy (issue 6). */
+/** A service on its own address (redis-lan) under a client on the service LAN, every strategy. */
 export const LIVE_SERVICE_SECTION = 'bench:live:service';
-/** Podman containers moved by precog next to Podman's own cold migration (bench:live --runtime podman, issue 12). */
+/** Podman containers moved by precog next to Podman's own cold migration (bench:live --runtime podman). */
 export const LIVE_PODMAN_SECTION = 'bench:live:podman';
 export const LIVE_PODMAN_REDIS_SECTION = 'bench:live:podman-redis';
-/** The stop's dump routes side by side (--strategies precopy/lazy,precopy/images, issue 13). */
+/** The stop's dump routes side by side (--strategies precopy/lazy,precopy/images). */
 export const LIVE_DUMP_ROUTE_SECTION = 'bench:live:dump-route';
-/** The emulator's switchover model fitted to live runs (scripts/fit-switchover.ts, issue 13). */
+/** The emulator's switchover model fitted to live runs (scripts/fit-switchover.ts). */
 export const SWITCHOVER_SECTION = 'switchover-model';
-/** Live runs next to the emulator charged by that model (bench:live --from-json, issue 13). */
+/** Live runs next to the emulator charged by that model (bench:live --from-json). */
 export const LIVE_EMULATED_SECTION = 'bench:live:emulated';
-/** Each step of the stop above the floor: a minimal container moved in the same run (bench:live, issue 13). */
+/** Each step of the stop above the floor: a minimal container moved in the same run (bench:live). */
 export const LIVE_FLOOR_SECTION = 'bench:live:floor';
-/** Post-copy's push paced by the destination's acknowledgements, faults served first (issue 13, part 2). */
+/** Post-copy's push paced by the destination's acknowledgements, faults served first. */
 export const LIVE_POSTCOPY_PACED_SECTION = 'bench:live:postcopy-paced';
 /** The same cells measured on the code before the pacing (commit 7dbf8e6), the baseline of that section. */
 export const LIVE_POSTCOPY_UNPACED_SECTION = 'bench:live:postcopy-unpaced';
-/** Pre-copy, post-copy and hybrid at 256 MiB and 1 GiB on both links, with the floor (issue 13's grid, part). */
+/** Pre-copy, post-copy and hybrid at 256 MiB and 1 GiB on both links, with the floor. */
 export const LIVE_STOP_GRID_SECTION = 'bench:live:stop-grid';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [

@@ -31,7 +31,7 @@ import { forwardLogits, initWeights, tf, tfReady, toModel, type Shape } from './
 import { sidecarPath, U2C_TRACES, type SystemSidecar } from './u2c-traces.ts';
 
 const ROOT = new URL('../', import.meta.url).pathname;
-const NPB = new URL('../../shared/data/npb-cg-B-dirty.json', import.meta.url).pathname;
+const NPB = new URL('../test/data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
 
 /** Training traces: emulated workloads and two live programs. */
 export const TRAIN = [

@@ -1,4 +1,4 @@
-// An agent's connection hygiene and its own house-keeping (issue 14, docs/security.md "Connection hygiene"): a flood
+// An agent's connection hygiene and its own house-keeping (docs/security.md "Connection hygiene"): a flood
 // of raw connections beyond the handshake limit closes the oldest and leaves an authenticated session alone; the
 // session limit answers with an ERROR; the pages of all migrations at once are bounded; a sender that drips a frame byte by byte is dropped at the frame timeout
 // though every byte resets the idle timeout; STATE beyond its limit is refused by name; a bug's raw JS error does

@@ -16,7 +16,7 @@ import { PageStore } from '../src/engine/pagestore.ts';
 import { Bitmap } from '../src/util/bitmap.ts';
 import { BatchWriter } from '../src/codec/batch.ts';
 
-// A gzipped copy of ../shared/data/npb-cg-B-dirty.json (see test/data/README.md).
+// The public NPB-CG dirty-page trace, gzipped (see test/data/README.md).
 const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
 const MiB = 2 ** 20;
 const small = (over: Partial<Scenario>): Scenario => ({

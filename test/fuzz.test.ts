@@ -1,4 +1,4 @@
-// Fuzzing of everything precog reads from a peer or a file (issue 14, docs/security.md "Fuzzing"): the frame
+// Fuzzing of everything precog reads from a peer or a file (docs/security.md "Fuzzing"): the frame
 // reader and decoder, the destination's HELLO, LAYOUT and PAGES handling, the state blob decoder and its tar lister,
 // the CRIU image reader, both page-server protocol parsers, and the trace loader. Each target gets valid inputs
 // mutated (bit flips, byte sets, cuts, insertions, repeated slices; JSON fields replaced by any JSON value) and

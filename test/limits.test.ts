@@ -1,4 +1,4 @@
-// Small inputs that asked for huge allocations or endless loops (issue 14, items 3 and 6): a 190-byte LAYOUT that
+// Small inputs that asked for huge allocations or endless loops: a 190-byte LAYOUT that
 // declared 2^26 pages, fractional page sizes, regions that do not add up; a 1 MiB gzip trace that expanded to
 // gigabytes, a trace of 2^35 pages, a sampling interval of a nanosecond. Each is now refused by name, before anything
 // is allocated. No root needed.

@@ -1,4 +1,4 @@
-// An agent on loopback under load (issue 14, docs/security.md "Connection hygiene"): at once, 500 raw TCP
+// An agent on loopback under load (docs/security.md "Connection hygiene"): at once, 500 raw TCP
 // connections that never start TLS, 200 authenticated TLS sessions that send nothing, 50 authenticated senders
 // that deliver a HELLO one byte every 200 ms, and 20 sessions declaring a LAYOUT of 2^26 pages; meanwhile 5 real
 // migrations (`precog send-memory` of live processes) must all commit byte for byte. The agent runs with short

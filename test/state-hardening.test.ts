@@ -1,4 +1,4 @@
-// A signed peer's migration state cannot make the destination agent write outside its directory (issue 14, item 1):
+// A signed peer's migration state cannot make the destination agent write outside its directory:
 // symlinks and non-plain names in images.tar, task and segment ids that are paths, a member over the agent's own
 // parent.d, device nodes in the writable layer, sizes that disagree. Each case once wrote through a link or a
 // path outside the rebuild directory; now each is an InputError and nothing outside is touched. No root needed.

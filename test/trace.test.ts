@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadTrace, parsePublicTrace, serializeTrace } from '../src/memory/trace.ts';
 
-// A gzipped copy of ../shared/data/npb-cg-B-dirty.json (see test/data/README.md).
+// The public NPB-CG dirty-page trace, gzipped (see test/data/README.md).
 const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'precog-trace-'));
 const write = (name: string, body: string | Buffer): string => {

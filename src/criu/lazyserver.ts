@@ -4,7 +4,7 @@
  * the rest in the background. precog's destination agent runs it and answers from its page store, asking the source
  * over the agents' TLS link for every page that has not arrived yet (src/agent/agent.ts).
  * CRIU's own serving side (`criu page-server --lazy-pages` at the source) does not work on this kernel
- * (../shared/ENVIRONMENT.md: tee() on the page pipe is refused), and it would be a second, unauthenticated channel.
+ * (this kernel refuses its tee() on the page pipe with EPERM), and it would be a second, unauthenticated channel.
  *
  * The protocol, from CRIU's criu/page-xfer.c and criu/uffd.c (v4.2), facts only:
  * - the daemon sends `page_server_iov` headers (docs/criu-pageserver.md for both layouts): GET (7) with

@@ -68,7 +68,7 @@ export interface MemchangeOptions extends Pace {
 }
 
 /**
- * The dirty-rate workload of the seed research: a contiguous buffer rewritten at a set rate, sequentially, at
+ * The dirty-rate workload of the published research (MBDPC, U2CMigration): a contiguous buffer rewritten at a set rate, sequentially, at
  * random, or with a hot spot.
  */
 export class MemchangeWorkload extends PacedWrites {

@@ -16,7 +16,7 @@ export interface WorkloadPlan {
   create(pool: ContentPool, seed: number): Workload;
 }
 
-/** Dirty-rate presets of the seed research (MB/s, decimal). */
+/** Dirty-rate presets of the published research (MBDPC, U2CMigration) (MB/s, decimal). */
 export const RATE_PRESETS: Record<string, [number, number]> = {
   low: [1e6, 2e6],
   high: [11e6, 12e6],

@@ -134,7 +134,7 @@ export const PROBE = {
 } as const;
 
 /**
- * The service network (issue 6): a LAN the test hosts share, for containers with a network namespace and an
+ * The service network: a LAN the test hosts share, for containers with a network namespace and an
  * address of their own. A fourth namespace, precog-lan, holds the LAN's bridge (lan0) and the client's address on
  * it; each host has a bridge (svc0) whose uplink is a veth pair to lan0. A container started with an address gets a
  * veth pair whose outer end is a port of its host's svc0, so it is reachable from the client wherever it runs: when
@@ -827,7 +827,7 @@ async function startHost(state: TestbedState, h: HostState, timeoutMs: number): 
 }
 
 /**
- * Where the precog agents will be started, one per host, once `precog agent` exists (issue 3 follow-up): run
+ * Where the precog agents will be started, one per host, once `precog agent` exists: run
  * `node /opt/precog/bin/precog agent --listen <address>:<port>` in each host with `hostCommand` (the rootfs's Node,
  * the repository at /opt/precog), record its ProcRef in the host's state and wait for it to accept connections.
  * `down` needs nothing more: the agent dies with its host's PID namespace.

@@ -73,7 +73,7 @@ export function parseBandwidth(text: string, what = 'bandwidth'): number {
   return bits;
 }
 
-/** Dirty rates in bytes/s: "12MB/s", "12MB", "500kB/s"; decimal units, as the seed research states them. */
+/** Dirty rates in bytes/s: "12MB/s", "12MB", "500kB/s"; decimal units, as the published research (MBDPC, U2CMigration) states them. */
 export function parseRate(text: string, what = 'rate'): number {
   const accepted = 'a number with B/s, kB/s, MB/s or GB/s (decimal)';
   const [n, unit] = split(text, what, accepted);
