@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { simulate, SCENARIO_DEFAULTS, type Scenario } from '../src/sim/run.ts';
 import { VirtualClock } from '../src/engine/clock.ts';
 import { MigrationDestination } from '../src/engine/destination.ts';
-import { MigrationSource } from '../src/engine/source.ts';
+import { MigrationSource, pushOrder } from '../src/engine/source.ts';
 import { ContentPool } from '../src/memory/content.ts';
 import { EmulatedMemory } from '../src/memory/emulated.ts';
 import { parseWorkload } from '../src/memory/workloads.ts';
@@ -294,4 +294,15 @@ test('post-copy resume: a new session gets the layout and the missing pages, fil
   const ack = dest.handle(jsonFrame(FrameType.PostcopyDone, {}), 2).map((r) => decodeFrame(r.frame));
   assert.equal(ack[0].type, FrameType.DoneAck);
   assert.equal(parseJson<{ faults: number }>(ack[0]).faults, 1);
+});
+
+test("post-copy's background push sends the smallest regions' missing pages first, each region in address order", () => {
+  // A large buffer (pages 0-9), a stack of 2 pages (10-11) and a heap of 3 (12-14); pages 1, 5 and 13 arrived before.
+  const missing = Bitmap.full(15);
+  for (const p of [1, 5, 13]) missing.clear(p);
+  const order = [...pushOrder(missing, [{ pages: 10 }, { pages: 2 }, { pages: 3 }])];
+  assert.deepEqual(order, [10, 11, 12, 14, 0, 2, 3, 4, 6, 7, 8, 9]);
+  // Every missing page once, whatever the layout: pages past the regions come last.
+  const beyond = Bitmap.full(6);
+  assert.deepEqual([...pushOrder(beyond, [{ pages: 4 }, { pages: 1 }])], [4, 0, 1, 2, 3, 5]);
 });

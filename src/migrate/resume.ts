@@ -29,6 +29,7 @@ import { Bitmap } from '../util/bitmap.ts';
 import { lastAtOrBelow } from '../util/search.ts';
 import { bitmapFromBase64 } from '../engine/destination.ts';
 import { PushWindow } from '../engine/pushwindow.ts';
+import { pushOrder } from '../engine/source.ts';
 import { ProtocolError } from '../util/errors.ts';
 
 export interface ResumeOptions {
@@ -145,7 +146,7 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
         const lay: Layout = layout;
         const sw = parseJson<SwitchoverMessage>(swFrame);
         const missing = bitmapFromBase64(sw.missing, lay.pageCount);
-        const order = missing.toArray();
+        const order = pushOrder(missing, lay.regions);
         counts.missing = order.length;
         if (source.machinePid === null) throw new Error(`the source of ${o.name} has no process`);
         reader = new LayoutReader(lay);
