@@ -440,7 +440,8 @@ export function pushOrder(missing: Bitmap, regions: readonly { pages: number }[]
   const out = new Uint32Array(missing.count());
   let n = 0;
   for (const i of bySize)
-    for (let p = firsts[i], end = firsts[i] + regions[i].pages; p < end; p++) if (missing.get(p)) out[n++] = p;
+    for (let p = firsts[i], end = firsts[i] + regions[i].pages; p < end; p++)
+      if (missing.get(p)) out[n++] = p;
   // Pages beyond the regions (a layout that does not cover its page count): last, in order.
   for (let p = g; n < out.length && p < missing.size; p++) if (missing.get(p)) out[n++] = p;
   return out;
