@@ -1,38 +1,8 @@
-import { Command, CommanderError } from 'commander';
+import { CommanderError } from 'commander';
 import { exitCodeOf } from '../util/errors.ts';
-import { agentCommand } from './agent.ts';
-import { checkCommand } from './check.ts';
-import { jobCommand } from './job.ts';
-import { containerCommands } from './container.ts';
-import { pkiCommand } from './pki.ts';
-import { predictEvalCommand, trainCommand } from './predict.ts';
-import { sendMemoryCommand } from './send.ts';
-import { simulateCommand } from './simulate.ts';
-import { testbedCommand } from './testbed.ts';
-import { traceCommand } from './trace.ts';
+import { precogProgram } from './program.ts';
 
-const program = new Command();
-program
-  .name('precog')
-  .description(
-    'Live migration of Linux containers with predictive pre-copy, and an emulator that runs the same engine.',
-  )
-  .version(process.env.npm_package_version ?? '0.1.0')
-  .showHelpAfterError('(run with --help for usage)')
-  .exitOverride()
-  .enablePositionalOptions();
-
-program.addCommand(simulateCommand());
-program.addCommand(pkiCommand());
-program.addCommand(agentCommand());
-program.addCommand(checkCommand());
-program.addCommand(jobCommand());
-program.addCommand(traceCommand());
-program.addCommand(sendMemoryCommand());
-program.addCommand(testbedCommand());
-program.addCommand(trainCommand());
-program.addCommand(predictEvalCommand());
-for (const c of containerCommands()) program.addCommand(c.exitOverride());
+const program = precogProgram();
 
 // A reader that stops early (`precog simulate | head -1`) closes the pipe: the output ends there, quietly.
 for (const stream of [process.stdout, process.stderr])

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { initPki, issueCert } from '../transport/pki.ts';
+import { lazy } from './lazy.ts';
 
 export function pkiCommand(): Command {
   const pki = new Command('pki')
@@ -10,10 +10,7 @@ export function pkiCommand(): Command {
     .description('create a certificate authority (ca.pem, ca-key.pem) in --dir')
     .requiredOption('--dir <dir>', 'PKI directory')
     .option('--force', 'replace an existing CA')
-    .action(async (o: { dir: string; force?: boolean }) => {
-      const path = await initPki(o.dir, { force: o.force });
-      process.stdout.write(`created ${path}\n`);
-    });
+    .action(lazy(() => import('./actions/pki.ts').then((m) => m.pkiInit)));
   pki
     .command('issue')
     .description('issue a certificate for host NAME signed by the CA (NAME.pem, NAME-key.pem)')
@@ -22,10 +19,7 @@ export function pkiCommand(): Command {
     .option('--ip <ip...>', 'IP addresses to put in the certificate (127.0.0.1 always is)')
     .option('--dns <name...>', 'more DNS names')
     .option('--force', 'replace the certificate and key NAME has already')
-    .action(async (name: string, o: { dir: string; ip?: string[]; dns?: string[]; force?: boolean }) => {
-      const path = await issueCert(o.dir, name, { ips: o.ip, dns: o.dns, force: o.force });
-      process.stdout.write(`issued ${path}\n`);
-    });
+    .action(lazy(() => import('./actions/pki.ts').then((m) => m.pkiIssue)));
   pki.commands.forEach((c) => c.exitOverride());
   return pki;
 }

@@ -1,33 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import { Command, Option } from 'commander';
-import { codecChain, CODEC_NAMES } from '../codec/index.ts';
-import { MigrationSource } from '../engine/source.ts';
-import { ProcessTreeMemory } from '../memory/tree.ts';
-import { isPostcopy, parseStrategy } from '../policy/index.ts';
-import { loadIdentity } from '../transport/pki.ts';
-import { connectTls, parseEndpoint } from '../transport/tls.ts';
-import { UsageError } from '../util/errors.ts';
-import { formatBytes, formatSeconds, parseCount, parseSize } from '../util/units.ts';
+import { CODEC_NAMES } from '../codec/names.ts';
+import { lazy } from './lazy.ts';
 
-interface SendFlags {
-  pid: string;
-  to: string;
-  peer: string;
-  pki: string;
-  name: string;
-  strategy: string;
-  codec: string;
-  batch: string;
-  after: 'stop' | 'thaw';
-  id?: string;
-  json?: boolean;
-}
-
-/**
- * Streams the memory of a live process to an agent with the engine (live rounds with content-hash dirty tracking,
- * then a final copy with the process stopped). The agent keeps the pages; no CRIU is involved: this moves memory,
- * not the process (precog migrate does that).
- */
+/** `precog send-memory` (src/cli/actions/send.ts). */
 export function sendMemoryCommand(): Command {
   return new Command('send-memory')
     .exitOverride()
@@ -49,39 +24,5 @@ export function sendMemoryCommand(): Command {
     )
     .option('--id <id>', 'migration id (default: a new UUID)')
     .option('--json', 'print the full metrics as JSON')
-    .action(async (f: SendFlags) => {
-      const pid = parseCount(f.pid, '--pid', 1);
-      const strategy = parseStrategy(f.strategy);
-      if (isPostcopy(strategy)) {
-        throw new UsageError(
-          `send-memory has no process at the destination to fault pages in: use a pre-copy strategy or cold`,
-        );
-      }
-      const batchBytes = parseSize(f.batch, '--batch');
-      const to = parseEndpoint(f.to, '--to');
-      const identity = loadIdentity(f.pki, f.name);
-      const mem = new ProcessTreeMemory(pid, { onUnmapped: 'zero' });
-      const link = await connectTls(to, identity, f.peer);
-      try {
-        const m = await new MigrationSource(mem, link, strategy, {
-          codec: codecChain(f.codec),
-          batchBytes,
-          stateBytes: 0,
-          migrationId: f.id ?? randomUUID(),
-        }).run();
-        if (f.json) {
-          process.stdout.write(JSON.stringify(m, null, 2) + '\n');
-          return;
-        }
-        const rate = m.bytesTotal / m.totalTime;
-        process.stdout.write(
-          `migration ${m.migrationId}: ${m.pagesTotal} pages (${formatBytes(m.memoryBytes)}) of pid ${pid} at ${f.peer} in ${formatSeconds(m.totalTime)}, ` +
-            `${m.liveRounds} live round(s), stopped ${formatSeconds(m.downtime)}, ${formatBytes(m.bytesTotal)} on the wire ` +
-            `(${((rate * 8) / 1e9).toFixed(2)} Gbit/s); process ${f.after === 'thaw' ? 'continued' : 'left stopped'}\n`,
-        );
-      } finally {
-        link.close();
-        mem.close({ leaveStopped: f.after === 'stop' });
-      }
-    });
+    .action(lazy(() => import('./actions/send.ts').then((m) => m.sendMemory)));
 }

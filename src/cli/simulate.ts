@@ -1,103 +1,9 @@
-import { writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { CODEC_NAMES, codecChain } from '../codec/index.ts';
-import { parseWorkload } from '../memory/workloads.ts';
-import { parseStrategy } from '../policy/index.ts';
-import { summaryTable } from '../report/summary.ts';
-import { runExperiment, type Experiment } from '../sim/experiment.ts';
-import { SCENARIO_DEFAULTS } from '../sim/run.ts';
-import { DEFAULT_SWITCHOVER_MODEL, loadSwitchoverModel } from '../sim/switchover.ts';
-import { UsageError } from '../util/errors.ts';
-import { checkWritable } from '../util/paths.ts';
-import { splitList } from '../util/spec.ts';
-import { parseBandwidth, parseCount, parseDuration, parseSize } from '../util/units.ts';
+import { CODEC_NAMES } from '../codec/names.ts';
+import { lazy } from './lazy.ts';
 
-export const SIMULATE_JSON_SCHEMA = 'precog.simulate/v1';
-
-interface SimulateFlags {
-  workload: string;
-  memory: string;
-  bandwidth: string;
-  latency: string;
-  frameOverhead: string;
-  strategy: string;
-  codec: string;
-  batch: string;
-  stateSize: string;
-  restoreCost: string;
-  switchover?: string;
-  seed: string;
-  repeat: string;
-  sweep: string[];
-  json?: string;
-  format: 'text' | 'markdown';
-  quiet?: boolean;
-}
-
-const SWEEP_KEYS = ['memory', 'bandwidth', 'workload', 'strategy'];
-
-/** Turns the flags into an experiment grid; every bad value is a UsageError naming it. */
-export function experimentFromFlags(f: SimulateFlags): Experiment {
-  const lists: Record<string, string[]> = {
-    memory: splitList(f.memory),
-    bandwidth: splitList(f.bandwidth),
-    workload: splitList(f.workload),
-    strategy: splitList(f.strategy),
-  };
-  for (const s of f.sweep) {
-    const eq = s.indexOf('=');
-    const key = s.slice(0, eq).trim();
-    if (eq < 0 || !SWEEP_KEYS.includes(key)) {
-      throw new UsageError(`--sweep "${s}" must be KEY=v1,v2,... with KEY one of ${SWEEP_KEYS.join(', ')}`);
-    }
-    lists[key] = splitList(s.slice(eq + 1));
-  }
-  for (const [k, v] of Object.entries(lists))
-    if (v.length === 0) throw new UsageError(`--${k} needs at least one value`);
-  const memories = lists.memory.map((m) => {
-    const bytes = parseSize(m, 'memory');
-    if (bytes < 4096) throw new UsageError(`memory "${m}" must be at least one page (4KiB)`);
-    if (bytes > 2 ** 32) throw new UsageError(`memory "${m}" is above the emulator's limit of 4GiB per run`);
-    return bytes;
-  });
-  const bandwidths = lists.bandwidth.map((b) => parseBandwidth(b));
-  // Parse everything up front so that a typo fails before a long sweep starts.
-  lists.strategy.forEach(parseStrategy);
-  lists.workload.forEach((w) => parseWorkload(w, memories[0]));
-  if (f.codec !== 'auto') codecChain(f.codec);
-  const seed = parseCount(f.seed, '--seed', 0);
-  const repeat = parseCount(f.repeat, '--repeat', 1);
-  const latency = parseDuration(f.latency, '--latency');
-  const batchBytes = parseSize(f.batch, '--batch');
-  if (batchBytes < 4096 || batchBytes > 8 * 2 ** 20)
-    throw new UsageError(`--batch "${f.batch}" must be 4KiB..8MiB`);
-  return {
-    base: {
-      ...SCENARIO_DEFAULTS,
-      latency,
-      frameOverhead: parseCount(f.frameOverhead, '--frame-overhead', 0),
-      codec: f.codec,
-      batchBytes,
-      stateBytes: parseSize(f.stateSize, '--state-size'),
-      restoreCost: parseDuration(f.restoreCost, '--restore-cost'),
-      ...(f.switchover
-        ? {
-            switchover: loadSwitchoverModel(
-              f.switchover === 'live' ? DEFAULT_SWITCHOVER_MODEL : f.switchover,
-            ),
-          }
-        : {}),
-    },
-    workloads: lists.workload,
-    strategies: lists.strategy,
-    memories,
-    bandwidths,
-    seeds: Array.from({ length: repeat }, (_, i) => seed + i),
-  };
-}
-
-/** Most emulated runs one simulate takes (a typo in --repeat must not start a run of days). */
-const MAX_RUNS = 10_000;
+/** What --sweep can vary. */
+export const SWEEP_KEYS = ['memory', 'bandwidth', 'workload', 'strategy'];
 
 export function simulateCommand(): Command {
   return new Command('simulate')
@@ -145,46 +51,5 @@ export function simulateCommand(): Command {
     )
     .addOption(new Option('--format <format>', 'table format').choices(['text', 'markdown']).default('text'))
     .option('-q, --quiet', 'no progress on stderr')
-    .action(async (flags: SimulateFlags) => {
-      const experiment = experimentFromFlags(flags);
-      const total =
-        experiment.workloads.length *
-        experiment.strategies.length *
-        experiment.memories.length *
-        experiment.bandwidths.length *
-        experiment.seeds.length;
-      if (total > MAX_RUNS)
-        throw new UsageError(
-          `${total} runs (workloads x strategies x memories x bandwidths x --repeat) is more than ${MAX_RUNS}: ` +
-            'narrow the sweep or lower --repeat',
-        );
-      // Where the JSON goes is checked now, not after a long run.
-      if (flags.json && flags.json !== '-') checkWritable(flags.json, '--json');
-      const progress = !flags.quiet && process.stderr.isTTY && total > 1;
-      const { runs, summary } = await runExperiment(experiment, (r, done, n) => {
-        if (progress)
-          process.stderr.write(`\r${done}/${n} runs (${r.scenario.strategy} ${r.scenario.workload})\x1b[K`);
-      });
-      if (progress) process.stderr.write('\r\x1b[K');
-      const table = summaryTable(summary, flags.format);
-      if (flags.json) {
-        const doc = { schema: SIMULATE_JSON_SCHEMA, experiment, summary, runs };
-        const text = JSON.stringify(
-          doc,
-          (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v),
-          2,
-        );
-        if (flags.json === '-') {
-          process.stdout.write(text + '\n');
-          return;
-        }
-        writeFileSync(flags.json, text + '\n');
-      }
-      const seeds = experiment.seeds.length;
-      process.stdout.write(
-        `precog simulate: ${runs.length} run(s)${seeds > 1 ? `, medians over ${seeds} seeds` : ''}; every run verified byte for byte at the destination\n\n`,
-      );
-      process.stdout.write(table);
-      if (flags.json) process.stdout.write(`\nfull records: ${flags.json}\n`);
-    });
+    .action(lazy(() => import('./actions/simulate.ts').then((m) => m.simulate)));
 }

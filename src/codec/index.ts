@@ -4,6 +4,7 @@ import { parseSpec, take } from '../util/spec.ts';
 import { rawCodec } from './raw.ts';
 import type { Codec } from './types.ts';
 import { xbzrleCodec } from './xbzrle.ts';
+import { CODEC_NAMES, isCodecName, type CodecName } from './names.ts';
 import { xorLz4Codec } from './xor-lz4.ts';
 import { zeroCodec } from './zero.ts';
 import { ZSTD_DEFAULT_LEVEL, zstdCodec } from './zstd.ts';
@@ -38,7 +39,7 @@ interface ChainDef {
 }
 
 /** The chains users can pick with --codec; the last element of each chain always applies. */
-const CHAINS: Record<string, ChainDef> = {
+const CHAINS: Record<CodecName, ChainDef> = {
   raw: { about: 'the page as it is', delta: false, params: [], build: () => [rawCodec] },
   zero: {
     about: 'zero-page elision, then raw',
@@ -66,7 +67,7 @@ const CHAINS: Record<string, ChainDef> = {
   },
 };
 
-export const CODEC_NAMES = Object.keys(CHAINS);
+export { CODEC_NAMES };
 
 /** The --codec syntax, for help texts. */
 export const CODEC_SYNTAX = `${CODEC_NAMES.join(', ')}; delta chains take :cache=64MiB (last-sent copies kept at the source, 0 for none), :adaptive (compress only when it shortens the transfer), :cpu=RATE (adaptive with a fixed encode throughput, e.g. 1GB/s), zstd :level=N`;
@@ -74,7 +75,7 @@ export const CODEC_SYNTAX = `${CODEC_NAMES.join(', ')}; delta chains take :cache
 /** Parses a --codec value: NAME[:cache=SIZE][:adaptive][:cpu=RATE][:level=N] (docs/codecs.md). */
 export function codecChain(text: string): CodecChain {
   const spec = parseSpec(text, 'codec');
-  const def = CHAINS[spec.name];
+  const def = isCodecName(spec.name) ? CHAINS[spec.name] : undefined;
   if (!def) throw new UsageError(`unknown codec "${spec.name}"; accepted: ${CODEC_NAMES.join(', ')}`);
   for (const key of spec.params.keys()) {
     if (!def.params.includes(key))

@@ -10,6 +10,7 @@
 import { xxh64 } from '@node-rs/xxhash';
 import { Bitmap } from '../util/bitmap.ts';
 import { UsageError } from '../util/errors.ts';
+import type { TrackerChoice } from './tracker-choices.ts';
 import {
   KPF_REFERENCED,
   KpageflagsReader,
@@ -25,8 +26,7 @@ import {
 } from './procfs.ts';
 
 export type TrackerKind = 'softdirty' | 'hash';
-export const TRACKER_CHOICES = ['auto', 'hash', 'softdirty'] as const;
-export type TrackerChoice = (typeof TRACKER_CHOICES)[number];
+export { TRACKER_CHOICES, type TrackerChoice } from './tracker-choices.ts';
 
 const PAGE = 4096;
 /** Pagemap entries read per system call (512 KiB of entries). */

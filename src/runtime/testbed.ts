@@ -37,6 +37,7 @@ import { UsageError } from '../util/errors.ts';
 import { cgroup2Mount, CONTAINERS_DIR, HOST_DATA_DIR, PODMAN_ENV, type Site } from './site.ts';
 import { ensurePodmanImageArchive, type PodmanImageArchive } from './podman-image.ts';
 import { formatBandwidth, parseBandwidth } from '../util/units.ts';
+import { HOSTS, NAME_PREFIX, TBF_LATENCY, type HostSpec } from './testbed-hosts.ts';
 import {
   ensureRootfs,
   mustRun,
@@ -47,6 +48,8 @@ import {
   type RootfsInfo,
 } from './rootfs.ts';
 
+export { HOSTS, NAME_PREFIX, TBF_BURST, TBF_LATENCY, type HostSpec } from './testbed-hosts.ts';
+
 export const TESTBED_STATE_SCHEMA = 'precog.testbed/v1';
 export const TESTBED_STATUS_SCHEMA = 'precog.testbed.status/v1';
 /** Runtime state: the state file, the lock, the hosts' start logs. Gone after a reboot, like the hosts. */
@@ -56,15 +59,7 @@ const LOCK_FILE = join(STATE_DIR, 'testbed.lock');
 /** The hosts' writable layers (upper, work) and overlay mount points; on disk, as container layers can be large. */
 export const HOSTS_DIR = '/var/lib/precog/testbed';
 export const SUBNET = '10.213.77.0/24';
-export const NAME_PREFIX = 'precog-';
 const CGROUP_NAME = 'precog-testbed';
-/**
- * The tbf parameters of the link: burst 32kbit, latency 50ms (ENVIRONMENT.md: 95.6 Mbit/s measured at rate 100mbit).
- * Above 128mbit the burst grows to a quarter millisecond of traffic: with 32kbit, rate 1gbit gave only 582 Mbit/s
- * here (timer granularity), with 245kbit it gives about 925 Mbit/s.
- */
-export const TBF_BURST = '32kbit';
-export const TBF_LATENCY = '50ms';
 
 /** The tbf burst for a rate, as tc reads it (a size; tc's kbit is 1024 bits): 32kbit, or 0.25 ms of traffic if more. */
 export function tbfBurst(rateBits: number): string {
@@ -78,21 +73,6 @@ const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 /** The repository (what is mounted at /opt/precog in every host). */
 export const REPO_DIR = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 const HOST_SCRIPT = join(REPO_DIR, 'scripts/testbed/host.sh');
-
-export interface HostSpec {
-  /** "a" or "b": host name, hostname inside, and the suffix of every name the host owns. */
-  name: string;
-  netns: string;
-  /** The host's end of the veth pair (inside its network namespace). */
-  iface: string;
-  address: string;
-  prefixLength: number;
-}
-
-export const HOSTS: readonly HostSpec[] = [
-  { name: 'a', netns: `${NAME_PREFIX}a`, iface: 'eth0', address: '10.213.77.1', prefixLength: 24 },
-  { name: 'b', netns: `${NAME_PREFIX}b`, iface: 'eth0', address: '10.213.77.2', prefixLength: 24 },
-];
 
 /** One host's side link to the probe namespace: a veth pair on a subnet of its own. */
 export interface ProbeLink {

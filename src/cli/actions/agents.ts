@@ -3,10 +3,10 @@
  * testbed is up, or HOST[:PORT] of an agent anywhere, with a client certificate of the agents' CA.
  */
 import { spawn } from 'node:child_process';
-import { AGENT, OPERATOR_CERT, PKI_DIR, readState, type TestbedState } from '../runtime/testbed.ts';
-import { loadIdentity, type Identity } from '../transport/pki.ts';
-import { parseEndpoint, type Endpoint } from '../transport/tls.ts';
-import { UsageError } from '../util/errors.ts';
+import { AGENT, OPERATOR_CERT, PKI_DIR, readState, type TestbedState } from '../../runtime/testbed.ts';
+import { loadIdentity, type Identity } from '../../transport/pki.ts';
+import { parseEndpoint, type Endpoint } from '../../transport/tls.ts';
+import { UsageError } from '../../util/errors.ts';
 import { needRoot } from './container.ts';
 
 /** The agents' port when none is given. */

@@ -1,0 +1,234 @@
+import { writeFileSync } from 'node:fs';
+import { probeAccessedBits, type TrackerChoice } from '../../memory/dirty.ts';
+import { LiveProcessMemory } from '../../memory/live.ts';
+import { LiveMemoryError } from '../../memory/procfs.ts';
+import { serializeTrace, type Trace } from '../../memory/trace.ts';
+import type { Bitmap } from '../../util/bitmap.ts';
+import { UsageError } from '../../util/errors.ts';
+import { checkWritable } from '../../util/paths.ts';
+import { formatBytes, parseDuration } from '../../util/units.ts';
+import type { AccessedChoice } from '../trace.ts';
+
+export const TRACE_RECORD_JSON_SCHEMA = 'precog.trace-record/v1';
+
+export interface RecordFlags {
+  pid?: string;
+  interval: string;
+  duration: string;
+  out?: string;
+  tracker: TrackerChoice;
+  accessed: AccessedChoice;
+  json?: boolean;
+}
+
+export interface RecordOptions {
+  intervalSeconds: number;
+  samples: number;
+  /** Record accessed bits (the source must be opened with { accessed: true }). */
+  accessed: boolean;
+  /** Stops the recording early; the samples so far are kept. */
+  signal?: AbortSignal;
+}
+
+export interface RecordResult {
+  trace: Trace;
+  /** Seconds between consecutive collections, as measured. */
+  intervals: number[];
+  /** Seconds each collection took. */
+  scanSeconds: number[];
+  dirtyPerSample: number[];
+  accessedPerSample: number[] | null;
+  /** Why recording ended before the planned samples, or null. */
+  stoppedEarly: string | null;
+}
+
+/** Bitmap (32-bit words) to the trace format's bytes: bit i of byte j is page 8j+i. */
+function toTraceBytes(b: Bitmap): Uint8Array {
+  const out = new Uint8Array((b.size + 7) >>> 3);
+  for (let j = 0; j < out.length; j++) out[j] = (b.words[j >>> 2] >>> ((j & 3) * 8)) & 0xff;
+  return out;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+
+/**
+ * Samples a live process: a first collection starts tracking, then every interval one sample of the pages
+ * changed (and, when asked, referenced) since the previous one. Accessed bits are read before the dirty scan
+ * and cleared after it, because the scan's own reads of /proc/PID/mem mark pages referenced.
+ */
+export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Promise<RecordResult> {
+  const dirty: Uint8Array[] = [];
+  const accessed: Uint8Array[] | null = o.accessed ? [] : null;
+  const r: Omit<RecordResult, 'trace'> = {
+    intervals: [],
+    scanSeconds: [],
+    dirtyPerSample: [],
+    accessedPerSample: o.accessed ? [] : null,
+    stoppedEarly: null,
+  };
+  await mem.collectDirty();
+  if (o.accessed) mem.clearAccessed();
+  const t0 = performance.now();
+  let last = t0;
+  for (let s = 1; s <= o.samples; s++) {
+    await sleep(t0 + s * o.intervalSeconds * 1000 - performance.now());
+    if (o.signal?.aborted) {
+      r.stoppedEarly = 'interrupted';
+      break;
+    }
+    const start = performance.now();
+    let d: Bitmap;
+    let a: Bitmap | null = null;
+    try {
+      if (o.accessed) a = mem.readAccessed();
+      d = await mem.collectDirty();
+      if (o.accessed) mem.clearAccessed();
+    } catch (e) {
+      if (e instanceof LiveMemoryError) {
+        r.stoppedEarly = e.message;
+        break;
+      }
+      throw e;
+    }
+    const end = performance.now();
+    r.intervals.push((start - last) / 1000);
+    r.scanSeconds.push((end - start) / 1000);
+    last = start;
+    dirty.push(toTraceBytes(d));
+    r.dirtyPerSample.push(d.count());
+    if (a && accessed) {
+      accessed.push(toTraceBytes(a));
+      r.accessedPerSample!.push(a.count());
+    }
+  }
+  // The nominal interval unless the scans could not keep up; then what was measured.
+  const mean = r.intervals.reduce((x, y) => x + y, 0) / Math.max(1, r.intervals.length);
+  const nominal = o.intervalSeconds;
+  const intervalMs =
+    Math.abs(mean - nominal) <= 0.05 * nominal ? nominal * 1000 : Math.round(mean * 1e4) / 10;
+  const trace: Trace = {
+    pageSize: mem.layout.pageSize,
+    intervalMs,
+    regions: mem.layout.regions,
+    pageCount: mem.layout.pageCount,
+    samples: dirty.length,
+    dirty,
+    accessed,
+    source: `pid ${mem.pid}`,
+  };
+  return { trace, ...r };
+}
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function parseRecordFlags(f: RecordFlags): { pid: number; interval: number; samples: number; out: string } {
+  if (f.pid === undefined) throw new UsageError('--pid is required: the process to record');
+  if (!/^\d+$/.test(f.pid) || Number(f.pid) <= 0)
+    throw new UsageError(`--pid "${f.pid}" must be a process id (a whole number > 0)`);
+  if (f.out === undefined || f.out === '') throw new UsageError('--out is required: the trace file to write');
+  checkWritable(f.out, '--out');
+  const interval = parseDuration(f.interval, '--interval');
+  const duration = parseDuration(f.duration, '--duration');
+  if (interval < 0.001) throw new UsageError(`--interval "${f.interval}" must be at least 1ms`);
+  if (duration < interval)
+    throw new UsageError(`--duration "${f.duration}" must be at least one --interval (${f.interval})`);
+  return { pid: Number(f.pid), interval, samples: Math.round(duration / interval), out: f.out };
+}
+
+/** `precog trace record`: samples the process, writes the trace and prints a summary. */
+export async function record(flags: RecordFlags): Promise<void> {
+  const { pid, interval, samples, out } = parseRecordFlags(flags);
+  let accessed = false;
+  let accessedNote = 'off';
+  if (flags.accessed !== 'off') {
+    const probe = probeAccessedBits();
+    if (flags.accessed === 'on' && !probe.readable) throw new UsageError(`--accessed on: ${probe.reason}`);
+    accessed = probe.readable && (flags.accessed === 'on' || probe.followsAccesses);
+    accessedNote = accessed
+      ? probe.followsAccesses
+        ? 'recorded'
+        : `recorded, but ${probe.reason}`
+      : `not recorded: ${probe.reason}`;
+  }
+  const mem = new LiveProcessMemory(pid, { tracker: flags.tracker, accessed });
+  const abort = new AbortController();
+  const onSigint = () => abort.abort();
+  process.once('SIGINT', onSigint);
+  let result: RecordResult;
+  try {
+    result = await recordTrace(mem, {
+      intervalSeconds: interval,
+      samples,
+      accessed,
+      signal: abort.signal,
+    });
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    mem.close();
+  }
+  if (result.trace.samples === 0) {
+    throw new LiveMemoryError(
+      `no samples recorded from process ${pid} (${result.stoppedEarly ?? 'stopped'}); nothing written`,
+    );
+  }
+  const data = serializeTrace(result.trace);
+  writeFileSync(out, data);
+  const drift = mem.drift();
+  const warnings: string[] = [];
+  if (result.stoppedEarly)
+    warnings.push(`stopped after ${result.trace.samples} of ${samples} samples: ${result.stoppedEarly}`);
+  const maxScan = Math.max(...result.scanSeconds);
+  if (result.trace.intervalMs !== interval * 1000) {
+    warnings.push(
+      `scans took up to ${(maxScan * 1000).toFixed(1)}ms, samples came every ${result.trace.intervalMs}ms on average instead of ${interval * 1000}ms (written to the trace); use a longer --interval`,
+    );
+  }
+  if (drift.newPages > 0) {
+    warnings.push(
+      `${formatBytes(drift.newPages * 4096)} mapped after recording started (new mappings, heap or stack growth) were not recorded`,
+    );
+  }
+  if (drift.gonePages > 0)
+    warnings.push(`${formatBytes(drift.gonePages * 4096)} of the recorded layout were unmapped by the end`);
+  const summary = {
+    schema: TRACE_RECORD_JSON_SCHEMA,
+    pid,
+    out,
+    bytes: data.length,
+    tracker: mem.tracker.kind,
+    trackerReason: mem.trackerReason,
+    accessed: accessedNote,
+    intervalMs: result.trace.intervalMs,
+    samples: result.trace.samples,
+    pageCount: result.trace.pageCount,
+    regions: result.trace.regions.length,
+    dirtyPerSample: result.dirtyPerSample,
+    accessedPerSample: result.accessedPerSample,
+    scanSecondsMedian: median(result.scanSeconds),
+    scanSecondsMax: maxScan,
+    drift,
+    warnings,
+  };
+  if (flags.json) {
+    process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+    return;
+  }
+  const dirtyMedian = median(result.dirtyPerSample);
+  process.stdout.write(
+    [
+      `precog trace record: process ${pid}, ${result.trace.samples} samples every ${result.trace.intervalMs}ms`,
+      `  layout: ${result.trace.pageCount} pages (${formatBytes(result.trace.pageCount * 4096)}) in ${result.trace.regions.length} regions`,
+      `  tracker: ${mem.tracker.kind} (${mem.trackerReason})`,
+      `  dirty pages per sample: median ${dirtyMedian}, max ${Math.max(...result.dirtyPerSample)}`,
+      `  accessed bits: ${accessedNote}`,
+      `  scan time per sample: median ${(median(result.scanSeconds) * 1000).toFixed(1)}ms, max ${(maxScan * 1000).toFixed(1)}ms`,
+      ...warnings.map((w) => `  warning: ${w}`),
+      `wrote ${out} (${formatBytes(data.length)})`,
+      '',
+    ].join('\n'),
+  );
+}
