@@ -198,3 +198,31 @@ test('an agent without TLS listens on loopback only', () => {
   assert.equal(r.status, 2, r.stderr);
   assert.match(r.stderr, /--insecure-plaintext listens on loopback only \(127.0.0.1, ::1\), not 0.0.0.0/);
 });
+
+test('the logs name their level and their time in ISO 8601, one JSON object per line', () => {
+  const log = new URL('../src/util/log.ts', import.meta.url).href;
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      `const { createLogger } = await import(${JSON.stringify(log)}); const l = createLogger('t'); l.info({ a: 1 }, 'hello'); l.error('bad');`,
+    ],
+    { encoding: 'utf8', env: { ...process.env, PRECOG_LOG_LEVEL: 'info' } },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stderr
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.deepEqual(
+    lines.map((l) => [l.level, l.msg]),
+    [
+      ['info', 'hello'],
+      ['error', 'bad'],
+    ],
+  );
+  for (const l of lines) assert.match(String(l.time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+});
