@@ -226,3 +226,36 @@ test('the logs name their level and their time in ISO 8601, one JSON object per 
   );
   for (const l of lines) assert.match(String(l.time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
 });
+
+test('--json [FILE] means the same everywhere: JSON on stdout alone, or the text on stdout and the JSON in FILE', () => {
+  // check: the text and a file.
+  const file = join(dir, 'checks.json');
+  const c = precog('check', '--json', file);
+  assert.match(c.stdout, /this host can move containers|required check\(s\) failed/);
+  const checks = JSON.parse(readFileSync(file, 'utf8')) as { what: string; ok: boolean }[];
+  assert.ok(checks.length > 0 && checks.every((x) => typeof x.what === 'string'));
+  // Bare: JSON alone on stdout, the same checks.
+  const bare = JSON.parse(precog('check', '--json').stdout) as { what: string }[];
+  assert.deepEqual(
+    bare.map((x) => x.what),
+    checks.map((x) => x.what),
+  );
+  // A FILE whose directory is missing is refused before any work, by every command.
+  const nowhere = '/no/such/dir/x.json';
+  for (const args of [
+    ['check'],
+    ['predict-eval', '--traces', new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname],
+  ]) {
+    const r = precog(...args, '--json', nowhere);
+    assert.equal(r.status, 2, `${args[0]}: ${r.stderr}`);
+    assert.match(r.stderr, /--json \/no\/such\/dir\/x.json: the directory \/no\/such\/dir does not exist/);
+  }
+  // migrate: NAME is required, so `migrate --json NAME` names the container, not a file.
+  const swallowed = precog('migrate', '--json', 'Bad/Name', '--from', 'a', '--to', 'b');
+  assert.equal(swallowed.status, 2);
+  assert.match(swallowed.stderr, /Bad\/Name/);
+  assert.doesNotMatch(swallowed.stderr, /missing required argument/);
+  const none = precog('migrate', '--from', 'a', '--to', 'b');
+  assert.equal(none.status, 2);
+  assert.match(none.stderr, /missing required argument 'name'/);
+});

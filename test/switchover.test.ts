@@ -19,6 +19,7 @@ import {
   type SwitchoverSample,
 } from '../src/sim/switchover.ts';
 import { InputError } from '../src/util/errors.ts';
+import { predictedStopMs } from '../src/cli/actions/migrate.ts';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -201,4 +202,30 @@ test('the emulator charges the stop exactly what the model says: the dump at the
     assert.equal(charged.pagesVerified, ideal.pagesVerified, 'every page still checked');
     assert.equal(charged.metrics.liveRounds, ideal.metrics.liveRounds, 'the live rounds are the same');
   }
+});
+
+test("migrate's progress predicts a stop from the shipped model: its stop beyond the link plus what is left on it", () => {
+  const model = loadSwitchoverModel(DEFAULT_SWITCHOVER_MODEL);
+  const o = { memoryBytes: 2 ** 30, leftBytes: 4 << 20, bytesPerSecond: 100e6, mode: 'lazy' as const };
+  const got = predictedStopMs(model, o)!;
+  const beyond = modelledStopMs(model, {
+    cell: '',
+    route: 'lazy',
+    mode: 'lazy',
+    cold: false,
+    memoryBytes: o.memoryBytes,
+    changedBytes: o.leftBytes,
+    bandwidth: 800e6,
+    stateBytes: model.stateBytes,
+    dumpMs: 0,
+    sendMs: 0,
+    restoreMs: 0,
+    answerMs: 0,
+  });
+  assert.ok(Math.abs(got - beyond - ((o.leftBytes + model.stateBytes) / 100e6) * 1000) < 1e-6);
+  // More left to send, a longer stop; a slower link, longer still.
+  assert.ok(predictedStopMs(model, { ...o, leftBytes: 64 << 20 })! > got);
+  assert.ok(predictedStopMs(model, { ...o, bytesPerSecond: 10e6 })! > got);
+  assert.equal(predictedStopMs(undefined, o), undefined, 'no model, no prediction');
+  assert.equal(predictedStopMs(model, { ...o, bytesPerSecond: 0 }), undefined, 'no rate yet');
 });

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { lazy } from './lazy.ts';
 import { migrateCommand } from './migrate.ts';
+import { jsonOption } from './json.ts';
 
 /** `precog run`, `ps`, `stop`, `logs`: containers in the test hosts (docs/containers.md). */
 export function containerCommands(): Command[] {
@@ -23,7 +24,7 @@ export function containerCommands(): Command[] {
   const ps = new Command('ps')
     .description('list the containers of the test hosts')
     .option('--host <host>', 'only this host')
-    .option('--json', 'print JSON (an array of precog.container/v1)')
+    .addOption(jsonOption('the containers (an array of precog.container/v1)'))
     .action(lazy(() => import('./actions/container.ts').then((m) => m.ps)));
 
   const stop = new Command('stop')

@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 function common(c: Command): Command {
   return c
@@ -18,7 +19,7 @@ export function jobCommand(): Command {
   );
   job.addCommand(
     common(new Command('list').description('list the migrations running on a host'))
-      .option('--json', 'print them as JSON')
+      .addOption(jsonOption('the migrations'))
       .exitOverride()
       .action(lazy(() => import('./actions/job.ts').then((m) => m.jobList))),
   );

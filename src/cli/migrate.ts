@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { CODEC_NAMES } from '../codec/names.ts';
 import { RUNTIME_NAMES } from '../runtime/names.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 export function migrateCommand(): Command {
   return new Command('migrate')
@@ -9,7 +10,7 @@ export function migrateCommand(): Command {
       'move a running container to another test host: live rounds over the agents’ TLS link, then criu dump, ' +
         'the changed pages, criu restore; the source is removed only once the destination runs it',
     )
-    .argument('<name>')
+    .argument('[name]', 'the container to move (required)')
     .requiredOption(
       '--from <host>',
       "source: a test host (a, b) or an agent's HOST[:PORT] (where the container runs)",
@@ -48,7 +49,7 @@ export function migrateCommand(): Command {
         'lazy where the runtime can (post-copy: the pages then follow from the frozen tasks), images otherwise',
       'auto',
     )
-    .option('--json', 'print the report as JSON')
+    .addOption(jsonOption('the report'))
     .option('-q, --quiet', 'no progress on stderr (as simulate -q)')
     .option('--no-progress', 'the same as --quiet')
     .option(

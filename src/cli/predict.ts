@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import { TRAIN_DEFAULTS } from '../predict/forest-train.ts';
 import { WINDOW_DEFAULTS } from '../predict/window.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 export function trainCommand(): Command {
   return (
@@ -33,7 +34,7 @@ export function trainCommand(): Command {
       )
       .option('--min-leaf <rows>', 'minimum weight on each side of a split', String(TRAIN_DEFAULTS.minLeaf))
       .option('--seed <n>', 'seed of the bootstrap and feature sampling', String(TRAIN_DEFAULTS.seed))
-      .option('--json', 'print the summary as JSON')
+      .addOption(jsonOption('the summary'))
       .action(lazy(() => import('./actions/predict.ts').then((m) => m.train)))
   );
 }
@@ -57,6 +58,6 @@ export function predictEvalCommand(): Command {
     .option('--warmup <samples>', 'samples observed before the first scored prediction', '1')
     .option('--model <file>', 'forest model file (default: models/forest.json, shipped with precog)')
     .addOption(new Option('--format <f>', 'table format').choices(['text', 'markdown']).default('text'))
-    .option('--json', 'print the results as JSON')
+    .addOption(jsonOption('the results'))
     .action(lazy(() => import('./actions/predict.ts').then((m) => m.predictEval)));
 }

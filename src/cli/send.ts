@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { CODEC_NAMES } from '../codec/names.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 /** `precog send-memory` (src/cli/actions/send.ts). */
 export function sendMemoryCommand(): Command {
@@ -23,6 +24,6 @@ export function sendMemoryCommand(): Command {
         .default('stop'),
     )
     .option('--id <id>', 'migration id (default: a new UUID)')
-    .option('--json', 'print the full metrics as JSON')
+    .addOption(jsonOption('the full metrics'))
     .action(lazy(() => import('./actions/send.ts').then((m) => m.sendMemory)));
 }

@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { CODEC_NAMES } from '../codec/names.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 /** What --sweep can vary. */
 export const SWEEP_KEYS = ['memory', 'bandwidth', 'workload', 'strategy'];
@@ -45,10 +46,7 @@ export function simulateCommand(): Command {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
-    .option(
-      '--json <file>',
-      'write every run with its rounds, and the summary, as JSON (docs/simulate-json.md); - for stdout',
-    )
+    .addOption(jsonOption('every run with its rounds, and the summary (docs/simulate-json.md),'))
     .addOption(new Option('--format <format>', 'table format').choices(['text', 'markdown']).default('text'))
     .option('-q, --quiet', 'no progress on stderr')
     .action(lazy(() => import('./actions/simulate.ts').then((m) => m.simulate)));

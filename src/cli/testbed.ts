@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { HOSTS, TBF_BURST, TBF_LATENCY } from '../runtime/testbed-hosts.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 export function testbedCommand(): Command {
   const testbed = new Command('testbed')
@@ -32,7 +33,7 @@ export function testbedCommand(): Command {
   testbed
     .command('status')
     .description('show the hosts, their PIDs and addresses, the link rate and the rootfs cache')
-    .option('--json', 'print the status as JSON (schema precog.testbed.status/v1)')
+    .addOption(jsonOption('the status (schema precog.testbed.status/v1)'))
     .action(lazy(() => import('./actions/testbed.ts').then((m) => m.status)));
 
   testbed

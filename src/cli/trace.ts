@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { TRACKER_CHOICES } from '../memory/tracker-choices.ts';
 import { lazy } from './lazy.ts';
+import { jsonOption } from './json.ts';
 
 /** What --accessed accepts. */
 const ACCESSED_CHOICES = ['auto', 'on', 'off'] as const;
@@ -38,7 +39,7 @@ export function traceCommand(): Command {
         .choices([...ACCESSED_CHOICES])
         .default('auto'),
     )
-    .option('--json', 'print the summary as JSON on stdout')
+    .addOption(jsonOption('the summary'))
     .action(lazy(() => import('./actions/trace.ts').then((m) => m.record)));
   return trace;
 }

@@ -3,6 +3,7 @@ import { parseHost, parseServiceAddress, requireRoot } from '../../runtime/testb
 import { UsageError } from '../../util/errors.ts';
 import { checkWritable } from '../../util/paths.ts';
 import { parseSize } from '../../util/units.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 const say = (line: string) => process.stdout.write(line + '\n');
 
@@ -68,11 +69,12 @@ export async function run(
 }
 
 /** `precog ps`. */
-export async function ps(flags: { host?: string; json?: boolean }): Promise<void> {
+export async function ps(flags: { host?: string; json?: JsonFlag }): Promise<void> {
   if (flags.host) parseHost(flags.host);
+  const target = jsonTarget(flags.json);
   needRoot('ps');
   const list = await defaultRuntime().list(flags.host);
-  process.stdout.write(flags.json ? JSON.stringify(list, null, 2) + '\n' : formatPs(list));
+  emit(target, list, () => formatPs(list));
 }
 
 /** `precog stop NAME`. */

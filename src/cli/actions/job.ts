@@ -3,10 +3,11 @@ import type { JobInfo } from '../../agent/control.ts';
 import { validateName } from '../../runtime/container.ts';
 import { formatBytes } from '../../util/units.ts';
 import { agentFor, clientIdentity, fromProbeNamespace, type ClientFlags } from './agents.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export interface JobFlags extends ClientFlags {
   on: string;
-  json?: boolean;
+  json?: JsonFlag;
 }
 
 function table(jobs: JobInfo[]): string {
@@ -49,12 +50,13 @@ function table(jobs: JobInfo[]): string {
 /** `precog job list --on HOST`. */
 export async function jobList(f: JobFlags): Promise<void> {
   const { at, testbed } = agentFor(f.on, '--on');
+  const target = jsonTarget(f.json);
   const id = clientIdentity(f, !!testbed, f.on);
   if (await fromProbeNamespace(testbed, 'job list')) return;
   const end = await controlRequest(at.endpoint, id, at.name, { action: 'list' });
   if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
   if (end.event !== 'jobs') throw new Error(`the agent answered ${end.event}`);
-  process.stdout.write(f.json ? JSON.stringify(end.jobs, null, 2) + '\n' : table(end.jobs));
+  emit(target, end.jobs, () => table(end.jobs));
 }
 
 /** `precog job cancel NAME --on HOST`. */

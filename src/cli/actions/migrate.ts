@@ -8,7 +8,15 @@ import { validateName } from '../../runtime/container.ts';
 import { runtimeNames } from '../../runtime/index.ts';
 import { UsageError } from '../../util/errors.ts';
 import { formatBytes, parseDuration, parseSize } from '../../util/units.ts';
+import {
+  DEFAULT_SWITCHOVER_MODEL,
+  loadSwitchoverModel,
+  modelledStopMs,
+  type RestoreMode,
+  type SwitchoverModel,
+} from '../../sim/switchover.ts';
 import { agentsFor, clientIdentity, fromProbeNamespace } from './agents.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export interface MigrateFlags {
   from: string;
@@ -22,43 +30,92 @@ export interface MigrateFlags {
   linkTimeout: string;
   restore?: string;
   dumpVia: string;
-  json?: boolean;
+  json?: JsonFlag;
   progress?: boolean;
   quiet?: boolean;
   resume?: boolean;
 }
 
-/** One status line on a terminal, rewritten in place. */
+/**
+ * What a stop after the latest round would cost, from the emulator's switchover model (fitted to live runs of
+ * precog's own runtime: docs/results.md, "switchover-model"): the model's stop beyond the link, plus the changed
+ * pages and the state at the latest round's rate. undefined where the model does not apply or cannot be read.
+ */
+export function predictedStopMs(
+  model: SwitchoverModel | undefined,
+  o: { memoryBytes: number; leftBytes: number; bytesPerSecond: number; mode: RestoreMode },
+): number | undefined {
+  if (!model || !(o.bytesPerSecond > 0) || !(o.memoryBytes > 0)) return undefined;
+  const link = ((o.leftBytes + model.stateBytes) / o.bytesPerSecond) * 1000;
+  return (
+    modelledStopMs(model, {
+      cell: '',
+      route: 'lazy',
+      mode: o.mode,
+      cold: false,
+      memoryBytes: o.memoryBytes,
+      changedBytes: o.leftBytes,
+      bandwidth: o.bytesPerSecond * 8,
+      stateBytes: model.stateBytes,
+      dumpMs: 0,
+      sendMs: 0,
+      restoreMs: 0,
+      answerMs: 0,
+    }) + link
+  );
+}
+
+/**
+ * The migration as it goes, like `virsh domjobinfo`: each round's pages, rate, what was rewritten meanwhile (what
+ * the next round or the stop has to send) and what a stop then would cost; then each step of the switchover. On a
+ * terminal one status line rewritten in place; elsewhere a plain line per round and per step.
+ */
 class Progress {
-  private readonly on: boolean;
   private readonly t0 = performance.now();
   private sent = 0;
-
-  constructor(on: boolean) {
-    this.on = on;
-  }
-
-  private show(text: string): void {
-    if (!this.on) return;
-    const s = ((performance.now() - this.t0) / 1000).toFixed(1);
-    process.stderr.write(`\r\x1b[2K[${s}s] ${text}`);
-  }
-
+  private memoryBytes = 0;
   private plan = '';
+
+  constructor(
+    private readonly mode: 'tty' | 'lines' | 'off',
+    private readonly model: SwitchoverModel | undefined,
+    private readonly restore: RestoreMode,
+  ) {}
+
+  private show(text: string, line: boolean): void {
+    if (this.mode === 'off' || (this.mode === 'lines' && !line)) return;
+    const s = ((performance.now() - this.t0) / 1000).toFixed(1);
+    process.stderr.write(this.mode === 'tty' ? `\r\x1b[2K[${s}s] ${text}` : `[${s}s] ${text}\n`);
+  }
 
   /** The strategy's word before each round: shown with the next round's progress. */
   decision(d: Decision, round: number): void {
     this.plan = d.stop ? `stopping: ${d.reason}` : `round ${round}: ${d.reason}`;
-    this.show(this.plan);
+    this.show(this.plan, false);
   }
 
   round(r: RoundRecord): void {
     this.sent += r.bytes;
+    // The first round reads all of the memory (what it sends and what it holds back).
+    if (r.round === 1) this.memoryBytes = (r.pagesSent + r.pagesSkipped) * 4096;
     const rate = r.duration > 0 ? r.bytes / r.duration : 0;
-    const dirty = r.dirtyPages === null ? '' : `, ${formatBytes(r.dirtyPages * 4096)} rewritten meanwhile`;
+    const left = r.dirtyPages === null ? null : r.dirtyPages * 4096;
+    const stop =
+      left === null
+        ? undefined
+        : predictedStopMs(this.model, {
+            memoryBytes: this.memoryBytes,
+            leftBytes: left,
+            bytesPerSecond: rate,
+            mode: this.restore,
+          });
     this.show(
       `round ${r.round}: ${formatBytes(r.pagesSent * 4096)} sent at ${formatBytes(rate)}/s` +
-        `${dirty}; ${formatBytes(this.sent)} on the link so far (${this.plan})`,
+        (left === null ? '' : `, ${formatBytes(left)} rewritten meanwhile`) +
+        (stop === undefined ? '' : ` (a stop now: ~${(stop / 1000).toFixed(1)} s down)`) +
+        `; ${formatBytes(this.sent)} on the link so far` +
+        (this.plan ? ` (${this.plan})` : ''),
+      true,
     );
   }
 
@@ -69,11 +126,20 @@ class Progress {
       restore: 'criu restore at the destination',
       done: 'running at the destination',
     };
-    this.show(text[p] ?? p);
+    this.show(text[p] ?? p, true);
   }
 
   end(): void {
-    if (this.on) process.stderr.write('\n');
+    if (this.mode === 'tty') process.stderr.write('\n');
+  }
+}
+
+/** The switchover model shipped with precog, or undefined when it cannot be read (no prediction then). */
+function shippedModel(): SwitchoverModel | undefined {
+  try {
+    return loadSwitchoverModel(DEFAULT_SWITCHOVER_MODEL);
+  } catch {
+    return undefined;
   }
 }
 
@@ -116,18 +182,24 @@ async function resumeAction(name: string, f: MigrateFlags): Promise<void> {
   if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
   if (end.event !== 'resumed') throw new Error(`the agent answered ${end.event}`);
   const r = end.report;
-  if (f.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-  else
-    process.stdout.write(
+  emit(
+    jsonTarget(f.json),
+    r,
+    () =>
       `${name}: post-copy ${r.migrationId} taken up again, ${r.from} -> ${r.to}: ${r.pagesMissing} missing page(s) ` +
-        `sent (${r.pagesFaulted} asked for by waiting requests) in ${Math.round(r.pushMs)} ms; the copy on ${r.to} ` +
-        `runs on (pages copied in within ${Math.round(r.lazyMs)} ms); source removed; pid ${r.pid} on ${r.to}\n`,
-    );
+      `sent (${r.pagesFaulted} asked for by waiting requests) in ${Math.round(r.pushMs)} ms; the copy on ${r.to} ` +
+      `runs on (pages copied in within ${Math.round(r.lazyMs)} ms); source removed; pid ${r.pid} on ${r.to}\n`,
+  );
 }
 
 /** `precog migrate NAME`: asks the source agent to move the container, and prints its report. */
-export async function migrate(name: string, f: MigrateFlags): Promise<void> {
+export async function migrate(nameArg: string | undefined, f: MigrateFlags): Promise<void> {
+  // --json takes an optional FILE, so `migrate --json NAME` hands it NAME: NAME is required, so that is what it was.
+  let name = nameArg;
+  if (name === undefined && typeof f.json === 'string' && f.json !== '-') [name, f.json] = [f.json, true];
+  if (name === undefined) throw new UsageError("missing required argument 'name': the container to move");
   validateName(name);
+  const target = jsonTarget(f.json);
   if (f.from === f.to) throw new UsageError(`--from and --to are both ${f.from}; give two different hosts`);
   if (f.resume) return resumeAction(name, f);
   const strategy = parseStrategy(f.strategy);
@@ -154,7 +226,13 @@ export async function migrate(name: string, f: MigrateFlags): Promise<void> {
   const agents = agentsFor(f.from, f.to);
   const identity = clientIdentity(f, !!agents.testbed, f.from);
   if (await fromProbeNamespace(agents.testbed, 'migrate')) return;
-  const progress = new Progress(f.progress !== false && !f.quiet && !f.json && process.stderr.isTTY === true);
+  const shown = f.progress !== false && !f.quiet && target !== 'stdout';
+  const progress = new Progress(
+    !shown ? 'off' : process.stderr.isTTY ? 'tty' : 'lines',
+    // The model was fitted to precog's own runtime (its lazy dump route); other runtimes stop differently.
+    f.runtime === 'precog' && (f.dumpVia === 'auto' || f.dumpVia === 'lazy') ? shippedModel() : undefined,
+    isPostcopy(parseStrategy(f.strategy)) ? 'postcopy' : f.restore === 'full' ? 'full' : 'lazy',
+  );
   // Ctrl-C or SIGTERM: the source agent gives up cleanly (the source thaws) unless the restore has begun.
   const interrupt = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
@@ -197,10 +275,8 @@ export async function migrate(name: string, f: MigrateFlags): Promise<void> {
     if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
     if (end.event !== 'report') throw new Error(`the agent answered ${end.event}`);
     const r = end.report;
-    if (f.json) {
-      const { metrics, ...rest } = r;
-      process.stdout.write(JSON.stringify({ ...rest, rounds: metrics.rounds }, null, 2) + '\n');
-    } else process.stdout.write(summary(r) + '\n');
+    const { metrics, ...rest } = r;
+    emit(target, { ...rest, rounds: metrics.rounds }, () => summary(r) + '\n');
   } catch (err) {
     progress.end();
     throw err;

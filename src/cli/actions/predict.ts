@@ -11,6 +11,7 @@ import { UsageError } from '../../util/errors.ts';
 import { checkWritable } from '../../util/paths.ts';
 import { splitList } from '../../util/spec.ts';
 import { parseCount } from '../../util/units.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export const PREDICT_EVAL_JSON_SCHEMA = 'precog.predict-eval/v1';
 
@@ -63,7 +64,7 @@ export interface TrainFlags {
   horizons: string;
   minLeaf: string;
   seed: string;
-  json?: boolean;
+  json?: JsonFlag;
 }
 
 /** `precog train`: fits the forest on the traces and writes the model file. */
@@ -72,6 +73,7 @@ export function train(f: TrainFlags): void {
     throw new UsageError('--traces is required: trace files or directories to train on');
   if (!f.out) throw new UsageError('--out is required: the model file to write');
   checkWritable(f.out, '--out');
+  const target = jsonTarget(f.json);
   const window = {
     m: parseCount(f.m, '--m', 1),
     n: parseCount(f.n, '--n', 1),
@@ -115,11 +117,7 @@ export function train(f: TrainFlags): void {
     nodes: report.nodes,
     seconds: Math.round(seconds * 100) / 100,
   };
-  if (f.json) {
-    process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-    return;
-  }
-  process.stdout.write(
+  emit(target, summary, () =>
     [
       `precog train: forest, window m=${window.m} n=${window.n} l=${window.l}, ${options.trees} trees per horizon, depth <= ${options.depth}`,
       `  traces: ${files.length} (${summary.pages} pages): ${files.map((x) => basename(x)).join(', ')}`,
@@ -141,7 +139,7 @@ export interface EvalFlags {
   warmup: string;
   model?: string;
   format: 'text' | 'markdown';
-  json?: boolean;
+  json?: JsonFlag;
 }
 
 const num = (x: number, digits = 3): string => (Number.isFinite(x) ? x.toFixed(digits) : '-');
@@ -169,6 +167,7 @@ const COLUMNS: Column<Row>[] = [
 export function predictEval(f: EvalFlags): void {
   const traces = [...(f.traces ?? []), ...(f.trace ?? [])];
   if (traces.length === 0) throw new UsageError('--traces is required: the trace file(s) to replay');
+  const target = jsonTarget(f.json);
   const specs = parsePredictorList(f.predictors);
   const horizon = parseCount(f.horizon, '--horizon', 1);
   const warmup = parseCount(f.warmup, '--warmup', 1);
@@ -196,46 +195,39 @@ export function predictEval(f: EvalFlags): void {
     );
     all.push({ trace: file, pages: trace.pageCount, samples: trace.samples, results });
   }
-  if (f.json) {
-    process.stdout.write(
-      JSON.stringify(
+  const doc = {
+    schema: PREDICT_EVAL_JSON_SCHEMA,
+    horizon,
+    threshold,
+    warmup,
+    model: needsModel ? (f.model ?? DEFAULT_FOREST_MODEL) : null,
+    traces: all,
+  };
+  emit(target, doc, () => {
+    let out = '';
+    for (const t of all) {
+      const r0 = t.results[0];
+      out += `${t.trace}: ${t.pages} pages x ${t.samples} samples; ${r0.rounds} scored rounds, ${r0.pairs} pairs, ${((r0.positives / r0.pairs) * 100).toFixed(2)}% dirty within ${horizon} round(s); threshold ${threshold}\n\n`;
+      out += renderTable(t.results, COLUMNS, f.format) + '\n';
+    }
+    if (all.length > 1) {
+      // One line per trace: each predictor's AUC and F1, to compare across traces at a glance.
+      out += `AUC / F1 per trace (horizon ${horizon}, threshold ${threshold}):\n\n`;
+      const cols: Column<(typeof all)[number]>[] = [
+        { title: 'trace', value: (t) => basename(t.trace) },
         {
-          schema: PREDICT_EVAL_JSON_SCHEMA,
-          horizon,
-          threshold,
-          warmup,
-          model: needsModel ? (f.model ?? DEFAULT_FOREST_MODEL) : null,
-          traces: all,
+          title: 'dirty',
+          align: 'right',
+          value: (t) => `${((t.results[0].positives / t.results[0].pairs) * 100).toFixed(1)}%`,
         },
-        null,
-        2,
-      ) + '\n',
-    );
-    return;
-  }
-  for (const t of all) {
-    const r0 = t.results[0];
-    process.stdout.write(
-      `${t.trace}: ${t.pages} pages x ${t.samples} samples; ${r0.rounds} scored rounds, ${r0.pairs} pairs, ${((r0.positives / r0.pairs) * 100).toFixed(2)}% dirty within ${horizon} round(s); threshold ${threshold}\n\n`,
-    );
-    process.stdout.write(renderTable(t.results, COLUMNS, f.format) + '\n');
-  }
-  if (all.length > 1) {
-    // One line per trace: each predictor's AUC and F1, to compare across traces at a glance.
-    process.stdout.write(`AUC / F1 per trace (horizon ${horizon}, threshold ${threshold}):\n\n`);
-    const cols: Column<(typeof all)[number]>[] = [
-      { title: 'trace', value: (t) => basename(t.trace) },
-      {
-        title: 'dirty',
-        align: 'right',
-        value: (t) => `${((t.results[0].positives / t.results[0].pairs) * 100).toFixed(1)}%`,
-      },
-      ...specs.map((spec, i): Column<(typeof all)[number]> => ({
-        title: spec,
-        align: 'right',
-        value: (t) => `${num(t.results[i].auc)} / ${num(t.results[i].f1)}`,
-      })),
-    ];
-    process.stdout.write(renderTable(all, cols, f.format) + '\n');
-  }
+        ...specs.map((spec, i): Column<(typeof all)[number]> => ({
+          title: spec,
+          align: 'right',
+          value: (t) => `${num(t.results[i].auc)} / ${num(t.results[i].f1)}`,
+        })),
+      ];
+      out += renderTable(all, cols, f.format) + '\n';
+    }
+    return out;
+  });
 }

@@ -7,6 +7,7 @@ import { loadIdentity } from '../../transport/pki.ts';
 import { connectTls, parseEndpoint } from '../../transport/tls.ts';
 import { UsageError } from '../../util/errors.ts';
 import { formatBytes, formatSeconds, parseCount, parseSize } from '../../util/units.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export interface SendFlags {
   pid: string;
@@ -19,7 +20,7 @@ export interface SendFlags {
   batch: string;
   after: 'stop' | 'thaw';
   id?: string;
-  json?: boolean;
+  json?: JsonFlag;
 }
 
 /**
@@ -29,6 +30,7 @@ export interface SendFlags {
  */
 export async function sendMemory(f: SendFlags): Promise<void> {
   const pid = parseCount(f.pid, '--pid', 1);
+  const target = jsonTarget(f.json);
   const strategy = parseStrategy(f.strategy);
   if (isPostcopy(strategy)) {
     throw new UsageError(
@@ -47,13 +49,12 @@ export async function sendMemory(f: SendFlags): Promise<void> {
       stateBytes: 0,
       migrationId: f.id ?? randomUUID(),
     }).run();
-    if (f.json) {
-      process.stdout.write(JSON.stringify(m, null, 2) + '\n');
-      return;
-    }
     const rate = m.bytesTotal / m.totalTime;
-    process.stdout.write(
-      `migration ${m.migrationId}: ${m.pagesTotal} pages (${formatBytes(m.memoryBytes)}) of pid ${pid} at ${f.peer} in ${formatSeconds(m.totalTime)}, ` +
+    emit(
+      target,
+      m,
+      () =>
+        `migration ${m.migrationId}: ${m.pagesTotal} pages (${formatBytes(m.memoryBytes)}) of pid ${pid} at ${f.peer} in ${formatSeconds(m.totalTime)}, ` +
         `${m.liveRounds} live round(s), stopped ${formatSeconds(m.downtime)}, ${formatBytes(m.bytesTotal)} on the wire ` +
         `(${((rate * 8) / 1e9).toFixed(2)} Gbit/s); process ${f.after === 'thaw' ? 'continued' : 'left stopped'}\n`,
     );

@@ -1,4 +1,3 @@
-import { writeFileSync } from 'node:fs';
 import { codecChain } from '../../codec/index.ts';
 import { parseWorkload } from '../../memory/workloads.ts';
 import { parseStrategy } from '../../policy/index.ts';
@@ -7,10 +6,10 @@ import { runExperiment, type Experiment } from '../../sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../../sim/run.ts';
 import { DEFAULT_SWITCHOVER_MODEL, loadSwitchoverModel } from '../../sim/switchover.ts';
 import { UsageError } from '../../util/errors.ts';
-import { checkWritable } from '../../util/paths.ts';
 import { splitList } from '../../util/spec.ts';
 import { parseBandwidth, parseCount, parseDuration, parseSize } from '../../util/units.ts';
 import { SWEEP_KEYS } from '../simulate.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export const SIMULATE_JSON_SCHEMA = 'precog.simulate/v1';
 
@@ -29,7 +28,7 @@ export interface SimulateFlags {
   seed: string;
   repeat: string;
   sweep: string[];
-  json?: string;
+  json?: JsonFlag;
   format: 'text' | 'markdown';
   quiet?: boolean;
 }
@@ -112,7 +111,7 @@ export async function simulate(flags: SimulateFlags): Promise<void> {
         'narrow the sweep or lower --repeat',
     );
   // Where the JSON goes is checked now, not after a long run.
-  if (flags.json && flags.json !== '-') checkWritable(flags.json, '--json');
+  const target = jsonTarget(flags.json);
   const progress = !flags.quiet && process.stderr.isTTY && total > 1;
   const { runs, summary } = await runExperiment(experiment, (r, done, n) => {
     if (progress)
@@ -120,19 +119,13 @@ export async function simulate(flags: SimulateFlags): Promise<void> {
   });
   if (progress) process.stderr.write('\r\x1b[K');
   const table = summaryTable(summary, flags.format);
-  if (flags.json) {
-    const doc = { schema: SIMULATE_JSON_SCHEMA, experiment, summary, runs };
-    const text = JSON.stringify(doc, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2);
-    if (flags.json === '-') {
-      process.stdout.write(text + '\n');
-      return;
-    }
-    writeFileSync(flags.json, text + '\n');
-  }
   const seeds = experiment.seeds.length;
-  process.stdout.write(
-    `precog simulate: ${runs.length} run(s)${seeds > 1 ? `, medians over ${seeds} seeds` : ''}; every run verified byte for byte at the destination\n\n`,
+  emit(
+    target,
+    { schema: SIMULATE_JSON_SCHEMA, experiment, summary, runs },
+    () =>
+      `precog simulate: ${runs.length} run(s)${seeds > 1 ? `, medians over ${seeds} seeds` : ''}; every run verified byte for byte at the destination\n\n` +
+      table +
+      (target && target !== 'stdout' ? `\nfull records: ${target.file}\n` : ''),
   );
-  process.stdout.write(table);
-  if (flags.json) process.stdout.write(`\nfull records: ${flags.json}\n`);
 }

@@ -9,6 +9,7 @@ import {
   type TestbedStatus,
 } from '../../runtime/testbed.ts';
 import { UsageError } from '../../util/errors.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 const say = (line: string) => process.stdout.write(line + '\n');
 const note = (line: string) => process.stderr.write(`precog testbed: ${line}\n`);
@@ -105,9 +106,10 @@ export async function down(): Promise<void> {
 }
 
 /** `precog testbed status`. */
-export async function status(flags: { json?: boolean }): Promise<void> {
+export async function status(flags: { json?: JsonFlag }): Promise<void> {
+  const target = jsonTarget(flags.json);
   const s = await testbedStatus();
-  process.stdout.write(flags.json ? JSON.stringify(s, null, 2) + '\n' : formatStatus(s));
+  emit(target, s, () => formatStatus(s));
 }
 
 /** `precog testbed exec HOST -- COMMAND`. */

@@ -8,6 +8,7 @@ import { UsageError } from '../../util/errors.ts';
 import { checkWritable } from '../../util/paths.ts';
 import { formatBytes, parseDuration } from '../../util/units.ts';
 import type { AccessedChoice } from '../trace.ts';
+import { emit, jsonTarget, type JsonFlag } from './json.ts';
 
 export const TRACE_RECORD_JSON_SCHEMA = 'precog.trace-record/v1';
 
@@ -18,7 +19,7 @@ export interface RecordFlags {
   out?: string;
   tracker: TrackerChoice;
   accessed: AccessedChoice;
-  json?: boolean;
+  json?: JsonFlag;
 }
 
 export interface RecordOptions {
@@ -142,6 +143,7 @@ function parseRecordFlags(f: RecordFlags): { pid: number; interval: number; samp
 /** `precog trace record`: samples the process, writes the trace and prints a summary. */
 export async function record(flags: RecordFlags): Promise<void> {
   const { pid, interval, samples, out } = parseRecordFlags(flags);
+  const target = jsonTarget(flags.json);
   let accessed = false;
   let accessedNote = 'off';
   if (flags.accessed !== 'off') {
@@ -213,12 +215,8 @@ export async function record(flags: RecordFlags): Promise<void> {
     drift,
     warnings,
   };
-  if (flags.json) {
-    process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-    return;
-  }
   const dirtyMedian = median(result.dirtyPerSample);
-  process.stdout.write(
+  emit(target, summary, () =>
     [
       `precog trace record: process ${pid}, ${result.trace.samples} samples every ${result.trace.intervalMs}ms`,
       `  layout: ${result.trace.pageCount} pages (${formatBytes(result.trace.pageCount * 4096)}) in ${result.trace.regions.length} regions`,
