@@ -26,6 +26,11 @@ export const LIVE_POSTCOPY_PACED_SECTION = 'bench:live:postcopy-paced';
 export const LIVE_POSTCOPY_UNPACED_SECTION = 'bench:live:postcopy-unpaced';
 /** Pre-copy, post-copy and hybrid at 256 MiB and 1 GiB on both links, with the floor. */
 export const LIVE_STOP_GRID_SECTION = 'bench:live:stop-grid';
+/**
+ * The 1 Gbit/s cells of bench:live:emulated measured again after the stop's comparison a run at a time, the
+ * commit's interval check and post-copy's push order (smallest regions first), with the floor and the emulator.
+ */
+export const LIVE_STOP_AFTER_SECTION = 'bench:live:stop-after';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
 export const KEPT_SECTIONS: readonly string[] = [
   LIVE_SECTION,
@@ -43,6 +48,7 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_POSTCOPY_PACED_SECTION,
   LIVE_POSTCOPY_UNPACED_SECTION,
   LIVE_STOP_GRID_SECTION,
+  LIVE_STOP_AFTER_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;
