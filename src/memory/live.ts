@@ -427,6 +427,11 @@ export class LiveProcessMemory implements MemorySource {
     this.newPages = total - covered;
   }
 
+  /** Whether a page of the layout is in an anonymous mapping (no file behind it). */
+  isAnonymousPage(page: number): boolean {
+    return this.regionAnon[this.regionOf(page)];
+  }
+
   private regionOf(page: number): number {
     return lastAtOrBelow(this.regionFirst, page);
   }

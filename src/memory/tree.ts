@@ -39,6 +39,12 @@ export class ProcessTreeMemory implements MemorySource {
     return this.firsts[i];
   }
 
+  /** Whether a page of the tree's layout is in an anonymous mapping of its process. */
+  isAnonymousPage(page: number): boolean {
+    const i = this.owner(page);
+    return this.processes[i].isAnonymousPage(page - this.firsts[i]);
+  }
+
   get root(): LiveProcessMemory {
     return this.processes[0];
   }

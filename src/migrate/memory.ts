@@ -261,10 +261,17 @@ export class ContainerMemory implements MemorySource {
   }
 
   /** The pages never handed to the engine, as they read now. */
+  /**
+   * The pages never sent that CRIU may not dump, read before a dump that ends the processes: those of file
+   * mappings (an unmodified one is not in the dump). An anonymous page CRIU does not dump is one never written (or
+   * given back: MADV_DONTNEED), which reads as zeros: it is not read (a cold move of 1 GiB no longer reads the whole
+   * memory into the source before its checkpoint).
+   */
   private async readUnsent(): Promise<Map<number, Buffer>> {
     const out = new Map<number, Buffer>();
     const ids: number[] = [];
-    for (let g = 0; g < this.layout.pageCount; g++) if (!this.sent.get(g)) ids.push(g);
+    for (let g = 0; g < this.layout.pageCount; g++)
+      if (!this.sent.get(g) && !this.tree.isAnonymousPage(g)) ids.push(g);
     for (let i = 0; i < ids.length; i += 256) {
       const chunk = ids.slice(i, i + 256);
       const buf = Buffer.allocUnsafe(chunk.length * PAGE_SIZE);
@@ -322,7 +329,12 @@ export class ContainerMemory implements MemorySource {
         dirty.set(g);
         missing.push(g);
       }
-    if (early) for (const g of missing) data.set(g, early.get(g)!);
+    // Read early or not read at all (anonymous, not dumped: zeros, as readPages sends a never-sent page it has not).
+    if (early)
+      for (const g of missing) {
+        const bytes = early.get(g);
+        if (bytes) data.set(g, bytes);
+      }
     const deferred = this.opts.deferUnsent && !early ? new Bitmap(this.layout.pageCount) : null;
     if (deferred) for (const g of missing) deferred.set(g);
     for (let i = 0; !early && !deferred && i < missing.length; i += 256) {
