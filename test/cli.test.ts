@@ -268,3 +268,31 @@ test('--json [FILE] means the same everywhere: JSON on stdout alone, or the text
   assert.equal(none.status, 2);
   assert.match(none.stderr, /missing required argument 'name'/);
 });
+
+test("simulate's progress: runs done and the time left at the pace so far; off a terminal, a line at most every 10 s", async () => {
+  const { RunProgress, formatLeft } = await import('../src/cli/actions/simulate.ts');
+  assert.equal(RunProgress.text(1, 4, 'cold idle', 3000), '1/4 runs (cold idle), about 9 s left');
+  assert.equal(RunProgress.text(4, 4, 'cold idle', 3000), '4/4 runs (cold idle), done');
+  assert.deepEqual([formatLeft(45), formatLeft(200), formatLeft(3900)], ['45 s', '3 min 20 s', '1 h 5 min']);
+  const lines: string[] = [];
+  let now = 0;
+  const p = new RunProgress(
+    'lines',
+    (t) => lines.push(t),
+    () => now,
+  );
+  for (const [t, done] of [
+    [1000, 1],
+    [5000, 2],
+    [12000, 3],
+    [13000, 4],
+  ]) {
+    now = t;
+    p.ran(done, 4, 'x');
+  }
+  assert.deepEqual(lines, [
+    '1/4 runs (x), about 3 s left\n',
+    '3/4 runs (x), about 4 s left\n',
+    '4/4 runs (x), done\n',
+  ]);
+});

@@ -97,6 +97,53 @@ export function experimentFromFlags(f: SimulateFlags): Experiment {
 const MAX_RUNS = 10_000;
 
 /** `precog simulate`: runs the experiment the flags describe and prints its table (or JSON). */
+/**
+ * Runs done of a grid, with the time left at the pace so far: on a terminal one line rewritten in place; elsewhere a
+ * plain line at most every 10 s and at the last run.
+ */
+export class RunProgress {
+  private readonly t0: number;
+  private lastLine = -Infinity;
+
+  constructor(
+    private readonly mode: 'tty' | 'lines' | 'off',
+    private readonly write: (text: string) => void = (t) => process.stderr.write(t),
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.t0 = now();
+  }
+
+  /** The text for DONE of N runs, the last one WHAT, at ELAPSED ms. */
+  static text(done: number, n: number, what: string, elapsedMs: number): string {
+    const left = done > 0 ? ((elapsedMs / done) * (n - done)) / 1000 : NaN;
+    const eta = done === n ? 'done' : Number.isFinite(left) ? `about ${formatLeft(left)} left` : '';
+    return `${done}/${n} runs (${what})${eta ? `, ${eta}` : ''}`;
+  }
+
+  ran(done: number, n: number, what: string): void {
+    if (this.mode === 'off') return;
+    const t = this.now();
+    const text = RunProgress.text(done, n, what, t - this.t0);
+    if (this.mode === 'tty') this.write(`\r${text}\x1b[K`);
+    else if (done === n || t - this.lastLine >= 10_000) {
+      this.write(`${text}\n`);
+      this.lastLine = t;
+    }
+  }
+
+  end(): void {
+    if (this.mode === 'tty') this.write('\r\x1b[K');
+  }
+}
+
+/** Seconds as a person reads a wait: 45 s, 3 min 20 s, 1 h 5 min. */
+export function formatLeft(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min${s % 60 ? ` ${s % 60} s` : ''}`;
+  return `${Math.floor(s / 3600)} h${Math.round((s % 3600) / 60) ? ` ${Math.round((s % 3600) / 60)} min` : ''}`;
+}
+
 export async function simulate(flags: SimulateFlags): Promise<void> {
   const experiment = experimentFromFlags(flags);
   const total =
@@ -112,12 +159,13 @@ export async function simulate(flags: SimulateFlags): Promise<void> {
     );
   // Where the JSON goes is checked now, not after a long run.
   const target = jsonTarget(flags.json);
-  const progress = !flags.quiet && process.stderr.isTTY && total > 1;
-  const { runs, summary } = await runExperiment(experiment, (r, done, n) => {
-    if (progress)
-      process.stderr.write(`\r${done}/${n} runs (${r.scenario.strategy} ${r.scenario.workload})\x1b[K`);
-  });
-  if (progress) process.stderr.write('\r\x1b[K');
+  const progress = new RunProgress(
+    flags.quiet || total === 1 || target === 'stdout' ? 'off' : process.stderr.isTTY ? 'tty' : 'lines',
+  );
+  const { runs, summary } = await runExperiment(experiment, (r, done, n) =>
+    progress.ran(done, n, `${r.scenario.strategy} ${r.scenario.workload}`),
+  );
+  progress.end();
   const table = summaryTable(summary, flags.format);
   const seeds = experiment.seeds.length;
   emit(
