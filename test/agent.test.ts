@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, COMMITTED_FILES } from '../src/agent/agent.ts';
 import { codecChain } from '../src/codec/index.ts';
-import { WallClock } from '../src/engine/clock.ts';
+import { WallClock } from '../src/util/clock.ts';
 import { MigrationSource } from '../src/engine/source.ts';
 import { ContentPool } from '../src/memory/content.ts';
 import { EmulatedMemory } from '../src/memory/emulated.ts';

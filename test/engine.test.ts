@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { simulate, SCENARIO_DEFAULTS, type Scenario } from '../src/sim/run.ts';
-import { VirtualClock } from '../src/engine/clock.ts';
+import { VirtualClock } from '../src/util/clock.ts';
 import { MigrationDestination } from '../src/engine/destination.ts';
 import { MigrationSource, pushOrder } from '../src/engine/source.ts';
 import { ContentPool } from '../src/memory/content.ts';

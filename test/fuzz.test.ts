@@ -21,7 +21,7 @@ import { encodeIov, PageServerSession, PS_IOV_GET, PS_IOV_OPEN2, psCmd } from '.
 import { PE_PRESENT } from '../src/criu/pages.ts';
 import { MigrationDestination } from '../src/engine/destination.ts';
 import type { HelloMessage } from '../src/engine/messages.ts';
-import type { Layout } from '../src/engine/types.ts';
+import type { Layout } from '../src/util/interfaces.ts';
 import { parsePrecogTrace, parsePublicTrace, serializeTrace, type Trace } from '../src/memory/trace.ts';
 import { encodeState, listTar, StateReceiver } from '../src/migrate/state.ts';
 import { decodeFrame, encodeFrame, FrameType, jsonFrame, PROTOCOL_VERSION } from '../src/transport/frame.ts';

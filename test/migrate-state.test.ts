@@ -29,7 +29,7 @@ import {
   PS_IOV_CLOSE,
   PS_IOV_OPEN2,
 } from '../src/criu/pageserver.ts';
-import type { Layout } from '../src/engine/types.ts';
+import type { Layout } from '../src/util/interfaces.ts';
 import {
   encodeState,
   PARENT_DIR,

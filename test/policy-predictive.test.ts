@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { precog } from './support/cli.ts';
 import { Bitmap } from '../src/util/bitmap.ts';
 import { UsageError } from '../src/util/errors.ts';
-import { VirtualClock } from '../src/engine/clock.ts';
+import { VirtualClock } from '../src/util/clock.ts';
 import { ContentPool } from '../src/memory/content.ts';
 import { EmulatedMemory } from '../src/memory/emulated.ts';
 import { parseWorkload } from '../src/memory/workloads.ts';

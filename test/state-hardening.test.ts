@@ -17,7 +17,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import type { Layout } from '../src/engine/types.ts';
+import type { Layout } from '../src/util/interfaces.ts';
 import {
   rebuildCheckpoint,
   storeState,

@@ -12,7 +12,7 @@ import net from 'node:net';
 import { hostname } from 'node:os';
 import tls from 'node:tls';
 import { join } from 'node:path';
-import { WallClock } from '../engine/clock.ts';
+import { WallClock } from '../util/clock.ts';
 import { releaseBuffer, takeBuffer } from '../util/arena.ts';
 import { MigrationDestination } from '../engine/destination.ts';
 import {
@@ -22,7 +22,7 @@ import {
   type PageBacking,
   type PageStore,
 } from '../engine/pagestore.ts';
-import type { Layout } from '../engine/types.ts';
+import type { Layout } from '../util/interfaces.ts';
 import { decodeFrame, encodeFrame, FrameType, jsonFrame, parseJson } from '../transport/frame.ts';
 import type { Identity } from '../transport/pki.ts';
 import { FrameReader } from '../transport/stream.ts';

@@ -10,7 +10,7 @@ import {
   PROTOCOL_VERSION,
 } from '../transport/frame.ts';
 import { PageStore, type PageBacking } from './pagestore.ts';
-import { PAGE_SIZE, type Arrival, type Layout } from './types.ts';
+import { PAGE_SIZE, type Arrival, type Layout } from '../util/interfaces.ts';
 import type { CommitMessage, DoneAck, HelloMessage, ResumedMessage, SwitchoverMessage } from './messages.ts';
 
 /** A process resumed at the destination before all its pages are here (post-copy). */

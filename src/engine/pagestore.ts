@@ -1,7 +1,7 @@
 import { ProtocolError } from '../util/errors.ts';
 import { closeSync, fdatasync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import { Bitmap } from '../util/bitmap.ts';
-import type { Layout } from './types.ts';
+import type { Layout } from '../util/interfaces.ts';
 
 /** Where the destination keeps page bytes: memory, or a file once the migration is larger than a set size. */
 export interface PageBacking {

@@ -9,7 +9,7 @@ import { FrameType, jsonFrame, decodeFrame, parseJson, encodeFrame } from '../tr
 import { bitmapToBase64 } from './destination.ts';
 import type { DoneAck, HelloMessage, ResumedMessage } from './messages.ts';
 import { PROTOCOL_VERSION } from '../transport/frame.ts';
-import type { Link, MemorySource } from './types.ts';
+import type { Link, MemorySource } from '../util/interfaces.ts';
 import { PushWindow, type PushWindowOptions } from './pushwindow.ts';
 
 export interface SourceOptions {

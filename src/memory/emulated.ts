@@ -1,6 +1,6 @@
 import { Bitmap } from '../util/bitmap.ts';
 import { Prng } from '../util/prng.ts';
-import type { Clock, Layout, MemorySource } from '../engine/types.ts';
+import type { Clock, Layout, MemorySource } from '../util/interfaces.ts';
 import type { ContentPool } from './content.ts';
 import type { Workload } from './workload.ts';
 

@@ -3,8 +3,8 @@
  * /proc/PID/mem, its dirty pages from a tracker (soft-dirty where the kernel has it, content hashes otherwise),
  * freeze/thaw with SIGSTOP/SIGCONT of the process tree. See docs/live-memory.md.
  */
-import type { Layout, MemorySource, Region } from '../engine/types.ts';
-import { PAGE_SIZE } from '../engine/types.ts';
+import type { Layout, MemorySource, Region } from '../util/interfaces.ts';
+import { PAGE_SIZE } from '../util/interfaces.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { UsageError } from '../util/errors.ts';
 import { formatBytes } from '../util/units.ts';

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { InputError } from '../util/errors.ts';
-import type { Region } from '../engine/types.ts';
+import type { Region } from '../util/interfaces.ts';
 import type { ContentPool } from './content.ts';
 import type { Workload } from './workload.ts';
 

@@ -1,5 +1,5 @@
 import { Bitmap } from '../util/bitmap.ts';
-import type { Layout, MemorySource } from '../engine/types.ts';
+import type { Layout, MemorySource } from '../util/interfaces.ts';
 import { LiveProcessMemory, type LiveOptions } from './live.ts';
 import { processTree, readStat } from './procfs.ts';
 

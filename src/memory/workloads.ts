@@ -1,7 +1,7 @@
 import { UsageError } from '../util/errors.ts';
 import { checkEmpty, parseSpec, take, type Spec } from '../util/spec.ts';
 import { parseDuration, parseRate, parseSize } from '../util/units.ts';
-import type { Layout } from '../engine/types.ts';
+import type { Layout } from '../util/interfaces.ts';
 import { ContentPool } from './content.ts';
 import { HotColdWorkload, MemchangeWorkload, type MemchangePattern } from './memchange.ts';
 import { loadTrace, TraceWorkload } from './trace.ts';

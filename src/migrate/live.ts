@@ -27,7 +27,7 @@ import { ContainerMemory, taskInNamespaceOf } from './memory.ts';
 import { refusePostcopyRoute, type DumpVia } from './routes.ts';
 import { eagerRuns } from '../criu/lazy.ts';
 import type { RestoreReport } from '../engine/messages.ts';
-import { PAGE_SIZE } from '../engine/types.ts';
+import { PAGE_SIZE } from '../util/interfaces.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { encodeState } from './state.ts';
 

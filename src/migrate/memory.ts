@@ -1,7 +1,7 @@
 import { xxh64 } from '@node-rs/xxhash';
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
-import type { Layout, MemorySource } from '../engine/types.ts';
-import { PAGE_SIZE } from '../engine/types.ts';
+import type { Layout, MemorySource } from '../util/interfaces.ts';
+import { PAGE_SIZE } from '../util/interfaces.ts';
 import type { PagemapKind, ReceivedDump } from '../criu/pageserver.ts';
 import type { ProcessTreeMemory } from '../memory/tree.ts';
 import { Bitmap } from '../util/bitmap.ts';

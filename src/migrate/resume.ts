@@ -18,7 +18,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { BatchWriter } from '../codec/batch.ts';
 import { codecChain } from '../codec/index.ts';
 import type { DoneAck, HelloMessage, SwitchoverMessage } from '../engine/messages.ts';
-import { PAGE_SIZE, type Layout } from '../engine/types.ts';
+import { PAGE_SIZE, type Layout } from '../util/interfaces.ts';
 import type { ContainerInfo, PostcopyPending } from '../runtime/container.ts';
 import type { MovableRuntime } from '../runtime/registry.ts';
 import { resumeMove } from './driver.ts';

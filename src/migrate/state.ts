@@ -29,8 +29,8 @@ import {
 } from '../criu/pages.ts';
 import { planLazy } from '../criu/lazy.ts';
 import type { ReceivedDump, ReceivedMemory } from '../criu/pageserver.ts';
-import type { Layout } from '../engine/types.ts';
-import { PAGE_SIZE } from '../engine/types.ts';
+import type { Layout } from '../util/interfaces.ts';
+import { PAGE_SIZE } from '../util/interfaces.ts';
 import { InputError, peerValue } from '../util/errors.ts';
 import type { ExtraPage } from './memory.ts';
 

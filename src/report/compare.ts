@@ -1,4 +1,4 @@
-import type { Summary } from '../sim/experiment.ts';
+import type { Summary } from './metrics.ts';
 import { formatBytes, formatSeconds } from '../util/units.ts';
 import { renderTable } from './table.ts';
 

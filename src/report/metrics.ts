@@ -65,3 +65,32 @@ export function quantile(values: readonly number[], q: number): number {
 }
 
 export const median = (values: readonly number[]): number => quantile(values, 0.5);
+
+/** The medians over seeds of one point of the grid. */
+export interface Summary {
+  workload: string;
+  memoryBytes: number;
+  bandwidth: number;
+  strategy: string;
+  /** The codec chain the runs used. */
+  codec: string;
+  runs: number;
+  /** Runs whose stop rule converged, of those where it applies (null: not an iterative strategy). */
+  converged: { yes: number; of: number } | null;
+  liveRounds: number;
+  totalTime: number;
+  downtime: number;
+  preparationTime: number;
+  resumeTime: number;
+  bytesTotal: number;
+  /** Wire bytes per live round (their mean within a run), and of the stop-and-copy. */
+  bytesPerRound: number;
+  bytesStop: number;
+  /** Pages sent again after an earlier send, and page-rounds held back by a predictive strategy. */
+  pagesResent: number;
+  pagesHeld: number;
+  faults: number | null;
+  faultLatencyMedian: number | null;
+  degradedTime: number | null;
+  stopReasons: string[];
+}

@@ -1,5 +1,5 @@
 import { formatBandwidth, formatBytes, formatSeconds } from '../util/units.ts';
-import type { Summary } from '../sim/experiment.ts';
+import type { Summary } from './metrics.ts';
 import { renderTable, type Column } from './table.ts';
 
 const mib = (b: number): string => (b / 2 ** 20).toFixed(0);

@@ -2,7 +2,7 @@ import { Bitmap } from '../util/bitmap.ts';
 import { ContentPool } from '../memory/content.ts';
 import type { Workload } from '../memory/workload.ts';
 import type { WorkloadPlan } from '../memory/workloads.ts';
-import type { Clock } from '../engine/types.ts';
+import type { Clock } from '../util/interfaces.ts';
 import type { Lookahead } from '../policy/index.ts';
 
 /** Content that is never written: a clone of a workload only has to say which pages it would write, and when. */

@@ -3,7 +3,7 @@ import { releaseBuffer, takeBuffer } from '../util/arena.ts';
 import { InvariantError } from '../util/errors.ts';
 import { deriveSeed } from '../util/prng.ts';
 import { codecChain } from '../codec/index.ts';
-import { VirtualClock } from '../engine/clock.ts';
+import { VirtualClock } from '../util/clock.ts';
 import { MigrationDestination, type DestinationEnvironment } from '../engine/destination.ts';
 import { MemoryBacking, type PageStore } from '../engine/pagestore.ts';
 import { MigrationSource } from '../engine/source.ts';

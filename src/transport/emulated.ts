@@ -1,6 +1,6 @@
 import { ProtocolError } from '../util/errors.ts';
-import type { VirtualClock } from '../engine/clock.ts';
-import type { Arrival, Link } from '../engine/types.ts';
+import type { VirtualClock } from '../util/clock.ts';
+import type { Arrival, Link } from '../util/interfaces.ts';
 import { decodeFrame, FrameType } from './frame.ts';
 
 /** The far end of an emulated link: takes frames at their arrival time and answers with frames of its own. */

@@ -1,4 +1,4 @@
-import type { Clock } from './types.ts';
+import type { Clock } from './interfaces.ts';
 
 /** The emulator's clock: time moves only when something (the link, mostly) advances it. */
 export class VirtualClock implements Clock {

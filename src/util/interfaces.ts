@@ -1,4 +1,9 @@
-import type { Bitmap } from '../util/bitmap.ts';
+/**
+ * The interfaces the engine is written against and the layers below it implement: memory sources (src/memory), links
+ * (src/transport) and clocks (src/util/clock.ts). They sit at the bottom so that no layer imports one above it
+ * (DESIGN: arrows point down only).
+ */
+import type { Bitmap } from './bitmap.ts';
 
 export const PAGE_SIZE = 4096;
 
