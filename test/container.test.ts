@@ -5,12 +5,12 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { CONTAINERS_DIR, LAZY_STATUS, validateName, type ContainerInfo } from '../src/runtime/container.ts';
-import { hostPath, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { hostPath, type TestbedState } from '../src/runtime/testbed.ts';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { ps } from './support/containers.ts';
-import { testbedSkip } from './support/testbed.ts';
+import { sharedTestbed, testbedSkip } from './support/testbed.ts';
 import { UsageError } from '../src/util/errors.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
@@ -61,15 +61,8 @@ describe('containers in a test host', { skip }, () => {
   let state: TestbedState;
   const hostDir = () => hostPath(state.hosts[0], CONTAINERS_DIR);
 
-  before(async () => {
-    state = (await testbedUp({ rate: 'none' })).state;
-  });
-  after(async () => {
-    try {
-      for (const c of ps()) cli('stop', c.name);
-    } finally {
-      await testbedDown();
-    }
+  sharedTestbed({ rate: 'none' }, (s) => {
+    state = s;
   });
 
   test('a counter container: run, counter grows, ps, logs, duplicate name refused', async () => {

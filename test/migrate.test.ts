@@ -3,18 +3,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
-import {
-  AGENT,
-  hostPath,
-  readState,
-  testbedDown,
-  testbedUp,
-  type TestbedState,
-} from '../src/runtime/testbed.ts';
+import { describe, test } from 'node:test';
+import { AGENT, hostPath, readState, type TestbedState } from '../src/runtime/testbed.ts';
 import { CONTAINERS_DIR, NamespaceRuntime, type ContainerInfo } from '../src/runtime/container.ts';
 import { must, precog, precogAsync, type Ran } from './support/cli.ts';
 import { ps, find, inContainer } from './support/containers.ts';
+import { sharedTestbed } from './support/testbed.ts';
 import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
@@ -185,15 +179,8 @@ const skip = !IS_ROOT
 describe('live migration of containers with CRIU', { skip }, () => {
   let state: TestbedState;
 
-  before(async () => {
-    state = (await testbedUp({ rate: 'none' })).state;
-  });
-  after(async () => {
-    try {
-      for (const c of ps()) cli('stop', c.name);
-    } finally {
-      await testbedDown();
-    }
+  sharedTestbed({ rate: 'none' }, (s) => {
+    state = s;
   });
 
   test("the hosts share nothing but the link: b's agent state is not visible from a", () => {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { ensurePodmanImageArchive, PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
 import { ensureRootfs } from '../src/runtime/rootfs.ts';
 import { PODMAN_ENV } from '../src/runtime/site.ts';
@@ -14,14 +14,13 @@ import {
   hostPath,
   loadPodmanImage,
   readState,
-  testbedDown,
-  testbedUp,
   type TestbedState,
 } from '../src/runtime/testbed.ts';
 import { dirname } from 'node:path';
 import { inHost, must, precog, type Ran } from './support/cli.ts';
 import { startServiceClient, type ServiceClient } from '../src/runtime/svcclient.ts';
 import { agentLeftovers as leftovers, memcheckOf, migrateJson, migrateWhile } from './support/moves.ts';
+import { sharedTestbed } from './support/testbed.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const IS_ROOT = process.getuid?.() === 0;
@@ -78,8 +77,8 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     await loadPodmanImage(state, await ensurePodmanImageArchive(rootfs, dirname(rootfs.dir)));
   };
 
-  before(async () => {
-    state = (await testbedUp({ rate: 'none' })).state;
+  sharedTestbed({ rate: 'none' }, async (s) => {
+    state = s;
     must(
       podman(
         'a',
@@ -103,9 +102,6 @@ describe('Podman containers moved between the test hosts', { skip }, () => {
     );
     for (let i = 0; i < 100 && podman('a', 'exec', 'pmc', 'cat', '/tmp/memcheck.status').code !== 0; i++)
       await sleep(100);
-  });
-  after(async () => {
-    await testbedDown();
   });
 
   test('the test image has the same ID on both hosts (a checkpoint names its image by ID)', () => {

@@ -3,13 +3,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
-import { defaultRuntime, type ContainerInfo } from '../src/runtime/container.ts';
+import { describe, test } from 'node:test';
+import { defaultRuntime } from '../src/runtime/container.ts';
 import { analyzeProbe, startProbe, type ProbeSample } from '../src/runtime/probe.ts';
-import { testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { type TestbedState } from '../src/runtime/testbed.ts';
 import { UsageError } from '../src/util/errors.ts';
 import { must, precog, type Ran } from './support/cli.ts';
-import { testbedSkip } from './support/testbed.ts';
+import { sharedTestbed, testbedSkip } from './support/testbed.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -67,10 +67,9 @@ const skip = testbedSkip('the probe runs in the test hosts');
 describe('the probe against containers in the test hosts', { skip }, () => {
   let state: TestbedState;
   const rt = defaultRuntime();
-  const ps = (): ContainerInfo[] => JSON.parse(must(cli('ps', '--json'), 'ps').stdout) as ContainerInfo[];
 
-  before(async () => {
-    state = (await testbedUp({ rate: '100mbit' })).state;
+  sharedTestbed({ rate: '100mbit' }, (s) => {
+    state = s;
     must(
       cli(
         'run',
@@ -90,15 +89,6 @@ describe('the probe against containers in the test hosts', { skip }, () => {
       ),
       'run memchange',
     );
-  });
-  after(async () => {
-    // Only a testbed this test brought up is taken down (an up that fails removes what it made itself).
-    if (!state) return;
-    try {
-      for (const c of ps()) cli('stop', c.name);
-    } finally {
-      await testbedDown();
-    }
   });
 
   test('the probe namespace reaches each host on its own link, not over the migration link', async () => {

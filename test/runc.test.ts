@@ -3,11 +3,11 @@
 // is a runc container (runc list, exec, delete work on it). Needs root and its own testbed.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { after, before, describe, test } from 'node:test';
-import { hostCommand, testbedDown, testbedUp, type TestbedState } from '../src/runtime/testbed.ts';
+import { describe, test } from 'node:test';
+import { hostCommand, type TestbedState } from '../src/runtime/testbed.ts';
 import { must, precog, type Ran } from './support/cli.ts';
 import { agentLeftovers as leftovers, memcheckOf, migrateJson, migrateWhile } from './support/moves.ts';
-import { testbedSkip } from './support/testbed.ts';
+import { sharedTestbed, testbedSkip } from './support/testbed.ts';
 import { bundleScript } from './support/oci.ts';
 
 const cli = (...args: string[]): Ran => precog(args);
@@ -56,8 +56,8 @@ describe('runc containers (OCI bundles) moved between the test hosts', { skip },
     return report;
   };
 
-  before(async () => {
-    state = (await testbedUp({ rate: 'none' })).state;
+  sharedTestbed({ rate: 'none' }, async (s) => {
+    state = s;
     for (const h of ['a', 'b'])
       must(inHost(h, ['sh', '-c', 'mkdir -p /srv/ro && echo shared > /srv/ro/hello']), 'bind source');
     must(
@@ -83,9 +83,6 @@ describe('runc containers (OCI bundles) moved between the test hosts', { skip },
       ),
       'write',
     );
-  });
-  after(async () => {
-    await testbedDown();
   });
 
   test('bad input: an unknown container names what exists; a read-write bind mount is refused before the stop', () => {
