@@ -260,7 +260,6 @@ export class ContainerMemory implements MemorySource {
     }
   }
 
-  /** The pages never handed to the engine, as they read now. */
   /**
    * The pages never sent that CRIU may not dump, read before a dump that ends the processes: those of file
    * mappings (an unmodified one is not in the dump). An anonymous page CRIU does not dump is one never written (or
