@@ -296,3 +296,36 @@ test("simulate's progress: runs done and the time left at the pace so far; off a
     '4/4 runs (x), done\n',
   ]);
 });
+
+test('precog help TOPIC lists what the registries hold; help COMMAND [SUB] is the command help; anything else is named', async () => {
+  const { STRATEGY_NAMES, parseStrategy } = await import('../src/policy/index.ts');
+  const { CODEC_NAMES } = await import('../src/codec/names.ts');
+  const { RUNTIME_NAMES } = await import('../src/runtime/names.ts');
+  const { PREDICTOR_NAMES } = await import('../src/predict/index.ts');
+  const { WORKLOAD_NAMES } = await import('../src/memory/workloads.ts');
+  const topic = async (name: string) => {
+    const r = await inProcess('help', name);
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.split('\n').filter((l) => l.startsWith('  '));
+  };
+  const names = (lines: string[]) => lines.map((l) => l.trim().split(/[[:\s]/)[0]);
+  const strategies = await topic('strategies');
+  assert.deepEqual(names(strategies), STRATEGY_NAMES);
+  for (const n of names(strategies)) assert.doesNotThrow(() => parseStrategy(n), n);
+  assert.ok(strategies.some((l) => l.includes('precopy[:rule=..')));
+  assert.deepEqual(names(await topic('codecs')), [...CODEC_NAMES]);
+  assert.deepEqual(names(await topic('runtimes')), [...RUNTIME_NAMES]);
+  assert.deepEqual(names(await topic('predictors')), PREDICTOR_NAMES);
+  assert.deepEqual(names(await topic('workloads')), WORKLOAD_NAMES);
+  const sub = await inProcess('help', 'pki', 'issue');
+  assert.equal(sub.status, 0);
+  assert.match(sub.stdout, /^Usage: precog pki issue \[options\] <name>/);
+  const all = await inProcess('help');
+  assert.match(all.stdout, /help \[name\.\.\.\]\s+help on a command, or on a topic/);
+  const bad = await inProcess('help', 'nosuch');
+  assert.equal(bad.status, 2);
+  assert.match(
+    bad.stderr,
+    /no command or topic "nosuch"; commands: .*migrate.*; topics: strategies, predictors/,
+  );
+});

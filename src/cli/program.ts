@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { agentCommand } from './agent.ts';
 import { checkCommand } from './check.ts';
 import { completionCommand } from './completion.ts';
+import { helpCommand } from './help.ts';
 import { jobCommand } from './job.ts';
 import { containerCommands } from './container.ts';
 import { pkiCommand } from './pki.ts';
@@ -25,7 +26,9 @@ export function precogProgram(): Command {
     .version(process.env.npm_package_version ?? '0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
-    .enablePositionalOptions();
+    .enablePositionalOptions()
+    // precog's own help command: commands, and topics (help.ts).
+    .helpCommand(false);
 
   program.addCommand(simulateCommand());
   program.addCommand(pkiCommand());
@@ -39,5 +42,6 @@ export function precogProgram(): Command {
   program.addCommand(predictEvalCommand());
   for (const c of containerCommands()) program.addCommand(c.exitOverride());
   program.addCommand(completionCommand());
+  program.addCommand(helpCommand(program));
   return program;
 }

@@ -1,5 +1,5 @@
 import { UsageError } from '../util/errors.ts';
-import { checkEmpty, parseSpec, take, type Spec } from '../util/spec.ts';
+import { checkEmpty, paramSyntax, parseSpec, take, type Spec } from '../util/spec.ts';
 import { parseDuration, parseRate, parseSize } from '../util/units.ts';
 import type { Layout } from '../util/interfaces.ts';
 import { ContentPool } from './content.ts';
@@ -191,6 +191,14 @@ const WORKLOADS: Record<
 };
 
 export const WORKLOAD_NAMES = Object.keys(WORKLOADS);
+
+/** Each emulated workload with the parameters it takes (and its presets), from the registry. */
+export function describeWorkloads(): string[] {
+  return WORKLOAD_NAMES.map((n) => {
+    const presets = n === 'memchange' ? `[:${Object.keys(RATE_PRESETS).join('|')}]` : '';
+    return n + presets + paramSyntax(WORKLOADS[n].params);
+  });
+}
 
 /**
  * Parses a workload spec: "idle", "memchange:high", "memchange:rate=5MB/s:pattern=random:buffer=256MiB",

@@ -1,5 +1,5 @@
 import { UsageError } from '../util/errors.ts';
-import { checkEmpty, parseSpec, take, type Spec } from '../util/spec.ts';
+import { checkEmpty, paramSyntax, parseSpec, take, type Spec } from '../util/spec.ts';
 import { parseCount, parseDuration } from '../util/units.ts';
 import { cold, hybrid, postcopy, precopy, predictedHybrid, PRECOPY_DEFAULTS } from './classic.ts';
 import { ITERPREDICT_DEFAULTS, iterpredict } from './iterpredict.ts';
@@ -170,6 +170,11 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
 };
 
 export const STRATEGY_NAMES = Object.keys(STRATEGIES);
+
+/** Each strategy with the parameters it takes, from the registry ("precopy[:rule=..:max-rounds=..]"). */
+export function describeStrategies(): string[] {
+  return STRATEGY_NAMES.map((n) => n + paramSyntax(STRATEGIES[n].params));
+}
 
 /** Builds a strategy from "name:key=value:...", e.g. "precopy:rule=qemu:downtime=300ms". */
 export function parseStrategy(text: string): Strategy {

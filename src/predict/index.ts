@@ -1,5 +1,5 @@
 import { UsageError } from '../util/errors.ts';
-import { checkEmpty, parseSpec, splitList, take, type Spec } from '../util/spec.ts';
+import { checkEmpty, paramSyntax, parseSpec, splitList, take, type Spec } from '../util/spec.ts';
 import { parseCount } from '../util/units.ts';
 import { DATASHIFT_DEFAULTS, DataShiftPredictor } from './datashift.ts';
 import { DEFAULT_FOREST_MODEL, ForestPredictor, loadForestModel, type ForestModel } from './forest.ts';
@@ -118,6 +118,11 @@ const PREDICTORS: Record<
 };
 
 export const PREDICTOR_NAMES = Object.keys(PREDICTORS);
+
+/** Each predictor with the parameters it takes, from the registry. */
+export function describePredictors(): string[] {
+  return PREDICTOR_NAMES.map((n) => n + paramSyntax(PREDICTORS[n].params));
+}
 
 /** Builds a predictor from "name:key=value:...", e.g. "markov:prior=2" or "datashift:window=3:p=0.6". */
 export function createPredictor(text: string, pageCount: number, options: PredictorOptions = {}): Predictor {

@@ -48,3 +48,7 @@ export function splitList(text: string): string[] {
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
 }
+
+/** A registry entry's parameters as help shows them: "[:a=..:b=..]", or nothing for none. */
+export const paramSyntax = (params: readonly string[]): string =>
+  params.length ? `[${params.map((p) => `:${p}=..`).join('')}]` : '';
