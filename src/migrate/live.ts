@@ -206,6 +206,10 @@ export interface LiveMigrationReport {
   /** Pages of mappings made after the migration started (sent with the state). */
   pagesExtra: number;
   pid: number | null;
+  /**
+   * The run in the emulator's vocabulary (docs/metrics.md: seconds, as simulate --json's runs[].metrics), its
+   * totalTime and downtime the same as totalMs and downtimeMs.
+   */
   metrics: RunMetrics;
 }
 
@@ -511,11 +515,15 @@ export async function migrateLive(o: LiveMigrationOptions): Promise<LiveMigratio
       },
     );
     o.onPhase?.('done');
+    const totalMs = performance.now() - t0;
+    const downtimeMs = marks.running - frozenAt;
     return {
       ...report!,
+      // The emulator's vocabulary (seconds, docs/metrics.md), its times as this run measured them end to end.
+      metrics: { ...report!.metrics, totalTime: totalMs / 1000, downtime: downtimeMs / 1000 },
       postcopy: postcopyReport,
-      totalMs: performance.now() - t0,
-      downtimeMs: marks.running - frozenAt,
+      totalMs,
+      downtimeMs,
       restoreMs: restored?.restoreMs ?? 0,
       lazyPages: restored?.lazyPages ?? null,
       lazyMs: restored?.lazyMs ?? null,

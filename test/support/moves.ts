@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { AGENT, hostPath, type TestbedState } from '../../src/runtime/testbed.ts';
 import { must, precog, precogAsync, type Ran } from './cli.ts';
@@ -59,10 +60,16 @@ export function migrateJson(
     strategy,
     '--json',
   ];
-  return JSON.parse(must(precog(args), `migrate ${strategy} ${from} -> ${to}`).stdout) as Record<
+  const j = JSON.parse(must(precog(args), `migrate ${strategy} ${from} -> ${to}`).stdout) as Record<
     string,
     unknown
-  >;
+  > & { metrics: { downtime: number; totalTime: number; liveRounds: number } };
+  // One vocabulary: the report's metrics are the emulator's names, in seconds, and agree with its own ms fields.
+  assert.equal(j.schema, 'precog.migrate/v1');
+  assert.ok(Math.abs(j.metrics.downtime * 1000 - (j.downtimeMs as number)) < 1e-6, 'metrics.downtime');
+  assert.ok(Math.abs(j.metrics.totalTime * 1000 - (j.totalMs as number)) < 1e-6, 'metrics.totalTime');
+  assert.equal(j.metrics.liveRounds, j.liveRounds);
+  return j;
 }
 
 export function agentLeftovers(state: TestbedState, host: string): string[] {

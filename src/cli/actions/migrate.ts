@@ -36,6 +36,9 @@ export interface MigrateFlags {
   resume?: boolean;
 }
 
+/** The schema of `precog migrate --json`. */
+export const MIGRATE_JSON_SCHEMA = 'precog.migrate/v1';
+
 /**
  * What a stop after the latest round would cost, from the emulator's switchover model (fitted to live runs of
  * precog's own runtime: docs/results.md, "switchover-model"): the model's stop beyond the link, plus the changed
@@ -275,8 +278,8 @@ export async function migrate(nameArg: string | undefined, f: MigrateFlags): Pro
     if (end.event === 'error') throw Object.assign(new Error(end.message), { exitCode: end.exitCode });
     if (end.event !== 'report') throw new Error(`the agent answered ${end.event}`);
     const r = end.report;
-    const { metrics, ...rest } = r;
-    emit(target, { ...rest, rounds: metrics.rounds }, () => summary(r) + '\n');
+    // The live report's steps (ms) and, in metrics, the run in the emulator's vocabulary; rounds also at the top.
+    emit(target, { schema: MIGRATE_JSON_SCHEMA, ...r, rounds: r.metrics.rounds }, () => summary(r) + '\n');
   } catch (err) {
     progress.end();
     throw err;
