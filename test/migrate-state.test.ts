@@ -260,27 +260,34 @@ describe('migration state and the destination rebuild', () => {
       ],
     };
     writeFileSync(join(images, 'mm-1.img'), writeImage('MM', [mm as unknown as Message]));
-    const blob = encodeState({
-      container: { name: 'c1' },
-      pids: [[1, 900]],
-      dump,
-      extras: [{ id: 1, vaddr: 0x90000n, bytes: page(777) }],
-      imagesDir: images,
-      upperDir: upper,
-    });
+    const state = (extras: { id: number; vaddr: bigint; bytes: Buffer }[]) =>
+      encodeState({
+        container: { name: 'c1' },
+        pids: [[1, 900]],
+        dump,
+        extras,
+        imagesDir: images,
+        upperDir: upper,
+      });
+    const blob = state([{ id: 1, vaddr: 0x90000n, bytes: page(777) }]);
     // The destination's file for the process: what the live rounds and the final copy left there. 0x11000 holds
     // stale bytes (an older mapping the live rounds saw), 0x40000 the contents of the mapping since removed.
-    const out = join(dir, 'rebuilt-self');
-    mkdirSync(join(out, 'images', PARENT_DIR), { recursive: true });
-    const files = new ProcessFilesBacking(layout, (k) =>
-      join(out, 'images', PARENT_DIR, `pages-${k + 1}.img`),
-    );
     const held = [page(100), page(55), page(222), page(103), page(66), page(104)];
-    held.forEach((b, g) => {
-      b.copy(files.slot(g));
-      files.settle();
-    });
-    files.close();
+    /** The page files as the destination holds them, under OUT's parent image directory. */
+    const filesIn = (out: string) => {
+      mkdirSync(join(out, 'images', PARENT_DIR), { recursive: true });
+      const files = new ProcessFilesBacking(layout, (k) =>
+        join(out, 'images', PARENT_DIR, `pages-${k + 1}.img`),
+      );
+      held.forEach((b, g) => {
+        b.copy(files.slot(g));
+        files.settle();
+      });
+      files.close();
+      return files;
+    };
+    const out = join(dir, 'rebuilt-self');
+    const files = filesIn(out);
     const r = rebuildFromFiles(stored(blob), layout, files.processes, out);
     assert.equal(r.layout, 'self', `self layout chosen (${r.why})`);
     assert.deepEqual(
@@ -307,24 +314,9 @@ describe('migration state and the destination rebuild', () => {
     assert.equal(got.has(0x40000n), false, 'an unmapped page is cut');
     assert.equal(statSync(join(out, 'images', 'pages-1.img')).size, 5 * PAGE, 'the file, cut, is the image');
     // The same dump without the page made after the start in the state: that page is in neither, and is named.
-    const bare = encodeState({
-      container: { name: 'c1' },
-      pids: [[1, 900]],
-      dump,
-      extras: [],
-      imagesDir: images,
-      upperDir: upper,
-    });
+    const bare = state([]);
     const out2 = join(dir, 'rebuilt-self-2');
-    mkdirSync(join(out2, 'images', PARENT_DIR), { recursive: true });
-    const files2 = new ProcessFilesBacking(layout, (k) =>
-      join(out2, 'images', PARENT_DIR, `pages-${k + 1}.img`),
-    );
-    held.forEach((b, g) => {
-      b.copy(files2.slot(g));
-      files2.settle();
-    });
-    files2.close();
+    const files2 = filesIn(out2);
     assert.throws(
       () => rebuildFromFiles(stored(bare), layout, files2.processes, out2),
       (e: Error) =>

@@ -209,3 +209,33 @@ describe("a peer's state cannot write outside the rebuild directory", () => {
     );
   });
 });
+
+test("a resume reads pages only of the container's own processes: the destination's LAYOUT is checked first", async () => {
+  const { returnedLayoutRefusal } = await import('../src/migrate/resume.ts');
+  const ours = new Set([100, 101]);
+  const layout = (pids: (number | undefined)[], pages = 2): Layout => ({
+    pageSize: 4096,
+    pageCount: pids.length * pages,
+    regions: pids.map((pid, i) => ({
+      start: `0x${(i + 1) * 0x10000}`,
+      pages,
+      ...(pid === undefined ? {} : { pid }),
+    })),
+  });
+  assert.equal(returnedLayoutRefusal(layout([100, 101]), ours), null);
+  // A process that is not the container's (the agent itself, any process of the host): its memory is not read.
+  assert.match(
+    returnedLayoutRefusal(layout([100, 1]), ours) ?? '',
+    /names process 1, not one of the container's/,
+  );
+  assert.match(returnedLayoutRefusal(layout([undefined]), ours) ?? '', /names process \(none\)/);
+  // Malformed, as any LAYOUT: sizes that do not add up, pages that are not a count.
+  assert.match(returnedLayoutRefusal({ ...layout([100]), pageCount: 5 }, ours) ?? '', /regions hold 2 pages/);
+  assert.match(
+    returnedLayoutRefusal(
+      { ...layout([100, 101]), regions: [{ start: '0x1000', pages: -1, pid: 100 }] },
+      ours,
+    ) ?? '',
+    /has -1 pages/,
+  );
+});

@@ -209,18 +209,12 @@ test("migrate's progress predicts a stop from the shipped model: its stop beyond
   const o = { memoryBytes: 2 ** 30, leftBytes: 4 << 20, bytesPerSecond: 100e6, mode: 'lazy' as const };
   const got = predictedStopMs(model, o)!;
   const beyond = modelledStopMs(model, {
-    cell: '',
     route: 'lazy',
     mode: 'lazy',
     cold: false,
     memoryBytes: o.memoryBytes,
     changedBytes: o.leftBytes,
     bandwidth: 800e6,
-    stateBytes: model.stateBytes,
-    dumpMs: 0,
-    sendMs: 0,
-    restoreMs: 0,
-    answerMs: 0,
   });
   assert.ok(Math.abs(got - beyond - ((o.leftBytes + model.stateBytes) / 100e6) * 1000) < 1e-6);
   // More left to send, a longer stop; a slower link, longer still.

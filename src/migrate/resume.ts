@@ -27,7 +27,8 @@ import type { Identity } from '../transport/pki.ts';
 import { connectTls, DEFAULT_IDLE_TIMEOUT_MS, type Endpoint } from '../transport/tls.ts';
 import { Bitmap } from '../util/bitmap.ts';
 import { lastAtOrBelow } from '../util/search.ts';
-import { bitmapFromBase64 } from '../engine/destination.ts';
+import { bitmapFromBase64, layoutRefusal, maxLayoutPages } from '../engine/destination.ts';
+import { processTree } from '../memory/procfs.ts';
 import { PushWindow } from '../engine/pushwindow.ts';
 import { pushOrder } from '../engine/source.ts';
 import { ProtocolError } from '../util/errors.ts';
@@ -62,6 +63,20 @@ export interface ResumeReport {
 }
 
 /** Reads pages of a layout from its processes' memory (zeros where a page is no longer mapped). */
+/**
+ * Why a LAYOUT the destination sends back for a resume is refused, or null: it is a peer's, so it is checked as any
+ * LAYOUT is (layoutRefusal), and every process it names must be one of PROCESSES, the frozen container's here: the
+ * resume reads each region's pages from /proc/PID/mem of the PID it names.
+ */
+export function returnedLayoutRefusal(layout: Layout, processes: ReadonlySet<number>): string | null {
+  const why = layoutRefusal(layout, maxLayoutPages());
+  if (why) return why;
+  for (const r of layout.regions)
+    if (r.pid === undefined || !processes.has(r.pid))
+      return `region ${r.start} names process ${r.pid ?? '(none)'}, not one of the container's`;
+  return null;
+}
+
 class LayoutReader {
   private readonly starts: number[] = [];
   private readonly fds = new Map<number, number>();
@@ -144,11 +159,13 @@ export async function resumePostcopy(o: ResumeOptions): Promise<ResumeReport> {
         takeFaults(link.receive());
         if (!layout) throw new ProtocolError('the destination took the post-copy up but sent no LAYOUT');
         const lay: Layout = layout;
+        if (source.machinePid === null) throw new Error(`the source of ${o.name} has no process`);
+        const refused = returnedLayoutRefusal(lay, new Set(processTree(source.machinePid.pid)));
+        if (refused) throw new ProtocolError(`the destination's LAYOUT: ${refused}`);
         const sw = parseJson<SwitchoverMessage>(swFrame);
         const missing = bitmapFromBase64(sw.missing, lay.pageCount);
         const order = pushOrder(missing, lay.regions);
         counts.missing = order.length;
-        if (source.machinePid === null) throw new Error(`the source of ${o.name} has no process`);
         reader = new LayoutReader(lay);
         const per = Math.max(1, Math.floor((o.batchBytes ?? 1 << 20) / PAGE_SIZE));
         const writer = new BatchWriter(codecChain('zero'), PAGE_SIZE, per * (PAGE_SIZE + 16));

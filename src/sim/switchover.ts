@@ -382,7 +382,10 @@ export function fitSwitchover(samples: readonly SwitchoverSample[], fittedFrom: 
 }
 
 /** What the model says a sample's switchover costs beyond its pages and state on the link, in ms. */
-export function modelledStopMs(m: SwitchoverModel, s: SwitchoverSample): number {
+export function modelledStopMs(
+  m: SwitchoverModel,
+  s: Pick<SwitchoverSample, 'route' | 'mode' | 'cold' | 'memoryBytes' | 'changedBytes' | 'bandwidth'>,
+): number {
   return (
     (dumpSeconds(m, s.route, s.memoryBytes, s.changedBytes, s.cold) +
       sendSeconds(m, s.changedBytes) +

@@ -16,7 +16,7 @@ import {
   type SwitchoverModel,
 } from '../../sim/switchover.ts';
 import { agentsFor, clientIdentity, fromProbeNamespace } from './agents.ts';
-import { emit, jsonTarget, type JsonFlag } from './json.ts';
+import { emit, jsonTarget, type JsonFlag, type JsonTarget } from './json.ts';
 
 export interface MigrateFlags {
   from: string;
@@ -52,18 +52,12 @@ export function predictedStopMs(
   const link = ((o.leftBytes + model.stateBytes) / o.bytesPerSecond) * 1000;
   return (
     modelledStopMs(model, {
-      cell: '',
       route: 'lazy',
       mode: o.mode,
       cold: false,
       memoryBytes: o.memoryBytes,
       changedBytes: o.leftBytes,
       bandwidth: o.bytesPerSecond * 8,
-      stateBytes: model.stateBytes,
-      dumpMs: 0,
-      sendMs: 0,
-      restoreMs: 0,
-      answerMs: 0,
     }) + link
   );
 }
@@ -168,7 +162,7 @@ function summary(r: LiveMigrationReport): string {
   );
 }
 
-async function resumeAction(name: string, f: MigrateFlags): Promise<void> {
+async function resumeAction(name: string, f: MigrateFlags, target: JsonTarget): Promise<void> {
   const batchBytes = parseSize(f.batch, '--batch');
   const linkTimeoutMs = parseDuration(f.linkTimeout, '--link-timeout') * 1000;
   const agents = agentsFor(f.from, f.to);
@@ -186,7 +180,7 @@ async function resumeAction(name: string, f: MigrateFlags): Promise<void> {
   if (end.event !== 'resumed') throw new Error(`the agent answered ${end.event}`);
   const r = end.report;
   emit(
-    jsonTarget(f.json),
+    target,
     r,
     () =>
       `${name}: post-copy ${r.migrationId} taken up again, ${r.from} -> ${r.to}: ${r.pagesMissing} missing page(s) ` +
@@ -204,7 +198,7 @@ export async function migrate(nameArg: string | undefined, f: MigrateFlags): Pro
   validateName(name);
   const target = jsonTarget(f.json);
   if (f.from === f.to) throw new UsageError(`--from and --to are both ${f.from}; give two different hosts`);
-  if (f.resume) return resumeAction(name, f);
+  if (f.resume) return resumeAction(name, f, target);
   const strategy = parseStrategy(f.strategy);
   if (f.restore !== undefined && f.restore !== 'lazy' && f.restore !== 'full')
     throw new UsageError(`--restore ${f.restore}: accepted: lazy, full`);
