@@ -340,6 +340,8 @@ describe('accessed bits', { skip: noWriter || notRoot }, () => {
 describe('precog trace record', { skip: noWriter }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'precog-trace-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
+  // The command loads its action on first use; load it now so that the first recording starts on time.
+  before(() => import('../src/cli/actions/trace.ts'));
 
   /** Runs `precog trace record ARGS`, returning stdout. */
   async function record(args: string[]): Promise<string> {
@@ -370,6 +372,8 @@ describe('precog trace record', { skip: noWriter }, () => {
         '1s',
         '--out',
         file,
+        '--accessed',
+        'off',
         '--json',
       ]);
       await new Promise((r) => setTimeout(r, 350));
@@ -406,7 +410,17 @@ describe('precog trace record', { skip: noWriter }, () => {
       );
       const samples = new Set(seen.values());
       assert.equal(samples.size, 1, 'written at once, seen in one sample');
-      assert.ok([...samples][0] >= 2, 'not before the write');
+      assert.ok([...samples][0] >= 2, `not before the write: ${JSON.stringify([...seen])}`);
+      // Change sizes: tag 1 -> 7 changes byte 6 of each of the page's 512 words, nothing else.
+      assert.ok(trace.changes, 'change sizes recorded by default');
+      const s = [...samples][0];
+      const bits = trace.dirty[s];
+      for (const i of written) {
+        const p = base + i;
+        let index = 0;
+        for (let q = 0; q < p; q++) if (bits[q >>> 3] & (1 << (q & 7))) index++;
+        assert.equal(trace.changes[s][index], 512, `page ${i}: bytes changed`);
+      }
     } finally {
       await w.stop();
     }

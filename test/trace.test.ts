@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadTrace, parsePublicTrace, serializeTrace } from '../src/memory/trace.ts';
+import { changedBytes } from '../src/cli/actions/trace.ts';
+import { ContentPool } from '../src/memory/content.ts';
+import { TraceWorkload, loadTrace, parsePublicTrace, serializeTrace } from '../src/memory/trace.ts';
 
 // The public NPB-CG dirty-page trace, gzipped (see test/data/README.md).
 const PUBLIC = new URL('./data/npb-cg-B-dirty.json.gz', import.meta.url).pathname;
@@ -61,6 +63,50 @@ test('precog trace format round-trips', () => {
   }
 });
 
+test('change sizes round-trip and replay as writes of that size', () => {
+  const t = parsePublicTrace(
+    JSON.stringify({
+      '1000': { isDirtyList: [1, 0, 1] },
+      '2000': { isDirtyList: [0, 1, 1] },
+      '3000': { isDirtyList: [1, 1, 1] },
+    }),
+    'inline',
+  );
+  const changes = [Uint16Array.of(16, 4096), Uint16Array.of(100, 0), Uint16Array.of(8, 9, 4000)];
+  const file = write('c.trace', serializeTrace({ ...t, changes }));
+  const back = loadTrace(file);
+  assert.deepEqual(
+    back.changes!.map((c) => [...c]),
+    changes.map((c) => [...c]),
+  );
+  assert.throws(
+    () => serializeTrace({ ...t, changes: [Uint16Array.of(1), ...changes.slice(1)] }),
+    /sample 0 has 2 dirty pages but 1 change sizes/,
+  );
+  // The emulator writes each recorded change as one run of that many bytes (whole pages without sizes).
+  const differing = (trace: typeof t): number[] => {
+    const w = new TraceWorkload(trace, new ContentPool(1, 4096), 1);
+    const mem = Buffer.alloc(3 * 4096);
+    const out: number[] = [];
+    for (let k = 0; k < 7; k++) {
+      const page = w.page;
+      const before = Buffer.from(mem.subarray(page * 4096, (page + 1) * 4096));
+      w.apply(mem);
+      out.push(changedBytes(before, mem.subarray(page * 4096, (page + 1) * 4096)));
+    }
+    return out;
+  };
+  const sized = differing(back);
+  const whole = differing(t);
+  assert.ok(sized[0] <= 16 && sized[0] >= 8, `a 16-byte change writes at most 16 bytes: ${sized[0]}`);
+  assert.ok(sized[4] <= 8, `an 8-byte change: ${sized[4]}`);
+  assert.ok(sized[1] > 3900 && sized[3] > 3900, `a whole page, and a mapping change (0) as one: ${sized}`);
+  assert.ok(
+    whole.every((n) => n > 3900),
+    `without sizes every write is a whole page: ${whole}`,
+  );
+});
+
 test('bad traces are refused with what is wrong', () => {
   const cases: [string, string | Buffer, RegExp][] = [
     ['notjson.json', '{"1000": {"isDirtyList": [1, 0]', /not valid JSON/],
@@ -75,6 +121,21 @@ test('bad traces are refused with what is wrong', () => {
       'ragged.json',
       '{"1000": {"isDirtyList": [1, 0]}, "2000": {"isDirtyList": [1]}}',
       /has 1 samples, the first page has 2/,
+    ],
+    [
+      'changes-short.trace',
+      'PRECOG-TRACE 1\n{"pageSize":4096,"intervalMs":100,"regions":[{"start":"0x1000","pages":16}],"samples":1,"accessed":false,"changes":true}\n\x03\x00\x10\x00',
+      /sample 0 has 2 dirty pages but only 2 bytes of change sizes follow \(4 needed\)/,
+    ],
+    [
+      'changes-big.trace',
+      'PRECOG-TRACE 1\n{"pageSize":4096,"intervalMs":100,"regions":[{"start":"0x1000","pages":16}],"samples":1,"accessed":false,"changes":true}\n\x01\x00\x01\x10',
+      /change of 4097 bytes, more than a page/,
+    ],
+    [
+      'changes-long.trace',
+      'PRECOG-TRACE 1\n{"pageSize":4096,"intervalMs":100,"regions":[{"start":"0x1000","pages":16}],"samples":1,"accessed":false,"changes":true}\n\x01\x00\x10\x00\x00',
+      /body has 5 bytes, the header announces 1 samples that take 4/,
     ],
     ['binary.bin', Buffer.from([0, 1, 2, 3]), /neither precog's trace format .* nor the public JSON format/],
     ['header.trace', 'PRECOG-TRACE 1\n{"pageSize": 4096}\n', /header needs pageSize/],

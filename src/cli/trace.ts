@@ -39,6 +39,14 @@ export function traceCommand(): Command {
         .choices([...ACCESSED_CHOICES])
         .default('auto'),
     )
+    .addOption(
+      new Option(
+        '--changes <when>',
+        'record how many bytes of each dirty page changed (keeps a copy of the memory, up to 2 GiB)',
+      )
+        .choices(['on', 'off'])
+        .default('on'),
+    )
     .addOption(jsonOption('the summary'))
     .action(lazy(() => import('./actions/trace.ts').then((m) => m.record)));
   return trace;

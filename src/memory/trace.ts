@@ -18,7 +18,26 @@ export interface Trace {
   /** samples x bitmap of ceil(pageCount/8) bytes, bit i of byte j = page 8j+i. */
   dirty: Uint8Array[];
   accessed: Uint8Array[] | null;
+  /**
+   * Per sample, for each page dirty in it (ascending page index), how many of its bytes differ from what the
+   * page held at the previous sample: the size of the change, 1..pageSize (0 where the page was only mapped or
+   * unmapped). Absent or null: not recorded (every write is read as a whole page).
+   */
+  changes?: Uint16Array[] | null;
   source: string;
+}
+
+/** Pages set in a trace bitmap. */
+export function bitmapCount(b: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < b.length; i++) {
+    let x = b[i];
+    while (x) {
+      x &= x - 1;
+      n++;
+    }
+  }
+  return n;
 }
 
 /** Magic line of precog's own trace format (docs/trace-format.md). */
@@ -135,6 +154,8 @@ interface TraceHeader {
   regions: Region[];
   samples: number;
   accessed: boolean;
+  /** Whether each sample ends with the change sizes of its dirty pages (uint16 LE each). */
+  changes?: boolean;
 }
 
 /** precog's trace format: magic line, one JSON header line, then per sample the dirty (and accessed) bitmaps. */
@@ -165,10 +186,11 @@ export function parsePrecogTrace(data: Buffer, source: string): Trace {
     ) &&
     Number.isInteger(h.samples) &&
     h.samples > 0 &&
-    typeof h.accessed === 'boolean';
+    typeof h.accessed === 'boolean' &&
+    (h.changes === undefined || typeof h.changes === 'boolean');
   if (!ok) {
     throw new InputError(
-      `trace ${source}: header needs pageSize, intervalMs >= ${MIN_TRACE_INTERVAL_MS}, regions [{start, pages}], samples > 0 and accessed (see docs/trace-format.md)`,
+      `trace ${source}: header needs pageSize, intervalMs >= ${MIN_TRACE_INTERVAL_MS}, regions [{start, pages}], samples > 0, accessed and optionally changes (see docs/trace-format.md)`,
     );
   }
   const pageCount = h.regions.reduce((a, r) => a + r.pages, 0);
@@ -179,16 +201,49 @@ export function parsePrecogTrace(data: Buffer, source: string): Trace {
   const bytes = Math.ceil(pageCount / 8);
   const per = bytes * (h.accessed ? 2 : 1);
   const body = data.subarray(nl + 1);
-  if (body.length !== per * h.samples) {
+  const dirty: Uint8Array[] = [];
+  const accessed: Uint8Array[] | null = h.accessed ? [] : null;
+  const changes: Uint16Array[] | null = h.changes ? [] : null;
+  if (!changes && body.length !== per * h.samples) {
     throw new InputError(
       `trace ${source}: body has ${body.length} bytes, the header announces ${h.samples} samples of ${per} bytes (${per * h.samples}); the file is truncated or corrupt`,
     );
   }
-  const dirty: Uint8Array[] = [];
-  const accessed: Uint8Array[] | null = h.accessed ? [] : null;
+  let at = 0;
   for (let s = 0; s < h.samples; s++) {
-    dirty.push(body.subarray(s * per, s * per + bytes));
-    if (accessed) accessed.push(body.subarray(s * per + bytes, s * per + 2 * bytes));
+    if (body.length - at < per) {
+      throw new InputError(
+        `trace ${source}: body ends in sample ${s} of ${h.samples} (${body.length} bytes, each sample has ${per} bytes of bitmaps${changes ? ' and 2 per dirty page' : ''}); the file is truncated or corrupt`,
+      );
+    }
+    const d = body.subarray(at, at + bytes);
+    dirty.push(d);
+    if (accessed) accessed.push(body.subarray(at + bytes, at + 2 * bytes));
+    at += per;
+    if (changes) {
+      const n = bitmapCount(d);
+      if (body.length - at < 2 * n) {
+        throw new InputError(
+          `trace ${source}: sample ${s} has ${n} dirty pages but only ${body.length - at} bytes of change sizes follow (${2 * n} needed); the file is truncated or corrupt`,
+        );
+      }
+      const c = new Uint16Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = body.readUInt16LE(at + 2 * i);
+        if (v > h.pageSize)
+          throw new InputError(
+            `trace ${source}: sample ${s} gives a change of ${v} bytes, more than a page (${h.pageSize})`,
+          );
+        c[i] = v;
+      }
+      changes.push(c);
+      at += 2 * n;
+    }
+  }
+  if (at !== body.length) {
+    throw new InputError(
+      `trace ${source}: body has ${body.length} bytes, the header announces ${h.samples} samples that take ${at}; the file is truncated or corrupt`,
+    );
   }
   return {
     pageSize: h.pageSize,
@@ -198,6 +253,7 @@ export function parsePrecogTrace(data: Buffer, source: string): Trace {
     samples: h.samples,
     dirty,
     accessed,
+    changes,
     source,
   };
 }
@@ -209,18 +265,30 @@ export function serializeTrace(t: Trace): Buffer {
     regions: t.regions,
     samples: t.samples,
     accessed: t.accessed !== null,
+    ...(t.changes ? { changes: true } : {}),
   };
   const parts: Uint8Array[] = [Buffer.from(TRACE_MAGIC + JSON.stringify(header) + '\n')];
   for (let s = 0; s < t.samples; s++) {
     parts.push(t.dirty[s]);
     if (t.accessed) parts.push(t.accessed[s]);
+    if (t.changes) {
+      const c = t.changes[s];
+      if (c.length !== bitmapCount(t.dirty[s]))
+        throw new Error(
+          `serializeTrace: sample ${s} has ${bitmapCount(t.dirty[s])} dirty pages but ${c.length} change sizes`,
+        );
+      const b = Buffer.allocUnsafe(2 * c.length);
+      for (let i = 0; i < c.length; i++) b.writeUInt16LE(c[i], 2 * i);
+      parts.push(b);
+    }
   }
   return Buffer.concat(parts);
 }
 
 /**
- * Replays a trace: the writes of sample s are spread evenly over [s, s+1) intervals; accessed-only pages are
- * reads at the start of their sample. After the last sample the trace starts again.
+ * Replays a trace: the writes of sample s are spread evenly over [s, s+1) intervals, each the size of change the
+ * trace recorded for it (whole pages when it recorded none); accessed-only pages are reads at the start of their
+ * sample. After the last sample the trace starts again.
  */
 export class TraceWorkload implements Workload {
   readonly name = 'trace';
@@ -233,6 +301,8 @@ export class TraceWorkload implements Workload {
   private sample = 0;
   private pass = 0;
   private events: Uint32Array = new Uint32Array(0);
+  /** The recorded change size of each write of the sample (null: whole pages). */
+  private touch: Uint16Array | null = null;
   private reads = 0;
   private k = 0;
   private seq = 0;
@@ -263,6 +333,7 @@ export class TraceWorkload implements Workload {
         else if (a && a[i >>> 3] & bit) reads.push(i);
       }
       this.events = Uint32Array.from([...reads, ...writes]);
+      this.touch = this.trace.changes?.[this.sample] ?? null;
       this.reads = reads.length;
       this.k = 0;
       if (this.events.length > 0) break;
@@ -288,7 +359,12 @@ export class TraceWorkload implements Workload {
   }
 
   apply(mem: Buffer): void {
-    if (this.write) this.pool.write(mem, this.page, ++this.seq, this.pool.pageSize);
+    if (this.write) {
+      // The recorded size of the change (one run of that many bytes), or the whole page; a page that was only
+      // mapped or unmapped (0) counts as new content.
+      const size = this.touch ? this.touch[this.k - this.reads] || this.pool.pageSize : this.pool.pageSize;
+      this.pool.write(mem, this.page, ++this.seq, size);
+    }
     this.k++;
     if (this.k < this.events.length) {
       this.setPending();

@@ -19,6 +19,7 @@ export interface RecordFlags {
   out?: string;
   tracker: TrackerChoice;
   accessed: AccessedChoice;
+  changes?: 'on' | 'off';
   json?: JsonFlag;
 }
 
@@ -27,6 +28,11 @@ export interface RecordOptions {
   samples: number;
   /** Record accessed bits (the source must be opened with { accessed: true }). */
   accessed: boolean;
+  /**
+   * Record the size of each change (bytes that differ from the page's content at the previous sample). Keeps a
+   * copy of the whole layout (the source should be opened with onUnmapped: 'zero').
+   */
+  changes?: boolean;
   /** Stops the recording early; the samples so far are kept. */
   signal?: AbortSignal;
 }
@@ -50,6 +56,70 @@ function toTraceBytes(b: Bitmap): Uint8Array {
   return out;
 }
 
+/** Most memory a recording with change sizes copies (it keeps the previous content of every page). */
+export const MAX_CHANGE_COPY_BYTES = 2 ** 31;
+
+const PAGE = 4096;
+
+/** Bytes that differ between two pages (compared a 32-bit word at a time, then bytewise where words differ). */
+export function changedBytes(a: Uint8Array, b: Uint8Array): number {
+  const wa = new Uint32Array(a.buffer, a.byteOffset, a.length >>> 2);
+  const wb = new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
+  let n = 0;
+  for (let i = 0; i < wa.length; i++) {
+    const x = wa[i] ^ wb[i];
+    if (x === 0) continue;
+    if (x & 0xff) n++;
+    if (x & 0xff00) n++;
+    if (x & 0xff0000) n++;
+    if (x & 0xff000000) n++;
+  }
+  return n;
+}
+
+/**
+ * The content of every page as of the last sample, to size each change: read whole at the start, then the dirty
+ * pages of each sample are read, compared and kept.
+ */
+class ChangeSizer {
+  private readonly copy: Buffer;
+  constructor(private readonly mem: LiveProcessMemory) {
+    const n = mem.layout.pageCount;
+    if (n * PAGE > MAX_CHANGE_COPY_BYTES) {
+      throw new UsageError(
+        `process ${mem.pid} maps ${formatBytes(n * PAGE)}; recording change sizes keeps a copy of all of it, at most ${formatBytes(MAX_CHANGE_COPY_BYTES)}: use --changes off`,
+      );
+    }
+    this.copy = Buffer.alloc(n * PAGE);
+    const chunk = 4096;
+    const ids = new Uint32Array(chunk);
+    for (let first = 0; first < n; first += chunk) {
+      const len = Math.min(chunk, n - first);
+      for (let i = 0; i < len; i++) ids[i] = first + i;
+      mem.readPages(ids.subarray(0, len), this.copy.subarray(first * PAGE, (first + len) * PAGE));
+    }
+  }
+
+  /** Reads the dirty pages, returns each one's changed bytes (ascending page order) and keeps their content. */
+  sizes(dirty: Bitmap): Uint16Array {
+    const ids: number[] = [];
+    dirty.forEach((p) => ids.push(p));
+    const out = new Uint16Array(ids.length);
+    const buf = Buffer.allocUnsafe(Math.min(ids.length, 1024) * PAGE);
+    for (let k = 0; k < ids.length; k += 1024) {
+      const part = ids.slice(k, k + 1024);
+      this.mem.readPages(part, buf);
+      for (let i = 0; i < part.length; i++) {
+        const now = buf.subarray(i * PAGE, (i + 1) * PAGE);
+        const before = this.copy.subarray(part[i] * PAGE, (part[i] + 1) * PAGE);
+        out[k + i] = changedBytes(now, before);
+        now.copy(before);
+      }
+    }
+    return out;
+  }
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 /**
@@ -60,6 +130,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.
 export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Promise<RecordResult> {
   const dirty: Uint8Array[] = [];
   const accessed: Uint8Array[] | null = o.accessed ? [] : null;
+  const changes: Uint16Array[] | null = o.changes ? [] : null;
   const r: Omit<RecordResult, 'trace'> = {
     intervals: [],
     scanSeconds: [],
@@ -68,6 +139,7 @@ export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Pro
     stoppedEarly: null,
   };
   await mem.collectDirty();
+  const sizer = o.changes ? new ChangeSizer(mem) : null;
   if (o.accessed) mem.clearAccessed();
   const t0 = performance.now();
   let last = t0;
@@ -80,9 +152,11 @@ export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Pro
     const start = performance.now();
     let d: Bitmap;
     let a: Bitmap | null = null;
+    let c: Uint16Array | null = null;
     try {
       if (o.accessed) a = mem.readAccessed();
       d = await mem.collectDirty();
+      if (sizer) c = sizer.sizes(d);
       if (o.accessed) mem.clearAccessed();
     } catch (e) {
       if (e instanceof LiveMemoryError) {
@@ -96,6 +170,7 @@ export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Pro
     r.scanSeconds.push((end - start) / 1000);
     last = start;
     dirty.push(toTraceBytes(d));
+    if (changes && c) changes.push(c);
     r.dirtyPerSample.push(d.count());
     if (a && accessed) {
       accessed.push(toTraceBytes(a));
@@ -115,6 +190,7 @@ export async function recordTrace(mem: LiveProcessMemory, o: RecordOptions): Pro
     samples: dirty.length,
     dirty,
     accessed,
+    changes,
     source: `pid ${mem.pid}`,
   };
   return { trace, ...r };
@@ -156,7 +232,12 @@ export async function record(flags: RecordFlags): Promise<void> {
         : `recorded, but ${probe.reason}`
       : `not recorded: ${probe.reason}`;
   }
-  const mem = new LiveProcessMemory(pid, { tracker: flags.tracker, accessed });
+  const changes = flags.changes !== 'off';
+  const mem = new LiveProcessMemory(pid, {
+    tracker: flags.tracker,
+    accessed,
+    ...(changes ? { onUnmapped: 'zero' as const } : {}),
+  });
   const abort = new AbortController();
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
@@ -166,6 +247,7 @@ export async function record(flags: RecordFlags): Promise<void> {
       intervalSeconds: interval,
       samples,
       accessed,
+      changes,
       signal: abort.signal,
     });
   } finally {
@@ -196,6 +278,8 @@ export async function record(flags: RecordFlags): Promise<void> {
   }
   if (drift.gonePages > 0)
     warnings.push(`${formatBytes(drift.gonePages * 4096)} of the recorded layout were unmapped by the end`);
+  const allChanges = result.trace.changes?.flatMap((c) => Array.from(c)) ?? null;
+  const changeMedian = allChanges ? median(allChanges) : null;
   const summary = {
     schema: TRACE_RECORD_JSON_SCHEMA,
     pid,
@@ -210,6 +294,7 @@ export async function record(flags: RecordFlags): Promise<void> {
     regions: result.trace.regions.length,
     dirtyPerSample: result.dirtyPerSample,
     accessedPerSample: result.accessedPerSample,
+    changeBytesMedian: changeMedian,
     scanSecondsMedian: median(result.scanSeconds),
     scanSecondsMax: maxScan,
     drift,
@@ -223,6 +308,7 @@ export async function record(flags: RecordFlags): Promise<void> {
       `  tracker: ${mem.tracker.kind} (${mem.trackerReason})`,
       `  dirty pages per sample: median ${dirtyMedian}, max ${Math.max(...result.dirtyPerSample)}`,
       `  accessed bits: ${accessedNote}`,
+      `  change sizes: ${changeMedian === null ? 'not recorded' : `median ${changeMedian} bytes of a dirty page`}`,
       `  scan time per sample: median ${(median(result.scanSeconds) * 1000).toFixed(1)}ms, max ${(maxScan * 1000).toFixed(1)}ms`,
       ...warnings.map((w) => `  warning: ${w}`),
       `wrote ${out} (${formatBytes(data.length)})`,
