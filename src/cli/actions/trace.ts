@@ -61,18 +61,21 @@ export const MAX_CHANGE_COPY_BYTES = 2 ** 31;
 
 const PAGE = 4096;
 
-/** Bytes that differ between two pages (compared a 32-bit word at a time, then bytewise where words differ). */
+/** Bytes that differ between two pages (4 words at a time skipped when equal, then counted bytewise). */
 export function changedBytes(a: Uint8Array, b: Uint8Array): number {
   const wa = new Uint32Array(a.buffer, a.byteOffset, a.length >>> 2);
   const wb = new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
   let n = 0;
-  for (let i = 0; i < wa.length; i++) {
-    const x = wa[i] ^ wb[i];
-    if (x === 0) continue;
-    if (x & 0xff) n++;
-    if (x & 0xff00) n++;
-    if (x & 0xff0000) n++;
-    if (x & 0xff000000) n++;
+  for (let i = 0; i < wa.length; i += 4) {
+    if (((wa[i] ^ wb[i]) | (wa[i + 1] ^ wb[i + 1]) | (wa[i + 2] ^ wb[i + 2]) | (wa[i + 3] ^ wb[i + 3])) === 0)
+      continue;
+    for (let j = i; j < i + 4; j++) {
+      const x = wa[j] ^ wb[j];
+      if (x & 0xff) n++;
+      if (x & 0xff00) n++;
+      if (x & 0xff0000) n++;
+      if (x & 0xff000000) n++;
+    }
   }
   return n;
 }
