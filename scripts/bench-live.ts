@@ -29,7 +29,7 @@
  * Python thread (it rewrote ~6 M pages/s unthrottled, 50 MB/s is 12 k pages/s).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -51,6 +51,7 @@ import {
   type TestbedState,
 } from '../src/runtime/testbed.ts';
 import { PODMAN_TEST_IMAGE } from '../src/runtime/podman-image.ts';
+import { loadTrace } from '../src/memory/trace.ts';
 import { runTool } from '../src/runtime/rootfs.ts';
 import { simulate, SCENARIO_DEFAULTS } from '../src/sim/run.ts';
 import {
@@ -67,6 +68,15 @@ const BIN = new URL('../bin/precog', import.meta.url).pathname;
 /** redis-lan's address on the testbed's service LAN (one container at a time). */
 const SERVICE_ADDRESS = '10.213.80.50';
 const isRedis = (w: string) => w === 'redis' || w === 'redis-lan';
+/** replay:NAME: workloads/replay.py rewriting its memory as traces/live/NAME.trace.gz recorded a real program. */
+const REPLAY = 'replay:';
+const isReplay = (w: string) => w.startsWith(REPLAY);
+const replayTrace = (w: string) => `traces/live/${w.slice(REPLAY.length)}.trace.gz`;
+/** A replay's size in MiB: the trace's pages (its cell's size; --sizes and --rates do not apply). */
+const replayMiB = (w: string): number => Math.ceil((loadTrace(replayTrace(w)).pageCount * 4096) / MiB);
+/** The sizes and rates a workload's cells take: a replay has one, its trace's size at its own rates (0). */
+const sizesOf = (w: string): number[] => (isReplay(w) ? [replayMiB(w)] : sizes);
+const ratesOf = (w: string): number[] => (isReplay(w) ? [0] : rates);
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -121,7 +131,10 @@ if (flags.help) {
                          SIZE MiB of values, rewritten at RATE MB/s by a client in the container, checked whole
                          after the move; workloads/redisload.py), and/or redis-lan (the same in a network namespace
                          of its own at ${SERVICE_ADDRESS}, with a client on the service LAN keeping one TCP
-                         connection and sending INCR back to back: its longest pause is the downtime) (default memchange)
+                         connection and sending INCR back to back: its longest pause is the downtime), and/or
+                         replay:NAME (workloads/replay.py rewriting its memory as traces/live/NAME.trace.gz recorded
+                         a real program, each change of the recorded size; its cell is the trace's size, --sizes and
+                         --rates do not apply; emulated from the same trace) (default memchange)
   --pattern P            memchange pattern: sequential, random, hotspot (default sequential; redis: random)
   --quick                64 MiB, 5 MB/s, 1gbit, 1 run (flags given explicitly still win)
   --out FILE             also write the markdown report to FILE
@@ -179,9 +192,15 @@ const strategies = list(
 if (!podmanRuntime && strategies.some((s) => parseCell(s).strategy === PODMAN_COLD))
   usage(`--strategies ${PODMAN_COLD}: Podman's own migration needs --runtime podman`);
 const workloads = list(flags.workloads!, '--workloads');
-for (const w of workloads)
+for (const w of workloads) {
+  if (isReplay(w)) {
+    if (!/^[A-Za-z0-9_.-]+$/.test(w.slice(REPLAY.length)) || !existsSync(replayTrace(w)))
+      usage(`--workloads ${w}: no trace ${replayTrace(w)} (the names in traces/live, without .trace.gz)`);
+    continue;
+  }
   if (!['memchange', 'redis', 'redis-lan'].includes(w))
-    usage(`--workloads: "${w}" is not memchange, redis or redis-lan`);
+    usage(`--workloads: "${w}" is not memchange, redis, redis-lan or replay:NAME`);
+}
 if (podmanRuntime && workloads.includes('redis-lan'))
   usage('--workloads redis-lan: the service LAN is for precog containers; use redis with --runtime podman');
 if (!KEPT_SECTIONS.includes(flags.section!))
@@ -304,12 +323,14 @@ const FLOOR = 'floor';
 const outsideDowntime = (r: LiveRun): number | undefined => r.probe?.downtimeMs ?? r.client?.maxPauseMs;
 
 interface EmulatedRun {
+  /** The live workload it stands for (absent: memchange, in JSON saved before replays existed). */
+  workload?: string;
   link: string;
   sizeMiB: number;
   rate: number;
   strategy: string;
   memoryBytes: number;
-  /** The emulator's workload (memchange with the live run's buffer, rate and pattern). */
+  /** The emulator's workload (memchange with the live run's buffer, rate and pattern; a replay's trace). */
   spec: string;
   ok: boolean;
   error?: string;
@@ -521,6 +542,15 @@ function migrateArgs(entry: string): string[] {
 
 /** The container's command for a workload of SIZE MiB rewritten at RATE MB/s. */
 function workloadCommand(workload: string, sizeMiB: number, rate: number): string[] {
+  if (isReplay(workload))
+    return [
+      'python3',
+      '/opt/precog/workloads/replay.py',
+      '--trace',
+      `/opt/precog/${replayTrace(workload)}`,
+      '--probe-port',
+      String(probePort),
+    ];
   if (isRedis(workload))
     return [
       'python3',
@@ -815,8 +845,8 @@ if (flags['from-json']) {
             );
           }
         for (const workload of workloads)
-          for (const sizeMiB of sizes)
-            for (const rate of rates)
+          for (const sizeMiB of sizesOf(workload))
+            for (const rate of ratesOf(workload))
               for (let run = 1; run <= runs; run++)
                 for (const strategy of strategies) {
                   const r = await liveRun(state, workload, link, sizeMiB, rate, strategy, run);
@@ -849,52 +879,56 @@ if (flags['from-json']) {
 async function runEmulator(): Promise<EmulatedRun[]> {
   const emulated: EmulatedRun[] = [];
   for (const link of links)
-    for (const sizeMiB of sizes)
-      for (const rate of rates)
-        for (const strategy of strategies) {
-          if (!workloads.includes('memchange')) continue; // the emulator has no model of redis
-          if (parseCell(strategy).strategy === PODMAN_COLD) continue; // nor of Podman's own migration
-          const live = liveRuns.filter(
-            (r) =>
-              r.ok &&
-              workloadOf(r) === 'memchange' &&
-              r.link === link &&
-              r.sizeMiB === sizeMiB &&
-              r.rate === rate &&
-              parseCell(r.strategy).strategy !== PODMAN_COLD &&
-              r.report,
-          );
-          const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;
-          const model = switchoverModel
-            ? { switchover: switchoverModel, stateBytes: switchoverModel.stateBytes }
-            : {};
-          // memchange.py's hot spot: the first 10 % of the buffer gets 90 % of the writes (its defaults).
-          const hot = pattern === 'hotspot' ? ':hot=0.1:hotshare=0.9' : '';
-          const spec = `memchange:rate=${rate}MB/s:buffer=${sizeMiB}MiB:pattern=${pattern}:touch=8${hot}`;
-          const e: EmulatedRun = { link, sizeMiB, rate, strategy, memoryBytes, spec, ok: false };
-          try {
-            const r = await simulate({
-              ...SCENARIO_DEFAULTS,
-              workload: spec,
-              memoryBytes: Math.ceil(memoryBytes / 4096) * 4096,
-              bandwidth: parseBandwidth(link, '--links'),
-              strategy: parseCell(strategy).strategy,
-              ...(parseCell(strategy).codec ? { codec: parseCell(strategy).codec } : {}),
-              seed: 1,
-              ...model,
-            });
-            Object.assign(e, {
-              ok: true,
-              downtimeMs: r.metrics.downtime * 1000,
-              totalMs: r.metrics.totalTime * 1000,
-              bytesTotal: r.metrics.bytesTotal,
-              liveRounds: r.metrics.liveRounds,
-            });
-          } catch (err) {
-            e.error = (err as Error).message;
+    for (const workload of workloads.filter((w) => w === 'memchange' || isReplay(w)))
+      // no model of redis
+      for (const sizeMiB of sizesOf(workload))
+        for (const rate of ratesOf(workload))
+          for (const strategy of strategies) {
+            if (parseCell(strategy).strategy === PODMAN_COLD) continue; // nor of Podman's own migration
+            const live = liveRuns.filter(
+              (r) =>
+                r.ok &&
+                workloadOf(r) === workload &&
+                r.link === link &&
+                r.sizeMiB === sizeMiB &&
+                r.rate === rate &&
+                parseCell(r.strategy).strategy !== PODMAN_COLD &&
+                r.report,
+            );
+            const memoryBytes = med(live.map((r) => r.report!.memoryBytes)) ?? (sizeMiB + 16) * MiB;
+            const model = switchoverModel
+              ? { switchover: switchoverModel, stateBytes: switchoverModel.stateBytes }
+              : {};
+            // memchange.py's hot spot: the first 10 % of the buffer gets 90 % of the writes (its defaults).
+            const hot = pattern === 'hotspot' ? ':hot=0.1:hotshare=0.9' : '';
+            // A replay: the trace it replays, each change the size it was recorded at.
+            const spec = isReplay(workload)
+              ? `trace:file=${replayTrace(workload)}`
+              : `memchange:rate=${rate}MB/s:buffer=${sizeMiB}MiB:pattern=${pattern}:touch=8${hot}`;
+            const e: EmulatedRun = { workload, link, sizeMiB, rate, strategy, memoryBytes, spec, ok: false };
+            try {
+              const r = await simulate({
+                ...SCENARIO_DEFAULTS,
+                workload: spec,
+                memoryBytes: Math.ceil(memoryBytes / 4096) * 4096,
+                bandwidth: parseBandwidth(link, '--links'),
+                strategy: parseCell(strategy).strategy,
+                ...(parseCell(strategy).codec ? { codec: parseCell(strategy).codec } : {}),
+                seed: 1,
+                ...model,
+              });
+              Object.assign(e, {
+                ok: true,
+                downtimeMs: r.metrics.downtime * 1000,
+                totalMs: r.metrics.totalTime * 1000,
+                bytesTotal: r.metrics.bytesTotal,
+                liveRounds: r.metrics.liveRounds,
+              });
+            } catch (err) {
+              e.error = (err as Error).message;
+            }
+            emulated.push(e);
           }
-          emulated.push(e);
-        }
   return emulated;
 }
 
@@ -934,8 +968,8 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
   const cells: Cell[] = [];
   for (const link of links)
     for (const workload of workloads)
-      for (const sizeMiB of sizes)
-        for (const rate of rates)
+      for (const sizeMiB of sizesOf(workload))
+        for (const rate of ratesOf(workload))
           // Cells no run was made for (a report merged from runs of different grids) are left out.
           if (
             liveRuns.some(
@@ -959,7 +993,12 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
         .filter((r) => r.ok)
         .map(outsideDowntime),
     );
-  const cellHead = (c: Cell) => [c.workload, `${c.sizeMiB} MiB`, `${c.rate} MB/s`, c.link];
+  const cellHead = (c: Cell) => [
+    c.workload,
+    `${c.sizeMiB} MiB`,
+    isReplay(c.workload) ? 'as recorded' : `${c.rate} MB/s`,
+    c.link,
+  ];
   /** The columns cellHead fills, first in every table. */
   const CELL_HEAD = ['workload', 'size', 'dirty rate', 'link'];
   for (const c of cells)
@@ -974,7 +1013,7 @@ function writeReport(emulated: EmulatedRun[], partial?: string): void {
       const rounds = med(ok.map((r) => r.report?.liveRounds));
       const e = emulated.find(
         (x) =>
-          c.workload === 'memchange' &&
+          (x.workload ?? 'memchange') === c.workload &&
           x.link === c.link &&
           x.sizeMiB === c.sizeMiB &&
           x.rate === c.rate &&
