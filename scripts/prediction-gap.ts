@@ -1,14 +1,15 @@
 /**
  * How far the predictive strategies are from the oracle, in the emulator: every memchange
- * pattern at both rates, hotcold and the recorded traces of five real programs, at 100 Mbit/s and 1 Gbit/s, each strategy against pre-copy and the oracle on
+ * pattern at both rates, hotcold and the recorded traces of real programs (traces/live), at 100 Mbit/s and 1 Gbit/s, each strategy against pre-copy and the oracle on
  * downtime, total time and data, medians over seeds. tempo's rounds are capped at an eighth of memory and its round
  * cap is 60, so pre-copy and the oracle run with max-rounds=60 too, as controls (the data cap, 3x memory, is the
  * same for all). Writes its section of docs/results.md (between the `prediction-gap` markers).
  *
- *   npm run prediction-gap                    # 12 workloads x 2 links x 6 strategies x 3 seeds, 512 MiB
+ *   npm run prediction-gap                    # 7 emulated workloads and every trace x 2 links x 6 strategies x 3 seeds
  *   npm run prediction-gap -- --quick         # 1 seed, printed only
- *   options: --memory=MiB (512), --seeds=N (3), --out=FILE (docs/results.md)
+ *   options: --memory=MiB (512), --seeds=N (3), --out=FILE (docs/results.md), --programs=a,b (traces of these only)
  */
+import { readdirSync } from 'node:fs';
 import os from 'node:os';
 import { runExperiment, type Summary } from '../src/sim/experiment.ts';
 import { SCENARIO_DEFAULTS } from '../src/sim/run.ts';
@@ -26,6 +27,8 @@ const quick = args.includes('--quick');
 const memory = Number(flag('memory') ?? 512) * MiB;
 const seeds = Array.from({ length: quick ? 1 : Number(flag('seeds') ?? 3) }, (_, i) => i + 1);
 const out = quick ? undefined : (flag('out') ?? 'docs/results.md');
+/** --programs=a,b: only these recorded programs' traces (default: all). */
+const only = flag('programs')?.split(',');
 
 const WORKLOADS = [
   'memchange:high',
@@ -35,9 +38,12 @@ const WORKLOADS = [
   'memchange:low:pattern=random',
   'memchange:low:pattern=hotspot',
   'hotcold',
-  // Real programs' dirty pages, recorded live (traces/live, traces/redis-benchmark.trace.gz): each brings its size.
-  ...['gcc', 'node', 'python', 'sqlite'].map((p) => `trace:file=traces/live/${p}.trace.gz`),
-  'trace:file=traces/redis-benchmark.trace.gz',
+  // Real programs' dirty pages, recorded live at 100 ms and 500 ms (traces/live/PROGRAM-INTERVAL.trace.gz, npm run
+  // traces:live), each at the size it was recorded at, each change the size it was recorded at.
+  ...readdirSync('traces/live')
+    .filter((f) => /-\d+ms\.trace\.gz$/.test(f) && (!only || only.some((o) => f.startsWith(`${o}-`))))
+    .sort()
+    .map((f) => `trace:file=traces/live/${f}`),
 ];
 const STRATEGIES = ['precopy', 'precopy:max-rounds=60', 'mbdp', 'oracle', 'oracle:max-rounds=60', 'tempo'];
 const PREDICTIVE = ['mbdp', 'tempo'];
