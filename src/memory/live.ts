@@ -226,7 +226,12 @@ export class LiveProcessMemory implements MemorySource {
     this.accessed?.clear();
   }
 
-  readPages(ids: ArrayLike<number>, out: Uint8Array): void {
+  /**
+   * Reads pages into out. What is read counts as sent: a content tracker compares its next scan against it, unless
+   * `options.track` is false (a reader that only looks, as trace record's change sizes: the next scan then still
+   * reports a page written after the last one).
+   */
+  readPages(ids: ArrayLike<number>, out: Uint8Array, options: { track?: boolean } = {}): void {
     this.assertOpen();
     if (out.length < ids.length * PAGE) {
       throw new RangeError(
@@ -247,7 +252,7 @@ export class LiveProcessMemory implements MemorySource {
       k += len;
     }
     // What is read here is what gets sent: content trackers compare later scans against it.
-    if (this.tracker.noteSent) {
+    if (this.tracker.noteSent && options.track !== false) {
       for (let k = 0; k < ids.length; k++)
         this.tracker.noteSent(ids[k], out.subarray(k * PAGE, (k + 1) * PAGE));
     }

@@ -20,8 +20,8 @@ export interface Trace {
   accessed: Uint8Array[] | null;
   /**
    * Per sample, for each page dirty in it (ascending page index), how many of its bytes differ from what the
-   * page held at the previous sample: the size of the change, 1..pageSize (0 where the page was only mapped or
-   * unmapped). Absent or null: not recorded (every write is read as a whole page).
+   * page held when the previous sample read it: the size of the change, 1..pageSize (0, from older files, is
+   * replayed as a whole page). Absent or null: not recorded (every write is read as a whole page).
    */
   changes?: Uint16Array[] | null;
   source: string;
@@ -360,8 +360,7 @@ export class TraceWorkload implements Workload {
 
   apply(mem: Buffer): void {
     if (this.write) {
-      // The recorded size of the change (one run of that many bytes), or the whole page; a page that was only
-      // mapped or unmapped (0) counts as new content.
+      // The recorded size of the change (one run of that many bytes), or the whole page (none recorded, or 0).
       const size = this.touch ? this.touch[this.k - this.reads] || this.pool.pageSize : this.pool.pageSize;
       this.pool.write(mem, this.page, ++this.seq, size);
     }

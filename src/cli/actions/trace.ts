@@ -99,7 +99,9 @@ class ChangeSizer {
     for (let first = 0; first < n; first += chunk) {
       const len = Math.min(chunk, n - first);
       for (let i = 0; i < len; i++) ids[i] = first + i;
-      mem.readPages(ids.subarray(0, len), this.copy.subarray(first * PAGE, (first + len) * PAGE));
+      mem.readPages(ids.subarray(0, len), this.copy.subarray(first * PAGE, (first + len) * PAGE), {
+        track: false,
+      });
     }
   }
 
@@ -111,11 +113,14 @@ class ChangeSizer {
     const buf = Buffer.allocUnsafe(Math.min(ids.length, 1024) * PAGE);
     for (let k = 0; k < ids.length; k += 1024) {
       const part = ids.slice(k, k + 1024);
-      this.mem.readPages(part, buf);
+      // Not tracked: a page written after the scan stays dirty for the next one (its change sized there).
+      this.mem.readPages(part, buf, { track: false });
       for (let i = 0; i < part.length; i++) {
         const now = buf.subarray(i * PAGE, (i + 1) * PAGE);
         const before = this.copy.subarray(part[i] * PAGE, (part[i] + 1) * PAGE);
-        out[k + i] = changedBytes(now, before);
+        // The tracker saw a write: at least a byte (0 when the write came between the last scan and its read,
+        // and was sized with the sample before).
+        out[k + i] = Math.max(1, changedBytes(now, before));
         now.copy(before);
       }
     }
