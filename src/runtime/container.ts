@@ -75,6 +75,8 @@ export { CHECKPOINTS_DIR, CONTAINERS_DIR };
 export const CONTAINER_LOG = '/var/log/container.log';
 /** Where the workloads of workloads/ are installed in every container (a path inside the container). */
 export const WORKLOADS_DIR = '/opt/precog/workloads';
+/** Where the traces of traces/ are installed in a container whose command names a path there. */
+export const TRACES_DIR = '/opt/precog/traces';
 const CONTAINER_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const CGROUP_V1_MEMORY = '/sys/fs/cgroup/memory';
 
@@ -833,6 +835,10 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     // The workloads go into the writable layer: the container is self-contained (no bind mount from outside,
     // which CRIU could not resolve) and carries them along when it migrates.
     cpSync(join(REPO_DIR, 'workloads'), join(dir, 'upper', WORKLOADS_DIR), { recursive: true });
+    // The repository's traces (for workloads/replay.py) only when the command names a path there: they are
+    // 0.6 MiB, and a container carries its whole layer along every time it migrates.
+    if (spec.command.some((a) => a.includes(TRACES_DIR)) && existsSync(join(REPO_DIR, 'traces')))
+      cpSync(join(REPO_DIR, 'traces'), join(dir, 'upper', TRACES_DIR), { recursive: true });
 
     const cg = this.cgroupsFor(host, spec.name);
     const procs: string[] = [];
