@@ -28,6 +28,7 @@ import {
   readdirSync,
   readFileSync,
   rmdirSync,
+  statSync,
   writeFileSync,
   cpSync,
   renameSync,
@@ -77,6 +78,24 @@ export const CONTAINER_LOG = '/var/log/container.log';
 export const WORKLOADS_DIR = '/opt/precog/workloads';
 /** Where the traces of traces/ are installed in a container whose command names a path there. */
 export const TRACES_DIR = '/opt/precog/traces';
+/**
+ * The files of the repository's traces/ that a command names by their path in the container
+ * (/opt/precog/traces/...), relative to traces/; a path that leaves the directory or names no file is left out.
+ */
+export function namedTraces(command: readonly string[]): string[] {
+  const out: string[] = [];
+  const root = join(REPO_DIR, 'traces');
+  for (const arg of command) {
+    const at = arg.indexOf(`${TRACES_DIR}/`);
+    if (at < 0) continue;
+    const rel = arg.slice(at + TRACES_DIR.length + 1).split(/[\s=,:]/)[0];
+    const abs = resolve(root, rel);
+    if (!abs.startsWith(`${root}/`) || !existsSync(abs) || !statSync(abs).isFile()) continue;
+    out.push(abs.slice(root.length + 1));
+  }
+  return out;
+}
+
 const CONTAINER_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const CGROUP_V1_MEMORY = '/sys/fs/cgroup/memory';
 
@@ -835,10 +854,12 @@ export class NamespaceRuntime implements ContainerRuntime, MovableRuntime {
     // The workloads go into the writable layer: the container is self-contained (no bind mount from outside,
     // which CRIU could not resolve) and carries them along when it migrates.
     cpSync(join(REPO_DIR, 'workloads'), join(dir, 'upper', WORKLOADS_DIR), { recursive: true });
-    // The repository's traces (for workloads/replay.py) only when the command names a path there: they are
-    // 0.6 MiB, and a container carries its whole layer along every time it migrates.
-    if (spec.command.some((a) => a.includes(TRACES_DIR)) && existsSync(join(REPO_DIR, 'traces')))
-      cpSync(join(REPO_DIR, 'traces'), join(dir, 'upper', TRACES_DIR), { recursive: true });
+    // The repository's traces (for workloads/replay.py): only those the command names, since a container carries
+    // its whole writable layer along every time it migrates (traces/ holds megabytes).
+    for (const file of namedTraces(spec.command)) {
+      mkdirSync(dirname(join(dir, 'upper', TRACES_DIR, file)), { recursive: true });
+      cpSync(join(REPO_DIR, 'traces', file), join(dir, 'upper', TRACES_DIR, file));
+    }
 
     const cg = this.cgroupsFor(host, spec.name);
     const procs: string[] = [];
