@@ -31,6 +31,8 @@ export const LIVE_STOP_GRID_SECTION = 'bench:live:stop-grid';
  * commit's interval check and post-copy's push order (smallest regions first), with the floor and the emulator.
  */
 export const LIVE_STOP_AFTER_SECTION = 'bench:live:stop-after';
+/** Real programs' recorded patterns replayed live (workloads/replay.py), the predictive strategies against the codec control. */
+export const LIVE_REPLAY_SECTION = 'bench:live:replay';
 /** The predictors on recorded real programs, leave-one-program-out (scripts/predict-lopo.ts). */
 export const PREDICT_LOPO_SECTION = 'predict-lopo';
 /** Sections that scripts other than scripts/results.ts own, in the order they follow its part of docs/results.md. */
@@ -52,6 +54,7 @@ export const KEPT_SECTIONS: readonly string[] = [
   LIVE_STOP_GRID_SECTION,
   LIVE_STOP_AFTER_SECTION,
   PREDICT_LOPO_SECTION,
+  LIVE_REPLAY_SECTION,
 ];
 
 const markers = (name: string) => [`<!-- ${name} begin -->`, `<!-- ${name} end -->`] as const;
