@@ -50,7 +50,7 @@ export function predictEvalCommand(): Command {
     .addOption(new Option('--trace <files...>', 'the same as --traces').hideHelp())
     .option(
       '-p, --predictors <list>',
-      'comma-separated predictor specs: markov[:prior=1], pr[:p=0.5:r=0.5:half-life=1], forest[:model=FILE], datashift[:window=2:p=0.5], tempo[:decay=0.5:min-run=64:margin=0.25], recent[:window=5] (the baseline), oracle',
+      'comma-separated predictor specs: markov[:prior=1], pr[:p=0.5:r=0.5:half-life=1], forest[:model=FILE], datashift[:window=2:p=0.5], tempo[:decay=0.5:min-run=64:margin=0.25], learn[:decay=0.95:cap=64:sample=512:rate=0.0005], recent[:window=5] (the baseline), oracle',
       'markov,pr,forest,datashift,oracle',
     )
     .option('--horizon <rounds>', 'a page is positive when dirty within this many samples', '1')

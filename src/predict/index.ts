@@ -3,6 +3,7 @@ import { checkEmpty, paramSyntax, parseSpec, splitList, take, type Spec } from '
 import { parseCount } from '../util/units.ts';
 import { DATASHIFT_DEFAULTS, DataShiftPredictor } from './datashift.ts';
 import { DEFAULT_FOREST_MODEL, ForestPredictor, loadForestModel, type ForestModel } from './forest.ts';
+import { LEARN_DEFAULTS, LearnPredictor } from './learn.ts';
 import { MARKOV_DEFAULTS, MarkovPredictor } from './markov.ts';
 import { OraclePredictor, type LookaheadFn } from './oracle.ts';
 import { PR_DEFAULTS, PrPredictor } from './pr.ts';
@@ -101,6 +102,17 @@ const PREDICTORS: Record<
         },
         o.window,
       ),
+  },
+  learn: {
+    params: ['decay', 'sample', 'rate', 'cap'],
+    build: (s, n, o) =>
+      new LearnPredictor(n, {
+        decay: take(s, 'decay', fraction, LEARN_DEFAULTS.decay),
+        sample: take(s, 'sample', (v, w) => parseCount(v, w, 1), LEARN_DEFAULTS.sample),
+        rate: take(s, 'rate', positive, LEARN_DEFAULTS.rate),
+        cap: take(s, 'cap', positive, LEARN_DEFAULTS.cap),
+        seed: o.seed ?? LEARN_DEFAULTS.seed,
+      }),
   },
   attention: { params: ATTENTION_PARAMS, build: (s, n) => attentionPredictorFromSpec(s, n) },
   u2c: { params: U2C_PARAMS, build: (s, n) => u2cPredictorFromSpec(s, n) },
