@@ -45,8 +45,16 @@ const WORKLOADS = [
     .sort()
     .map((f) => `trace:file=traces/live/${f}`),
 ];
-const STRATEGIES = ['precopy', 'precopy:max-rounds=60', 'mbdp', 'oracle', 'oracle:max-rounds=60', 'tempo'];
-const PREDICTIVE = ['mbdp', 'tempo'];
+const STRATEGIES = [
+  'precopy',
+  'precopy:max-rounds=60',
+  'mbdp',
+  'learn',
+  'oracle',
+  'oracle:max-rounds=60',
+  'tempo',
+];
+const PREDICTIVE = ['mbdp', 'learn', 'tempo'];
 
 const t0 = performance.now();
 const load = os.loadavg()[0];
@@ -146,7 +154,7 @@ const body = [
     `${memory / MiB} MiB (a trace: the size it was recorded at), medians over ${seeds.length} seed(s), ${SCENARIO_DEFAULTS.latency * 1000} ms one-way ` +
     `latency, codec zero for every strategy. Each row is compared with pre-copy and the oracle under the same round ` +
     'cap: tempo sends at most an eighth of memory per round and has a cap of 60 rounds, so it is compared with ' +
-    "`precopy:max-rounds=60` and `oracle:max-rounds=60`; mbdp (Xen's cap of 30) with the plain ones. The data " +
+    "`precopy:max-rounds=60` and `oracle:max-rounds=60`; mbdp and learn (Xen's cap of 30) with the plain ones. The data " +
     `cap (3x memory) is the same for all. Virtual time: the figures do not depend on the machine's load (${load.toFixed(2)} ` +
     `at the start; ${seconds.toFixed(0)} s of wall time).`,
   '',

@@ -152,6 +152,8 @@ const STRATEGIES: Record<string, { params: string[]; build: (spec: Spec) => Stra
   pr: skip('pr', 'pr'),
   mbdp: skip('mbdp', 'forest'),
   mbdpc: skip('mbdpc', 'forest', { codec: 'xor-lz4' }),
+  // MBDP's rule with the predictor that learns from the migrating program's own rounds (src/predict/learn.ts).
+  learn: skip('learn', 'learn'),
   u2c: {
     params: ['k', ...SKIP_PARAMS],
     build: (s) => {
