@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { changedBytes } from '../src/cli/actions/trace.ts';
+import { changedBytes, traceInfo } from '../src/cli/actions/trace.ts';
 import { ContentPool } from '../src/memory/content.ts';
 import { TraceWorkload, loadTrace, parsePublicTrace, serializeTrace } from '../src/memory/trace.ts';
 
@@ -147,4 +147,34 @@ test('bad traces are refused with what is wrong', () => {
   ];
   for (const [name, body, re] of cases) assert.throws(() => loadTrace(write(name, body)), re, name);
   assert.throws(() => loadTrace(join(dir, 'nope.json')), /cannot read trace file .*ENOENT/);
+});
+
+test('trace info reports what a trace holds', () => {
+  const t = parsePublicTrace(
+    JSON.stringify({
+      '1000': { isDirtyList: [1, 0, 1, 1] },
+      '2000': { isDirtyList: [0, 1, 1, 0] },
+      '3000': { isDirtyList: [0, 0, 0, 0] },
+      '4000': { isDirtyList: [1, 1, 1, 0] },
+    }),
+    'inline',
+  );
+  const changes = [
+    Uint16Array.of(16, 4096),
+    Uint16Array.of(100, 0),
+    Uint16Array.of(8, 8, 8),
+    Uint16Array.of(32),
+  ];
+  const file = write('info.trace', serializeTrace({ ...t, intervalMs: 500, changes }));
+  const i = traceInfo(file);
+  assert.equal(i.pages, 4);
+  assert.equal(i.samples, 4);
+  assert.equal(i.dirtyPerSample, 2); // 2, 2, 3, 1
+  assert.equal(i.dirtyShare, 8 / 16);
+  assert.ok(Math.abs(i.pageMBps - (8 * 4096) / 2 / 1e6) < 1e-9, `pages: ${i.pageMBps}`);
+  // A recorded 0 counts as a whole page, as the emulator replays it.
+  const bytes = 16 + 4096 + 100 + 4096 + 8 * 3 + 32;
+  assert.ok(Math.abs(i.changedMBps! - bytes / 2 / 1e6) < 1e-9, `changed: ${i.changedMBps}`);
+  assert.equal(i.changeBytesMedian, 32);
+  assert.equal(traceInfo(write('plain.trace', serializeTrace(t))).changedMBps, null);
 });

@@ -49,5 +49,15 @@ export function traceCommand(): Command {
     )
     .addOption(jsonOption('the summary'))
     .action(lazy(() => import('./actions/trace.ts').then((m) => m.record)));
+  trace
+    .command('info')
+    .exitOverride()
+    .showHelpAfterError('(run precog trace info --help for usage)')
+    .description(
+      'what traces hold: size, samples, dirty pages per sample, and the rate of pages and of changed bytes',
+    )
+    .argument('<file...>', "trace files (precog's format or the public JSON, .gz or not)")
+    .addOption(jsonOption('the figures'))
+    .action(lazy(() => import('./actions/trace.ts').then((m) => m.info)));
   return trace;
 }

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { probeAccessedBits, type TrackerChoice } from '../../memory/dirty.ts';
 import { LiveProcessMemory } from '../../memory/live.ts';
 import { LiveMemoryError } from '../../memory/procfs.ts';
-import { serializeTrace, type Trace } from '../../memory/trace.ts';
+import { bitmapCount, loadTrace, serializeTrace, type Trace } from '../../memory/trace.ts';
 import type { Bitmap } from '../../util/bitmap.ts';
 import { UsageError } from '../../util/errors.ts';
 import { checkWritable } from '../../util/paths.ts';
@@ -323,4 +323,83 @@ export async function record(flags: RecordFlags): Promise<void> {
       '',
     ].join('\n'),
   );
+}
+
+export const TRACE_INFO_JSON_SCHEMA = 'precog.trace-info/v1';
+
+/** What `precog trace info` reports of one trace. */
+export interface TraceInfo {
+  file: string;
+  pages: number;
+  mib: number;
+  samples: number;
+  intervalMs: number;
+  /** Median pages dirty in a sample, and their share of the trace's pages. */
+  dirtyPerSample: number;
+  dirtyShare: number;
+  /** MB/s of whole dirty pages, and of changed bytes (null when the trace has no change sizes). */
+  pageMBps: number;
+  changedMBps: number | null;
+  /** Median size of a change in bytes (null without change sizes). */
+  changeBytesMedian: number | null;
+}
+
+export function traceInfo(file: string): TraceInfo {
+  const t = loadTrace(file);
+  const dirty = t.dirty.map(bitmapCount);
+  const seconds = t.intervalMs / 1000;
+  const total = dirty.reduce((a, b) => a + b, 0);
+  let changed: number | null = null;
+  let changeMedian: number | null = null;
+  if (t.changes) {
+    const all = t.changes.flatMap((c) => Array.from(c, (v) => v || t.pageSize));
+    changed = all.reduce((a, b) => a + b, 0);
+    changeMedian = median(all);
+  }
+  return {
+    file,
+    pages: t.pageCount,
+    mib: (t.pageCount * t.pageSize) / 2 ** 20,
+    samples: t.samples,
+    intervalMs: t.intervalMs,
+    dirtyPerSample: median(dirty),
+    dirtyShare: total / (t.samples * t.pageCount),
+    pageMBps: (total * t.pageSize) / (t.samples * seconds) / 1e6,
+    changedMBps: changed === null ? null : changed / (t.samples * seconds) / 1e6,
+    changeBytesMedian: changeMedian,
+  };
+}
+
+/** `precog trace info FILE...`: one line per trace, or JSON. */
+export function info(files: string[], flags: { json?: JsonFlag }): void {
+  const target = jsonTarget(flags.json);
+  const rows = files.map(traceInfo);
+  emit(target, { schema: TRACE_INFO_JSON_SCHEMA, traces: rows }, () => {
+    const head = [
+      'trace',
+      'size',
+      'samples',
+      'interval',
+      'dirty/sample',
+      'dirty',
+      'pages MB/s',
+      'changed MB/s',
+      'change',
+    ];
+    const body = rows.map((r) => [
+      r.file,
+      `${r.mib.toFixed(1)} MiB`,
+      String(r.samples),
+      `${r.intervalMs} ms`,
+      String(r.dirtyPerSample),
+      `${(r.dirtyShare * 100).toFixed(1)}%`,
+      r.pageMBps.toFixed(1),
+      r.changedMBps === null ? '-' : r.changedMBps.toFixed(2),
+      r.changeBytesMedian === null ? '-' : `${r.changeBytesMedian} B`,
+    ]);
+    const width = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+    const line = (cells: string[]) =>
+      cells.map((c, i) => (i === 0 ? c.padEnd(width[i]) : c.padStart(width[i]))).join('  ');
+    return [line(head), ...body.map(line), ''].join('\n');
+  });
 }
