@@ -146,6 +146,43 @@ const table = renderTable(
   ],
   'markdown',
 );
+// Per predictive strategy, over every workload and link: the mean change of downtime against its pre-copy, the
+// cells more than 2 % worse or more than 10 % better, and the goal (within 10 % of the oracle where it gains 10 %).
+const summaryRows = PREDICTIVE.map((name) => {
+  const mine = rows.filter((r) => r.strategy === name);
+  const change = mine.map((r) => r.s.downtime / r.pre.downtime - 1);
+  const room = mine.filter((r) => 1 - r.oracle.downtime / r.pre.downtime > 0.1);
+  const near = room.filter(
+    (r) => r.s.downtime <= r.oracle.downtime * 1.1 && r.s.bytesTotal <= r.oracle.bytesTotal * 1.1,
+  );
+  return {
+    name,
+    cells: mine.length,
+    mean: change.reduce((a, b) => a + b, 0) / Math.max(1, change.length),
+    worse: mine.filter(
+      (r) => r.s.downtime > r.pre.downtime * 1.02 || r.s.bytesTotal > r.pre.bytesTotal * 1.02,
+    ).length,
+    better: change.filter((c) => c < -0.1).length,
+    room: room.length,
+    near: near.length,
+  };
+});
+const summaryTable = renderTable(
+  summaryRows,
+  [
+    { title: 'strategy', value: (r) => r.name },
+    { title: 'cells', value: (r) => String(r.cells), align: 'right' },
+    { title: 'mean downtime vs pre-copy', value: (r) => pct(1 + r.mean, 1), align: 'right' },
+    { title: '> 10 % shorter', value: (r) => String(r.better), align: 'right' },
+    { title: '> 2 % worse (downtime or data)', value: (r) => String(r.worse), align: 'right' },
+    {
+      title: 'within 10 % of the oracle where it gains > 10 %',
+      value: (r) => `${r.near} of ${r.room}`,
+      align: 'right',
+    },
+  ],
+  'markdown',
+);
 const seconds = (performance.now() - t0) / 1000;
 const body = [
   '### The predictive strategies against the oracle',
@@ -159,6 +196,9 @@ const body = [
     `at the start; ${seconds.toFixed(0)} s of wall time).`,
   '',
   table,
+  'Each predictive strategy over all of them:',
+  '',
+  summaryTable,
   'Where the oracle gains more than 10 % over pre-copy, or a predictive strategy is more than 2 % worse than it:',
   '',
   ...verdicts.map((v) => `- ${v}`),
