@@ -4,6 +4,7 @@ import { InputError } from '../util/errors.ts';
 import type { Region } from '../util/interfaces.ts';
 import type { ContentPool } from './content.ts';
 import type { Workload } from './workload.ts';
+import { popcount } from '../util/bitmap.ts';
 
 /**
  * A recorded per-page access history: for each sample (an interval of intervalMs), which pages were written
@@ -30,13 +31,7 @@ export interface Trace {
 /** Pages set in a trace bitmap. */
 export function bitmapCount(b: Uint8Array): number {
   let n = 0;
-  for (let i = 0; i < b.length; i++) {
-    let x = b[i];
-    while (x) {
-      x &= x - 1;
-      n++;
-    }
-  }
+  for (let i = 0; i < b.length; i++) n += popcount(b[i]);
   return n;
 }
 

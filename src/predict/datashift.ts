@@ -1,4 +1,5 @@
 import type { Predictor, RoundObservation } from './types.ts';
+import { popcount } from '../util/bitmap.ts';
 
 export interface DataShiftOptions {
   /** Rounds looked back (1..32). */
@@ -93,11 +94,4 @@ export class DataShiftPredictor implements Predictor, StabilityAware {
     }
     return n;
   }
-}
-
-function popcount(x: number): number {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  x = (x + (x >>> 4)) & 0x0f0f0f0f;
-  return Math.imul(x, 0x01010101) >>> 24;
 }

@@ -1,4 +1,5 @@
 import type { Predictor, RoundObservation } from './types.ts';
+import { popcount } from '../util/bitmap.ts';
 
 export interface LearnOptions {
   /** Weight of the past in the count tables: every round, what they counted before counts this much less. */
@@ -77,12 +78,6 @@ const PULL = 0.05;
 const A = 2;
 
 const ctz = (x: number): number => 31 - Math.clz32(x & -x);
-const popcount = (x: number): number => {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  x = (x + (x >>> 4)) & 0x0f0f0f0f;
-  return Math.imul(x, 0x01010101) >>> 24;
-};
 /** Bucket of a share of pages: 0, < 1 %, < 3 %, < 10 %, < 25 %, < 50 %, < 75 %, more. */
 const shareBucket = (f: number): number =>
   f <= 0 ? 0 : f < 0.01 ? 1 : f < 0.03 ? 2 : f < 0.1 ? 3 : f < 0.25 ? 4 : f < 0.5 ? 5 : f < 0.75 ? 6 : 7;

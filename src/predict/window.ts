@@ -10,6 +10,7 @@
  *   bit n*m + 1..4    ... and in at least 1/8, 1/4, 1/2, 3/4 of the last l rounds (of the rounds observed, when
  *                     fewer)
  */
+import { popcount } from '../util/bitmap.ts';
 export interface WindowSpec {
   /** Rounds per page (1..8). */
   m: number;
@@ -151,11 +152,4 @@ export class LocalityWindow {
       out[2 * p + 1] = hi;
     }
   }
-}
-
-function popcount(x: number): number {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  x = (x + (x >>> 4)) & 0x0f0f0f0f;
-  return Math.imul(x, 0x01010101) >>> 24;
 }

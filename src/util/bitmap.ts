@@ -99,7 +99,8 @@ export class Bitmap {
   }
 }
 
-function popcount(x: number): number {
+/** Bits set in a 32-bit word. */
+export function popcount(x: number): number {
   x -= (x >>> 1) & 0x55555555;
   x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
   x = (x + (x >>> 4)) & 0x0f0f0f0f;
