@@ -73,7 +73,12 @@ const REPLAY = 'replay:';
 const isReplay = (w: string) => w.startsWith(REPLAY);
 const replayTrace = (w: string) => `traces/live/${w.slice(REPLAY.length)}.trace.gz`;
 /** A replay's size in MiB: the trace's pages (its cell's size; --sizes and --rates do not apply). */
-const replayMiB = (w: string): number => Math.ceil((loadTrace(replayTrace(w)).pageCount * 4096) / MiB);
+const replayMiBs = new Map<string, number>();
+const replayMiB = (w: string): number => {
+  // Asked by every loop over the cells: the trace is read once.
+  if (!replayMiBs.has(w)) replayMiBs.set(w, Math.ceil((loadTrace(replayTrace(w)).pageCount * 4096) / MiB));
+  return replayMiBs.get(w)!;
+};
 /** The sizes and rates a workload's cells take: a replay has one, its trace's size at its own rates (0). */
 const sizesOf = (w: string): number[] => (isReplay(w) ? [replayMiB(w)] : sizes);
 const ratesOf = (w: string): number[] => (isReplay(w) ? [0] : rates);

@@ -174,8 +174,10 @@ function cSource(): string {
 
 interface Program {
   name: string;
-  /** Tools it needs, as "tool:Debian package". */
+  /** Tools it needs on the PATH, as "tool:Debian package". */
   needs?: string[];
+  /** What else it lacks here, as "what (how to get it)", or null. */
+  lacks?(): string | null;
   start(): ChildProcess;
   /** The process to record (the child itself unless a sub-process does the work). */
   target(child: ChildProcess): Promise<number>;
@@ -241,7 +243,8 @@ const PROGRAMS: Program[] = [
   },
   {
     name: 'postgres',
-    needs: ['pgbench:postgresql-client', 'initdb:postgresql'],
+    needs: ['pgbench:postgresql-client'],
+    lacks: () => (pgBin() ? null : 'initdb (install postgresql)'),
     start: startPostgres,
     target: async () => {
       // pgbench -c 1: one backend serves it; it is the postmaster's child that says "[local]".
@@ -277,6 +280,10 @@ const PROGRAMS: Program[] = [
   {
     name: 'numpy',
     needs: ['python3:python3-numpy'],
+    lacks: () =>
+      spawnSync('python3', ['-c', 'import numpy']).status === 0
+        ? null
+        : 'numpy for python3 (install python3-numpy)',
     start: () => spawn('python3', ['-c', NUMPY], { stdio: 'ignore' }),
     target: async (c) => {
       await sleep(2500);
@@ -318,7 +325,10 @@ const PROGRAMS: Program[] = [
   },
   {
     name: 'redis',
-    needs: [],
+    lacks: () =>
+      existsSync(join(rootfsDir(), 'usr/bin/redis-server'))
+        ? null
+        : `redis-server in ${rootfsDir()} (run precog testbed up once to build the test hosts' root filesystem)`,
     start: startRedis,
     target: async (c) => {
       await sleep(1000);
@@ -449,21 +459,11 @@ function startRedis(): ChildProcess {
 
 /** The first of a program's needed tools that is missing, as "tool (install PACKAGE)", or null. */
 function missing(p: Program): string | null {
-  if (p.name === 'redis') {
-    const root = rootfsDir();
-    return existsSync(join(root, 'usr/bin/redis-server'))
-      ? null
-      : `redis-server in ${root} (run precog testbed up once to build the test hosts' root filesystem)`;
-  }
-  if (p.name === 'postgres' && !pgBin()) return 'initdb (install postgresql)';
   for (const need of p.needs ?? []) {
     const [tool, pkg] = need.split(':');
-    if (tool === 'initdb') continue;
     if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return `${tool} (install ${pkg})`;
-    if (p.name === 'numpy' && spawnSync('python3', ['-c', 'import numpy']).status !== 0)
-      return 'numpy for python3 (install python3-numpy)';
   }
-  return null;
+  return p.lacks?.() ?? null;
 }
 
 mkdirSync(OUT, { recursive: true });
