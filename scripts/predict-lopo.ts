@@ -25,6 +25,7 @@ import { createPredictor, PREDICTOR_NAMES, type Predictor } from '../src/predict
 import { renderTable, type Column } from '../src/report/table.ts';
 import type { Bitmap } from '../src/util/bitmap.ts';
 import { PREDICT_LOPO_SECTION, replaceSection } from './sections.ts';
+import { median } from '../src/report/metrics.ts';
 
 export const JSON_SCHEMA = 'precog.predict-lopo/v1';
 /** The frequency baseline every predictor has to beat. */
@@ -108,11 +109,6 @@ function timed(p: Predictor): Predictor & { ms: number } {
   };
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const num = (x: number, digits = 3): string => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 const signed = (x: number): string => (x > 0 ? '+' : x < 0 ? '−' : '±') + Math.abs(x).toFixed(3);
 const interval = (ms: number): string => (ms >= 1000 ? `${ms / 1000} s` : `${ms} ms`);

@@ -4,6 +4,7 @@ import { isStabilityAware } from './datashift.ts';
 import { rocAuc, ScoreCollector, type Quality } from './metrics.ts';
 import type { LookaheadFn } from './oracle.ts';
 import type { Predictor } from './types.ts';
+import { median } from '../report/metrics.ts';
 
 /** A trace's bitmaps (bytes, bit i of byte j = page 8j+i) as Bitmaps (32-bit words, little-endian: the same bits). */
 export function traceBitmaps(trace: Trace, kind: 'dirty' | 'accessed' = 'dirty'): Bitmap[] {
@@ -62,13 +63,6 @@ export interface EvalInputs {
   accessed?: Bitmap[];
   system?: Float32Array[];
 }
-
-const median = (xs: number[]): number => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 function roundAuc(scores: Float32Array, labels: Bitmap): number {
   const n = labels.count();
